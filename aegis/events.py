@@ -1,0 +1,310 @@
+"""The normalized event: what every later stage (correlation, enrichment, response) reads.
+
+An `Event` is built only by a normalizer, from one Defender alert or one log record. Every string
+in it came from a payload an attacker may have shaped: it is data to compare and display, never
+code, a query fragment or a URL to follow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import orjson
+
+from aegis.arm import ResourceId
+
+Scalar = str | int | float | bool | None
+
+
+class Source(StrEnum):
+    DEFENDER = "defender"
+    RESOURCE_LOG = "resource_log"
+    ACTIVITY_LOG = "activity_log"
+    SIGNIN_LOG = "signin_log"
+
+
+class Severity(StrEnum):
+    INFORMATIONAL = "informational"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @classmethod
+    def parse(cls, value: object) -> Severity | None:
+        if isinstance(value, str) and value.strip().lower() in cls._value2member_map_:
+            return cls(value.strip().lower())
+        return None
+
+
+# --- entities --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """Base of the typed entities. `key` identifies the entity for grouping and deduplication."""
+
+    type: ClassVar[str]
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **{k: v for k, v in asdict(self).items() if v is not None}}
+
+
+@dataclass(frozen=True, slots=True)
+class Ip(Entity):
+    """An IP address. Azure masks the last octet of caller IPs in AI logs (`81.2.69.***`): then
+    `address` is None and `prefix` holds the part that is known (`81.2.69.0/24`). A full
+    address has the same `prefix`, so both group together."""
+
+    type: ClassVar[str] = "ip"
+    prefix: str
+    address: str | None = None
+
+    @property
+    def masked(self) -> bool:
+        return self.address is None
+
+    @property
+    def key(self) -> str:
+        return self.address or self.prefix
+
+
+@dataclass(frozen=True, slots=True)
+class User(Entity):
+    type: ClassVar[str] = "user"
+    upn: str | None = None
+    object_id: str | None = None
+    name: str | None = None
+    tenant_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.object_id or self.upn or self.name or ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePrincipal(Entity):
+    type: ClassVar[str] = "service_principal"
+    app_id: str | None = None
+    object_id: str | None = None
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.object_id or self.app_id or self.name or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Host(Entity):
+    type: ClassVar[str] = "host"
+    name: str | None = None
+    azure_id: str | None = None
+    mde_machine_id: str | None = None
+    os: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.mde_machine_id or self.azure_id or (self.name or "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AiResource(Entity):
+    """An Azure AI account (Azure OpenAI, AI Foundry, AI services): a canonical ARM id."""
+
+    type: ClassVar[str] = "ai_resource"
+    resource_id: str
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.resource_id
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDeployment(Entity):
+    type: ClassVar[str] = "model_deployment"
+    name: str
+    resource_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.resource_id}/deployments/{self.name.lower()}" if self.resource_id else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Model(Entity):
+    type: ClassVar[str] = "model"
+    name: str
+    version: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class UserAgent(Entity):
+    type: ClassVar[str] = "user_agent"
+    value: str
+
+    @property
+    def key(self) -> str:
+        return self.value
+
+
+ENTITY_TYPES: dict[str, type[Entity]] = {
+    cls.type: cls for cls in (Ip, User, ServicePrincipal, Host, AiResource, ModelDeployment, Model, UserAgent)
+}
+
+
+def make_ip(value: object) -> Ip | None:
+    """An `Ip` from a full address or one whose last octet is masked with `*` (`81.2.69.***`,
+    `20.236.11.**`). Anything else is not an IP and gives None."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if "*" in text:
+        head, _, tail = text.rpartition(".")
+        if tail.strip("*") or head.count(".") != 2:
+            return None
+        try:
+            net = ipaddress.IPv4Network(f"{head}.0/24")
+        except ValueError:
+            return None
+        return Ip(prefix=str(net))
+    try:
+        addr = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    bits = 24 if addr.version == 4 else 64
+    return Ip(prefix=str(ipaddress.ip_network(f"{addr}/{bits}", strict=False)), address=str(addr))
+
+
+# --- the event -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Where an event came from: the raw message (by its SHA-256, kept in the store) and the
+    JSON pointer of the alert or record inside it, plus the Event Hubs position when known."""
+
+    message: str
+    pointer: str
+    hub: str
+    partition: str | None = None
+    sequence_number: int | None = None
+    offset: str | None = None
+    enqueued_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    source: Source
+    normalizer: str
+    kind: str
+    time: datetime
+    evidence: Evidence
+    resource: ResourceId | None = None
+    severity: Severity | None = None
+    title: str | None = None
+    entities: tuple[Entity, ...] = ()
+    attributes: Mapping[str, Scalar] = field(default_factory=dict)
+
+    def entities_of(self, cls: type[Entity]) -> list[Any]:
+        return [e for e in self.entities if isinstance(e, cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source.value,
+            "normalizer": self.normalizer,
+            "kind": self.kind,
+            "time": _iso(self.time),
+            "severity": self.severity.value if self.severity else None,
+            "title": self.title,
+            "resource": asdict(self.resource) if self.resource else None,
+            "entities": [e.to_dict() for e in self.entities],
+            "attributes": dict(self.attributes),
+            "evidence": {**asdict(self.evidence), "enqueued_time": _iso(self.evidence.enqueued_time)},
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Event:
+        ev = dict(d["evidence"])
+        ev["enqueued_time"] = _parse_iso(ev.get("enqueued_time"))
+        entities = []
+        for raw in d.get("entities", ()):
+            fields = dict(raw)
+            entities.append(ENTITY_TYPES[fields.pop("type")](**fields))
+        return cls(
+            id=d["id"],
+            source=Source(d["source"]),
+            normalizer=d["normalizer"],
+            kind=d["kind"],
+            time=_parse_iso(d["time"]) or datetime.min.replace(tzinfo=UTC),
+            severity=Severity(d["severity"]) if d.get("severity") else None,
+            title=d.get("title"),
+            resource=ResourceId(**d["resource"]) if d.get("resource") else None,
+            entities=tuple(entities),
+            attributes=dict(d.get("attributes", {})),
+            evidence=Evidence(**ev),
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Event:
+        return cls.from_dict(orjson.loads(data))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# --- dead letters -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message, or one item of it, that could not be normalized. The original bytes are kept in
+    the store under `message` (their SHA-256); `pointer` says which item ("" for the whole body)."""
+
+    id: str
+    reason: str
+    message: str
+    pointer: str
+    hub: str
+    received: datetime
+    size: int
+    normalizer: str | None = None
+    partition: str | None = None
+    sequence_number: int | None = None
+    offset: str | None = None
+    enqueued_time: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "received": _iso(self.received), "enqueued_time": _iso(self.enqueued_time)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeadLetter:
+        fields = dict(d)
+        fields["received"] = _parse_iso(fields["received"])
+        fields["enqueued_time"] = _parse_iso(fields.get("enqueued_time"))
+        return cls(**fields)

@@ -1,0 +1,415 @@
+"""Microsoft Defender for Cloud alerts, in the shapes they reach us, and the export messages that
+share their hub.
+
+Shapes (field names: `../shared/reference/defender-alert-json-shape.md`):
+- `defender.alert.arm`: the ARM/REST resource, camelCase under `properties`;
+- `defender.alert.export`: continuous export to Event Hubs, flat PascalCase, entities linked by
+  `$id` / `$ref`;
+- `defender.alert.sentinel`: a row of the Log Analytics / Sentinel `SecurityAlert` table, with
+  `Entities` and `ExtendedProperties` as JSON strings;
+- `defender.alert.activity_log`: the "Activate Alert" event Defender writes to the activity log;
+- `defender.export.other`: assessments, sub-assessments, secure scores and regulatory compliance
+  from continuous export: valid, nothing to watch, counted as ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aegis.arm import ResourceId, try_parse_resource_id
+from aegis.decode import loads_nested
+from aegis.errors import MalformedInput
+from aegis.events import (
+    AiResource,
+    Entity,
+    Event,
+    Evidence,
+    Host,
+    Model,
+    ModelDeployment,
+    ServicePrincipal,
+    Severity,
+    Source,
+    User,
+    UserAgent,
+    make_ip,
+)
+from aegis.normalize import fields as f
+from aegis.normalize.registry import Ignored, normalizer
+
+MAX_EXTENDED = 64
+UNKNOWN_KIND = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """Where each field of an alert is, in one shape."""
+
+    system_alert_id: str
+    alert_type: str
+    display_name: tuple[str, ...]
+    description: str
+    severity: tuple[str, ...]
+    times: tuple[str, ...]
+    end_time: tuple[str, ...]
+    resource_id: tuple[str, ...]
+    resource_identifiers: str
+    entities: str
+    extended: str
+    intent: str
+    status: str
+    compromised: str
+    product: str
+    vendor: str
+    link: tuple[str, ...]
+    techniques: str
+    correlation_key: str
+
+
+ARM = _Names(
+    "systemAlertId", "alertType", ("alertDisplayName",), "description", ("severity",),
+    ("startTimeUtc", "timeGeneratedUtc"), ("endTimeUtc",), (), "resourceIdentifiers", "entities",
+    "extendedProperties", "intent", "status", "compromisedEntity", "productName", "vendorName",
+    ("alertUri",), "techniques", "correlationKey",
+)  # fmt: skip
+EXPORT = _Names(
+    "SystemAlertId", "AlertType", ("AlertDisplayName",), "Description", ("Severity", "ReportedSeverity"),
+    ("StartTimeUtc", "TimeGenerated"), ("EndTimeUtc",), ("AzureResourceId",), "ResourceIdentifiers",
+    "Entities", "ExtendedProperties", "Intent", "Status", "CompromisedEntity", "ProductName", "VendorName",
+    ("AlertUri",), "Techniques", "CorrelationKey",
+)  # fmt: skip
+SENTINEL = _Names(
+    "SystemAlertId", "AlertType", ("DisplayName", "AlertName"), "Description", ("AlertSeverity", "Severity"),
+    ("StartTime", "TimeGenerated"), ("EndTime",), ("ResourceId", "AzureResourceId"), "ResourceIdentifiers",
+    "Entities", "ExtendedProperties", "Tactics", "Status", "CompromisedEntity", "ProductName", "VendorName",
+    ("AlertLink", "AlertUri"), "Techniques", "CorrelationKey",
+)  # fmt: skip
+
+
+# --- which normalizer takes an item --------------------------------------------------------------
+
+
+def _is_arm_alert(item: dict[str, Any]) -> bool:
+    props = item.get("properties")
+    return isinstance(props, dict) and ("systemAlertId" in props or "alertType" in props)
+
+
+def _is_sentinel_alert(item: dict[str, Any]) -> bool:
+    return "SystemAlertId" in item and (
+        item.get("Type") == "SecurityAlert" or isinstance(item.get("Entities"), str) or "AlertName" in item
+    )
+
+
+def _is_export_alert(item: dict[str, Any]) -> bool:
+    return "SystemAlertId" in item or ("AlertType" in item and "VendorName" in item)
+
+
+def _is_activity_log_alert(item: dict[str, Any]) -> bool:
+    op = item.get("operationName")
+    op_name = op.get("value") if isinstance(op, dict) else op
+    return (
+        isinstance(op_name, str)
+        and op_name.lower() == "microsoft.security/locations/alerts/activate/action"
+        and ("eventDataId" in item or "operationId" in item or "correlationId" in item)
+    )
+
+
+_EXPORT_MARKERS = (
+    "securityEventDataEnrichment", "SecurityEventDataEnrichment", "assessmentEventDataEnrichment",
+    "AssessmentEventDataEnrichment", "SubAssessmentEventDataEnrichment", "subAssessmentEventDataEnrichment",
+)  # fmt: skip
+_EXPORT_TYPES = (
+    "microsoft.security/assessments", "microsoft.security/securescores", "microsoft.security/regulatorycompliance",
+    "microsoft.security/securescorecontrols", "microsoft.security/governance",
+)  # fmt: skip
+
+
+def _is_export_other(item: dict[str, Any]) -> bool:
+    if any(m in item for m in _EXPORT_MARKERS):
+        return True
+    kind = item.get("type") or item.get("Type") or item.get("$type")
+    return isinstance(kind, str) and kind.lower().startswith(_EXPORT_TYPES)
+
+
+# --- normalizers ------------------------------------------------------------------------------------
+
+
+@normalizer("defender.export.other", source=Source.DEFENDER, accepts=_is_export_other)
+def export_other(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """Continuous-export messages that are not alerts (assessments, secure scores, compliance)."""
+    kind = item.get("type") or item.get("Type") or item.get("$type") or "export message"
+    raise Ignored(f"Defender export message that is not an alert ({str(kind)[:80]})")
+
+
+@normalizer("defender.alert.arm", source=Source.DEFENDER, accepts=_is_arm_alert)
+def arm_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """A Defender for Cloud alert as the ARM REST API returns it (camelCase under `properties`)."""
+    return [_alert(item["properties"], ARM, "defender.alert.arm", evidence)]
+
+
+@normalizer("defender.alert.sentinel", source=Source.DEFENDER, accepts=_is_sentinel_alert)
+def sentinel_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """A Defender alert as a row of the Log Analytics / Sentinel `SecurityAlert` table."""
+    return [_alert(item, SENTINEL, "defender.alert.sentinel", evidence)]
+
+
+@normalizer("defender.alert.export", source=Source.DEFENDER, accepts=_is_export_alert)
+def export_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """A Defender alert from continuous export (flat PascalCase, `$id`/`$ref` entities)."""
+    return [_alert(item, EXPORT, "defender.alert.export", evidence)]
+
+
+@normalizer("defender.alert.activity_log", source=Source.DEFENDER, accepts=_is_activity_log_alert)
+def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """A Defender alert as the activity-log event "Activate Alert" (Security category)."""
+    props = f.obj(item, "properties")
+    alert_id = _alert_id(f.text(item, "eventDataId") or f.text(item, "operationId") or f.text(item, "correlationId"))
+    name = item.get("eventName")
+    title = f.text(name, "value", limit=f.MAX_TITLE) if isinstance(name, dict) else f.text(item, "eventName")
+    affected = f.resource(props, "azureResourceId") or f.resource(props, "resourceId")
+    entities: list[Entity] = []
+    if affected is not None:
+        entities += f.resource_entities(affected)
+    username = f.text(props, "username")
+    if username:
+        entities.append(User(name=username))
+    attributes = {
+        "intent": _first_of_list_text(props.get("intent")),
+        "compromised_entity": f.text(props, "compromisedEntity"),
+        "status": _value_text(item.get("status")),
+        "resource_type": f.text(props, "resourceType"),
+    }
+    return [
+        Event(
+            id=alert_id,
+            source=Source.DEFENDER,
+            normalizer="defender.alert.activity_log",
+            kind=f.text(props, "alertType") or UNKNOWN_KIND,
+            time=f.timestamp(item, "eventTimestamp", "submissionTimestamp"),
+            evidence=evidence,
+            resource=affected,
+            severity=Severity.parse(props.get("severity")),
+            title=title,
+            entities=f.dedupe(entities),
+            attributes={k: v for k, v in attributes.items() if v is not None},
+        )
+    ]
+
+
+# --- the shared alert reader --------------------------------------------------------------------------
+
+
+def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence) -> Event:
+    alert_id = _alert_id(f.text(p, n.system_alert_id, required=True))
+    severity_raw = next((p[k] for k in n.severity if p.get(k) is not None), None)
+    if severity_raw is not None and not isinstance(severity_raw, str):
+        raise MalformedInput(f"'severity' is {f.kind_of(severity_raw)}, not a string")
+
+    resource = _affected_resource(p, n)
+    entities: list[Entity] = f.resource_entities(resource) if resource else []
+    entities += _alert_entities(f.array(p, n.entities))
+    extended = f.obj(p, n.extended)
+    entities += _extended_entities(extended)
+
+    attributes: dict[str, Any] = {
+        "intent": _first_of_list_text(p.get(n.intent)),
+        "status": f.text(p, n.status),
+        "compromised_entity": f.text(p, n.compromised),
+        "product": f.text(p, n.product),
+        "vendor": f.text(p, n.vendor),
+        "link": next((f.text(p, k) for k in n.link if p.get(k)), None),
+        "techniques": _join(p.get(n.techniques)),
+        "correlation_key": f.text(p, n.correlation_key),
+        "description": f.text(p, n.description, limit=2048),
+        "end_time": _end_time(p, n),
+    }
+    for key, value in list(extended.items())[:MAX_EXTENDED]:
+        if isinstance(key, str) and isinstance(value, (str, int, float, bool)):
+            attributes[f"ext.{key[:64]}"] = value[: f.MAX_TEXT] if isinstance(value, str) else value
+
+    return Event(
+        id=alert_id,
+        source=Source.DEFENDER,
+        normalizer=name,
+        kind=f.text(p, n.alert_type, limit=200) or UNKNOWN_KIND,
+        time=f.timestamp(p, *n.times),
+        evidence=evidence,
+        resource=resource,
+        severity=Severity.parse(severity_raw),
+        title=next((f.text(p, k, limit=f.MAX_TITLE) for k in n.display_name if p.get(k)), None),
+        entities=f.dedupe(entities),
+        attributes={k: v for k, v in attributes.items() if v is not None},
+    )
+
+
+_ALERT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+def _alert_id(value: str | None) -> str:
+    """The event id of an alert: its SystemAlertId (`2518298467986649999_4d25bfef-…`), lower case.
+    It keys the stores, so anything but the characters Defender uses is refused."""
+    if value is None:
+        raise MalformedInput("alert has no SystemAlertId")
+    if not _ALERT_ID.match(value):
+        raise MalformedInput("SystemAlertId has characters or a length no Defender alert id has")
+    return value.lower()
+
+
+def _affected_resource(p: dict[str, Any], n: _Names) -> ResourceId | None:
+    for key in n.resource_id:
+        rid = f.resource(p, key)
+        if rid is not None:
+            return rid
+    for ident in f.array(p, n.resource_identifiers):
+        if not isinstance(ident, dict):
+            continue
+        lowered = {str(k).lower(): v for k, v in ident.items()}
+        if str(lowered.get("type", "")).lower() == "azureresource":
+            rid = try_parse_resource_id(lowered.get("azureresourceid"))
+            if rid is not None:
+                return rid
+    return None
+
+
+def _end_time(p: dict[str, Any], n: _Names) -> str | None:
+    try:
+        return f.timestamp(p, *n.end_time).isoformat().replace("+00:00", "Z")
+    except MalformedInput:
+        return None
+
+
+def _resolve_refs(raw: list[Any]) -> list[dict[str, Any]]:
+    """Entities with `$ref` replaced by the entity they reference (the nearest earlier `$id`, as
+    JSON.NET writes them; exports that repeat ids resolve to the latest definition)."""
+    latest: dict[str, dict[str, Any]] = {}
+    first: dict[str, dict[str, Any]] = {}
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            ref_id = node.get("$id")
+            if isinstance(ref_id, str):
+                first.setdefault(ref_id, node)
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+
+    collect(raw)
+    out = []
+    for node in raw:
+        if not isinstance(node, dict):
+            continue
+        ref = node.get("$ref")
+        if isinstance(ref, str) and len(node) == 1:
+            node = latest.get(ref) or first.get(ref) or {}
+        ref_id = node.get("$id")
+        if isinstance(ref_id, str):
+            latest[ref_id] = node
+        if node:
+            out.append(node)
+    return out
+
+
+def _alert_entities(raw: list[Any]) -> list[Entity]:
+    out: list[Entity] = []
+    for node in _resolve_refs(raw):
+        e = {str(k).lower(): v for k, v in node.items()}
+        kind = str(e.get("type", "")).lower()
+        if kind == "ip":
+            ip = make_ip(e.get("address"))
+            if ip:
+                out.append(ip)
+        elif kind == "host":
+            host_id = try_parse_resource_id(e.get("azureid"))
+            name = _s(e.get("hostname")) or _s(e.get("netbiosname")) or _s(e.get("fqdn"))
+            mde = _s(e.get("mdatpdeviceid")) or _s(e.get("mdedeviceid"))
+            if name or host_id or mde:
+                os_name = _s(e.get("osfamily")) or _s(e.get("ostype"))
+                out.append(Host(name=name, azure_id=host_id.id if host_id else None, mde_machine_id=mde, os=os_name))
+        elif kind == "account":
+            user = _account(e)
+            if user:
+                out.append(user)
+        elif kind == "azure-resource":
+            rid = try_parse_resource_id(e.get("resourceid"))
+            if rid:
+                out += f.resource_entities(rid)
+        elif kind == "cloud-application":
+            app_id, name = e.get("appid"), _s(e.get("name"))
+            if app_id is not None or name:
+                out.append(ServicePrincipal(app_id=str(app_id)[:64] if app_id is not None else None, name=name))
+    return out
+
+
+def _account(e: dict[str, Any]) -> User | None:
+    name = _s(e.get("name"))
+    suffix = _s(e.get("upnsuffix"))
+    upn = f"{name}@{suffix}".lower() if name and suffix else None
+    object_id = f.guid(e.get("aaduserid"))
+    if not (upn or object_id or name):
+        return None
+    return User(upn=upn, object_id=object_id, name=_s(e.get("displayname")) or name, tenant_id=f.guid(e.get("aadtenantid")))
+
+
+# Extended properties of AI alerts carry the caller's context under loosely named keys; these
+# are the names seen in Defender alerts and in the end-user context feature (compacted form).
+_EXT_IP = {"clientipaddress", "ipaddress", "callerip", "calleripaddress", "sourceip", "clientip", "enduseripaddress"}
+_EXT_UPN = {"clientprincipalname", "userprincipalname", "upn", "enduserid", "username"}
+_EXT_UA = {"useragent", "clientuseragent", "suspicioususeragent"}
+_EXT_DEPLOYMENT = {"deploymentname", "modeldeploymentname", "modeldeployment", "aideploymentname"}
+_EXT_MODEL = {"modelname", "model"}
+_EXT_APP = {"applicationname", "clientapplication", "appname"}
+
+
+def _extended_entities(ext: dict[str, Any]) -> list[Entity]:
+    out: list[Entity] = []
+    for key, value in list(ext.items())[:MAX_EXTENDED]:
+        if not isinstance(key, str) or not isinstance(value, str) or not value.strip():
+            continue
+        k, v = f.compact_key(key), value.strip()[: f.MAX_TEXT]
+        if k in _EXT_IP:
+            ip = make_ip(v)
+            if ip:
+                out.append(ip)
+        elif k in _EXT_UPN:
+            out.append(User(upn=v.lower()) if "@" in v else User(name=v))
+        elif k in _EXT_UA:
+            out.append(UserAgent(value=v))
+        elif k in _EXT_DEPLOYMENT:
+            out.append(ModelDeployment(name=v[:128]))
+        elif k in _EXT_MODEL:
+            out.append(Model(name=v[:128]))
+        elif k in _EXT_APP:
+            out.append(ServicePrincipal(name=v[:256]))
+    return out
+
+
+def _s(value: Any) -> str | None:
+    return value.strip()[: f.MAX_TEXT] or None if isinstance(value, str) and value.strip() else None
+
+
+def _first_of_list_text(value: Any) -> str | None:
+    """Intent arrives as `"Execution"`, as `"[\\"Persistence\\"]"` or as a list of intents."""
+    try:
+        value = loads_nested(value, "intent") if isinstance(value, str) and value.startswith("[") else value
+    except MalformedInput:
+        return None
+    return _join(value)
+
+
+def _join(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip()[: f.MAX_TEXT] or None
+    if isinstance(value, list):
+        parts = [v.strip() for v in value if isinstance(v, str) and v.strip()]
+        return ",".join(parts)[: f.MAX_TEXT] or None
+    return None
+
+
+def _value_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("value")
+    return value.strip()[: f.MAX_TEXT] or None if isinstance(value, str) else None

@@ -1,0 +1,287 @@
+"""Records that diagnostic settings send to Event Hubs inside `{"records": [...]}`.
+
+- `diagnostics.signin`: Entra ID sign-in logs (`SignInLogs`, `NonInteractiveUserSignInLogs`, ...);
+- `diagnostics.activity`: the Azure activity log (Administrative operations such as `listKeys`,
+  `regenerateKey` or network changes on an AI account, and the other activity categories);
+- `diagnostics.ai`: resource logs of AI accounts (Azure OpenAI, AI Foundry, AI services):
+  `RequestResponse`, `Audit`, `Trace`, `AzureOpenAIRequestUsage` and any later category;
+- `diagnostics.resource`: any other resource log in the common schema.
+
+Field facts: `../shared/reference/ai-diagnostic-logs.md`. `properties` may be an object or a JSON
+string; resource ids arrive upper-case; caller IPs arrive with the last octet masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aegis.arm import ResourceId
+from aegis.events import (
+    AiResource,
+    Entity,
+    Event,
+    Evidence,
+    Model,
+    ModelDeployment,
+    ServicePrincipal,
+    Source,
+    User,
+    UserAgent,
+    make_ip,
+)
+from aegis.normalize import fields as f
+from aegis.normalize.registry import normalizer
+
+SIGNIN_CATEGORIES = frozenset(
+    {
+        "signinlogs", "noninteractiveusersigninlogs", "serviceprincipalsigninlogs",
+        "managedidentitysigninlogs", "microsoftserviceprincipalsigninlogs", "adfssigninlogs",
+    }
+)  # fmt: skip
+ACTIVITY_CATEGORIES = frozenset(
+    {
+        "administrative", "security", "servicehealth", "resourcehealth", "alert", "recommendation",
+        "policy", "autoscale", "write", "delete", "action",
+    }
+)  # fmt: skip
+_APP_SIGNIN = frozenset({"serviceprincipalsigninlogs", "managedidentitysigninlogs", "microsoftserviceprincipalsigninlogs"})
+
+_CLAIM_UPN = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"
+_CLAIM_OID = "http://schemas.microsoft.com/identity/claims/objectidentifier"
+_CLAIM_NAME = "name"
+
+# Token counts: no published AzureOpenAIRequestUsage sample exists, so accept the usual spellings.
+_TOKEN_FIELDS = {
+    "prompttokens": "prompt_tokens", "inputtokens": "prompt_tokens",
+    "completiontokens": "completion_tokens", "outputtokens": "completion_tokens",
+    "totaltokens": "total_tokens",
+}  # fmt: skip
+
+
+def _category(item: dict[str, Any]) -> str:
+    value = item.get("category", item.get("type"))
+    return value.lower() if isinstance(value, str) else ""
+
+
+def _is_record(item: dict[str, Any]) -> bool:
+    return "time" in item and "resourceId" in item and isinstance(item.get("category", item.get("type")), str)
+
+
+def _is_signin(item: dict[str, Any]) -> bool:
+    return _is_record(item) and _category(item) in SIGNIN_CATEGORIES
+
+
+def _is_activity(item: dict[str, Any]) -> bool:
+    return _is_record(item) and _category(item) in ACTIVITY_CATEGORIES
+
+
+def _is_ai(item: dict[str, Any]) -> bool:
+    rid = item.get("resourceId")
+    if not _is_record(item) or not isinstance(rid, str):
+        return False
+    low = rid.lower()
+    return any(f"/providers/{p}/" in low for p in f.AI_PROVIDERS)
+
+
+@normalizer("diagnostics.signin", source=Source.SIGNIN_LOG, accepts=_is_signin)
+def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """An Entra ID sign-in record (user, non-interactive, service principal, managed identity)."""
+    category = _category(item)
+    props = f.obj(item, "properties")
+    entities: list[Entity] = []
+    ip = make_ip(props.get("ipAddress")) or make_ip(item.get("callerIpAddress"))
+    if ip:
+        entities.append(ip)
+    if category in _APP_SIGNIN:
+        sp_name = f.text(props, "servicePrincipalName") or f.text(props, "appDisplayName")
+        app_id, sp_id = f.guid(props.get("appId")), f.guid(props.get("servicePrincipalId"))
+        if app_id or sp_id or sp_name:
+            entities.append(ServicePrincipal(app_id=app_id, object_id=sp_id, name=sp_name))
+    else:
+        upn = f.text(props, "userPrincipalName")
+        user_id = f.guid(props.get("userId"))
+        if upn or user_id:
+            entities.append(
+                User(
+                    upn=upn.lower() if upn else None,
+                    object_id=user_id,
+                    name=f.text(props, "userDisplayName"),
+                    tenant_id=f.guid(props.get("homeTenantId")) or f.guid(item.get("tenantId")),
+                )
+            )
+    ua = f.text(props, "userAgent")
+    if ua:
+        entities.append(UserAgent(value=ua))
+    status = props.get("status") if isinstance(props.get("status"), dict) else {}
+    location = props.get("location") if isinstance(props.get("location"), dict) else {}
+    error_code = f.number(status, "errorCode")
+    attributes = {
+        "category": item.get("category"),
+        "operation": f.text(item, "operationName"),
+        "error_code": error_code,
+        "success": error_code == 0 if error_code is not None else None,
+        "app_id": f.guid(props.get("appId")),
+        "app_name": f.text(props, "appDisplayName"),
+        "target_resource": f.text(props, "resourceDisplayName"),
+        "client_app": f.text(props, "clientAppUsed"),
+        "interactive": props.get("isInteractive") if isinstance(props.get("isInteractive"), bool) else None,
+        "conditional_access": f.text(props, "conditionalAccessStatus"),
+        "risk_level": f.text(props, "riskLevelDuringSignIn"),
+        "risk_level_aggregated": f.text(props, "riskLevelAggregated"),
+        "risk_state": f.text(props, "riskState"),
+        "country": f.text(location, "countryOrRegion"),
+        "correlation_id": f.text(item, "correlationId"),
+    }
+    return [_event(item, "diagnostics.signin", Source.SIGNIN_LOG, entities, attributes, evidence)]
+
+
+@normalizer("diagnostics.activity", source=Source.ACTIVITY_LOG, accepts=_is_activity)
+def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """An activity-log record (control-plane operation, health or policy event)."""
+    identity = item.get("identity")
+    identity = identity if isinstance(identity, dict) else {}
+    claims = identity.get("claims") if isinstance(identity.get("claims"), dict) else {}
+    authz = identity.get("authorization") if isinstance(identity.get("authorization"), dict) else {}
+    evidence_block = authz.get("evidence") if isinstance(authz.get("evidence"), dict) else {}
+
+    rid = f.resource(item, "resourceId", required=True)
+    assert rid is not None
+    entities: list[Entity] = f.resource_entities(rid)
+    ip = make_ip(item.get("callerIpAddress"))
+    if ip:
+        entities.append(ip)
+    principal_type = str(evidence_block.get("principalType", "")).lower()
+    object_id = f.guid(claims.get(_CLAIM_OID)) or f.guid(evidence_block.get("principalId"))
+    upn = claims.get(_CLAIM_UPN) if isinstance(claims.get(_CLAIM_UPN), str) else None
+    caller = f.text(item, "caller")
+    if caller and "@" in caller:
+        upn = upn or caller
+    elif caller and not object_id:
+        object_id = f.guid(caller)
+    if principal_type == "serviceprincipal" or (not upn and f.guid(claims.get("appid")) and principal_type != "user"):
+        entities.append(ServicePrincipal(app_id=f.guid(claims.get("appid")), object_id=object_id))
+    elif upn or object_id:
+        name = claims.get(_CLAIM_NAME) if isinstance(claims.get(_CLAIM_NAME), str) else None
+        entities.append(User(upn=upn.strip().lower()[:256] if upn else None, object_id=object_id, name=name))
+    props = f.obj(item, "properties")
+    attributes = {
+        "category": item.get("category"),
+        "operation": _operation(item),
+        "result_type": f.text(item, "resultType"),
+        "result_signature": f.text(item, "resultSignature"),
+        "http_status": f.number(props, "statusCode") if isinstance(props.get("statusCode"), int) else None,
+        "status_code": f.text(props, "statusCode") if isinstance(props.get("statusCode"), str) else None,
+        "level": f.text(item, "level"),
+        "role": f.text(evidence_block, "role"),
+        "authorization_action": f.text(authz, "action"),
+        "authorization_scope": f.text(authz, "scope"),
+        "correlation_id": f.text(item, "correlationId"),
+    }
+    return [_event(item, "diagnostics.activity", Source.ACTIVITY_LOG, entities, attributes, evidence, rid)]
+
+
+@normalizer("diagnostics.ai", source=Source.RESOURCE_LOG, accepts=_is_ai)
+def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """A resource log of an AI account: RequestResponse, Audit, Trace, AzureOpenAIRequestUsage."""
+    rid = f.resource(item, "resourceId", required=True)
+    assert rid is not None
+    props = f.obj(item, "properties")
+    account = _account_of(rid)
+    entities: list[Entity] = f.resource_entities(rid)
+    ip = make_ip(item.get("callerIpAddress"))
+    if ip:
+        entities.append(ip)
+    caller_oid = f.guid(props.get("objectId"))
+    if caller_oid:
+        # The log names the caller's Entra object id without saying whether it is a user or a
+        # service principal; it is kept as a user, and enrichment resolves it.
+        entities.append(User(object_id=caller_oid))
+    deployment = f.text(props, "modelDeploymentName", limit=128)
+    if deployment:
+        entities.append(ModelDeployment(name=deployment, resource_id=account.id if account else None))
+    model = f.text(props, "modelName", limit=128)
+    if model:
+        entities.append(Model(name=model, version=f.text(props, "modelVersion", limit=64)))
+    ua = f.text(props, "userAgent") or f.text(item, "userAgent")
+    if ua:
+        entities.append(UserAgent(value=ua))
+    signature = f.number(item, "resultSignature")
+    attributes: dict[str, Any] = {
+        "category": item.get("category", item.get("type")),
+        "operation": f.text(item, "operationName"),
+        "http_status": int(signature) if isinstance(signature, (int, float)) else None,
+        "result_signature": None if isinstance(signature, (int, float)) else f.text(item, "resultSignature"),
+        "result_type": f.text(item, "resultType"),
+        "duration_ms": f.number(item, "durationMs"),
+        "request_bytes": f.number(props, "requestLength"),
+        "response_bytes": f.number(props, "responseLength"),
+        "stream_type": f.text(props, "streamType"),
+        "api_name": f.text(props, "apiName"),
+        "correlation_id": f.text(item, "correlationId"),
+        "location": f.text(item, "location"),
+        "level": f.text(item, "level"),
+    }
+    for key, value in props.items():
+        name = _TOKEN_FIELDS.get(f.compact_key(key)) if isinstance(key, str) else None
+        if name:
+            attributes[name] = f.number(props, key)
+    return [_event(item, "diagnostics.ai", Source.RESOURCE_LOG, entities, attributes, evidence, rid)]
+
+
+def _is_generic(item: dict[str, Any]) -> bool:
+    return _is_record(item)
+
+
+@normalizer("diagnostics.resource", source=Source.RESOURCE_LOG, accepts=_is_generic)
+def resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """A resource log of any other Azure resource, in the common schema."""
+    rid = f.resource(item, "resourceId", required=True)
+    entities: list[Entity] = []
+    ip = make_ip(item.get("callerIpAddress"))
+    if ip:
+        entities.append(ip)
+    attributes = {
+        "category": item.get("category", item.get("type")),
+        "operation": f.text(item, "operationName"),
+        "result_type": f.text(item, "resultType"),
+        "result_signature": f.text(item, "resultSignature"),
+        "level": f.text(item, "level"),
+        "correlation_id": f.text(item, "correlationId"),
+    }
+    return [_event(item, "diagnostics.resource", Source.RESOURCE_LOG, entities, attributes, evidence, rid)]
+
+
+def _operation(item: dict[str, Any]) -> str | None:
+    op = f.text(item, "operationName")
+    return op.lower() if op else None
+
+
+def _account_of(rid: ResourceId) -> ResourceId | None:
+    node: ResourceId | None = rid
+    while node is not None and node.type is not None and node.type.count("/") > 1:
+        node = node.parent()
+    return node
+
+
+def _event(
+    item: dict[str, Any],
+    name: str,
+    source: Source,
+    entities: list[Entity],
+    attributes: dict[str, Any],
+    evidence: Evidence,
+    rid: ResourceId | None = None,
+) -> Event:
+    category = f.text(item, "category") or f.text(item, "type") or ""
+    operation = attributes.get("operation") or ""
+    return Event(
+        id=f.content_id(item),
+        source=source,
+        normalizer=name,
+        kind=f"{category}:{operation}",
+        time=f.timestamp(item, "time"),
+        evidence=evidence,
+        resource=rid if rid is not None else f.resource(item, "resourceId"),
+        entities=f.dedupe(entities),
+        attributes={k: v for k, v in attributes.items() if v is not None},
+    )

@@ -1,0 +1,62 @@
+"""The normalizer registry.
+
+A normalizer turns one decoded item (a Defender alert, an export message, a log record) into
+events. Each registers under a unique name with a cheap `accepts(item)` test; the first registered
+normalizer that accepts an item gets it. Its function has one signature:
+
+    normalize(item: dict, evidence: Evidence) -> list[Event]
+
+and signals, by raising:
+- `Ignored(reason)`: a well-formed message that carries nothing to watch (an assessment, a secure
+  score); counted, not dead-lettered;
+- `MalformedInput(reason)`: the item cannot be used; it is dead-lettered with that reason.
+Any other exception is a bug in the normalizer; the pipeline dead-letters the item with the
+exception's type and the normalizer's name, and carries on with the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aegis.events import Event, Evidence, Source
+
+NormalizeFn = Callable[[dict[str, Any], Evidence], list[Event]]
+AcceptsFn = Callable[[dict[str, Any]], bool]
+
+
+class Ignored(Exception):  # noqa: N818 - a signal, like structlog's DropEvent, not an error
+    """Raised by a normalizer for a valid message that produces no event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Normalizer:
+    name: str
+    source: Source
+    accepts: AcceptsFn
+    normalize: NormalizeFn
+    description: str
+
+
+REGISTRY: dict[str, Normalizer] = {}
+
+
+def normalizer(name: str, *, source: Source, accepts: AcceptsFn) -> Callable[[NormalizeFn], NormalizeFn]:
+    """Register a normalizer function. A duplicate name fails at import."""
+
+    def register(fn: NormalizeFn) -> NormalizeFn:
+        if name in REGISTRY:
+            raise ValueError(f"normalizer {name!r} is registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        REGISTRY[name] = Normalizer(name, source, accepts, fn, doc[0] if doc else "")
+        return fn
+
+    return register
+
+
+def select(item: dict[str, Any]) -> Normalizer | None:
+    for n in REGISTRY.values():
+        if n.accepts(item):
+            return n
+    return None

@@ -1,0 +1,160 @@
+"""The one pipeline every front door drives: Event Hubs triggers, `aegis replay`, the tests.
+
+    message bytes ─► decode ─► items ─► normalizer ─► events ─┐
+                         │          │                         ├─► store (one write per batch)
+                         └──────────┴──► dead letters ────────┘
+
+Outcome of each message, exactly one of:
+- `with_events`: at least one item gave events (items of it that failed are dead-lettered too);
+- `ignored`: every item was a valid message with nothing to watch (or the body held no items);
+- `dead_lettered`: nothing usable; one dead letter per failed item, or one for the whole body.
+So `messages == with_events + ignored + dead_lettered` always. Only a store fault escapes
+`process()` (`StoreUnavailable`, for the trigger's retry policy); nothing about a message does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from aegis import normalize
+from aegis.decode import Limits, decode, items, kind_of
+from aegis.errors import MalformedInput
+from aegis.events import DeadLetter, Event, Evidence
+from aegis.normalize import Ignored
+from aegis.store import Store
+
+log = structlog.get_logger("aegis.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Event Hubs message body and where it came from."""
+
+    body: bytes
+    hub: str
+    partition: str | None = None
+    sequence_number: int | None = None
+    offset: str | None = None
+    enqueued_time: datetime | None = None
+
+
+@dataclass(slots=True)
+class Counts:
+    messages: int = 0
+    with_events: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    events: int = 0
+    new_events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    new_dead_letters: int = 0
+    by_normalizer: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            if f.name == "by_normalizer":
+                for k, v in other.by_normalizer.items():
+                    self.by_normalizer[k] = self.by_normalizer.get(k, 0) + v
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.limits = limits or Limits()
+        self.clock = clock
+
+    def process(self, messages: Sequence[Message]) -> Counts:
+        counts = Counts(messages=len(messages))
+        raws: dict[str, bytes] = {}
+        events: dict[str, Event] = {}
+        dead_letters: list[DeadLetter] = []
+        received = self.clock()
+        for message in messages:
+            digest = hashlib.sha256(message.body).hexdigest()
+            produced, failed = self._one(message, digest, received)
+            if produced:
+                counts.with_events += 1
+            elif failed:
+                counts.dead_lettered += 1
+            else:
+                counts.ignored += 1
+            if produced or failed:
+                raws[digest] = message.body
+            for event in produced:
+                counts.events += 1
+                counts.by_normalizer[event.normalizer] = counts.by_normalizer.get(event.normalizer, 0) + 1
+                events.setdefault(event.id, event)
+            dead_letters += failed
+        result = self.store.save(raws, list(events.values()), dead_letters)
+        counts.new_events = result.new_events
+        counts.duplicates = counts.events - result.new_events
+        counts.dead_letters = len(dead_letters)
+        counts.new_dead_letters = result.new_dead_letters
+        return counts
+
+    def _one(self, message: Message, digest: str, received: datetime) -> tuple[list[Event], list[DeadLetter]]:
+        """The events and dead letters of one message (neither: it was ignored)."""
+
+        def dead(reason: str, pointer: str = "", normalizer: str | None = None) -> DeadLetter:
+            log.warning("dead_lettered", reason=reason, pointer=pointer, message=digest, normalizer=normalizer)
+            return DeadLetter(
+                id=hashlib.sha256(f"{digest}\x00{pointer}".encode()).hexdigest()[:32],
+                reason=reason,
+                message=digest,
+                pointer=pointer,
+                hub=message.hub,
+                received=received,
+                size=len(message.body),
+                normalizer=normalizer,
+                partition=message.partition,
+                sequence_number=message.sequence_number,
+                offset=message.offset,
+                enqueued_time=message.enqueued_time,
+            )
+
+        try:
+            pairs = list(items(decode(message.body, self.limits), self.limits))
+        except MalformedInput as exc:
+            return [], [dead(str(exc))]
+
+        produced: list[Event] = []
+        failed: list[DeadLetter] = []
+        for pointer, item in pairs:
+            if not isinstance(item, dict):
+                failed.append(dead(f"item is {kind_of(item)}, not an object", pointer))
+                continue
+            chosen = normalize.select(item)
+            if chosen is None:
+                failed.append(dead("unrecognized item: not a Defender alert, export message or log record", pointer))
+                continue
+            evidence = Evidence(
+                digest, pointer, message.hub, message.partition, message.sequence_number, message.offset,
+                message.enqueued_time,
+            )  # fmt: skip
+            try:
+                produced += chosen.normalize(item, evidence)
+            except Ignored:
+                pass
+            except MalformedInput as exc:
+                failed.append(dead(str(exc), pointer, chosen.name))
+            except Exception as exc:  # a normalizer bug: keep the item, say which normalizer failed
+                failed.append(dead(f"normalizer failed: {type(exc).__name__}", pointer, chosen.name))
+        return produced, failed

@@ -1,0 +1,94 @@
+"""Every setting Aegis reads, in one place. Environment variables `AEGIS_*` (app settings in Azure).
+
+Settings are validated when they are loaded: a missing or invalid one raises `ConfigurationError`
+naming the variable and what it needs, at start-up rather than at the first message.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aegis.decode import Limits
+from aegis.errors import ConfigurationError
+
+ENV_PREFIX = "AEGIS_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    store: Literal["sqlite", "table"] = Field("sqlite", description="State store: embedded SQLite or Azure Tables.")
+    db: Path = Field(Path("aegis.db"), description="SQLite database file (store=sqlite).")
+    table_endpoint: str | None = Field(None, description="Table service URL, identity-based (store=table).")
+    blob_endpoint: str | None = Field(None, description="Blob service URL for raw bodies, identity-based (store=table).")
+    storage_connection_string: SecretStr | None = Field(
+        None, description="Storage connection string instead of the endpoints (Azurite, development)."
+    )
+    managed_identity_client_id: str | None = Field(
+        None, description="Client id of the user-assigned identity used for storage (store=table)."
+    )
+
+    defender_hub: str = Field("defender-alerts", description="Event hub receiving Defender continuous export.")
+    diagnostics_hub: str = Field("ai-diagnostics", description="Event hub receiving diagnostic settings.")
+    consumer_group: str = Field("aegis", description="Consumer group of the ingest functions.")
+
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Larger message bodies are dead-lettered.")
+    max_depth: int = Field(64, gt=1, le=512, description="Deeper JSON nesting is dead-lettered.")
+
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON when running in Azure, readable console output elsewhere."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _store_settings(self) -> Settings:
+        if self.store == "table" and self.storage_connection_string is None:
+            missing = [
+                f"{ENV_PREFIX}{name.upper()}"
+                for name in ("table_endpoint", "blob_endpoint")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} must be set when {ENV_PREFIX}STORE=table "
+                    f"(or set {ENV_PREFIX}STORAGE_CONNECTION_STRING)"
+                )
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_body_bytes=self.max_body_bytes, max_depth=self.max_depth)
+
+    @property
+    def in_azure(self) -> bool:
+        return bool(os.environ.get("WEBSITE_INSTANCE_ID") or os.environ.get("WEBSITE_SITE_NAME"))
+
+
+def load(**overrides: object) -> Settings:
+    """Read and validate the settings; `overrides` (CLI options) win over the environment."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get() -> Settings:
+    """The process-wide settings, loaded once (Functions workers, CLI)."""
+    return load()
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(msg if not loc else f"{name}: {msg}")
+    return "invalid settings: " + "; ".join(problems)

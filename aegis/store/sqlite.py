@@ -1,0 +1,106 @@
+"""The embedded default: one SQLite file in WAL mode."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from aegis.errors import StoreError, StoreUnavailable
+from aegis.events import DeadLetter, Event
+from aegis.store.base import SaveResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    resource TEXT,
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    received TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw_messages (
+    digest TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+
+    def save(
+        self, raws: Mapping[str, bytes], events: Sequence[Event], dead_letters: Sequence[DeadLetter]
+    ) -> SaveResult:
+        event_rows = [
+            (e.id, e.time.isoformat(), e.source.value, e.kind, e.resource.id if e.resource else None, e.to_json())
+            for e in events
+        ]
+        dl_rows = [(d.id, d.received.isoformat(), d.reason, orjson.dumps(d.to_dict())) for d in dead_letters]
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany("INSERT OR IGNORE INTO raw_messages VALUES (?, ?)", raws.items())
+                cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", event_rows)
+                new_events = cur.rowcount if event_rows else 0
+                cur.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)", dl_rows)
+                new_dls = cur.rowcount if dl_rows else 0
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return SaveResult(new_events, new_dls)
+
+    def events(self, *, limit: int | None = None) -> list[Event]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute("SELECT doc FROM events ORDER BY time, id LIMIT ?", (limit or -1,)).fetchall()
+        return [Event.from_json(r[0]) for r in rows]
+
+    def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute(
+                "SELECT doc FROM dead_letters ORDER BY received, id LIMIT ?", (limit or -1,)
+            ).fetchall()
+        return [DeadLetter.from_dict(orjson.loads(r[0])) for r in rows]
+
+    def raw(self, digest: str) -> bytes | None:
+        with self._lock, _translate(self.path):
+            row = self._db.execute("SELECT body FROM raw_messages WHERE digest = ?", (digest,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@contextmanager
+def _translate(path: Path) -> Iterator[None]:
+    """sqlite3 errors → the store's exceptions: busy or locked is transient, the rest is not."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if any(word in str(exc).lower() for word in ("locked", "busy", "disk i/o")):
+            raise StoreUnavailable(f"database {path} is busy: {exc}") from exc
+        raise StoreError(f"database {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"database {path}: {exc}") from exc

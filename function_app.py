@@ -1,0 +1,11 @@
+"""The Functions app: an index of the blueprints in `handlers/`. No logic lives here."""
+
+import azure.functions as func
+
+from aegis import settings
+from handlers import ingest
+
+settings.get()  # a missing or invalid setting fails the worker at start-up, naming the setting
+
+app = func.FunctionApp()
+app.register_functions(ingest.bp)
