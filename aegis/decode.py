@@ -3,7 +3,8 @@
 A body is one of:
 - a diagnostic-settings envelope `{"records": [record, ...]}` (resource logs, activity log, sign-ins);
 - one JSON object (a Defender alert, an export message, or a bare log record);
-- a JSON array of such objects (Defender continuous export may batch alerts).
+- a JSON array of such objects (Defender continuous export may batch alerts);
+- an ARM list response `{"value": [...]}` (alerts listed through the REST API, replayed).
 
 `items()` yields `(pointer, item)` pairs, the pointer being the JSON pointer of the item in the body
 (`/records/3`, `/0`, or `` for the whole body), so that evidence and dead letters can point at it.
@@ -20,6 +21,8 @@ import orjson
 from aegis.errors import MalformedInput
 
 _BOM = b"\xef\xbb\xbf"
+# An ARM / Graph list response (`az rest` output) replayed as a body: its items are under "value".
+_LIST_RESPONSE_KEYS = {"value", "nextLink", "@odata.context", "@odata.nextLink", "@odata.count"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ def decode(body: bytes, limits: Limits) -> Any:
             body.decode("utf-8")
         except UnicodeDecodeError as uerr:
             raise MalformedInput(f"body is not valid UTF-8 (byte {uerr.start})") from None
-        if "recursion" in str(exc):
+        if "depth limit" in str(exc) or "recursion" in str(exc):
             raise MalformedInput(f"JSON nesting deeper than {limits.max_depth} levels") from None
         raise MalformedInput(f"malformed JSON: {_short(exc)}") from None
     if _too_deep(value, limits.max_depth):
@@ -61,6 +64,8 @@ def items(value: Any, limits: Limits) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(records, list):
                 raise MalformedInput(f"envelope 'records' is {kind_of(records)}, not a list")
             yield from _indexed("/records", records, limits)
+        elif isinstance(value.get("value"), list) and value.keys() <= _LIST_RESPONSE_KEYS:
+            yield from _indexed("/value", value["value"], limits)
         else:
             yield "", value
     elif isinstance(value, list):

@@ -116,7 +116,7 @@ class Pipeline:
         def dead(reason: str, pointer: str = "", normalizer: str | None = None) -> DeadLetter:
             log.warning("dead_lettered", reason=reason, pointer=pointer, message=digest, normalizer=normalizer)
             return DeadLetter(
-                id=hashlib.sha256(f"{digest}\x00{pointer}".encode()).hexdigest()[:32],
+                id=_dead_letter_id(message, digest, pointer),
                 reason=reason,
                 message=digest,
                 pointer=pointer,
@@ -158,3 +158,10 @@ class Pipeline:
             except Exception as exc:  # a normalizer bug: keep the item, say which normalizer failed
                 failed.append(dead(f"normalizer failed: {type(exc).__name__}", pointer, chosen.name))
         return produced, failed
+
+
+def _dead_letter_id(message: Message, digest: str, pointer: str) -> str:
+    """Deterministic: a redelivery (same hub, partition and sequence number) or a replay of the same
+    bytes gives the same id; two messages that merely carry the same bytes get two records."""
+    position = f"{message.hub}\x00{message.partition}\x00{message.sequence_number}"
+    return hashlib.sha256(f"{digest}\x00{pointer}\x00{position}".encode()).hexdigest()[:32]

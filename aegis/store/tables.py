@@ -30,27 +30,26 @@ from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
 from aegis.store.base import SaveResult
 
-EVENTS_TABLE = "aegisevents"
-DEAD_LETTERS_TABLE = "aegisdeadletters"
-RAW_CONTAINER = "aegis-raw"
+PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
 MAX_INLINE_DOC = 30_000  # characters; a table string property holds 32K UTF-16 code units
 _TRANSACTION_SIZE = 100
 
 
 class TableStore:
-    def __init__(self, tables: TableServiceClient, blobs: BlobServiceClient) -> None:
+    def __init__(self, tables: TableServiceClient, blobs: BlobServiceClient, *, prefix: str = PREFIX) -> None:
         with _translate():
-            self._events = tables.create_table_if_not_exists(EVENTS_TABLE)
-            self._dead_letters = tables.create_table_if_not_exists(DEAD_LETTERS_TABLE)
-            self._raw = blobs.get_container_client(RAW_CONTAINER)
+            self._events = tables.create_table_if_not_exists(f"{prefix}events")
+            self._dead_letters = tables.create_table_if_not_exists(f"{prefix}deadletters")
+            self._raw = blobs.get_container_client(f"{prefix}-raw")
             try:
                 self._raw.create_container()
             except ResourceExistsError:
                 pass
 
     @classmethod
-    def from_connection_string(cls, conn: str) -> TableStore:
-        return cls(TableServiceClient.from_connection_string(conn), BlobServiceClient.from_connection_string(conn))
+    def from_connection_string(cls, conn: str, *, prefix: str = PREFIX) -> TableStore:
+        tables = TableServiceClient.from_connection_string(conn)
+        return cls(tables, BlobServiceClient.from_connection_string(conn), prefix=prefix)
 
     @classmethod
     def from_endpoints(cls, table_endpoint: str, blob_endpoint: str, credential: TokenCredential) -> TableStore:

@@ -1,0 +1,250 @@
+"""The pipeline end to end on SQLite: outcomes, dead letters, idempotence, and the invariant
+messages = with events + ignored + dead-lettered under generated hostile input."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aegis import normalize
+from aegis.decode import Limits
+from aegis.normalize.registry import REGISTRY, Normalizer
+from aegis.pipeline import Message, Pipeline
+from aegis.store import SqliteStore
+from tests.conftest import SAMPLES
+from tests.helpers import body
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+SEEDS = [p.read_bytes() for p in sorted(SAMPLES.rglob("*.json"))]
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+VALID_SEEDS = [s for s in SEEDS if _parses(s)]
+ENVELOPE = (SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_bytes()
+ALERT = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
+ASSESSMENT = (SAMPLES / "defender" / "05-assessment-export.json").read_bytes()
+
+
+def make_pipeline(limits: Limits | None = None) -> Pipeline:
+    return Pipeline(SqliteStore(":memory:"), limits=limits, clock=lambda: NOW)
+
+
+def msg(data: bytes, **kw: Any) -> Message:
+    return Message(body=data, hub=kw.pop("hub", "ai-diagnostics"), **kw)
+
+
+def test_a_good_batch_is_stored_and_counted():
+    p = make_pipeline()
+    counts = p.process([msg(ENVELOPE), msg(ALERT, hub="defender-alerts"), msg(ASSESSMENT, hub="defender-alerts")])
+    assert (counts.messages, counts.with_events, counts.ignored, counts.dead_lettered) == (3, 2, 1, 0)
+    assert counts.events == 26
+    assert counts.new_events == 26
+    assert counts.by_normalizer == {"diagnostics.ai": 25, "defender.alert.arm": 1}
+    stored = p.store.events()
+    assert len(stored) == 26
+    alert = next(e for e in stored if e.normalizer == "defender.alert.arm")
+    assert alert.evidence.hub == "defender-alerts"
+    assert p.store.raw(alert.evidence.message) == ALERT
+
+
+def test_replaying_a_batch_twice_stores_nothing_new():
+    p = make_pipeline()
+    batch = [msg(ENVELOPE), msg(ALERT), msg(b"{broken")]
+    first = p.process(batch)
+    second = p.process(batch)
+    assert first.new_events == 26
+    assert (second.new_events, second.duplicates, second.new_dead_letters) == (0, 26, 0)
+    assert len(p.store.events()) == 26
+    assert len(p.store.dead_letters()) == 1
+
+
+def test_same_event_twice_in_one_batch_is_one_event():
+    counts = make_pipeline().process([msg(ALERT), msg(ALERT)])
+    assert (counts.events, counts.new_events, counts.duplicates) == (2, 1, 1)
+
+
+BAD_BODIES = {
+    "malformed JSON": b'{"records": [{"time": ',
+    "not valid UTF-8": b'{"records": [], "x": "\xc3\x28"}',
+    "'records' is a string": b'{"records": "nope"}',
+    "exceeds the limit": b'{"pad": "' + b"x" * 50_000 + b'"}',
+    "nesting deeper than 16": b'{"records": ' + b"[" * 20 + b"]" * 20 + b"}",
+    "body is a number": b"42",
+    "unrecognized item": b'{"hello": "world"}',
+}
+
+
+@pytest.mark.parametrize("reason", BAD_BODIES)
+def test_each_bad_message_gives_one_dead_letter_with_reason_position_and_bytes(reason):
+    p = make_pipeline(Limits(max_body_bytes=40_000, max_depth=16))
+    bad = BAD_BODIES[reason]
+    enqueued = datetime(2026, 11, 25, 11, 59, tzinfo=UTC)
+    counts = p.process(
+        [msg(ENVELOPE, partition="2", sequence_number=10), msg(bad, partition="2", sequence_number=11, offset="4096", enqueued_time=enqueued)]
+    )
+    assert (counts.with_events, counts.dead_lettered, counts.dead_letters) == (1, 1, 1)
+    [dl] = p.store.dead_letters()
+    assert reason in dl.reason
+    assert (dl.hub, dl.partition, dl.sequence_number, dl.offset) == ("ai-diagnostics", "2", 11, "4096")
+    assert dl.enqueued_time == enqueued
+    assert dl.received == NOW
+    assert dl.size == len(bad)
+    assert dl.message == hashlib.sha256(bad).hexdigest()
+    assert p.store.raw(dl.message) == bad
+    assert len(p.store.events()) == 25  # the good message beside it is whole
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("time", 1763629200, "'time' is a number, not a string"),
+        ("time", "yesterday", "'time' is not an ISO 8601 time"),
+        ("resourceId", "/SUBSCRIPTIONS/X/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.COGNITIVESERVICES/ACCOUNTS/..", "invalid segment"),
+        ("properties", 5, "'properties' is a number, not an object"),
+        ("properties", "{not json", "'properties' is a string but not valid JSON"),
+        ("operationName", ["a"], "'operationName' is an array, not a string"),
+    ],
+)
+def test_a_bad_record_is_dead_lettered_and_its_neighbours_kept(field, value, reason):
+    envelope = orjson.loads(ENVELOPE)
+    envelope["records"][3][field] = value
+    p = make_pipeline()
+    counts = p.process([msg(body(envelope))])
+    assert (counts.with_events, counts.dead_lettered, counts.events) == (1, 0, 24)
+    [dl] = p.store.dead_letters()
+    assert dl.pointer == "/records/3"
+    assert reason in dl.reason
+    assert dl.normalizer == "diagnostics.ai"
+
+
+def test_a_message_whose_every_item_fails_is_dead_lettered():
+    counts = make_pipeline().process([msg(body({"records": [{"time": 1, "resourceId": "/subscriptions/s", "category": "X"}, 7]}))])
+    assert (counts.with_events, counts.ignored, counts.dead_lettered, counts.dead_letters) == (0, 0, 1, 2)
+
+
+def test_an_empty_envelope_is_ignored():
+    counts = make_pipeline().process([msg(b'{"records": []}')])
+    assert (counts.ignored, counts.dead_lettered) == (1, 0)
+
+
+def test_a_normalizer_bug_dead_letters_the_item_and_names_the_normalizer(monkeypatch):
+    original = REGISTRY["defender.alert.arm"]
+
+    def broken(item, evidence):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(REGISTRY, "defender.alert.arm", Normalizer(original.name, original.source, original.accepts, broken, ""))
+    p = make_pipeline()
+    counts = p.process([msg(ALERT), msg(ENVELOPE)])
+    assert (counts.with_events, counts.dead_lettered) == (1, 1)
+    [dl] = p.store.dead_letters()
+    assert dl.reason == "normalizer failed: KeyError"
+    assert dl.normalizer == "defender.alert.arm"
+
+
+def test_registering_a_duplicate_name_fails_at_import():
+    with pytest.raises(ValueError, match="registered twice"):
+        normalize.normalizer("diagnostics.ai", source=REGISTRY["diagnostics.ai"].source, accepts=lambda i: False)(
+            lambda i, e: []
+        )
+
+
+# --- the invariant, under generated input --------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def structural_mutation(draw: st.DrawFn) -> bytes:
+    doc = orjson.loads(draw(st.sampled_from(VALID_SEEDS)))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()):
+            parent[path[-1]] = draw(json_values)
+        elif isinstance(parent, dict):
+            del parent[path[-1]]
+    return orjson.dumps(doc)
+
+
+@st.composite
+def byte_mutation(draw: st.DrawFn) -> bytes:
+    seed = bytearray(draw(st.sampled_from(SEEDS)))
+    op = draw(st.sampled_from(["truncate", "flip", "insert"]))
+    i = draw(st.integers(0, len(seed) - 1))
+    if op == "truncate":
+        return bytes(seed[:i])
+    if op == "flip":
+        seed[i] = draw(st.integers(0, 255))
+        return bytes(seed)
+    return bytes(seed[:i]) + draw(st.binary(max_size=8)) + bytes(seed[i:])
+
+
+messages = st.one_of(
+    st.sampled_from(SEEDS),
+    structural_mutation(),
+    byte_mutation(),
+    json_values.map(orjson.dumps),
+    json_values.map(lambda v: orjson.dumps({"records": v})),
+    st.binary(max_size=64),
+    st.integers(1, 40).map(lambda n: b"[" * n + b"]" * n),
+)
+
+
+@given(st.lists(messages, min_size=1, max_size=6))
+def test_every_message_ends_as_events_ignored_or_dead_letters(bodies):
+    p = make_pipeline(Limits(max_body_bytes=64_000, max_depth=24))
+    batch = [msg(b, sequence_number=i) for i, b in enumerate(bodies)]
+    counts = p.process(batch)
+    assert counts.messages == len(batch) == counts.with_events + counts.ignored + counts.dead_lettered
+
+    by_digest = {hashlib.sha256(b).hexdigest(): b for b in bodies}
+    dead_letters = p.store.dead_letters()
+    assert len(dead_letters) == counts.dead_letters == counts.new_dead_letters >= counts.dead_lettered
+    # events and dead letters point at original bytes that the store kept
+    for ref in [e.evidence.message for e in p.store.events()] + [d.message for d in dead_letters]:
+        assert p.store.raw(ref) == by_digest[ref]
+    # a message's outcome does not depend on the batch it came in
+    alone = [make_pipeline(Limits(max_body_bytes=64_000, max_depth=24)).process([m]) for m in batch]
+    assert sum(c.with_events for c in alone) == counts.with_events
+    assert sum(c.ignored for c in alone) == counts.ignored
+    assert sum(c.dead_lettered for c in alone) == counts.dead_lettered
+    # replaying the same batch changes nothing
+    again = p.process(copy.copy(batch))
+    assert (again.new_events, again.new_dead_letters) == (0, 0)
+    assert again.with_events == counts.with_events
+    assert again.dead_lettered == counts.dead_lettered
