@@ -327,7 +327,7 @@ def _alert_entities(raw: list[Any]) -> list[Entity]:
             name = _s(e.get("hostname")) or _s(e.get("netbiosname")) or _s(e.get("fqdn"))
             mde = _s(e.get("mdatpdeviceid")) or _s(e.get("mdedeviceid"))
             if name or host_id or mde:
-                os_name = _s(e.get("osfamily")) or _s(e.get("ostype"))
+                os_name = _s(e.get("osfamily")) or _s(e.get("ostype")) or _s(e.get("operatingsystem"))
                 out.append(Host(name=name, azure_id=host_id.id if host_id else None, mde_machine_id=mde, os=os_name))
         elif kind == "account":
             user = _account(e)
