@@ -17,7 +17,7 @@ done
 
 workdir=$(mktemp -d)
 "$azurite" --silent --inMemoryPersistence --disableTelemetry --skipApiVersionCheck --loose \
-  --location "$workdir" --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 \
+  --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 \
   >"$workdir/azurite.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$workdir"; }

@@ -1,0 +1,201 @@
+"""The normalizers on our own samples (samples/) and on hand-made edge cases."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from aegis.errors import MalformedInput
+from aegis.events import AiResource, Host, Ip, Model, ModelDeployment, ServicePrincipal, Severity, User, UserAgent
+from aegis.normalize import REGISTRY, Ignored
+from tests.conftest import SAMPLES
+from tests.helpers import EVIDENCE, normalize_one
+
+ACCOUNT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg-ai-prod/providers/microsoft.cognitiveservices/accounts/oai-contoso-prod"
+MALLORY = "7d3e9a61-2c4b-4f1e-8a5d-6b9c0e1f2a3b"
+
+
+def sample(rel: str) -> Any:
+    return orjson.loads((SAMPLES / rel).read_bytes())
+
+
+def test_every_normalizer_has_a_name_and_a_description():
+    assert len(REGISTRY) >= 9
+    for name, n in REGISTRY.items():
+        assert n.name == name
+        assert n.description, f"{name} has no docstring"
+
+
+def test_arm_shape_ai_alert():
+    name, [e] = normalize_one(sample("defender/01-jailbreak-arm.json"))
+    assert name == "defender.alert.arm"
+    assert e.kind == "AI.Azure_Jailbreak.ContentFiltering.BlockedAttempt"
+    assert e.id == "2516861522999999999_a1b2c3d4-0001-4e5f-8a9b-0c1d2e3f4a5b"
+    assert e.severity is Severity.MEDIUM
+    assert e.resource is not None and e.resource.id == ACCOUNT
+    assert AiResource(resource_id=ACCOUNT, name="oai-contoso-prod") in e.entities
+    assert Ip(prefix="203.0.113.0/24", address="203.0.113.45") in e.entities
+    assert User(upn="mallory@contoso.com", object_id=MALLORY, name="mallory", tenant_id="0f7c2d1a-5b3e-4c8d-9e6f-1a2b3c4d5e6f") in e.entities
+    assert UserAgent(value="python-requests/2.32.3") in e.entities
+    assert ModelDeployment(name="gpt-4o-prod") in e.entities
+    assert Model(name="gpt-4o") in e.entities
+    assert len(e.entities_of(Ip)) == 1  # the same IP in entities and extended properties is one entity
+
+
+def test_export_shape_resolves_refs_and_upper_case_ids():
+    name, [e] = normalize_one(sample("defender/02-credential-theft-export.json"))
+    assert name == "defender.alert.export"
+    assert e.resource is not None and e.resource.id == ACCOUNT
+    assert e.entities_of(Ip) == [Ip(prefix="203.0.113.0/24", address="203.0.113.45")]
+    assert e.entities_of(AiResource) == [AiResource(resource_id=ACCOUNT, name="oai-contoso-prod")]
+    assert e.entities_of(User)[0].object_id == MALLORY
+
+
+def test_export_batch_has_an_ai_alert_and_a_host_alert_sharing_the_host():
+    alerts = sample("defender/03-export-batch.json")
+    hosts = [normalize_one(a)[1][0].entities_of(Host)[0] for a in alerts]
+    assert hosts[0] == hosts[1]
+    assert hosts[0].mde_machine_id == "4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f"
+    assert hosts[0].key == hosts[0].mde_machine_id
+
+
+def test_sentinel_row_with_json_string_columns():
+    name, [e] = normalize_one(sample("defender/04-sentinel-securityalert.json"))
+    assert name == "defender.alert.sentinel"
+    assert e.kind == "AI.Azure_DOWVolumeAnomaly"
+    assert e.severity is Severity.MEDIUM
+    assert e.title == "Suspected wallet attack - volume anomaly"
+    assert Ip(prefix="203.0.113.0/24", address="203.0.113.45") in e.entities
+    assert e.attributes["intent"] == "Impact"
+
+
+def test_one_alert_in_three_shapes_normalizes_alike():
+    arm = sample("defender/01-jailbreak-arm.json")
+    p = arm["properties"]
+    export = {
+        "SystemAlertId": p["systemAlertId"].upper(), "AlertType": p["alertType"], "VendorName": "Microsoft",
+        "AlertDisplayName": p["alertDisplayName"], "Severity": p["severity"], "StartTimeUtc": p["startTimeUtc"],
+        "AzureResourceId": ACCOUNT.upper(), "Entities": [{"$id": "1", "Address": "203.0.113.45", "Type": "ip"}],
+    }  # fmt: skip
+    sentinel = {
+        "Type": "SecurityAlert", "SystemAlertId": p["systemAlertId"], "AlertType": p["alertType"],
+        "DisplayName": p["alertDisplayName"], "AlertSeverity": p["severity"], "StartTime": p["startTimeUtc"],
+        "ResourceId": ACCOUNT, "Entities": orjson.dumps(export["Entities"]).decode(),
+    }  # fmt: skip
+    arm_min = {"properties": {k: p[k] for k in ("systemAlertId", "alertType", "alertDisplayName", "severity", "startTimeUtc")}}
+    arm_min["properties"]["resourceIdentifiers"] = [{"type": "AzureResource", "azureResourceId": ACCOUNT}]
+    arm_min["properties"]["entities"] = [{"type": "ip", "address": "203.0.113.45"}]
+    events = [normalize_one(x)[1][0] for x in (arm_min, export, sentinel)]
+    assert {e.normalizer for e in events} == {"defender.alert.arm", "defender.alert.export", "defender.alert.sentinel"}
+    shape = {(e.id, e.kind, e.time, e.severity, e.title, e.resource, frozenset(e.entities)) for e in events}
+    assert len(shape) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        (("properties", "systemAlertId"), None, "'systemAlertId' is missing"),
+        (("properties", "systemAlertId"), "id with spaces/and slashes", "SystemAlertId has characters"),
+        (("properties", "severity"), 3, "'severity' is a number"),
+        (("properties", "startTimeUtc"), "20th of November", "not an ISO 8601 time"),
+        (("properties", "entities"), {"type": "ip"}, "'entities' is an object, not an array"),
+        (("properties", "extendedProperties"), ["x"], "'extendedProperties' is an array, not an object"),
+        (("properties", "alertDisplayName"), {"x": 1}, "'alertDisplayName' is an object, not a string"),
+    ],
+)
+def test_wrong_alert_fields_make_the_alert_malformed(path, value, reason):
+    alert = copy.deepcopy(sample("defender/01-jailbreak-arm.json"))
+    alert[path[0]][path[1]] = value
+    with pytest.raises(MalformedInput, match=reason):
+        REGISTRY["defender.alert.arm"].normalize(alert, EVIDENCE)
+
+
+def test_hostile_entity_values_are_dropped_not_trusted():
+    alert = copy.deepcopy(sample("defender/01-jailbreak-arm.json"))
+    alert["properties"]["entities"] = [
+        {"type": "ip", "address": "203.0.113.45; rm -rf /"},
+        {"type": "azure-resource", "resourceId": "/subscriptions/x/../../admin"},
+        {"type": "host", "hostName": "<script>alert(1)</script>", "azureID": "javascript:alert(1)"},
+        {"$ref": "99"},
+        "not-an-object",
+    ]
+    alert["properties"]["extendedProperties"] = {}
+    _, [e] = normalize_one(alert)
+    assert e.entities_of(Ip) == []
+    [host] = e.entities_of(Host)
+    assert host.name == "<script>alert(1)</script>"  # kept as data, escaped by whoever displays it
+    assert host.azure_id is None
+    assert e.entities_of(AiResource) == [AiResource(resource_id=ACCOUNT, name="oai-contoso-prod")]
+
+
+def test_export_messages_that_are_not_alerts_are_ignored():
+    for rel in ("defender/05-assessment-export.json", "defender/06-secure-score-export.json"):
+        with pytest.raises(Ignored):
+            normalize_one(sample(rel))
+
+
+def test_request_response_records():
+    envelope = sample("diagnostics/01-requestresponse-envelope.json")
+    events = [normalize_one(r)[1][0] for r in envelope["records"]]
+    statuses = [e.attributes["http_status"] for e in events]
+    assert statuses[:8] == [401] * 8 and set(statuses[8:]) == {200}
+    for e in events:
+        assert e.normalizer == "diagnostics.ai"
+        assert e.kind == "RequestResponse:ChatCompletions_Create"
+        assert e.entities_of(Ip) == [Ip(prefix="203.0.113.0/24")]
+        assert ModelDeployment(name="gpt-4o-prod", resource_id=ACCOUNT) in e.entities
+        assert e.resource is not None and e.resource.id == ACCOUNT
+    # the same record with properties as a string or an object has one id
+    record = envelope["records"][0]
+    as_string = {**record, "properties": orjson.dumps(record["properties"]).decode()}
+    assert normalize_one(record)[1][0].id == normalize_one(as_string)[1][0].id
+
+
+def test_usage_records_carry_token_counts():
+    records = sample("diagnostics/03-request-usage.json")["records"]
+    e = normalize_one(records[0])[1][0]
+    assert e.kind == "AzureOpenAIRequestUsage:ChatCompletions_Create"
+    assert (e.attributes["prompt_tokens"], e.attributes["completion_tokens"], e.attributes["total_tokens"]) == (5200, 900, 6100)
+
+
+def test_activity_log_key_operations_on_an_ai_account():
+    records = sample("diagnostics/04-activity-keys.json")["records"]
+    events = [normalize_one(r) for r in records]
+    assert {n for n, _ in events} == {"diagnostics.activity"}
+    kinds = [es[0].kind for _, es in events]
+    assert kinds == [
+        "Administrative:microsoft.cognitiveservices/accounts/listkeys/action",
+        "Administrative:microsoft.cognitiveservices/accounts/regeneratekey/action",
+        "Administrative:microsoft.cognitiveservices/accounts/write",
+    ]
+    e = events[0][1][0]
+    assert AiResource(resource_id=ACCOUNT, name="oai-contoso-prod") in e.entities
+    assert User(upn="mallory@contoso.com", object_id=MALLORY, name="Mallory Attacker") in e.entities
+    assert e.attributes["role"] == "Cognitive Services Contributor"
+
+
+def test_service_principal_sign_in():
+    record = sample("diagnostics/05-signin.json")["records"][0]
+    record = {**record, "category": "ServicePrincipalSignInLogs"}
+    record["properties"] = {**record["properties"], "servicePrincipalId": "11111111-2222-3333-4444-555555555555", "servicePrincipalName": "ci-bot"}
+    _, [e] = normalize_one(record)
+    assert e.entities_of(User) == []
+    [sp] = e.entities_of(ServicePrincipal)
+    assert (sp.object_id, sp.name) == ("11111111-2222-3333-4444-555555555555", "ci-bot")
+
+
+def test_failed_then_successful_sign_in():
+    events = [normalize_one(r)[1][0] for r in sample("diagnostics/05-signin.json")["records"]]
+    assert [(e.attributes["error_code"], e.attributes["success"]) for e in events] == [(50126, False), (0, True)]
+    assert events[1].attributes["risk_level"] == "high"
+
+
+def test_trace_on_a_deployment_names_the_account_and_the_deployment():
+    _, [e] = normalize_one(sample("diagnostics/06-trace.json")["records"][0])
+    assert e.kind == "Trace:ContentFilter"
+    assert ModelDeployment(name="gpt-4o-prod", resource_id=ACCOUNT) in e.entities
+    assert AiResource(resource_id=ACCOUNT, name="oai-contoso-prod") in e.entities
+    assert "message" not in e.attributes  # free text stays in the raw evidence only
