@@ -52,7 +52,9 @@ def configure(*, json: bool, level: str = "INFO", stream: Any = None) -> None:
     )
     logger = logging.getLogger("aegis")
     logger.setLevel(level)
-    if not any(getattr(h, "_aegis", False) for h in logger.handlers) and not _in_functions_worker():
+    for h in [h for h in logger.handlers if getattr(h, "_aegis", False)]:
+        logger.removeHandler(h)
+    if stream is not None or not _in_functions_worker():
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._aegis = True  # type: ignore[attr-defined]

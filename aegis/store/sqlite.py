@@ -80,7 +80,7 @@ class SqliteStore:
     def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         with self._lock, _translate(self.path):
             rows = self._db.execute(
-                "SELECT doc FROM dead_letters ORDER BY received, id LIMIT ?", (limit or -1,)
+                "SELECT doc FROM dead_letters ORDER BY received, rowid LIMIT ?", (limit or -1,)
             ).fetchall()
         return [DeadLetter.from_dict(orjson.loads(r[0])) for r in rows]
 

@@ -1,0 +1,101 @@
+"""`aegis` as a user runs it: a real process, its output and its exit code."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT, SAMPLES
+
+
+def aegis(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AEGIS_")}
+    full_env.update(env or {})
+    full_env["COLUMNS"] = "200"
+    return subprocess.run(
+        [sys.executable, "-m", "aegis.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=60
+    )
+
+
+def test_replay_a_folder_then_again(tmp_path):
+    db = str(tmp_path / "a.db")
+    first = aegis("replay", "--db", db, str(SAMPLES))
+    assert first.returncode == 0, first.stderr
+    assert "Replayed 16 messages from 16 file(s)" in first.stdout
+    assert re.search(r"dead-lettered\s+4", first.stdout)
+    second = aegis("replay", "--db", db, str(SAMPLES))
+    assert "0 new" in second.stdout and "duplicates" in second.stdout
+    events = orjson.loads(aegis("events", "--db", db, "--json").stdout)
+    assert len(events) == 43
+    assert {"id", "source", "kind", "time", "resource", "entities", "evidence"} <= set(events[0])
+    assert events == sorted(events, key=lambda e: (e["time"], e["id"]))
+
+
+def test_jsonl_files_hold_one_body_per_line_and_lines_forces_it(tmp_path):
+    records = orjson.loads((SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_bytes())["records"]
+    jsonl = tmp_path / "export.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(r) for r in records[:5]) + b"\n\n")
+    out = aegis("replay", "--db", str(tmp_path / "a.db"), str(jsonl))
+    assert "Replayed 5 messages" in out.stdout
+    pt1h = tmp_path / "PT1H.json"  # a storage export: one record per line despite the suffix
+    pt1h.write_bytes(b"\n".join(orjson.dumps(r) for r in records[5:8]))
+    assert re.search(r"dead-lettered\s+1", aegis("replay", "--db", str(tmp_path / "b.db"), str(pt1h)).stdout)
+    assert "Replayed 3 messages" in aegis("replay", "--db", str(tmp_path / "c.db"), "--lines", str(pt1h)).stdout
+
+
+def test_deadletters_json_keeps_reason_and_original_bytes(tmp_path):
+    db = str(tmp_path / "a.db")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"records": [\n\xff\xfe{}\n')
+    aegis("replay", "--db", db, "--hub", "ai-diagnostics", str(bad))
+    rows = orjson.loads(aegis("deadletters", "--db", db, "--json").stdout)
+    assert [r["reason"].split(":")[0] for r in rows] == ["malformed JSON", "body is not valid UTF-8 (byte 0)"]
+    assert rows[0]["body"] == '{"records": ['
+    assert rows[1]["body"] is None
+    assert base64.b64decode(rows[1]["body_base64"]) == b"\xff\xfe{}"
+    assert all(r["hub"] == "ai-diagnostics" for r in rows)
+    table = aegis("deadletters", "--db", db)
+    assert "malformed JSON" in table.stdout and "2 dead letter(s)" in table.stdout
+
+
+def test_demo_summarizes_the_bundled_samples(tmp_path):
+    out = aegis("demo", "--db", str(tmp_path / "demo.db"))
+    assert out.returncode == 0, out.stderr
+    for expected in ("AI resources:  oai-contoso-prod", "203.0.113.0/24", "AI.Azure_CredentialTheftAttempt", "dead letter:", "Next:"):
+        assert expected in out.stdout
+
+
+def test_default_database_is_aegis_db_or_AEGIS_DB(tmp_path):
+    aegis("replay", str(SAMPLES / "defender"), cwd=tmp_path)
+    assert (tmp_path / "aegis.db").exists()
+    aegis("replay", str(SAMPLES / "defender"), env={"AEGIS_DB": str(tmp_path / "env.db")}, cwd=tmp_path)
+    assert (tmp_path / "env.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "message"),
+    [
+        (["replay", "/no/such/file.json"], {}, 1, "error: no such file or folder: /no/such/file.json"),
+        (["events", "--db", "/no/such/dir/a.db"], {}, 1, "error: no database at /no/such/dir/a.db"),
+        (["events", "--db", "NOTADB"], {}, 1, "file is not a database"),
+        (["events", "--limit", "0"], {}, 2, "Invalid value for '--limit'"),
+        (["replay"], {}, 2, "Missing argument"),
+        (["frobnicate"], {}, 2, "No such command 'frobnicate'"),
+        (["events"], {"AEGIS_STORE": "table"}, 1, "AEGIS_TABLE_ENDPOINT and AEGIS_BLOB_ENDPOINT must be set"),
+    ],
+)
+def test_errors_are_one_clear_line_and_a_nonzero_exit(tmp_path, args, env, code, message):
+    (tmp_path / "NOTADB").write_text("this is not sqlite")
+    out = aegis(*args, env=env, cwd=tmp_path)
+    assert out.returncode == code
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    if code == 1:
+        assert len(out.stderr.strip().splitlines()) == 1

@@ -1,0 +1,123 @@
+"""The Event Hubs handlers, called as the Functions host calls them, with `func.EventHubEvent`s."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+from azure.functions.meta import Datum
+
+from aegis import runtime, settings
+from aegis.errors import StoreUnavailable
+from tests.conftest import SAMPLES
+
+ENVELOPE = (SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_bytes()
+ALERT = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def functions():
+    """Binding metadata of the app, read once (`get_functions()` cannot be called twice)."""
+    import function_app
+
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AEGIS_DB", str(tmp_path / "ingest.db"))
+    settings.get.cache_clear()
+    runtime.pipeline.cache_clear()
+    yield tmp_path / "ingest.db"
+    runtime.pipeline().store.close()
+    settings.get.cache_clear()
+    runtime.pipeline.cache_clear()
+
+
+def hub_events(bodies: list[bytes], partition: str = "3", first_seq: int = 100) -> list[func.EventHubEvent]:
+    meta = {"PartitionContext": Datum('{"PartitionId": "%s", "ConsumerGroup": "aegis"}' % partition, "json")}
+    return [
+        func.EventHubEvent(
+            body=b,
+            trigger_metadata=meta,
+            enqueued_time=datetime(2026, 11, 20, 10, 0, i, tzinfo=UTC),
+            sequence_number=first_seq + i,
+            offset=str(4096 * i),
+        )
+        for i, b in enumerate(bodies)
+    ]
+
+
+@pytest.mark.parametrize(("name", "hub_setting"), [("defender_alerts", "AEGIS_DEFENDER_HUB"), ("ai_diagnostics", "AEGIS_DIAGNOSTICS_HUB")])
+def test_each_hub_has_a_batch_trigger_with_identity_connection_and_retry(functions, name, hub_setting):
+    fn = functions[name]
+    [binding] = json.loads(fn.get_function_json())["bindings"]  # what the host indexes
+    assert binding["type"] == "eventHubTrigger"
+    assert binding["cardinality"].lower() == "many"
+    assert binding["dataType"].lower() == "binary"
+    assert binding["eventHubName"] == f"%{hub_setting}%"
+    assert binding["consumerGroup"] == "%AEGIS_CONSUMER_GROUP%"
+    # a connection *prefix*: the host reads AEGIS_EVENTHUB__fullyQualifiedNamespace (identity-based)
+    assert binding["connection"] == "AEGIS_EVENTHUB"
+    retry = fn.get_setting("retry_policy").get_dict_repr()
+    assert retry["strategy"] == "exponential_backoff"
+    assert int(retry["max_retry_count"]) >= 3
+
+
+def test_a_batch_with_a_bad_message_stores_the_good_ones_and_dead_letters_the_bad(functions, db):
+    from handlers import ingest
+
+    ingest.ai_diagnostics(hub_events([ENVELOPE, b'{"records": [', ENVELOPE]))
+    store = runtime.pipeline().store
+    events = store.events()
+    assert len(events) == 25
+    assert events[0].evidence.hub == "ai-diagnostics"
+    assert events[0].evidence.partition == "3"
+    assert events[0].evidence.sequence_number == 100
+    [dl] = store.dead_letters()
+    assert (dl.hub, dl.partition, dl.sequence_number, dl.offset) == ("ai-diagnostics", "3", 101, "4096")
+    assert dl.enqueued_time == datetime(2026, 11, 20, 10, 0, 1, tzinfo=UTC)
+    assert store.raw(dl.message) == b'{"records": ['
+
+
+def test_a_redelivered_batch_changes_nothing(functions, db):
+    from handlers import ingest
+
+    batch = hub_events([ALERT, b"not json"])
+    ingest.defender_alerts(batch)
+    ingest.defender_alerts(batch)  # Event Hubs delivers at least once
+    store = runtime.pipeline().store
+    assert len(store.events()) == 1
+    assert len(store.dead_letters()) == 1
+
+
+def test_hub_names_come_from_settings(functions, db, monkeypatch):
+    from handlers import ingest
+
+    monkeypatch.setenv("AEGIS_DEFENDER_HUB", "export-prod")
+    settings.get.cache_clear()
+    ingest.defender_alerts(hub_events([ALERT]))
+    assert runtime.pipeline().store.events()[0].evidence.hub == "export-prod"
+
+
+def test_a_transient_store_fault_fails_the_batch_for_the_retry_policy(functions, db, monkeypatch):
+    from handlers import ingest
+
+    def unavailable(*args, **kwargs):
+        raise StoreUnavailable("storage answered 503")
+
+    monkeypatch.setattr(runtime.pipeline().store, "save", unavailable)
+    with pytest.raises(StoreUnavailable):
+        ingest.ai_diagnostics(hub_events([ENVELOPE]))
+
+
+def test_the_core_does_not_import_azure_functions():
+    import subprocess
+    import sys
+
+    code = "import sys, aegis.cli, aegis.pipeline, aegis.runtime; print('azure.functions' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "False"
