@@ -43,27 +43,28 @@ PROGRESS_FROM_BYTES = 2_000_000
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 DbOption = Annotated[
-    Path | None, typer.Option("--db", help="SQLite database file [default: $AEGIS_DB or ./aegis.db].", show_default=False)
+    Path | None,
+    typer.Option("--db", help="SQLite database file [default: $AEGIS_DB or ./aegis.db].", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON array, one object per row.")]
 LimitOption = Annotated[int | None, typer.Option("--limit", min=1, help="At most this many rows.")]
 
 
-_verbose = False
+class _Options:
+    verbose = False
 
 
 @app.callback()
 def _global(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each dead letter and batch.")] = False,
 ) -> None:
-    global _verbose
-    _verbose = verbose
+    _Options.verbose = verbose
 
 
 @contextmanager
 def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Settings, Store]]:
     cfg = settings.load(db=db)
-    log.configure(json=cfg.log_format == "json", level=cfg.log_level if _verbose else "ERROR")
+    log.configure(json=cfg.log_format == "json", level=cfg.log_level if _Options.verbose else "ERROR")
     if must_exist and cfg.store == "sqlite" and not cfg.db.exists():
         raise InputNotFound(f"no database at {cfg.db}: run `aegis replay PATH` or `aegis demo` first, or pass --db")
     store = open_store(cfg)

@@ -12,7 +12,7 @@ A body is one of:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ def decode(body: bytes, limits: Limits) -> Any:
     return value
 
 
-def items(value: Any, limits: Limits) -> Iterator[tuple[str, dict[str, Any]]]:
+def items(value: Any, limits: Limits) -> Iterator[tuple[str, Any]]:
     """The alerts or records of a decoded body. Raises `MalformedInput` when the body's shape is
     wrong as a whole; an item that is not an object is yielded as is, for the caller to reject."""
     if isinstance(value, dict):
@@ -97,6 +97,7 @@ def _too_deep(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):

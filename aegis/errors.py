@@ -1,12 +1,12 @@
 """Exceptions of Aegis, and what a caller does about each.
 
-    AegisError                  anything Aegis raises on purpose
-    ├── MalformedInput          a message or record that cannot be used: dead-letter it, go on
-    ├── ConfigurationError      a missing or invalid setting: stop at start-up, name the setting
-    ├── InputNotFound           a CLI input path that does not exist
-    └── StoreError              the state store refused or failed
-        └── StoreUnavailable    a transient fault (locked, unreachable, throttled): raise, so the
-                                Event Hubs trigger's retry policy replays the batch
+AegisError                  anything Aegis raises on purpose
+├── MalformedInput          a message or record that cannot be used: dead-letter it, go on
+├── ConfigurationError      a missing or invalid setting: stop at start-up, name the setting
+├── InputNotFound           a CLI input path that does not exist
+└── StoreError              the state store refused or failed
+    └── StoreUnavailable    a transient fault (locked, unreachable, throttled): raise, so the
+                            Event Hubs trigger's retry policy replays the batch
 """
 
 from __future__ import annotations

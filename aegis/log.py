@@ -23,8 +23,6 @@ _SENSITIVE = re.compile(
 _ALLOWED = frozenset({"kind", "partition_key", "normalizer", "message", "event", "sequence_range"})
 REDACTED = "[redacted]"
 
-_configured = False
-
 
 def redact(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
@@ -35,7 +33,6 @@ def redact(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDi
 
 def configure(*, json: bool, level: str = "INFO", stream: Any = None) -> None:
     """Set up structlog and the `aegis` stdlib logger. Later calls reconfigure (CLI options)."""
-    global _configured
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -60,11 +57,10 @@ def configure(*, json: bool, level: str = "INFO", stream: Any = None) -> None:
         handler._aegis = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
-    _configured = True
 
 
 def configure_from_settings(settings: Any) -> None:
-    if _configured:
+    if structlog.is_configured():
         return
     json = settings.log_format == "json" or (settings.log_format == "auto" and settings.in_azure)
     configure(json=json, level=settings.log_level)

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     store: Literal["sqlite", "table"] = Field("sqlite", description="State store: embedded SQLite or Azure Tables.")
     db: Path = Field(Path("aegis.db"), description="SQLite database file (store=sqlite).")
     table_endpoint: str | None = Field(None, description="Table service URL, identity-based (store=table).")
-    blob_endpoint: str | None = Field(None, description="Blob service URL for raw bodies, identity-based (store=table).")
+    blob_endpoint: str | None = Field(
+        None, description="Blob service URL for raw bodies, identity-based (store=table)."
+    )
     storage_connection_string: SecretStr | None = Field(
         None, description="Storage connection string instead of the endpoints (Azurite, development)."
     )
@@ -50,9 +52,7 @@ class Settings(BaseSettings):
     def _store_settings(self) -> Settings:
         if self.store == "table" and self.storage_connection_string is None:
             missing = [
-                f"{ENV_PREFIX}{name.upper()}"
-                for name in ("table_endpoint", "blob_endpoint")
-                if not getattr(self, name)
+                f"{ENV_PREFIX}{name.upper()}" for name in ("table_endpoint", "blob_endpoint") if not getattr(self, name)
             ]
             if missing:
                 raise ValueError(

@@ -20,16 +20,14 @@ import structlog
 from aegis import runtime, settings
 from aegis.pipeline import Message
 
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
 log = structlog.get_logger("aegis.ingest")
 
 CONNECTION = "AEGIS_EVENTHUB"
-RETRY = {
-    "strategy": "exponential_backoff",
-    "max_retry_count": "5",
-    "minimum_interval": "00:00:05",
-    "maximum_interval": "00:05:00",
-}
+# A failed batch (a transient store fault) is retried with backoff before the host moves on.
+retry = bp.retry(
+    strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:05", maximum_interval="00:05:00"
+)
 
 
 def to_messages(hub: str, events: list[func.EventHubEvent]) -> list[Message]:
@@ -66,7 +64,7 @@ def ingest(hub: str, events: list[func.EventHubEvent]) -> None:
         )
 
 
-@bp.retry(**RETRY)
+@retry
 @bp.event_hub_message_trigger(
     arg_name="events",
     connection=CONNECTION,
@@ -80,7 +78,7 @@ def defender_alerts(events: list[func.EventHubEvent]) -> None:
     ingest(settings.get().defender_hub, events)
 
 
-@bp.retry(**RETRY)
+@retry
 @bp.event_hub_message_trigger(
     arg_name="events",
     connection=CONNECTION,

@@ -21,7 +21,9 @@ def test_upper_case_id_from_logs_becomes_canonical():
 
 
 def test_child_resource_knows_its_parent():
-    rid = parse_resource_id("/subscriptions/s1/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a/deployments/gpt-4o")
+    rid = parse_resource_id(
+        "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a/deployments/gpt-4o"
+    )
     assert rid.type == "microsoft.cognitiveservices/accounts/deployments"
     assert rid.name == "gpt-4o"
     parent = rid.parent()

@@ -20,7 +20,12 @@ def aegis(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
     full_env.update(env or {})
     full_env["COLUMNS"] = "200"
     return subprocess.run(
-        [sys.executable, "-m", "aegis.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=60
+        [sys.executable, "-m", "aegis.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=60,
     )
 
 
@@ -31,7 +36,8 @@ def test_replay_a_folder_then_again(tmp_path):
     assert "Replayed 16 messages from 16 file(s)" in first.stdout
     assert re.search(r"dead-lettered\s+4", first.stdout)
     second = aegis("replay", "--db", db, str(SAMPLES))
-    assert "0 new" in second.stdout and "duplicates" in second.stdout
+    assert "0 new" in second.stdout
+    assert "duplicates" in second.stdout
     events = orjson.loads(aegis("events", "--db", db, "--json").stdout)
     assert len(events) == 43
     assert {"id", "source", "kind", "time", "resource", "entities", "evidence"} <= set(events[0])
@@ -62,13 +68,20 @@ def test_deadletters_json_keeps_reason_and_original_bytes(tmp_path):
     assert base64.b64decode(rows[1]["body_base64"]) == b"\xff\xfe{}"
     assert all(r["hub"] == "ai-diagnostics" for r in rows)
     table = aegis("deadletters", "--db", db)
-    assert "malformed JSON" in table.stdout and "2 dead letter(s)" in table.stdout
+    assert "malformed JSON" in table.stdout
+    assert "2 dead letter(s)" in table.stdout
 
 
 def test_demo_summarizes_the_bundled_samples(tmp_path):
     out = aegis("demo", "--db", str(tmp_path / "demo.db"))
     assert out.returncode == 0, out.stderr
-    for expected in ("AI resources:  oai-contoso-prod", "203.0.113.0/24", "AI.Azure_CredentialTheftAttempt", "dead letter:", "Next:"):
+    for expected in (
+        "AI resources:  oai-contoso-prod",
+        "203.0.113.0/24",
+        "AI.Azure_CredentialTheftAttempt",
+        "dead letter:",
+        "Next:",
+    ):
         assert expected in out.stdout
 
 

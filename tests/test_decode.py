@@ -32,7 +32,10 @@ def test_depth_at_the_limit_is_fine():
 
 
 def test_items_of_each_shape_carry_their_pointer():
-    assert list(items({"records": [{"a": 1}, {"b": 2}]}, LIMITS)) == [("/records/0", {"a": 1}), ("/records/1", {"b": 2})]
+    assert list(items({"records": [{"a": 1}, {"b": 2}]}, LIMITS)) == [
+        ("/records/0", {"a": 1}),
+        ("/records/1", {"b": 2}),
+    ]
     assert list(items([{"a": 1}, 5], LIMITS)) == [("/0", {"a": 1}), ("/1", 5)]
     assert list(items({"SystemAlertId": "x"}, LIMITS)) == [("", {"SystemAlertId": "x"})]
     assert list(items({"value": [{"a": 1}]}, LIMITS)) == [("/value/0", {"a": 1})]

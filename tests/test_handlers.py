@@ -38,7 +38,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def hub_events(bodies: list[bytes], partition: str = "3", first_seq: int = 100) -> list[func.EventHubEvent]:
-    meta = {"PartitionContext": Datum('{"PartitionId": "%s", "ConsumerGroup": "aegis"}' % partition, "json")}
+    meta = {"PartitionContext": Datum(f'{{"PartitionId": "{partition}", "ConsumerGroup": "aegis"}}', "json")}
     return [
         func.EventHubEvent(
             body=b,
@@ -51,7 +51,9 @@ def hub_events(bodies: list[bytes], partition: str = "3", first_seq: int = 100) 
     ]
 
 
-@pytest.mark.parametrize(("name", "hub_setting"), [("defender_alerts", "AEGIS_DEFENDER_HUB"), ("ai_diagnostics", "AEGIS_DIAGNOSTICS_HUB")])
+@pytest.mark.parametrize(
+    ("name", "hub_setting"), [("defender_alerts", "AEGIS_DEFENDER_HUB"), ("ai_diagnostics", "AEGIS_DIAGNOSTICS_HUB")]
+)
 def test_each_hub_has_a_batch_trigger_with_identity_connection_and_retry(functions, name, hub_setting):
     fn = functions[name]
     [binding] = json.loads(fn.get_function_json())["bindings"]  # what the host indexes
@@ -119,5 +121,7 @@ def test_the_core_does_not_import_azure_functions():
     import sys
 
     code = "import sys, aegis.cli, aegis.pipeline, aegis.runtime; print('azure.functions' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
+    )
     assert out.stdout.strip() == "False"

@@ -41,7 +41,9 @@ def test_no_payload_reaches_the_rendered_logs():
     assert counts.dead_letters >= 3
     lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]
     assert len(lines) == counts.dead_letters  # one structured line per dead letter, nothing per event
-    assert all(line["event"] == "dead_lettered" and line["hub"] == "ai-diagnostics" and "reason" in line for line in lines)
+    assert all(
+        line["event"] == "dead_lettered" and line["hub"] == "ai-diagnostics" and "reason" in line for line in lines
+    )
     text = buf.getvalue()
     for secret in SECRETS:
         assert secret not in text
@@ -65,13 +67,16 @@ def test_redact_masks_sensitive_keys_whatever_the_caller_passes():
     buf = io.StringIO()
     log.configure(json=True, level="INFO", stream=buf)
     try:
-        structlog.get_logger("aegis.test").info("call", api_key="k-123", access_token="t-456", body=b"raw", prompt="p", count=3)
+        structlog.get_logger("aegis.test").info(
+            "call", api_key="k-123", access_token="t-456", body=b"raw", prompt="p", count=3
+        )
     finally:
         log.configure(json=True, level="ERROR")
     line = orjson.loads(buf.getvalue())
     assert line["api_key"] == line["access_token"] == line["body"] == line["prompt"] == log.REDACTED
     assert line["count"] == 3
-    assert line["level"] == "info" and "timestamp" in line
+    assert line["level"] == "info"
+    assert "timestamp" in line
 
 
 def test_console_format_is_readable_locally():
@@ -81,5 +86,6 @@ def test_console_format_is_readable_locally():
         structlog.get_logger("aegis.test").info("batch_processed", messages=3)
     finally:
         log.configure(json=True, level="ERROR")
-    assert "batch_processed" in buf.getvalue() and "messages=3" in buf.getvalue()
+    assert "batch_processed" in buf.getvalue()
+    assert "messages=3" in buf.getvalue()
     assert not buf.getvalue().startswith("{")

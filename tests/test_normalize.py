@@ -35,10 +35,19 @@ def test_arm_shape_ai_alert():
     assert e.kind == "AI.Azure_Jailbreak.ContentFiltering.BlockedAttempt"
     assert e.id == "2516861522999999999_a1b2c3d4-0001-4e5f-8a9b-0c1d2e3f4a5b"
     assert e.severity is Severity.MEDIUM
-    assert e.resource is not None and e.resource.id == ACCOUNT
+    assert e.resource is not None
+    assert e.resource.id == ACCOUNT
     assert AiResource(resource_id=ACCOUNT, name="oai-contoso-prod") in e.entities
     assert Ip(prefix="203.0.113.0/24", address="203.0.113.45") in e.entities
-    assert User(upn="mallory@contoso.com", object_id=MALLORY, name="mallory", tenant_id="0f7c2d1a-5b3e-4c8d-9e6f-1a2b3c4d5e6f") in e.entities
+    assert (
+        User(
+            upn="mallory@contoso.com",
+            object_id=MALLORY,
+            name="mallory",
+            tenant_id="0f7c2d1a-5b3e-4c8d-9e6f-1a2b3c4d5e6f",
+        )
+        in e.entities
+    )
     assert UserAgent(value="python-requests/2.32.3") in e.entities
     assert ModelDeployment(name="gpt-4o-prod") in e.entities
     assert Model(name="gpt-4o") in e.entities
@@ -48,7 +57,8 @@ def test_arm_shape_ai_alert():
 def test_export_shape_resolves_refs_and_upper_case_ids():
     name, [e] = normalize_one(sample("defender/02-credential-theft-export.json"))
     assert name == "defender.alert.export"
-    assert e.resource is not None and e.resource.id == ACCOUNT
+    assert e.resource is not None
+    assert e.resource.id == ACCOUNT
     assert e.entities_of(Ip) == [Ip(prefix="203.0.113.0/24", address="203.0.113.45")]
     assert e.entities_of(AiResource) == [AiResource(resource_id=ACCOUNT, name="oai-contoso-prod")]
     assert e.entities_of(User)[0].object_id == MALLORY
@@ -85,7 +95,9 @@ def test_one_alert_in_three_shapes_normalizes_alike():
         "DisplayName": p["alertDisplayName"], "AlertSeverity": p["severity"], "StartTime": p["startTimeUtc"],
         "ResourceId": ACCOUNT, "Entities": orjson.dumps(export["Entities"]).decode(),
     }  # fmt: skip
-    arm_min = {"properties": {k: p[k] for k in ("systemAlertId", "alertType", "alertDisplayName", "severity", "startTimeUtc")}}
+    arm_min = {
+        "properties": {k: p[k] for k in ("systemAlertId", "alertType", "alertDisplayName", "severity", "startTimeUtc")}
+    }
     arm_min["properties"]["resourceIdentifiers"] = [{"type": "AzureResource", "azureResourceId": ACCOUNT}]
     arm_min["properties"]["entities"] = [{"type": "ip", "address": "203.0.113.45"}]
     events = [normalize_one(x)[1][0] for x in (arm_min, export, sentinel)]
@@ -141,13 +153,15 @@ def test_request_response_records():
     envelope = sample("diagnostics/01-requestresponse-envelope.json")
     events = [normalize_one(r)[1][0] for r in envelope["records"]]
     statuses = [e.attributes["http_status"] for e in events]
-    assert statuses[:8] == [401] * 8 and set(statuses[8:]) == {200}
+    assert statuses[:8] == [401] * 8
+    assert set(statuses[8:]) == {200}
     for e in events:
         assert e.normalizer == "diagnostics.ai"
         assert e.kind == "RequestResponse:ChatCompletions_Create"
         assert e.entities_of(Ip) == [Ip(prefix="203.0.113.0/24")]
         assert ModelDeployment(name="gpt-4o-prod", resource_id=ACCOUNT) in e.entities
-        assert e.resource is not None and e.resource.id == ACCOUNT
+        assert e.resource is not None
+        assert e.resource.id == ACCOUNT
     # the same record with properties as a string or an object has one id
     record = envelope["records"][0]
     as_string = {**record, "properties": orjson.dumps(record["properties"]).decode()}
@@ -158,7 +172,11 @@ def test_usage_records_carry_token_counts():
     records = sample("diagnostics/03-request-usage.json")["records"]
     e = normalize_one(records[0])[1][0]
     assert e.kind == "AzureOpenAIRequestUsage:ChatCompletions_Create"
-    assert (e.attributes["prompt_tokens"], e.attributes["completion_tokens"], e.attributes["total_tokens"]) == (5200, 900, 6100)
+    assert (e.attributes["prompt_tokens"], e.attributes["completion_tokens"], e.attributes["total_tokens"]) == (
+        5200,
+        900,
+        6100,
+    )
 
 
 def test_activity_log_key_operations_on_an_ai_account():
@@ -180,7 +198,11 @@ def test_activity_log_key_operations_on_an_ai_account():
 def test_service_principal_sign_in():
     record = sample("diagnostics/05-signin.json")["records"][0]
     record = {**record, "category": "ServicePrincipalSignInLogs"}
-    record["properties"] = {**record["properties"], "servicePrincipalId": "11111111-2222-3333-4444-555555555555", "servicePrincipalName": "ci-bot"}
+    record["properties"] = {
+        **record["properties"],
+        "servicePrincipalId": "11111111-2222-3333-4444-555555555555",
+        "servicePrincipalName": "ci-bot",
+    }
     _, [e] = normalize_one(record)
     assert e.entities_of(User) == []
     [sp] = e.entities_of(ServicePrincipal)

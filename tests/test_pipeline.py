@@ -94,7 +94,10 @@ def test_each_bad_message_gives_one_dead_letter_with_reason_position_and_bytes(r
     bad = BAD_BODIES[reason]
     enqueued = datetime(2026, 11, 25, 11, 59, tzinfo=UTC)
     counts = p.process(
-        [msg(ENVELOPE, partition="2", sequence_number=10), msg(bad, partition="2", sequence_number=11, offset="4096", enqueued_time=enqueued)]
+        [
+            msg(ENVELOPE, partition="2", sequence_number=10),
+            msg(bad, partition="2", sequence_number=11, offset="4096", enqueued_time=enqueued),
+        ]
     )
     assert (counts.with_events, counts.dead_lettered, counts.dead_letters) == (1, 1, 1)
     [dl] = p.store.dead_letters()
@@ -113,7 +116,11 @@ def test_each_bad_message_gives_one_dead_letter_with_reason_position_and_bytes(r
     [
         ("time", 1763629200, "'time' is a number, not a string"),
         ("time", "yesterday", "'time' is not an ISO 8601 time"),
-        ("resourceId", "/SUBSCRIPTIONS/X/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.COGNITIVESERVICES/ACCOUNTS/..", "invalid segment"),
+        (
+            "resourceId",
+            "/SUBSCRIPTIONS/X/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.COGNITIVESERVICES/ACCOUNTS/..",
+            "invalid segment",
+        ),
         ("properties", 5, "'properties' is a number, not an object"),
         ("properties", "{not json", "'properties' is a string but not valid JSON"),
         ("operationName", ["a"], "'operationName' is an array, not a string"),
@@ -132,7 +139,9 @@ def test_a_bad_record_is_dead_lettered_and_its_neighbours_kept(field, value, rea
 
 
 def test_a_message_whose_every_item_fails_is_dead_lettered():
-    counts = make_pipeline().process([msg(body({"records": [{"time": 1, "resourceId": "/subscriptions/s", "category": "X"}, 7]}))])
+    counts = make_pipeline().process(
+        [msg(body({"records": [{"time": 1, "resourceId": "/subscriptions/s", "category": "X"}, 7]}))]
+    )
     assert (counts.with_events, counts.ignored, counts.dead_lettered, counts.dead_letters) == (0, 0, 1, 2)
 
 
@@ -147,7 +156,9 @@ def test_a_normalizer_bug_dead_letters_the_item_and_names_the_normalizer(monkeyp
     def broken(item, evidence):
         raise KeyError("boom")
 
-    monkeypatch.setitem(REGISTRY, "defender.alert.arm", Normalizer(original.name, original.source, original.accepts, broken, ""))
+    monkeypatch.setitem(
+        REGISTRY, "defender.alert.arm", Normalizer(original.name, original.source, original.accepts, broken, "")
+    )
     p = make_pipeline()
     counts = p.process([msg(ALERT), msg(ENVELOPE)])
     assert (counts.with_events, counts.dead_lettered) == (1, 1)

@@ -10,7 +10,19 @@ from typing import Any
 import orjson
 import pytest
 
-from aegis.events import AiResource, Event, Host, Ip, Model, ModelDeployment, ServicePrincipal, Severity, Source, User, UserAgent
+from aegis.events import (
+    AiResource,
+    Event,
+    Host,
+    Ip,
+    Model,
+    ModelDeployment,
+    ServicePrincipal,
+    Severity,
+    Source,
+    User,
+    UserAgent,
+)
 from aegis.pipeline import Counts, Message, Pipeline
 from aegis.store import SqliteStore
 from tests.conftest import shared_dir
@@ -69,7 +81,10 @@ def test_rest_api_get_alert_example():
     assert e.severity is Severity.HIGH
     assert e.time == datetime(2020, 2, 22, tzinfo=UTC)
     assert e.resource is not None
-    assert e.resource.id == "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourcegroups/myrg1/providers/microsoft.compute/virtualmachines/vm1"
+    assert (
+        e.resource.id
+        == "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourcegroups/myrg1/providers/microsoft.compute/virtualmachines/vm1"
+    )
     assert e.resource.type == "microsoft.compute/virtualmachines"
     assert e.entities_of(Ip) == [Ip(prefix="192.0.2.0/24", address="192.0.2.1")]
     assert e.attributes["intent"] == "Execution"
@@ -79,21 +94,30 @@ def test_rest_api_get_alert_example():
 
 
 def test_rest_api_list_alerts_example():
-    counts, events, _ = run(
+    counts, _events, _ = run(
         [example_response("defender/azure-rest-api-specs/GetAlertsSubscription_example.json")],
         "defender/azure-rest-api-specs/GetAlertsSubscription_example.json",
     )
     # the two example alerts share one systemAlertId: two events read, one stored
     assert (counts.events, counts.new_events, counts.duplicates) == (2, 1, 1)
     _, [screensaver], _ = run(
-        [orjson.dumps(orjson.loads(example_response("defender/azure-rest-api-specs/GetAlertsSubscription_example.json"))["value"][1])],
+        [
+            orjson.dumps(
+                orjson.loads(example_response("defender/azure-rest-api-specs/GetAlertsSubscription_example.json"))[
+                    "value"
+                ][1]
+            )
+        ],
         "defender/azure-rest-api-specs/GetAlertsSubscription_example.json",
     )
     assert screensaver.kind == "VM_SuspiciousScreenSaver"
     assert screensaver.severity is Severity.MEDIUM
     [host] = screensaver.entities_of(Host)
     assert host.name == "vm2"
-    assert host.azure_id == "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourcegroups/myrg2/providers/microsoft.compute/virtualmachines/vm2"
+    assert (
+        host.azure_id
+        == "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourcegroups/myrg2/providers/microsoft.compute/virtualmachines/vm2"
+    )
     assert host.os == "Unknown"
     assert User(name="contosoUser") in screensaver.entities_of(User)
 
@@ -122,7 +146,10 @@ def test_continuous_export_ndjson_alert_and_non_alerts():
     assert e.id == "2517184898549829577_cdcf9f94-ec53-47a6-ab87-76130f87218d"
     assert e.severity is Severity.MEDIUM
     assert e.resource is not None
-    assert e.resource.id == "/subscriptions/12cabcb4-86e8-404f-a3d2-1dc9982f45ca/resourcegroups/sample-rg/providers/microsoft.compute/virtualmachines/sample-vm"
+    assert (
+        e.resource.id
+        == "/subscriptions/12cabcb4-86e8-404f-a3d2-1dc9982f45ca/resourcegroups/sample-rg/providers/microsoft.compute/virtualmachines/sample-vm"
+    )
     assert {ip.address for ip in e.entities_of(Ip)} == {"81.2.69.142"}
     [host] = e.entities_of(Host)
     assert (host.name, host.os) == ("Sample-VM", "Linux")
@@ -138,7 +165,11 @@ def test_continuous_export_ndjson_alert_and_non_alerts():
     ("rel", "normalizer", "kind"),
     [
         ("defender/microsoft-defender-for-cloud/SecurityAlert.schema.json", "defender.alert.export", "SUSPECT_SVCHOST"),
-        ("defender/microsoft-defender-for-cloud/ActivityLogAlert.schema.json", "defender.alert.activity_log", "unknown"),
+        (
+            "defender/microsoft-defender-for-cloud/ActivityLogAlert.schema.json",
+            "defender.alert.activity_log",
+            "unknown",
+        ),
     ],
 )
 def test_published_schemas(rel, normalizer, kind):
@@ -160,7 +191,7 @@ def test_published_schemas(rel, normalizer, kind):
 
 def test_activity_log_envelope_from_docs():
     rel = "diagnostics/azure-monitor-docs/activity-log.eventhub-records.sample.json"
-    counts, [e], _ = run([file_body(rel)], rel)
+    _counts, [e], _ = run([file_body(rel)], rel)
     assert e.normalizer == "diagnostics.activity"
     assert e.source is Source.ACTIVITY_LOG
     assert e.kind == "Write:microsoft.support/supporttickets/write"
@@ -245,7 +276,10 @@ def test_storage_export_of_azure_openai_requests():
     rel = "diagnostics/ptu-paygo-openai-simulator/sample_log.json"
     counts, events, _ = run(lines(rel), rel)  # a PT1H.json export: one record per line
     assert (counts.messages, counts.with_events, counts.new_events) == (41, 41, 41)
-    ops = {k: sum(e.kind == f"RequestResponse:{k}" for e in events) for k in ("ChatCompletions_Create", "Embeddings_Create")}
+    ops = {
+        k: sum(e.kind == f"RequestResponse:{k}" for e in events)
+        for k in ("ChatCompletions_Create", "Embeddings_Create")
+    }
     assert ops == {"ChatCompletions_Create": 19, "Embeddings_Create": 22}
     assert sorted(e.attributes["http_status"] for e in events).count(400) == 1
     prefixes = {ip.prefix for e in events for ip in e.entities_of(Ip)}

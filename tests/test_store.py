@@ -22,7 +22,7 @@ def event(i: int, *, day: int = 0, entities: int = 1) -> Event:
         kind="RequestResponse:ChatCompletions_Create",
         time=T0 + timedelta(days=day, seconds=i),
         evidence=Evidence(f"{i:064x}", f"/records/{i}", "ai-diagnostics", "0", i, str(i * 100)),
-        entities=tuple(Ip(prefix=f"10.{n // 256 % 256}.{n % 256}.0/24") for n in range(entities)) + (User(upn="a@b.c"),),
+        entities=(*tuple(Ip(prefix=f"10.{n // 256 % 256}.{n % 256}.0/24") for n in range(entities)), User(upn="a@b.c")),
         attributes={"http_status": 200, "request_bytes": 1000 + i},
     )
 
@@ -37,12 +37,12 @@ def dead_letter(i: int) -> DeadLetter:
 def test_events_are_stored_once_and_read_back_equal(store: Store):
     events = [event(i, day=i % 3) for i in range(120)]  # several partitions, more than one transaction
     first = store.save({}, events, [])
-    again = store.save({}, events[:50] + [event(500)], [])
+    again = store.save({}, [*events[:50], event(500)], [])
     assert first.new_events == 120
     assert again.new_events == 1
     stored = store.events()
     assert len(stored) == 121
-    assert stored == sorted(events + [event(500)], key=lambda e: (e.time, e.id))
+    assert stored == sorted([*events, event(500)], key=lambda e: (e.time, e.id))
     assert store.events(limit=5) == stored[:5]
 
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aegis.arm import ResourceId, try_parse_resource_id
-from aegis.decode import loads_nested
+from aegis.decode import kind_of, loads_nested
 from aegis.errors import MalformedInput
 from aegis.events import (
-    AiResource,
     Entity,
     Event,
     Evidence,
@@ -205,7 +204,7 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence) -> Event
     alert_id = _alert_id(f.text(p, n.system_alert_id, required=True))
     severity_raw = next((p[k] for k in n.severity if p.get(k) is not None), None)
     if severity_raw is not None and not isinstance(severity_raw, str):
-        raise MalformedInput(f"'severity' is {f.kind_of(severity_raw)}, not a string")
+        raise MalformedInput(f"'severity' is {kind_of(severity_raw)}, not a string")
 
     resource = _affected_resource(p, n)
     entities: list[Entity] = f.resource_entities(resource) if resource else []
@@ -299,12 +298,11 @@ def _resolve_refs(raw: list[Any]) -> list[dict[str, Any]]:
 
     collect(raw)
     out = []
-    for node in raw:
-        if not isinstance(node, dict):
+    for item in raw:
+        if not isinstance(item, dict):
             continue
-        ref = node.get("$ref")
-        if isinstance(ref, str) and len(node) == 1:
-            node = latest.get(ref) or first.get(ref) or {}
+        ref = item.get("$ref")
+        node = latest.get(ref) or first.get(ref) or {} if isinstance(ref, str) and len(item) == 1 else item
         ref_id = node.get("$id")
         if isinstance(ref_id, str):
             latest[ref_id] = node
@@ -351,7 +349,9 @@ def _account(e: dict[str, Any]) -> User | None:
     object_id = f.guid(e.get("aaduserid"))
     if not (upn or object_id or name):
         return None
-    return User(upn=upn, object_id=object_id, name=_s(e.get("displayname")) or name, tenant_id=f.guid(e.get("aadtenantid")))
+    return User(
+        upn=upn, object_id=object_id, name=_s(e.get("displayname")) or name, tenant_id=f.guid(e.get("aadtenantid"))
+    )
 
 
 # Extended properties of AI alerts carry the caller's context under loosely named keys; these

@@ -17,7 +17,6 @@ from typing import Any
 
 from aegis.arm import ResourceId
 from aegis.events import (
-    AiResource,
     Entity,
     Event,
     Evidence,
@@ -44,7 +43,9 @@ ACTIVITY_CATEGORIES = frozenset(
         "policy", "autoscale", "write", "delete", "action",
     }
 )  # fmt: skip
-_APP_SIGNIN = frozenset({"serviceprincipalsigninlogs", "managedidentitysigninlogs", "microsoftserviceprincipalsigninlogs"})
+_APP_SIGNIN = frozenset(
+    {"serviceprincipalsigninlogs", "managedidentitysigninlogs", "microsoftserviceprincipalsigninlogs"}
+)
 
 _CLAIM_UPN = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"
 _CLAIM_OID = "http://schemas.microsoft.com/identity/claims/objectidentifier"
@@ -112,8 +113,8 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     ua = f.text(props, "userAgent")
     if ua:
         entities.append(UserAgent(value=ua))
-    status = props.get("status") if isinstance(props.get("status"), dict) else {}
-    location = props.get("location") if isinstance(props.get("location"), dict) else {}
+    status = _dict(props.get("status"))
+    location = _dict(props.get("location"))
     error_code = f.number(status, "errorCode")
     attributes = {
         "category": item.get("category"),
@@ -132,17 +133,21 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "country": f.text(location, "countryOrRegion"),
         "correlation_id": f.text(item, "correlationId"),
     }
-    return [_event(item, "diagnostics.signin", Source.SIGNIN_LOG, entities, attributes, evidence)]
+    return [
+        _event(
+            item, "diagnostics.signin", Source.SIGNIN_LOG, entities=entities, attributes=attributes, evidence=evidence
+        )
+    ]
 
 
 @normalizer("diagnostics.activity", source=Source.ACTIVITY_LOG, accepts=_is_activity)
 def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """An activity-log record (control-plane operation, health or policy event)."""
     identity = item.get("identity")
-    identity = identity if isinstance(identity, dict) else {}
-    claims = identity.get("claims") if isinstance(identity.get("claims"), dict) else {}
-    authz = identity.get("authorization") if isinstance(identity.get("authorization"), dict) else {}
-    evidence_block = authz.get("evidence") if isinstance(authz.get("evidence"), dict) else {}
+    identity = _dict(identity)
+    claims = _dict(identity.get("claims"))
+    authz = _dict(identity.get("authorization"))
+    evidence_block = _dict(authz.get("evidence"))
 
     rid = f.resource(item, "resourceId", required=True)
     assert rid is not None
@@ -177,7 +182,17 @@ def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "authorization_scope": f.text(authz, "scope"),
         "correlation_id": f.text(item, "correlationId"),
     }
-    return [_event(item, "diagnostics.activity", Source.ACTIVITY_LOG, entities, attributes, evidence, rid)]
+    return [
+        _event(
+            item,
+            "diagnostics.activity",
+            Source.ACTIVITY_LOG,
+            entities=entities,
+            attributes=attributes,
+            evidence=evidence,
+            rid=rid,
+        )
+    ]
 
 
 @normalizer("diagnostics.ai", source=Source.RESOURCE_LOG, accepts=_is_ai)
@@ -221,11 +236,21 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "location": f.text(item, "location"),
         "level": f.text(item, "level"),
     }
-    for key, value in props.items():
+    for key, _value in props.items():
         name = _TOKEN_FIELDS.get(f.compact_key(key)) if isinstance(key, str) else None
         if name:
             attributes[name] = f.number(props, key)
-    return [_event(item, "diagnostics.ai", Source.RESOURCE_LOG, entities, attributes, evidence, rid)]
+    return [
+        _event(
+            item,
+            "diagnostics.ai",
+            Source.RESOURCE_LOG,
+            entities=entities,
+            attributes=attributes,
+            evidence=evidence,
+            rid=rid,
+        )
+    ]
 
 
 def _is_generic(item: dict[str, Any]) -> bool:
@@ -248,7 +273,22 @@ def resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "level": f.text(item, "level"),
         "correlation_id": f.text(item, "correlationId"),
     }
-    return [_event(item, "diagnostics.resource", Source.RESOURCE_LOG, entities, attributes, evidence, rid)]
+    return [
+        _event(
+            item,
+            "diagnostics.resource",
+            Source.RESOURCE_LOG,
+            entities=entities,
+            attributes=attributes,
+            evidence=evidence,
+            rid=rid,
+        )
+    ]
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """A nested object that is optional context: anything else counts as absent."""
+    return value if isinstance(value, dict) else {}
 
 
 def _operation(item: dict[str, Any]) -> str | None:
@@ -267,6 +307,7 @@ def _event(
     item: dict[str, Any],
     name: str,
     source: Source,
+    *,
     entities: list[Entity],
     attributes: dict[str, Any],
     evidence: Evidence,

@@ -7,6 +7,7 @@ seen instead of silently half-read. Strings are cut to a bound, so no field can 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from datetime import UTC, datetime
@@ -120,10 +121,8 @@ def content_id(record: dict[str, Any]) -> str:
     twice, or that arrives with `properties` as a string once and as an object once, gets one id."""
     canonical = dict(record)
     if isinstance(canonical.get("properties"), str):
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):
             canonical["properties"] = orjson.loads(canonical["properties"])
-        except orjson.JSONDecodeError:
-            pass
     digest = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return digest[:32]
 

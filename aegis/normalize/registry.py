@@ -26,7 +26,7 @@ NormalizeFn = Callable[[dict[str, Any], Evidence], list[Event]]
 AcceptsFn = Callable[[dict[str, Any]], bool]
 
 
-class Ignored(Exception):  # noqa: N818 - a signal, like structlog's DropEvent, not an error
+class Ignored(Exception):
     """Raised by a normalizer for a valid message that produces no event."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -41,10 +41,8 @@ class TableStore:
             self._events = tables.create_table_if_not_exists(f"{prefix}events")
             self._dead_letters = tables.create_table_if_not_exists(f"{prefix}deadletters")
             self._raw = blobs.get_container_client(f"{prefix}-raw")
-            try:
+            with suppress(ResourceExistsError):
                 self._raw.create_container()
-            except ResourceExistsError:
-                pass
 
     @classmethod
     def from_connection_string(cls, conn: str, *, prefix: str = PREFIX) -> TableStore:
@@ -53,7 +51,9 @@ class TableStore:
 
     @classmethod
     def from_endpoints(cls, table_endpoint: str, blob_endpoint: str, credential: TokenCredential) -> TableStore:
-        return cls(TableServiceClient(table_endpoint, credential=credential), BlobServiceClient(blob_endpoint, credential))
+        return cls(
+            TableServiceClient(table_endpoint, credential=credential), BlobServiceClient(blob_endpoint, credential)
+        )
 
     def save(
         self, raws: Mapping[str, bytes], events: Sequence[Event], dead_letters: Sequence[DeadLetter]
@@ -148,10 +148,8 @@ def _dead_letter_entity(d: DeadLetter) -> dict[str, Any]:
 
 
 def _put_blob(container: ContainerClient, name: str, body: bytes) -> None:
-    try:
+    with suppress(ResourceExistsError):  # content-addressed: the same name holds the same bytes
         container.upload_blob(name, body, overwrite=False)
-    except ResourceExistsError:
-        pass  # content-addressed: the same name holds the same bytes
 
 
 @contextmanager
