@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from aegis.errors import MalformedInput
 
@@ -49,6 +50,11 @@ def parse_resource_id(value: object) -> ResourceId:
     """
     if not isinstance(value, str):
         raise MalformedInput(f"resource id is {type(value).__name__}, not a string")
+    return _parse(value)
+
+
+@lru_cache(maxsize=4096)  # a stream names the same few resources again and again
+def _parse(value: str) -> ResourceId:
     if not value or len(value) > MAX_LENGTH:
         raise MalformedInput("resource id is empty or longer than 1024 characters")
     if not value.startswith("/"):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from functools import lru_cache
+from typing import Any
 
 import orjson
 
@@ -47,16 +48,14 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Entity:
-    """Base of the typed entities. `key` identifies the entity for grouping and deduplication."""
+    """Base of the typed entities. `type` names the kind in JSON; `key` identifies the entity for
+    grouping and deduplication."""
 
-    type: ClassVar[str]
+    type: str = field(init=False)
 
     @property
     def key(self) -> str:
         raise NotImplementedError
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **{k: v for k, v in asdict(self).items() if v is not None}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +64,7 @@ class Ip(Entity):
     `address` is None and `prefix` holds the part that is known (`81.2.69.0/24`). A full
     address has the same `prefix`, so both group together."""
 
-    type: ClassVar[str] = "ip"
+    type: str = field(default="ip", init=False, repr=False)
     prefix: str
     address: str | None = None
 
@@ -80,7 +79,7 @@ class Ip(Entity):
 
 @dataclass(frozen=True, slots=True)
 class User(Entity):
-    type: ClassVar[str] = "user"
+    type: str = field(default="user", init=False, repr=False)
     upn: str | None = None
     object_id: str | None = None
     name: str | None = None
@@ -93,7 +92,7 @@ class User(Entity):
 
 @dataclass(frozen=True, slots=True)
 class ServicePrincipal(Entity):
-    type: ClassVar[str] = "service_principal"
+    type: str = field(default="service_principal", init=False, repr=False)
     app_id: str | None = None
     object_id: str | None = None
     name: str | None = None
@@ -105,7 +104,7 @@ class ServicePrincipal(Entity):
 
 @dataclass(frozen=True, slots=True)
 class Host(Entity):
-    type: ClassVar[str] = "host"
+    type: str = field(default="host", init=False, repr=False)
     name: str | None = None
     azure_id: str | None = None
     mde_machine_id: str | None = None
@@ -120,7 +119,7 @@ class Host(Entity):
 class AiResource(Entity):
     """An Azure AI account (Azure OpenAI, AI Foundry, AI services): a canonical ARM id."""
 
-    type: ClassVar[str] = "ai_resource"
+    type: str = field(default="ai_resource", init=False, repr=False)
     resource_id: str
     name: str | None = None
 
@@ -131,7 +130,7 @@ class AiResource(Entity):
 
 @dataclass(frozen=True, slots=True)
 class ModelDeployment(Entity):
-    type: ClassVar[str] = "model_deployment"
+    type: str = field(default="model_deployment", init=False, repr=False)
     name: str
     resource_id: str | None = None
 
@@ -142,7 +141,7 @@ class ModelDeployment(Entity):
 
 @dataclass(frozen=True, slots=True)
 class Model(Entity):
-    type: ClassVar[str] = "model"
+    type: str = field(default="model", init=False, repr=False)
     name: str
     version: str | None = None
 
@@ -153,7 +152,7 @@ class Model(Entity):
 
 @dataclass(frozen=True, slots=True)
 class UserAgent(Entity):
-    type: ClassVar[str] = "user_agent"
+    type: str = field(default="user_agent", init=False, repr=False)
     value: str
 
     @property
@@ -162,15 +161,19 @@ class UserAgent(Entity):
 
 
 ENTITY_TYPES: dict[str, type[Entity]] = {
-    cls.type: cls for cls in (Ip, User, ServicePrincipal, Host, AiResource, ModelDeployment, Model, UserAgent)
+    cls.__dataclass_fields__["type"].default: cls  # type: ignore[misc]
+    for cls in (Ip, User, ServicePrincipal, Host, AiResource, ModelDeployment, Model, UserAgent)
 }
 
 
 def make_ip(value: object) -> Ip | None:
     """An `Ip` from a full address or one whose last octet is masked with `*` (`81.2.69.***`,
     `20.236.11.**`). Anything else is not an IP and gives None."""
-    if not isinstance(value, str):
-        return None
+    return _make_ip(value) if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=8192)  # callers repeat; parsing with ipaddress is the costly part
+def _make_ip(value: str) -> Ip | None:
     text = value.strip()
     if not text or len(text) > 64:
         return None
@@ -225,23 +228,13 @@ class Event:
     def entities_of(self, cls: type[Entity]) -> list[Any]:
         return [e for e in self.entities if isinstance(e, cls)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "source": self.source.value,
-            "normalizer": self.normalizer,
-            "kind": self.kind,
-            "time": _iso(self.time),
-            "severity": self.severity.value if self.severity else None,
-            "title": self.title,
-            "resource": asdict(self.resource) if self.resource else None,
-            "entities": [e.to_dict() for e in self.entities],
-            "attributes": dict(self.attributes),
-            "evidence": {**asdict(self.evidence), "enqueued_time": _iso(self.evidence.enqueued_time)},
-        }
-
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        """The event as JSON (orjson serializes the dataclasses natively: the hot path of storing)."""
+        return orjson.dumps(self, option=orjson.OPT_UTC_Z)
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = orjson.loads(self.to_json())
+        return result
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Event:
@@ -249,7 +242,7 @@ class Event:
         ev["enqueued_time"] = _parse_iso(ev.get("enqueued_time"))
         entities = []
         for raw in d.get("entities", ()):
-            fields = dict(raw)
+            fields = {k: v for k, v in raw.items() if v is not None}
             entities.append(ENTITY_TYPES[fields.pop("type")](**fields))
         return cls(
             id=d["id"],
@@ -268,10 +261,6 @@ class Event:
     @classmethod
     def from_json(cls, data: bytes | str) -> Event:
         return cls.from_dict(orjson.loads(data))
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _parse_iso(value: str | None) -> datetime | None:
@@ -300,7 +289,8 @@ class DeadLetter:
     enqueued_time: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "received": _iso(self.received), "enqueued_time": _iso(self.enqueued_time)}
+        result: dict[str, Any] = orjson.loads(orjson.dumps(self, option=orjson.OPT_UTC_Z))
+        return result
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeadLetter:

@@ -143,8 +143,7 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
 @normalizer("diagnostics.activity", source=Source.ACTIVITY_LOG, accepts=_is_activity)
 def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """An activity-log record (control-plane operation, health or policy event)."""
-    identity = item.get("identity")
-    identity = _dict(identity)
+    identity = _dict(item.get("identity"))
     claims = _dict(identity.get("claims"))
     authz = _dict(identity.get("authorization"))
     evidence_block = _dict(authz.get("evidence"))
