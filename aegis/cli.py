@@ -19,7 +19,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from aegis import log, replay, settings
@@ -77,23 +77,26 @@ def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Sett
 def _replay(cfg: settings.Settings, store: Store, files: list[Path], hub: str, per_line: bool) -> Counts:
     pipeline = Pipeline(store, limits=cfg.limits)
     total = Counts()
-    size = sum(p.stat().st_size for p in files)
+    sizes = [p.stat().st_size for p in files]
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=True, disable=size < PROGRESS_FROM_BYTES or not err.is_terminal,
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=err, transient=True, disable=sum(sizes) < PROGRESS_FROM_BYTES or not err.is_terminal,
     )  # fmt: skip
     with progress:
-        task = progress.add_task("replaying", total=len(files))
-        for path in files:
+        task = progress.add_task("replaying", total=sum(sizes))
+        done = 0
+        for path, file_size in zip(files, sizes, strict=True):
             batch: list[Message] = []
             for message in replay.messages(path, hub, per_line=per_line):
                 batch.append(message)
                 if len(batch) >= BATCH:
                     total.add(pipeline.process(batch))
+                    progress.advance(task, sum(len(m.body) + 1 for m in batch))
                     batch = []
             if batch:
                 total.add(pipeline.process(batch))
-            progress.advance(task)
+            done += file_size
+            progress.update(task, completed=done)
     return total
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -249,7 +249,7 @@ class Event:
             source=Source(d["source"]),
             normalizer=d["normalizer"],
             kind=d["kind"],
-            time=_parse_iso(d["time"]) or datetime.min.replace(tzinfo=UTC),
+            time=datetime.fromisoformat(d["time"]),
             severity=Severity(d["severity"]) if d.get("severity") else None,
             title=d.get("title"),
             resource=ResourceId(**d["resource"]) if d.get("resource") else None,
