@@ -23,6 +23,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from aegis import log, replay, settings
+from aegis.correlate import detections, mapping, selftest
+from aegis.correlate.engine import Correlator
+from aegis.correlate.incidents import View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message, Pipeline
@@ -75,7 +78,8 @@ def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Sett
 
 
 def _replay(cfg: settings.Settings, store: Store, files: list[Path], hub: str, per_line: bool) -> Counts:
-    pipeline = Pipeline(store, limits=cfg.limits)
+    correlator = Correlator(detections.load().detections, store, lateness=cfg.lateness)
+    pipeline = Pipeline(store, limits=cfg.limits, correlator=correlator)
     total = Counts()
     sizes = [p.stat().st_size for p in files]
     progress = Progress(
@@ -113,6 +117,7 @@ def _print_counts(c: Counts, files: int, where: str) -> None:
         ("  dead-lettered", c.dead_lettered, "see `aegis deadletters`" if c.dead_lettered else ""),
         ("events", c.events, f"{c.new_events} new, {c.duplicates} duplicates"),
         ("dead letters", c.dead_letters, f"{c.new_dead_letters} new"),
+        ("detection hits", c.matches, f"{c.incident_updates} incident updates; see `aegis incidents`"),
     ]
     for label, value, note in rows:
         out.print(f"  {label:<16}{value:>7}   {note}".rstrip())
@@ -191,6 +196,7 @@ def demo_cmd(
         counts = _replay(cfg, store, files, "demo", False)
         events = store.events()
         dls = store.dead_letters()
+        incidents = store.incidents()
     where = _where(cfg)
     _print_counts(counts, len(files), where)
     out.print()
@@ -209,7 +215,147 @@ def demo_cmd(
     for d in dls[:5]:
         out.print(f"  dead letter:   {d.reason}")
     out.print()
-    out.print("Next: .venv/bin/aegis events | .venv/bin/aegis events --json | .venv/bin/aegis deadletters")
+    shown = [v for v in views(incidents) if v.status != "superseded"]
+    out.print(f"[bold]Incidents[/bold]: {len(shown)} ({len(incidents) - len(shown)} single-alert incidents superseded)")
+    _incident_table(shown)
+    out.print()
+    out.print("Next: .venv/bin/aegis incidents show ID | .venv/bin/aegis incidents --json | .venv/bin/aegis events")
+
+
+incidents_app = typer.Typer(help="Correlated AI incidents.", no_args_is_help=False)
+app.add_typer(incidents_app, name="incidents")
+
+
+@incidents_app.callback(invoke_without_command=True)
+def incidents_cmd(
+    ctx: typer.Context,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Include superseded single-alert incidents.")] = False,
+) -> None:
+    """List incidents, oldest first (`aegis incidents show ID` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _store(db, must_exist=True) as (_, store):
+        listed = [v for v in views(store.incidents()) if show_all or v.status != "superseded"]
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps([v.summary() for v in listed], option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    _incident_table(listed)
+    out.print(f"{len(listed)} incident(s)")
+
+
+def _incident_table(listed: list[View]) -> None:
+    for v in listed:
+        i = v.incident
+        out.print(
+            f"  {i.severity.value:<9}{v.status:<11}{i.first_seen:%Y-%m-%d %H:%M}  {i.title}  [{i.id}]",
+            markup=False,
+            highlight=False,
+        )
+
+
+@incidents_app.command("show")
+def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id.")], db: DbOption = None) -> None:
+    """One incident, readably, with its evidence timeline."""
+    with _store(db, must_exist=True) as (_, store):
+        found = [v for v in views(store.incidents()) if v.incident.id == incident_id]
+    if not found:
+        raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
+    v = found[0]
+    i = v.incident
+    atlas, owasp = mapping.atlas_names(), mapping.owasp_names()
+    lines = [
+        f"{i.title}",
+        f"  id          {i.id}",
+        f"  detection   {i.detection}",
+        f"  severity    {i.severity.value}    status {v.status}"
+        + (f" (by {v.superseded_by})" if v.superseded_by else ""),
+        f"  seen        {i.first_seen:%Y-%m-%d %H:%M:%S} → {i.last_seen:%Y-%m-%d %H:%M:%S} UTC",
+        "  ATLAS       " + ("; ".join(f"{t} {atlas.get(t, '')}" for t in i.atlas) or "-"),
+        "  OWASP LLM   " + ("; ".join(f"{t} {owasp.get(t, '')}" for t in i.owasp_llm) or "-"),
+        "  entities",
+        *[f"    {e.type:<17} {e.key}" for e in i.entities],
+        f"  timeline ({len(i.timeline)} events)",
+        *[
+            f"    {t.time:%H:%M:%S}  {t.source:<13} {t.kind}" + (f"  [{t.step}]" if t.step else "")
+            for t in i.timeline[:200]
+        ],
+    ]
+    for line in lines:
+        out.print(line, markup=False, highlight=False)
+
+
+detections_app = typer.Typer(help="Detections (YAML in detections/).", no_args_is_help=True)
+app.add_typer(detections_app, name="detections")
+PathsOption = Annotated[
+    list[Path] | None, typer.Option("--path", help="Detection files or folders [default: detections/].")
+]
+
+
+@detections_app.command("list")
+def detections_list(path: PathsOption = None) -> None:
+    """The loaded detections."""
+    table = Table("id", "kind", "severity", "group by", "ATLAS", "OWASP", box=None)
+    for d in detections.load(path).detections:
+        table.add_row(d.id, d.kind, d.severity.value, ", ".join(d.group_by), ", ".join(d.atlas), ", ".join(d.owasp_llm))
+    out.print(table, markup=False)
+
+
+@detections_app.command("validate")
+def detections_validate(path: PathsOption = None) -> None:
+    """Load and validate every detection file; the first problem names the file and the field."""
+    loaded = detections.load(path)
+    out.print(f"{len(loaded.detections)} detection(s) valid")
+
+
+@detections_app.command("test")
+def detections_test(path: PathsOption = None) -> None:
+    """Run every detection's own test events against its expected result."""
+    failed = 0
+    total = 0
+    for d in detections.load(path).detections:
+        for o in selftest.run(d):
+            total += 1
+            failed += not o.passed
+            mark = "ok  " if o.passed else "FAIL"
+            out.print(f"{mark} {o.detection}: {o.test}" + ("" if o.passed else f" — {o.detail}"), markup=False)
+    out.print(f"{total - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@detections_app.command("coverage")
+def detections_coverage(path: PathsOption = None) -> None:
+    """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
+    loaded = detections.load(path).detections
+    atlas_cov: dict[str, set[str]] = {}
+    owasp_cov: dict[str, set[str]] = {}
+    for d in loaded:
+        for t in d.atlas:
+            atlas_cov.setdefault(t, set()).add(d.id)
+        for t in d.owasp_llm:
+            owasp_cov.setdefault(t, set()).add(d.id)
+        if d.alert_mapping:
+            for kind in mapping.known_alert_types():
+                m = mapping.mapping_of(kind)
+                for t in m.atlas:
+                    atlas_cov.setdefault(t, set()).add(f"{d.id} (via {kind})")
+                for t in m.owasp_llm:
+                    owasp_cov.setdefault(t, set()).add(f"{d.id} (via {kind})")
+    for title, names, cov in (
+        ("ATLAS", mapping.atlas_names(), atlas_cov),
+        ("OWASP LLM Top 10", mapping.owasp_names(), owasp_cov),
+    ):
+        covered = [t for t in names if t in cov]
+        out.print(f"{title}: {len(covered)} of the {len(names)} shipped ids covered", markup=False)
+        for t, name in names.items():
+            who = sorted({w.split(" (via")[0] for w in cov.get(t, set())})
+            out.print(
+                f"  {'covered' if who else 'NOT covered':<12} {t:<14} {name}"
+                + (f"  ← {', '.join(who)}" if who else ""),
+                markup=False,
+            )
 
 
 def main() -> None:

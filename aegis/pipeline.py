@@ -1,7 +1,7 @@
 """The one pipeline every front door drives: Event Hubs triggers, `aegis replay`, the tests.
 
     message bytes ─► decode ─► items ─► normalizer ─► events ─┐
-                         │          │                         ├─► store (one write per batch)
+                         │          │                         ├─► store (one write per batch) ─► correlator
                          └──────────┴──► dead letters ────────┘
 
 Outcome of each message, exactly one of:
@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from aegis import normalize
+from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, decode, items, kind_of
 from aegis.errors import MalformedInput
 from aegis.events import DeadLetter, Event, Evidence
@@ -56,6 +57,9 @@ class Counts:
     dead_letters: int = 0
     new_dead_letters: int = 0
     by_normalizer: dict[str, int] = field(default_factory=dict)
+    matches: int = 0
+    incident_updates: int = 0
+    late: int = 0
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
@@ -75,10 +79,12 @@ class Pipeline:
         store: Store,
         *,
         limits: Limits | None = None,
+        correlator: Correlator | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
+        self.correlator = correlator
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -108,6 +114,11 @@ class Pipeline:
         counts.duplicates = counts.events - result.new_events
         counts.dead_letters = len(dead_letters)
         counts.new_dead_letters = result.new_dead_letters
+        if self.correlator is not None and events:
+            correlated = self.correlator.process(list(events.values()))
+            counts.matches = correlated.matches
+            counts.incident_updates = correlated.incidents
+            counts.late = correlated.too_late
         return counts
 
     def _one(self, message: Message, digest: str, received: datetime) -> tuple[list[Event], list[DeadLetter]]:

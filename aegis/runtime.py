@@ -6,6 +6,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from aegis import log, settings
+from aegis.correlate import detections
+from aegis.correlate.engine import Correlator
 from aegis.pipeline import Pipeline
 from aegis.store import open_store
 
@@ -14,4 +16,6 @@ from aegis.store import open_store
 def pipeline() -> Pipeline:
     cfg = settings.get()
     log.configure_from_settings(cfg)
-    return Pipeline(open_store(cfg), limits=cfg.limits)
+    store = open_store(cfg)
+    correlator = Correlator(detections.load().detections, store, lateness=cfg.lateness)
+    return Pipeline(store, limits=cfg.limits, correlator=correlator)

@@ -7,6 +7,7 @@ naming the variable and what it needs, at start-up rather than at the first mess
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger message bodies are dead-lettered.")
     max_depth: int = Field(64, gt=1, le=512, description="Deeper JSON nesting is dead-lettered.")
+
+    lateness: timedelta = Field(
+        timedelta(hours=1), description="How late (in event time) an event may arrive and still correlate."
+    )
 
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON when running in Azure, readable console output elsewhere."

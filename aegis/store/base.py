@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.events import DeadLetter, Event
+
+if TYPE_CHECKING:
+    from aegis.correlate.incidents import Incident
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +44,35 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # --- correlation state: one bucket per (detection, group), and the incidents ---
+
+    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]: ...
+
+    def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
+        """Write each bucket whose version still matches, with its incidents (replacing the
+        bucket's incidents that ended at or after `keep_before`); return the keys that conflicted."""
+        ...
+
+    def events_by_id(self, ids: Sequence[str]) -> dict[str, Event]: ...
+
+    def incidents(self) -> list[Incident]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Correlation state of one (detection, group), with its version for optimistic concurrency
+    (a counter in SQLite, an ETag in Table Storage)."""
+
+    key: str
+    version: int | str
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketWrite:
+    key: str
+    expected: int | str | None  # None: the bucket must not exist yet
+    doc: bytes
+    incidents: list[Incident]
+    keep_before: datetime  # incidents of the bucket that ended before this are final and kept

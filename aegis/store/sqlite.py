@@ -10,9 +10,10 @@ from pathlib import Path
 
 import orjson
 
+from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.store.base import SaveResult
+from aegis.store.base import Bucket, BucketWrite, SaveResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -34,6 +35,18 @@ CREATE TABLE IF NOT EXISTS raw_messages (
     digest TEXT PRIMARY KEY,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS buckets (
+    key TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_by_bucket ON incidents (bucket, last_seen);
 """
 
 
@@ -88,6 +101,66 @@ class SqliteStore:
         with self._lock, _translate(self.path):
             row = self._db.execute("SELECT body FROM raw_messages WHERE digest = ?", (digest,)).fetchone()
         return bytes(row[0]) if row else None
+
+    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
+        out: dict[str, Bucket] = {}
+        with self._lock, _translate(self.path):
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, version, doc in self._db.execute(
+                    f"SELECT key, version, doc FROM buckets WHERE key IN ({marks})",
+                    chunk,
+                ):
+                    out[key] = Bucket(key, version, orjson.loads(doc))
+        return out
+
+    def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
+        conflicts: set[str] = set()
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for w in writes:
+                    if w.expected is None:
+                        cur.execute("INSERT OR IGNORE INTO buckets VALUES (?, 1, ?)", (w.key, w.doc))
+                    else:
+                        cur.execute(
+                            "UPDATE buckets SET version = version + 1, doc = ? WHERE key = ? AND version = ?",
+                            (w.doc, w.key, w.expected),
+                        )
+                    if cur.rowcount != 1:
+                        conflicts.add(w.key)
+                        continue
+                    cur.execute(
+                        "DELETE FROM incidents WHERE bucket = ? AND last_seen >= ?", (w.key, w.keep_before.isoformat())
+                    )
+                    cur.executemany(
+                        "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
+                        [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for i in w.incidents],
+                    )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return conflicts
+
+    def events_by_id(self, ids: Sequence[str]) -> dict[str, Event]:
+        out: dict[str, Event] = {}
+        with self._lock, _translate(self.path):
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT doc FROM events WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+                for (doc,) in self._db.execute(query, chunk):
+                    event = Event.from_json(doc)
+                    out[event.id] = event
+        return out
+
+    def incidents(self) -> list[Incident]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute("SELECT doc FROM incidents ORDER BY last_seen, id").fetchall()
+        return [Incident.from_json(r[0]) for r in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,158 @@
+"""Conditions over normalized events, as detections write them in YAML. Data, never code:
+
+    match:
+      all:
+        - {field: source, equals: defender}
+        - {field: kind, prefix: "AI.Azure_Jailbreak"}
+        - any:
+            - {field: attributes.http_status, in: [401, 403]}
+            - not: {field: entities.user, exists: true}
+
+A test names one field path (`paths.py`) and exactly one operator: equals, in, prefix, suffix,
+contains, regex (Python syntax, searched), exists, gt, gte, lt, lte. String operators compare
+case-insensitively; numeric ones only numbers. A test holds when any value of the path does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from aegis.correlate.paths import PathError, compile_path
+from aegis.events import Event, Scalar
+
+Predicate = Callable[[Event], bool]
+OPERATORS = ("equals", "in", "prefix", "suffix", "contains", "regex", "exists", "gt", "gte", "lt", "lte")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FieldTest(_Strict):
+    field: str
+    equals: Scalar = None
+    in_: list[Scalar] | None = Field(None, alias="in")
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    regex: str | None = None
+    exists: bool | None = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+    @field_validator("field")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        try:
+            compile_path(value)
+        except PathError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> FieldTest:
+        given = [op for op in OPERATORS if op in self.model_fields_set or f"{op}_" in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError(f"a test needs exactly one operator of {', '.join(OPERATORS)} (got {given or 'none'})")
+        return self
+
+    def compile(self) -> Predicate:
+        get = compile_path(self.field)
+        op = next(op for op in OPERATORS if op in self.model_fields_set or f"{op}_" in self.model_fields_set)
+        if op == "exists":
+            want = bool(self.exists)
+            return lambda e: bool(get(e)) is want
+        test = _operator(op, self)
+        return lambda e: any(test(v) for v in get(e))
+
+
+class All(_Strict):
+    all: list[Condition] = Field(min_length=1)
+
+    def compile(self) -> Predicate:
+        parts = [c.compile() for c in self.all]
+        return lambda e: all(p(e) for p in parts)
+
+
+class AnyOf(_Strict):
+    any: list[Condition] = Field(min_length=1)
+
+    def compile(self) -> Predicate:
+        parts = [c.compile() for c in self.any]
+        return lambda e: any(p(e) for p in parts)
+
+
+class Not(_Strict):
+    not_: Condition = Field(alias="not")
+
+    def compile(self) -> Predicate:
+        inner = self.not_.compile()
+        return lambda e: not inner(e)
+
+
+def _which(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in ("all", "any", "not"):
+            if key in value:
+                return key
+        return "test"
+    return type(value).__name__ if not isinstance(value, BaseModel) else type(value).__name__.lower().rstrip("_")
+
+
+# The key present picks the model, so an error names one model's fields, not four.
+Condition = Annotated[
+    Union[  # noqa: UP007 - a forward-referenced recursive union
+        Annotated[All, Tag("all")],
+        Annotated[AnyOf, Tag("any")],
+        Annotated[Not, Tag("not")],
+        Annotated[FieldTest, Tag("test")],
+    ],
+    Discriminator(_which),
+]
+for _model in (All, AnyOf, Not, FieldTest):
+    _model.model_rebuild()
+
+
+def _lower(v: Any) -> str | None:
+    return v.lower() if isinstance(v, str) else None
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _operator(op: str, t: FieldTest) -> Callable[[Scalar], bool]:
+    if op == "equals":
+        want = _lower(t.equals) if isinstance(t.equals, str) else t.equals
+        return lambda v: (_lower(v) if isinstance(v, str) else v) == want
+    if op == "in":
+        wants = {_lower(w) if isinstance(w, str) else w for w in t.in_ or []}
+        return lambda v: (_lower(v) if isinstance(v, str) else v) in wants
+    if op in ("prefix", "suffix", "contains"):
+        needle = (getattr(t, op) or "").lower()
+        method = {"prefix": str.startswith, "suffix": str.endswith, "contains": str.__contains__}[op]
+        return lambda v: isinstance(v, str) and method(v.lower(), needle)
+    if op == "regex":
+        pattern = re.compile(t.regex or "", re.IGNORECASE)
+        return lambda v: isinstance(v, str) and pattern.search(v) is not None
+    bound = float(getattr(t, op))
+    compare: Callable[[float, float], bool] = {
+        "gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__,
+    }[op]  # fmt: skip
+    return lambda v: (n := _number(v)) is not None and compare(n, bound)

@@ -1,0 +1,217 @@
+"""Detections: YAML files in `detections/`, validated at load against a model whose `kind` is one of
+the registered rule kinds (`kinds.py`), so the JSON Schema (`schema()`) follows the registry.
+
+An invalid file fails at load with the file name and the field: `DetectionError`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aegis.correlate import mapping
+from aegis.correlate.conditions import Condition, Predicate
+from aegis.correlate.kinds import KINDS
+from aegis.correlate.paths import Getter, PathError, compile_path
+from aegis.errors import AegisError
+from aegis.events import Severity
+
+DETECTIONS_DIR = Path(__file__).resolve().parents[2] / "detections"
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+TITLE_FIELDS = ("group", "ai_resource", "ip", "user", "host", "kind", "count")
+
+
+class DetectionError(AegisError):
+    """A detection file that cannot be used; the message names the file and the field."""
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if not m:
+            raise ValueError("a duration is a number and a unit: 500ms, 30s, 15m, 1h, 2d")
+        return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Step(_Strict):
+    name: str
+    match: Condition
+    min: int = Field(1, ge=1, le=10_000, description="at least this many matches of the step")
+
+
+class Escalation(_Strict):
+    events: int = Field(gt=1, description="at this many events in the incident")
+    severity: Severity
+
+
+class SampleEvent(_Strict):
+    """A normalized event, written compactly, for a detection's own test."""
+
+    kind: str
+    source: str = "defender"
+    at: Duration = Field(timedelta(0), description="offset from the test's start time")
+    severity: Severity | None = None
+    resource: str | None = None
+    entities: dict[str, str | list[str]] = Field(default_factory=dict)
+    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    repeat: int = Field(1, ge=1, le=1000)
+    every: Duration = timedelta(seconds=1)
+
+
+class Expect(_Strict):
+    incidents: int = Field(ge=0)
+    severity: Severity | None = None
+    events: int | None = None
+    entities: list[str] = Field(default_factory=list, description="entity keys the incident must hold")
+
+
+class DetectionCase(_Strict):
+    name: str
+    events: list[SampleEvent]
+    expect: Expect
+
+
+class Detection(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")
+    title: str = Field(max_length=200)
+    description: str
+    kind: Literal[tuple(KINDS)]  # type: ignore[valid-type]  # the registered rule kinds
+    severity: Severity
+    severity_from_events: bool = False
+    escalate: list[Escalation] = Field(default_factory=list)
+    atlas: list[str] = Field(default_factory=list)
+    owasp_llm: list[str] = Field(default_factory=list)
+    alert_mapping: bool = Field(False, description="add the ATLAS/OWASP mapping of member Defender alerts")
+    fallback: bool = Field(False, description="yield to other detections: hidden when another incident covers it")
+    group_by: list[str] = Field(min_length=1)
+    window: Duration | None = None
+    suppress_for: Duration = timedelta(hours=1)
+    match: Condition | None = None
+    steps: list[Step] | None = Field(None, min_length=2)
+    threshold: float | None = Field(None, gt=0)
+    field: str | None = None
+    tests: list[DetectionCase] = Field(min_length=1)
+
+    @field_validator("group_by")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            try:
+                compile_path(path)
+            except PathError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str) -> str:
+        for _, name, spec, conversion in string.Formatter().parse(value):
+            if name is not None and (name not in TITLE_FIELDS or spec or conversion):
+                raise ValueError(f"title placeholders are plain {{name}} with name in {', '.join(TITLE_FIELDS)}")
+        return value
+
+    @field_validator("atlas")
+    @classmethod
+    def _atlas(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in mapping.atlas_names()]
+        if unknown:
+            raise ValueError(f"unknown ATLAS technique id(s): {', '.join(unknown)}")
+        return value
+
+    @field_validator("owasp_llm")
+    @classmethod
+    def _owasp(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in mapping.owasp_names()]
+        if unknown:
+            raise ValueError(f"unknown OWASP LLM id(s): {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Detection:
+        spec = KINDS[self.kind]
+        given = {f for f in ("match", "steps", "threshold", "field", "window") if getattr(self, f) is not None}
+        missing, extra = spec.needs - given, given & spec.forbids
+        if missing:
+            raise ValueError(f"kind {self.kind} needs {', '.join(sorted(missing))}")
+        if extra:
+            raise ValueError(f"kind {self.kind} does not take {', '.join(sorted(extra))}")
+        if self.field is not None:
+            compile_path(self.field)
+        return self
+
+    # --- compiled forms (built once per loaded detection) ---
+
+    @cached_property
+    def predicates(self) -> list[Predicate]:
+        """One predicate per step (a single one for non-temporal kinds)."""
+        if self.steps:
+            return [s.match.compile() for s in self.steps]
+        assert self.match is not None
+        return [self.match.compile()]
+
+    @cached_property
+    def group_getters(self) -> list[Getter]:
+        return [compile_path(p) for p in self.group_by]
+
+    @cached_property
+    def value_getter(self) -> Getter | None:
+        return compile_path(self.field) if self.field else None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    detections: list[Detection]
+    files: dict[str, Path]
+
+
+def load(paths: Iterable[Path] | None = None) -> Loaded:
+    """Load every `*.yaml` file under the given folders or files (default: `detections/`)."""
+    files: list[Path] = []
+    for p in paths or [DETECTIONS_DIR]:
+        files += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
+    detections: list[Detection] = []
+    where: dict[str, Path] = {}
+    for path in files:
+        d = load_file(path)
+        if d.id in where:
+            raise DetectionError(f"{path}: id {d.id!r} is already used by {where[d.id]}")
+        detections.append(d)
+        where[d.id] = path
+    return Loaded(detections, where)
+
+
+def load_file(path: Path) -> Detection:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DetectionError(f"{path}: cannot read YAML: {exc}") from None
+    try:
+        return Detection.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise DetectionError(f"{path}: {where or 'file'}: {first['msg']}{more}") from None
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of detection files, generated from the model and the kind registry."""
+    return Detection.model_json_schema(by_alias=True)

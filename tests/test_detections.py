@@ -1,0 +1,153 @@
+"""Detections as data: every built-in file loads, carries tests that pass (in order, shuffled and
+one event per batch), and maps only to real ATLAS / OWASP ids."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from aegis.correlate import detections, mapping, selftest
+from aegis.correlate.engine import Correlator
+from aegis.correlate.kinds import KINDS
+from aegis.store import SqliteStore
+from tests.conftest import shared_dir
+
+LOADED = detections.load()
+
+
+def test_the_built_in_detections_cover_the_required_scenarios():
+    ids = {d.id for d in LOADED.detections}
+    assert {
+        "defender-ai-alert", "ai-prompt-attack-then-exfiltration", "ai-prompt-attack-campaign-by-caller",
+        "ai-prompt-attack-campaign-by-user", "ai-denial-of-wallet-resource", "ai-denial-of-wallet-tokens",
+        "ai-request-burst-by-caller", "ai-key-brute-force", "ai-control-plane-tampering", "ai-endpoint-involvement",
+    } <= ids  # fmt: skip
+    assert {d.kind for d in LOADED.detections} >= {"single", "event_count", "value_sum", "temporal", "temporal_ordered"}
+
+
+@pytest.mark.parametrize("detection", LOADED.detections, ids=lambda d: d.id)
+def test_each_detection_passes_its_own_tests(detection):
+    failures = [o for o in selftest.run(detection) if not o.passed]
+    assert failures == []
+
+
+@pytest.mark.parametrize("detection", LOADED.detections, ids=lambda d: d.id)
+def test_order_and_batching_do_not_change_the_incidents(detection):
+    for case in detection.tests:
+        events = selftest.build_events(case)
+
+        def incidents(batches, events=events):
+            store = SqliteStore(":memory:")
+            store.save({}, events, [])
+            c = Correlator([detection], store, lateness=detections.timedelta(days=1))
+            for batch in batches:
+                c.process(batch)
+            return sorted((i.id, i.event_ids, i.severity) for i in store.incidents())
+
+        in_order = incidents([events])
+        shuffled = events[:]
+        random.Random(7).shuffle(shuffled)
+        assert incidents([[e] for e in shuffled]) == in_order
+        assert incidents([events, events]) == in_order  # redelivered
+
+
+def test_kinds_in_the_schema_are_the_registered_ones():
+    schema = detections.schema()
+    assert set(schema["properties"]["kind"]["enum"]) == set(KINDS)
+    assert {"single", "event_count", "value_count", "value_sum", "temporal", "temporal_ordered"} <= set(KINDS)
+
+
+VALID = Path(detections.DETECTIONS_DIR / "ai-key-brute-force.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("kind: temporal_ordered", "kind: sequence"), "kind"),
+        (("window: 15m", "window: fifteen minutes"), "window: Value error, a duration is a number and a unit"),
+        (
+            ("group_by: [entities.ip.prefix, entities.ai_resource]", "group_by: [entities.ipaddress]"),
+            "group_by: Value error, unknown field path 'entities.ipaddress'",
+        ),
+        (
+            ("atlas: [AML.T0012, AML.T0055, AML.T0040]", "atlas: [AML.T9999]"),
+            "unknown ATLAS technique id(s): AML.T9999",
+        ),
+        (("owasp_llm: []", "owasp_llm: [LLM11]"), "unknown OWASP LLM id(s): LLM11"),
+        (
+            (
+                "match: {field: attributes.http_status, in: [401, 403]}",
+                "match: {field: attributes.http_status, within: [401]}",
+            ),
+            "within",
+        ),
+        (('title: "Key guessing', 'title: "{ip.__class__} Key guessing'), "title"),
+        (("window: 15m\n", "window: 15m\nthreshold: 3\n"), "does not take threshold"),
+        (("id: ai-key-brute-force", "id: Bad Id!"), "id"),
+    ],
+)
+def test_an_invalid_file_fails_naming_the_file_and_the_field(tmp_path, change, message):
+    old, new = change
+    assert old in VALID
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace(old, new, 1))
+    with pytest.raises(detections.DetectionError) as info:
+        detections.load([bad])
+    assert str(bad) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_duplicate_ids_across_files_fail(tmp_path):
+    (tmp_path / "a.yaml").write_text(VALID)
+    (tmp_path / "b.yaml").write_text(VALID)
+    with pytest.raises(detections.DetectionError, match="already used"):
+        detections.load([tmp_path])
+
+
+def test_yaml_that_is_not_yaml_fails_clearly(tmp_path):
+    (tmp_path / "x.yaml").write_text("id: [unclosed")
+    with pytest.raises(detections.DetectionError, match="cannot read YAML"):
+        detections.load([tmp_path])
+
+
+# --- ATLAS / OWASP against the published data -------------------------------------------------
+
+
+def test_shipped_atlas_subset_matches_the_published_data():
+    with (shared_dir() / "reference/atlas/techniques.tsv").open() as f:
+        rows = {r["id"]: r for r in csv.DictReader(f, delimiter="\t")}
+    for tid, shown in mapping.atlas_names().items():
+        assert tid in rows, f"{tid} is not an ATLAS technique"
+        parent = rows[tid]["parent_id"]
+        expected = f"{rows[parent]['name']}: {rows[tid]['name']}" if parent else rows[tid]["name"]
+        assert shown == expected
+
+
+def test_shipped_owasp_ids_match_the_published_list():
+    with (shared_dir() / "reference/owasp-llm-top10-2025.tsv").open() as f:
+        rows = {r["id"]: r["name"] for r in csv.DictReader(f, delimiter="\t")}
+    assert mapping.owasp_names() == rows
+
+
+def test_every_defender_ai_alert_type_is_mapped_including_renamed_and_retired():
+    catalogue = orjson.loads((shared_dir() / "reference/defender-ai-alerts.json").read_bytes())
+    types = [a["alert_type"] for a in catalogue["current"] + catalogue["historical"] if a["alert_type"]]
+    assert len(types) >= 35
+    for alert_type in types:
+        m = mapping.mapping_of(alert_type)
+        assert not m.generic, f"{alert_type} has no mapping"
+        assert m.atlas, f"{alert_type} maps to no ATLAS technique"
+        assert set(m.atlas) <= set(mapping.atlas_names())
+        assert set(m.owasp_llm) <= set(mapping.owasp_names())
+    # the doc writes one id without the AI. prefix; both spellings are mapped
+    assert not mapping.mapping_of("AI.Azure_Agentic_BlockedJailbreak").generic
+
+
+def test_an_unknown_ai_alert_type_gets_the_generic_mapping():
+    m = mapping.mapping_of("AI.Azure_NeverSeenBefore")
+    assert m.generic
+    assert m.atlas
