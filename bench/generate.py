@@ -26,9 +26,12 @@ FILLER = (
 
 
 class BodyGenerator:
-    def __init__(self, seed: int = 20261125, *, accounts: int = 20, callers: int = 200) -> None:
+    def __init__(
+        self, seed: int = 20261125, *, accounts: int = 20, callers: int = 200, span: timedelta = timedelta(days=30)
+    ) -> None:
         self.rng = random.Random(seed)
         self.start = datetime(2026, 11, 1, tzinfo=UTC)
+        self.span = int(span.total_seconds())
         self.accounts = [
             f"/subscriptions/{self._guid()}/resourceGroups/rg-ai-{i}/providers/Microsoft.CognitiveServices/accounts/oai-{i}"
             for i in range(accounts)
@@ -41,9 +44,7 @@ class BodyGenerator:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def _time(self) -> datetime:
-        return self.start + timedelta(
-            seconds=self.rng.randint(0, 30 * 86400), microseconds=self.rng.randint(0, 999_999)
-        )
+        return self.start + timedelta(seconds=self.rng.randint(0, self.span), microseconds=self.rng.randint(0, 999_999))
 
     def alert(self) -> bytes:
         account = self.rng.choice(self.accounts)

@@ -143,10 +143,9 @@ class Correlator:
                 segments.append([t])
         if not segments:
             return []
-        needed = {m.event_id for seg in segments for t in seg for m in t.members}
-        missing = needed - by_id.keys()
+        missing = {m.event_id: m.time for seg in segments for t in seg for m in t.members if m.event_id not in by_id}
         if missing:
-            by_id = {**by_id, **self.store.events_by_id(sorted(missing))}
+            by_id = {**by_id, **self.store.events_by_id(missing)}
         return [self._incident(d, group, key, seg, by_id) for seg in segments]
 
     def _incident(self, d: Detection, group: str, key: str, seg: list[Trigger], by_id: dict[str, Event]) -> Incident:

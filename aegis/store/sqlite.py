@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -108,10 +109,8 @@ class SqliteStore:
             for i in range(0, len(keys), 500):
                 chunk = list(keys[i : i + 500])
                 marks = ",".join("?" * len(chunk))
-                for key, version, doc in self._db.execute(
-                    f"SELECT key, version, doc FROM buckets WHERE key IN ({marks})",
-                    chunk,
-                ):
+                query = f"SELECT key, version, doc FROM buckets WHERE key IN ({marks})"  # noqa: S608 - placeholders
+                for key, version, doc in self._db.execute(query, chunk):
                     out[key] = Bucket(key, version, orjson.loads(doc))
         return out
 
@@ -145,7 +144,8 @@ class SqliteStore:
                 raise
         return conflicts
 
-    def events_by_id(self, ids: Sequence[str]) -> dict[str, Event]:
+    def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
+        ids = sorted(refs)
         out: dict[str, Event] = {}
         with self._lock, _translate(self.path):
             for i in range(0, len(ids), 500):

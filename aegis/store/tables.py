@@ -4,7 +4,14 @@ Events are partitioned by event day (`PartitionKey` = `YYYYMMDD`) and keyed by e
 replayed event is a 409 on insert, counted as a duplicate. Inserts go in entity-group transactions
 of up to 100 per partition; a transaction that meets an existing event is retried entity by entity.
 Raw message bodies (up to the 1 MB Event Hubs limit, more than a table entity holds) are blobs
-named by their SHA-256. Tested against Azurite.
+named by their SHA-256.
+
+Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
+(`RowKey` "bucket") and its incidents ("incident-<id>"), so that the bucket's optimistic write
+(ETag, If-Match) and its incidents' changes are one entity-group transaction: all or nothing.
+Documents larger than one property are split over binary properties `doc0`..`doc14`.
+
+Tested against Azurite.
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from typing import Any
 
+import orjson
+from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -23,12 +33,13 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.data.tables import TableClient, TableServiceClient, TableTransactionError
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.store.base import SaveResult
+from aegis.store.base import Bucket, BucketWrite, SaveResult
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
 MAX_INLINE_DOC = 30_000  # characters; a table string property holds 32K UTF-16 code units
@@ -40,6 +51,7 @@ class TableStore:
         with _translate():
             self._events = tables.create_table_if_not_exists(f"{prefix}events")
             self._dead_letters = tables.create_table_if_not_exists(f"{prefix}deadletters")
+            self._state = tables.create_table_if_not_exists(f"{prefix}state")
             self._raw = blobs.get_container_client(f"{prefix}-raw")
             with suppress(ResourceExistsError):
                 self._raw.create_container()
@@ -92,10 +104,76 @@ class TableStore:
             except ResourceNotFoundError:
                 return None
 
+    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
+        out: dict[str, Bucket] = {}
+        with _translate():
+            for key in keys:
+                try:
+                    entity = self._state.get_entity(key, BUCKET_ROW)
+                except ResourceNotFoundError:
+                    continue
+                out[key] = Bucket(key, str(entity.metadata["etag"]), orjson.loads(_unpack(entity)))
+        return out
+
+    def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
+        conflicts: set[str] = set()
+        with _translate():
+            for w in writes:
+                ops: list[Any] = []
+                bucket = {"PartitionKey": w.key, "RowKey": BUCKET_ROW, **_pack(w.doc)}
+                if w.expected is None:
+                    ops.append(("create", bucket))
+                else:
+                    ops.append(("update", bucket, {"mode": UpdateMode.REPLACE, "etag": w.expected,
+                                                    "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
+                keep = w.keep_before.isoformat()
+                new_ids = {f"incident-{i.id}" for i in w.incidents}
+                for old in self._state.query_entities(
+                    "PartitionKey eq @pk and RowKey ne @row", parameters={"pk": w.key, "row": BUCKET_ROW},
+                    select=["RowKey", "last_seen"],
+                ):  # fmt: skip
+                    if old["RowKey"] not in new_ids and old.get("last_seen", "") >= keep:
+                        ops.append(("delete", {"PartitionKey": w.key, "RowKey": old["RowKey"]}))
+                for i in w.incidents:
+                    entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
+                    ops.append(("upsert", {**entity, **_pack(i.to_json())}, {"mode": UpdateMode.REPLACE}))
+                try:
+                    for chunk in _transactions(ops):
+                        self._state.submit_transaction(chunk)
+                except TableTransactionError as exc:
+                    if exc.status_code in (409, 412):  # created meanwhile / changed meanwhile
+                        conflicts.add(w.key)
+                        continue
+                    raise
+        return conflicts
+
+    def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
+        out: dict[str, Event] = {}
+        with _translate():
+            for event_id, time in refs.items():
+                try:
+                    entity = self._events.get_entity(time.strftime("%Y%m%d"), event_id)
+                except ResourceNotFoundError:
+                    continue
+                doc = entity.get("doc")
+                if doc is None:
+                    doc = self._raw.download_blob(f"events/{event_id}").readall()
+                out[event_id] = Event.from_json(doc)
+        return out
+
+    def incidents(self) -> list[Incident]:
+        with _translate():
+            rows = self._state.query_entities(
+                "RowKey gt @lo and RowKey lt @hi", parameters={"lo": "incident-", "hi": "incident."}
+            )
+            found = [Incident.from_json(_unpack(r)) for r in rows]
+        return sorted(found, key=lambda i: (i.last_seen, i.id))
+
     def close(self) -> None:
         self._raw.close()
         self._events.close()
         self._dead_letters.close()
+        self._state.close()
 
     def _event_entity(self, e: Event) -> dict[str, Any]:
         doc = e.to_json().decode()
@@ -136,6 +214,27 @@ class TableStore:
                     except ResourceExistsError:
                         pass
         return new
+
+
+BUCKET_ROW = "bucket"
+_CHUNK = 64 * 1024
+_MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 KiB leave room for keys
+
+
+def _pack(doc: bytes) -> dict[str, Any]:
+    chunks = [doc[i : i + _CHUNK] for i in range(0, len(doc), _CHUNK)] or [b""]
+    if len(chunks) > _MAX_CHUNKS:
+        raise StoreError(f"a correlation document of {len(doc)} bytes exceeds what one table entity holds")
+    return {f"doc{n}": chunk for n, chunk in enumerate(chunks)}
+
+
+def _unpack(entity: Mapping[str, Any]) -> bytes:
+    return b"".join(bytes(entity[f"doc{n}"]) for n in range(_MAX_CHUNKS) if f"doc{n}" in entity)
+
+
+def _transactions(ops: list[Any]) -> list[list[Any]]:
+    """Entity-group transactions hold 100 operations; the bucket's own write leads the first."""
+    return [ops[i : i + _TRANSACTION_SIZE] for i in range(0, len(ops), _TRANSACTION_SIZE)]
 
 
 def _dead_letter_entity(d: DeadLetter) -> dict[str, Any]:

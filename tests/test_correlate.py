@@ -1,0 +1,164 @@
+"""The correlator on both stores: idempotent under redelivery, independent of arrival order within
+the allowed lateness, and correct with several processes writing the same state at once."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+from aegis.correlate import detections
+from aegis.correlate.engine import Correlator
+from aegis.pipeline import Message, Pipeline
+from aegis.store import Store
+from aegis.store.base import BucketWrite
+from bench.generate import BodyGenerator
+from tests.conftest import ROOT, SAMPLES, azurite_connection
+
+DETECTIONS = detections.load().detections
+LATENESS = timedelta(hours=3)
+
+
+def stream(n: int = 60, seed: int = 11) -> list[bytes]:
+    """Alerts and 25-record envelopes whose event times fall within two hours."""
+    return BodyGenerator(seed, accounts=3, callers=4, span=timedelta(hours=2)).bodies(n)
+
+
+def run(store: Store, bodies: list[bytes], batch: int) -> None:
+    p = Pipeline(store, correlator=Correlator(DETECTIONS, store, lateness=LATENESS))
+    for i in range(0, len(bodies), batch):
+        p.process([Message(b, hub="test") for b in bodies[i : i + batch]])
+
+
+def snapshot(store: Store) -> list[tuple]:
+    return sorted(
+        (i.id, i.detection, i.event_ids, i.severity.value, i.first_seen, i.last_seen) for i in store.incidents()
+    )
+
+
+def test_samples_correlate_into_the_expected_incidents(store: Store):
+    bodies = [p.read_bytes() for p in sorted(SAMPLES.rglob("*.json"))]
+    run(store, bodies, 100)
+    by_detection = {i.detection for i in store.incidents()}
+    assert {
+        "ai-prompt-attack-then-exfiltration", "ai-key-brute-force", "ai-endpoint-involvement",
+        "ai-control-plane-tampering", "defender-ai-alert",
+    } <= by_detection  # fmt: skip
+    [attack] = [i for i in store.incidents() if i.detection == "ai-prompt-attack-then-exfiltration"]
+    assert attack.event_ids == (
+        "2516861522999999999_a1b2c3d4-0001-4e5f-8a9b-0c1d2e3f4a5b",
+        "2516861511399999999_a1b2c3d4-0002-4e5f-8a9b-0c1d2e3f4a5b",
+    )
+    assert {"LLM01", "LLM02"} <= set(attack.owasp_llm)
+    [endpoint] = [i for i in store.incidents() if i.detection == "ai-endpoint-involvement"]
+    assert "4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f" in {e.key for e in endpoint.entities}
+
+
+def test_replaying_the_same_input_gives_the_identical_incident_set(store: Store):
+    bodies = stream()
+    run(store, bodies, 20)
+    first = snapshot(store)
+    assert first
+    run(store, bodies, 7)
+    assert snapshot(store) == first
+
+
+def test_input_shuffled_within_the_lateness_gives_the_same_incidents(sqlite_store, tmp_path):
+    from aegis.store import SqliteStore
+
+    bodies = stream()
+    run(sqlite_store, bodies, 1000)
+    shuffled = bodies[:]
+    random.Random(3).shuffle(shuffled)
+    other = SqliteStore(tmp_path / "shuffled.db")
+    run(other, shuffled, 1)
+    assert snapshot(other) == snapshot(sqlite_store)
+
+
+def test_a_stale_bucket_write_is_a_conflict_and_changes_nothing(store: Store):
+    bodies = stream(10)
+    run(store, bodies, 100)
+    key = next(iter(store.load_buckets([i.bucket for i in store.incidents()])))
+    bucket = store.load_buckets([key])[key]
+    stale = bucket.version
+    fresh = BucketWrite(
+        key,
+        stale,
+        b'{"detection": "x", "group": "g", "horizon": "2026-01-01T00:00:00+00:00", "members": []}',
+        [],
+        bucket_horizon(bucket),
+    )
+    assert store.commit_buckets([fresh]) == set()
+    assert store.commit_buckets([fresh]) == {key}  # the version moved on: the second write loses
+    assert store.commit_buckets([BucketWrite(key, None, b"{}", [], bucket_horizon(bucket))]) == {key}
+
+
+def bucket_horizon(bucket):
+    from datetime import datetime
+
+    return datetime.fromisoformat(bucket.doc["horizon"])
+
+
+def test_events_too_late_for_a_bucket_are_counted_not_merged(sqlite_store):
+    from aegis.correlate import selftest
+
+    d = next(d for d in DETECTIONS if d.id == "ai-prompt-attack-campaign-by-caller")
+    events = selftest.build_events(d.tests[3])  # three attempts, twenty minutes apart
+    sqlite_store.save({}, events, [])
+    c = Correlator([d], sqlite_store, lateness=timedelta(minutes=5))
+    c.process(events[-1:])
+    late = c.process(events[:1])  # 40 minutes older than the newest: beyond suppression + lateness
+    assert late.too_late == 1
+
+
+PROCESS = """
+import sys
+from datetime import timedelta
+from aegis.correlate import detections
+from aegis.correlate.engine import Correlator
+from aegis.pipeline import Message, Pipeline
+from aegis.store.tables import TableStore
+from bench.generate import BodyGenerator
+conn, prefix, part = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bodies = BodyGenerator(11, accounts=3, callers=4, span=timedelta(hours=2)).bodies(60)[part::2]
+store = TableStore.from_connection_string(conn, prefix=prefix)
+p = Pipeline(store, correlator=Correlator(detections.load().detections, store, lateness=timedelta(hours=3)))
+for i in range(0, len(bodies), 3):
+    p.process([Message(b, hub="test") for b in bodies[i : i + 3]])
+print("done")
+"""
+
+
+def test_two_processes_on_interleaved_halves_agree_with_one(table_store):
+    from azure.data.tables import TableServiceClient
+
+    from aegis.store.tables import TableStore
+
+    conn = azurite_connection()
+    run(table_store, stream(), 3)  # one process, the whole stream
+    expected = snapshot(table_store)
+    prefix = "t" + uuid.uuid4().hex[:12]
+    TableStore.from_connection_string(conn, prefix=prefix).close()  # create the tables first
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS, conn, prefix, str(part)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for part in (0, 1)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    together = TableStore.from_connection_string(conn, prefix=prefix)
+    try:
+        assert snapshot(together) == expected
+        assert sorted(e.id for e in together.events()) == sorted(e.id for e in table_store.events())
+    finally:
+        together.close()
+        service = TableServiceClient.from_connection_string(conn)
+        for name in ("events", "deadletters", "state"):
+            service.delete_table(f"{prefix}{name}")
