@@ -151,7 +151,7 @@ def test_two_processes_on_interleaved_halves_agree_with_one(table_store):
         for part in (0, 1)
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-2000:]
     together = TableStore.from_connection_string(conn, prefix=prefix)
     try:
