@@ -166,6 +166,12 @@ ENTITY_TYPES: dict[str, type[Entity]] = {
 }
 
 
+def entity_from_dict(raw: Mapping[str, Any]) -> Entity:
+    """An entity from its JSON form (`{"type": "ip", "prefix": ..., ...}`, nulls allowed)."""
+    fields = {k: v for k, v in raw.items() if v is not None}
+    return ENTITY_TYPES[fields.pop("type")](**fields)
+
+
 def make_ip(value: object) -> Ip | None:
     """An `Ip` from a full address or one whose last octet is masked with `*` (`81.2.69.***`,
     `20.236.11.**`). Anything else is not an IP and gives None."""
@@ -240,10 +246,7 @@ class Event:
     def from_dict(cls, d: Mapping[str, Any]) -> Event:
         ev = dict(d["evidence"])
         ev["enqueued_time"] = _parse_iso(ev.get("enqueued_time"))
-        entities = []
-        for raw in d.get("entities", ()):
-            fields = {k: v for k, v in raw.items() if v is not None}
-            entities.append(ENTITY_TYPES[fields.pop("type")](**fields))
+        entities = [entity_from_dict(raw) for raw in d.get("entities", ())]
         return cls(
             id=d["id"],
             source=Source(d["source"]),

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aegis.correlate import mapping
 from aegis.correlate.conditions import Condition, Predicate
@@ -128,20 +137,17 @@ class Detection(_Strict):
                 raise ValueError(f"title placeholders are plain {{name}} with name in {', '.join(TITLE_FIELDS)}")
         return value
 
-    @field_validator("atlas")
+    @field_validator("atlas", "owasp_llm")
     @classmethod
-    def _atlas(cls, value: list[str]) -> list[str]:
-        unknown = [t for t in value if t not in mapping.atlas_names()]
+    def _known_ids(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        known, what = (
+            (mapping.atlas_names(), "ATLAS technique")
+            if info.field_name == "atlas"
+            else (mapping.owasp_names(), "OWASP LLM")
+        )
+        unknown = [t for t in value if t not in known]
         if unknown:
-            raise ValueError(f"unknown ATLAS technique id(s): {', '.join(unknown)}")
-        return value
-
-    @field_validator("owasp_llm")
-    @classmethod
-    def _owasp(cls, value: list[str]) -> list[str]:
-        unknown = [t for t in value if t not in mapping.owasp_names()]
-        if unknown:
-            raise ValueError(f"unknown OWASP LLM id(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown {what} id(s): {', '.join(unknown)}")
         return value
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from aegis.events import AiResource, Entity, Event, Host, Ip, Severity, User
+from aegis.events import AiResource, Entity, Event, Host, Ip, Severity, User, entity_from_dict
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 SEVERITY_ORDER = list(Severity)
@@ -64,13 +64,8 @@ class Incident:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Incident:
-        from aegis.events import ENTITY_TYPES  # noqa: PLC0415 - events imports nothing from here
-
         d = orjson.loads(data)
-        entities = []
-        for raw in d["entities"]:
-            fields = {k: v for k, v in raw.items() if v is not None}
-            entities.append(ENTITY_TYPES[fields.pop("type")](**fields))
+        entities = [entity_from_dict(raw) for raw in d["entities"]]
         return cls(
             id=d["id"],
             detection=d["detection"],
