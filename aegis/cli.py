@@ -22,13 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from aegis import log, replay, settings
+from aegis import log, replay, runtime, settings
 from aegis.correlate import detections, mapping, selftest
-from aegis.correlate.engine import Correlator
 from aegis.correlate.incidents import View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
-from aegis.pipeline import Counts, Message, Pipeline
+from aegis.pipeline import Counts, Message
 from aegis.store import Store, open_store
 
 app = typer.Typer(
@@ -78,8 +77,7 @@ def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Sett
 
 
 def _replay(cfg: settings.Settings, store: Store, files: list[Path], hub: str, per_line: bool) -> Counts:
-    correlator = Correlator(detections.load().detections, store, lateness=cfg.lateness)
-    pipeline = Pipeline(store, limits=cfg.limits, correlator=correlator)
+    pipeline = runtime.build_pipeline(cfg, store)
     total = Counts()
     sizes = [p.stat().st_size for p in files]
     progress = Progress(
@@ -329,28 +327,22 @@ def detections_test(path: PathsOption = None) -> None:
 def detections_coverage(path: PathsOption = None) -> None:
     """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
     loaded = detections.load(path).detections
-    atlas_cov: dict[str, set[str]] = {}
-    owasp_cov: dict[str, set[str]] = {}
-    for d in loaded:
-        for t in d.atlas:
-            atlas_cov.setdefault(t, set()).add(d.id)
-        for t in d.owasp_llm:
-            owasp_cov.setdefault(t, set()).add(d.id)
-        if d.alert_mapping:
-            for kind in mapping.known_alert_types():
-                m = mapping.mapping_of(kind)
-                for t in m.atlas:
-                    atlas_cov.setdefault(t, set()).add(f"{d.id} (via {kind})")
-                for t in m.owasp_llm:
-                    owasp_cov.setdefault(t, set()).add(f"{d.id} (via {kind})")
-    for title, names, cov in (
-        ("ATLAS", mapping.atlas_names(), atlas_cov),
-        ("OWASP LLM Top 10", mapping.owasp_names(), owasp_cov),
+    alert_maps = [mapping.mapping_of(kind) for kind in mapping.known_alert_types()]
+    for title, names, attr in (
+        ("ATLAS", mapping.atlas_names(), "atlas"),
+        ("OWASP LLM Top 10", mapping.owasp_names(), "owasp_llm"),
     ):
+        cov: dict[str, set[str]] = {}
+        for d in loaded:
+            ids = list(getattr(d, attr)) + (
+                [t for m in alert_maps for t in getattr(m, attr)] if d.alert_mapping else []
+            )
+            for t in ids:
+                cov.setdefault(t, set()).add(d.id)
         covered = [t for t in names if t in cov]
         out.print(f"{title}: {len(covered)} of the {len(names)} shipped ids covered", markup=False)
         for t, name in names.items():
-            who = sorted({w.split(" (via")[0] for w in cov.get(t, set())})
+            who = sorted(cov.get(t, set()))
             out.print(
                 f"  {'covered' if who else 'NOT covered':<12} {t:<14} {name}"
                 + (f"  ← {', '.join(who)}" if who else ""),

@@ -9,13 +9,17 @@ from aegis import log, settings
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
 from aegis.pipeline import Pipeline
-from aegis.store import open_store
+from aegis.store import Store, open_store
+
+
+def build_pipeline(cfg: settings.Settings, store: Store) -> Pipeline:
+    """The correlating pipeline on `store`, with the detections in `detections/` (validated here)."""
+    correlator = Correlator(detections.load().detections, store, lateness=cfg.lateness)
+    return Pipeline(store, limits=cfg.limits, correlator=correlator)
 
 
 @lru_cache(maxsize=1)
 def pipeline() -> Pipeline:
     cfg = settings.get()
     log.configure_from_settings(cfg)
-    store = open_store(cfg)
-    correlator = Correlator(detections.load().detections, store, lateness=cfg.lateness)
-    return Pipeline(store, limits=cfg.limits, correlator=correlator)
+    return build_pipeline(cfg, open_store(cfg))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import random
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -43,7 +44,7 @@ def test_order_and_batching_do_not_change_the_incidents(detection):
         def incidents(batches, events=events):
             store = SqliteStore(":memory:")
             store.save({}, events, [])
-            c = Correlator([detection], store, lateness=detections.timedelta(days=1))
+            c = Correlator([detection], store, lateness=timedelta(days=1))
             for batch in batches:
                 c.process(batch)
             return sorted((i.id, i.event_ids, i.severity) for i in store.incidents())

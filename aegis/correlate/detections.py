@@ -30,7 +30,7 @@ from pydantic import (
 from aegis.correlate import mapping
 from aegis.correlate.conditions import Condition, Predicate
 from aegis.correlate.kinds import KINDS
-from aegis.correlate.paths import Getter, PathError, compile_path
+from aegis.correlate.paths import Getter, compile_path
 from aegis.errors import AegisError
 from aegis.events import Severity
 
@@ -123,10 +123,7 @@ class Detection(_Strict):
     @classmethod
     def _paths(cls, value: list[str]) -> list[str]:
         for path in value:
-            try:
-                compile_path(path)
-            except PathError as exc:
-                raise ValueError(str(exc)) from None
+            compile_path(path)  # raises PathError, a ValueError: pydantic reports it on the field
         return value
 
     @field_validator("title")

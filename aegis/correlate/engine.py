@@ -15,6 +15,7 @@ arrival order, redelivery or how many instances share the stream:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -201,8 +202,6 @@ class Correlator:
 
 
 def bucket_key(detection: str, group: str) -> str:
-    import hashlib  # noqa: PLC0415
-
     return f"{detection}.{hashlib.sha256(group.encode()).hexdigest()[:24]}"
 
 

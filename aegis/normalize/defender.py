@@ -410,6 +410,5 @@ def _join(value: Any) -> str | None:
 
 
 def _value_text(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("value")
-    return value.strip()[: f.MAX_TEXT] or None if isinstance(value, str) else None
+    """Activity-log fields are `{"value": ..., "localizedValue": ...}` or plain strings."""
+    return _s(value.get("value") if isinstance(value, dict) else value)

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -104,15 +105,8 @@ class SqliteStore:
         return bytes(row[0]) if row else None
 
     def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
-        out: dict[str, Bucket] = {}
-        with self._lock, _translate(self.path):
-            for i in range(0, len(keys), 500):
-                chunk = list(keys[i : i + 500])
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT key, version, doc FROM buckets WHERE key IN ({marks})"  # noqa: S608 - placeholders
-                for key, version, doc in self._db.execute(query, chunk):
-                    out[key] = Bucket(key, version, orjson.loads(doc))
-        return out
+        rows = self._select_in("SELECT key, version, doc FROM buckets WHERE key IN ({})", keys)
+        return {key: Bucket(key, version, orjson.loads(doc)) for key, version, doc in rows}
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
         conflicts: set[str] = set()
@@ -145,17 +139,19 @@ class SqliteStore:
         return conflicts
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
-        ids = sorted(refs)
-        out: dict[str, Event] = {}
+        events = (
+            Event.from_json(doc) for (doc,) in self._select_in("SELECT doc FROM events WHERE id IN ({})", list(refs))
+        )
+        return {e.id: e for e in events}
+
+    def _select_in(self, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Rows of `query` whose `IN ({})` takes `keys`, bound as parameters in chunks."""
+        rows: list[tuple[Any, ...]] = []
         with self._lock, _translate(self.path):
-            for i in range(0, len(ids), 500):
-                chunk = list(ids[i : i + 500])
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT doc FROM events WHERE id IN ({marks})"  # noqa: S608 - placeholders only
-                for (doc,) in self._db.execute(query, chunk):
-                    event = Event.from_json(doc)
-                    out[event.id] = event
-        return out
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                rows += self._db.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
 
     def incidents(self) -> list[Incident]:
         with self._lock, _translate(self.path):
