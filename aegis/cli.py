@@ -327,17 +327,14 @@ def detections_test(path: PathsOption = None) -> None:
 def detections_coverage(path: PathsOption = None) -> None:
     """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
     loaded = detections.load(path).detections
-    alert_maps = [mapping.mapping_of(kind) for kind in mapping.known_alert_types()]
     for title, names, attr in (
         ("ATLAS", mapping.atlas_names(), "atlas"),
         ("OWASP LLM Top 10", mapping.owasp_names(), "owasp_llm"),
     ):
         cov: dict[str, set[str]] = {}
         for d in loaded:
-            ids = list(getattr(d, attr)) + (
-                [t for m in alert_maps for t in getattr(m, attr)] if d.alert_mapping else []
-            )
-            for t in ids:
+            via_alerts = [t for k in detections.alert_types_matched(d) for t in getattr(mapping.mapping_of(k), attr)]
+            for t in [*getattr(d, attr), *via_alerts]:
                 cov.setdefault(t, set()).add(d.id)
         covered = [t for t in names if t in cov]
         out.print(f"{title}: {len(covered)} of the {len(names)} shipped ids covered", markup=False)

@@ -93,6 +93,12 @@ def _event(test: str, index: int, n: int, spec: SampleEvent, time: datetime) -> 
     )
 
 
+def alert_event(kind: str) -> Event:
+    """A bare Defender alert of `kind`, as `detections coverage` probes the detections with."""
+    return Event(id=kind, source=Source.DEFENDER, normalizer="probe", kind=kind, time=START,
+                 evidence=Evidence("0" * 64, "", "probe"))  # fmt: skip
+
+
 def run(detection: Detection, *, shuffle_seed: int | None = None) -> list[Outcome]:
     outcomes = []
     for test in detection.tests:
