@@ -1,25 +1,32 @@
 """The correlator: events → per-group state → incidents, in event time.
 
-State is one *bucket* per (detection, group): the members (matching events) still inside the
-detection's reach. Incidents are a pure function of a bucket's members, so they do not depend on
-arrival order, redelivery or how many instances share the stream:
+State is one *bucket* per (detection, group): its matches aggregated into panes (`panes.py`), so
+its size depends on time (the window and the allowed lateness), never on how many events match.
+Per batch, matches are grouped in memory first; then each touched bucket is read once, its panes
+merged, evaluated by the detection's kind (`kinds.py`) and written back with optimistic
+concurrency (SQLite version / Table ETag), with only the incidents that changed. A conflict
+(another instance wrote the bucket since it was read) re-reads and re-merges that bucket.
 
-- a batch's matches are grouped in memory, then each touched bucket is read once, merged (a set
-  union: a redelivered event changes nothing), evaluated, and written back with optimistic
-  concurrency (SQLite version / Table ETag). A conflict (another instance wrote the bucket since
-  it was read) re-reads and re-merges that bucket; nothing is lost, nothing doubles;
-- members older than `max(window, suppress_for) + lateness` behind the newest member of the bucket
-  are dropped (state stays bounded); incidents that ended before that horizon are final and kept;
-  an event older than the horizon is counted as too late for that bucket.
+Event time and lateness. The bucket's watermark is the latest event time it has seen. Triggers at
+panes older than `watermark - lateness` can no longer change: they are final, the panes only they
+needed are dropped, and an event that old is counted as too late. Within the lateness the result
+does not depend on arrival order. The incident that may still grow past the dropped panes keeps
+a bounded summary of them (`carry`), so a campaign that lasts for days stays one incident with
+one id.
+
+Redelivery. Within a pane, event ids make a repeated event a no-op (up to `EXACT_IDS` events a
+pane). Beyond that a pane only counts, and the bucket remembers the highest Event Hubs sequence
+number applied per partition: a redelivered batch, or the part of it already applied, is skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -27,13 +34,17 @@ import structlog
 
 from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
-from aegis.correlate.incidents import Incident, TimelineEntry, incident_id, max_severity, render_title
-from aegis.correlate.kinds import KINDS, Member, Trigger
+from aegis.correlate.incidents import SEVERITY_ORDER, Incident, TimelineEntry, incident_id, render_title
+from aegis.correlate.kinds import KINDS, Trigger
+from aegis.correlate.panes import NONE, Pane, Summary
 from aegis.errors import StoreUnavailable
-from aegis.events import Event, Source
-from aegis.store.base import Bucket, BucketWrite, Store
+from aegis.events import Entity, Event, Ip, Source, entity_from_dict
+from aegis.store.base import BucketWrite, Store
 
 MAX_CONFLICT_RETRIES = 8
+PANES_PER_WINDOW = 30
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 log = structlog.get_logger("aegis.correlate")
 
 
@@ -47,15 +58,22 @@ class CorrelationCounts:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    event: Event
+    steps: list[int]
+    value: Any
+
+
 class Correlator:
     def __init__(self, detections: Sequence[Detection], store: Store, *, lateness: timedelta = timedelta(hours=1)):
         self.detections = {d.id: d for d in detections}
         self.store = store
-        self.lateness = lateness
+        self.lateness_us = lateness // _US
 
     def process(self, events: Sequence[Event]) -> CorrelationCounts:
         counts = CorrelationCounts()
-        additions: dict[str, tuple[Detection, str, set[Member]]] = {}
+        additions: dict[str, tuple[Detection, str, list[Match]]] = {}
         for d in self.detections.values():
             try:
                 self._match(d, events, additions, counts)
@@ -64,15 +82,17 @@ class Correlator:
                 counts.errors.append(f"{d.id}: {type(exc).__name__}")
         if not additions:
             return counts
-        by_id = {e.id: e for e in events}
+        facts = _Facts()
         pending = dict(additions)
         for _ in range(MAX_CONFLICT_RETRIES):
             loaded = self.store.load_buckets(list(pending))
             writes = []
-            for key, (d, group, new) in pending.items():
-                write = self._merge(d, group, key, loaded.get(key), new=new, by_id=by_id, c=counts)
+            for key, (d, group, matches) in pending.items():
+                bucket = loaded.get(key)
+                state = State.load(bucket.doc) if bucket else State.new(d, group)
+                write = state.apply(d, matches, facts, self.lateness_us, counts)
                 if write is not None:
-                    writes.append(write)
+                    writes.append(BucketWrite(key, bucket.version if bucket else None, *write))
             conflicts = self.store.commit_buckets(writes)
             counts.buckets += len(writes) - len(conflicts)
             counts.conflicts += len(conflicts)
@@ -81,137 +101,332 @@ class Correlator:
                 return counts
         raise StoreUnavailable(f"{len(pending)} correlation bucket(s) still conflicting after retries")
 
+    @staticmethod
     def _match(
-        self,
-        d: Detection,
-        events: Sequence[Event],
-        out: dict[str, tuple[Detection, str, set[Member]]],
-        c: CorrelationCounts,
+        d: Detection, events: Sequence[Event], out: dict[str, tuple[Detection, str, list[Match]]], c: CorrelationCounts
     ) -> None:
-        value_of = d.value_getter
+        value_of, predicates = d.value_getter, d.predicates
         for e in events:
-            for step, predicate in enumerate(d.predicates):
-                if not predicate(e):
-                    continue
-                value = None
-                if value_of is not None:
-                    values = value_of(e)
-                    value = values[0] if values else None
-                for parts in itertools.product(*(g(e) for g in d.group_getters)):
-                    group = "|".join(str(p) for p in parts)
-                    key = bucket_key(d.id, group)
-                    out.setdefault(key, (d, group, set()))[2].add(Member(e.time, e.id, step, value))
-                    c.matches += 1
-
-    def _merge(
-        self,
-        d: Detection,
-        group: str,
-        key: str,
-        bucket: Bucket | None,
-        *,
-        new: set[Member],
-        by_id: dict[str, Event],
-        c: CorrelationCounts,
-    ) -> BucketWrite | None:
-        old = _members(bucket.doc) if bucket else set()
-        old_horizon = _horizon(bucket.doc) if bucket else None
-        fresh = {m for m in new if old_horizon is None or m.time >= old_horizon}
-        c.too_late += len(new) - len(fresh)
-        if fresh <= old:
-            return None  # a redelivery: nothing new for this bucket
-        members = sorted(old | fresh)
-        reach = max(d.window or timedelta(0), d.suppress_for) + self.lateness
-        horizon = members[-1].time - reach
-        if old_horizon is not None:
-            horizon = max(horizon, old_horizon)
-        live = [m for m in members if m.time >= horizon]
-        triggers = KINDS[d.kind].evaluate(live, d)
-        incidents = self._incidents(d, group, key, triggers, by_id)
-        c.incidents += len(incidents)
-        doc = {"detection": d.id, "group": group, "horizon": horizon.isoformat(), "members": [_dump(m) for m in live]}
-        return BucketWrite(key=key, expected=bucket.version if bucket else None, doc=orjson.dumps(doc),
-                           incidents=incidents, keep_before=horizon)  # fmt: skip
-
-    def _incidents(
-        self, d: Detection, group: str, key: str, triggers: list[Trigger], by_id: dict[str, Event]
-    ) -> list[Incident]:
-        segments: list[list[Trigger]] = []
-        for t in sorted(triggers, key=lambda t: (t.time, t.members[-1].event_id)):
-            if segments and t.time - segments[-1][-1].time <= d.suppress_for:
-                segments[-1].append(t)
-            else:
-                segments.append([t])
-        if not segments:
-            return []
-        missing = {m.event_id: m.time for seg in segments for t in seg for m in t.members if m.event_id not in by_id}
-        if missing:
-            by_id = {**by_id, **self.store.events_by_id(missing)}
-        return [self._incident(d, group, key, seg, by_id) for seg in segments]
-
-    def _incident(self, d: Detection, group: str, key: str, seg: list[Trigger], by_id: dict[str, Event]) -> Incident:
-        members = sorted({m for t in seg for m in t.members})
-        ids = list(dict.fromkeys(m.event_id for m in members))
-        events = [by_id[i] for i in ids if i in by_id]
-        severity = d.severity
-        if d.severity_from_events:
-            severity = max_severity(severity, *(e.severity for e in events))
-        for step in d.escalate:
-            if len(ids) >= step.events:
-                severity = max_severity(severity, step.severity)
-        atlas, owasp = list(d.atlas), list(d.owasp_llm)
-        if d.alert_mapping:
-            for e in events:
-                if e.source is Source.DEFENDER:
-                    m = mapping.mapping_of(e.kind)
-                    atlas += m.atlas
-                    owasp += m.owasp_llm
-        entities: dict[tuple[str, str], Any] = {}
-        for e in events:
-            for ent in e.entities:
-                entities.setdefault((ent.type, ent.key), ent)
-        step_names = [s.name for s in d.steps] if d.steps else None
-        timeline = tuple(
-            TimelineEntry(
-                time=m.time,
-                event_id=m.event_id,
-                kind=by_id[m.event_id].kind if m.event_id in by_id else "",
-                source=by_id[m.event_id].source.value if m.event_id in by_id else "",
-                step=step_names[m.step] if step_names else None,
-                title=by_id[m.event_id].title if m.event_id in by_id else None,
-            )
-            for m in members
-        )
-        return Incident(
-            id=incident_id(d.id, group, f"{members[0].time.isoformat()}/{members[0].event_id}"),
-            detection=d.id,
-            bucket=key,
-            group=group,
-            title=render_title(d.title, events, group),
-            severity=severity,
-            first_seen=members[0].time,
-            last_seen=members[-1].time,
-            entities=tuple(entities.values()),
-            atlas=tuple(dict.fromkeys(atlas)),
-            owasp_llm=tuple(dict.fromkeys(owasp)),
-            event_ids=tuple(ids),
-            timeline=timeline,
-            fallback=d.fallback,
-            suppress_until=seg[-1].time + d.suppress_for,
-        )
+            steps = [i for i, predicate in enumerate(predicates) if predicate(e)]
+            if not steps:
+                continue
+            value = None
+            if value_of is not None:
+                values = value_of(e)
+                value = values[0] if values else None
+            for parts in itertools.product(*(g(e) for g in d.group_getters)):
+                group = "|".join(str(p) for p in parts)
+                key = bucket_key(d.id, group)
+                out.setdefault(key, (d, group, []))[2].append(Match(e, steps, value))
+                c.matches += 1
 
 
 def bucket_key(detection: str, group: str) -> str:
     return f"{detection}.{hashlib.sha256(group.encode()).hexdigest()[:24]}"
 
 
-def _dump(m: Member) -> list[Any]:
-    return [m.time.isoformat(), m.event_id, m.step, m.value]
+def geometry(d: Detection) -> tuple[int, int]:
+    """(pane length in µs, window length in panes): a thirtieth of the window, at least 1 s."""
+    if d.window is None:
+        return 1_000_000, 1
+    window = d.window // _US
+    pane = max(1_000_000, window // PANES_PER_WINDOW)
+    return pane, max(1, math.ceil(window / pane))
 
 
-def _members(doc: dict[str, Any]) -> set[Member]:
-    return {Member(datetime.fromisoformat(t), i, s, v) for t, i, s, v in doc["members"]}
+class _Facts:
+    """Per-batch memo of what each event contributes to a pane (entity references, sample)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[str, list[tuple[str, Entity]]] = {}
+
+    def refs(self, e: Event) -> list[tuple[str, Entity]]:
+        got = self._refs.get(e.id)
+        if got is None:
+            got = self._refs[e.id] = sorted((entity_ref(x), x) for x in e.entities)
+        return got
 
 
-def _horizon(doc: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(doc["horizon"])
+def entity_ref(e: Entity) -> str:
+    return hashlib.sha1(f"{e.type}\x00{e.key}".encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+@dataclass(slots=True)
+class Carry:
+    """The incident that may still grow, as far as it reaches into dropped panes."""
+
+    id: str
+    summary: Summary  # dropped panes from its start to its last final trigger
+    tail: Summary  # dropped panes after that trigger: they join if a later trigger chains on
+    last_trigger: int  # pane index
+    last_time: int  # µs
+
+    def dump(self) -> list[Any]:
+        return [self.id, self.summary.dump(), self.tail.dump(), self.last_trigger, self.last_time]
+
+    @classmethod
+    def load(cls, raw: list[Any]) -> Carry:
+        return cls(raw[0], Summary.load(raw[1]), Summary.load(raw[2]), raw[3], raw[4])
+
+
+@dataclass(slots=True)
+class _Segment:
+    triggers: list[Trigger]
+    times: list[int]
+    carried: bool  # continues the carry
+
+
+@dataclass(slots=True)
+class State:
+    detection: str
+    group: str
+    pane_us: int
+    width: int
+    final_before: int | None  # pane index: triggers before it are final; events before it too late
+    watermark: int  # µs
+    applied: dict[str, int]  # "hub/partition" → highest sequence number merged
+    panes: dict[int, Pane]
+    entities: dict[str, Entity]
+    group_refs: list[str]
+    carry: Carry | None
+    live: dict[str, str]  # incident id → digest of what was last written
+
+    @classmethod
+    def new(cls, d: Detection, group: str) -> State:
+        pane, width = geometry(d)
+        return cls(d.id, group, pane, width, None, NONE, {}, {}, {}, [], None, {})
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> State:
+        return cls(
+            doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], doc["watermark"],
+            doc["applied"], {raw[0]: Pane.load(raw) for raw in doc["panes"]},
+            {ref: entity_from_dict(raw) for ref, raw in doc["entities"].items()}, doc["group_refs"],
+            Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
+        )  # fmt: skip
+
+    def dump(self) -> bytes:
+        used = set(self.group_refs)
+        for p in self.panes.values():
+            used.update(p.entities)
+        if self.carry:
+            used.update(self.carry.summary.entities)
+            used.update(self.carry.tail.entities)
+        return orjson.dumps(
+            {
+                "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
+                "final_before": self.final_before, "watermark": self.watermark, "applied": self.applied,
+                "panes": [self.panes[i].dump() for i in sorted(self.panes)],
+                "entities": {r: self.entities[r] for r in sorted(used) if r in self.entities},
+                "group_refs": self.group_refs, "carry": self.carry.dump() if self.carry else None, "live": self.live,
+            }
+        )  # fmt: skip
+
+    # --- one batch ---
+
+    def apply(
+        self, d: Detection, matches: list[Match], facts: _Facts, lateness_us: int, c: CorrelationCounts
+    ) -> tuple[bytes, list[Incident], list[str]] | None:
+        """Merge a batch's matches, re-evaluate, prune; the document and incident changes to write,
+        or None when nothing changed (a redelivery)."""
+        if not self._merge(d, matches, facts, c):
+            return None
+        horizon = min(self.panes) if self.panes else 0
+        since = self.final_before if self.final_before is not None else horizon
+        panes = [self.panes[i] for i in sorted(self.panes)]
+        triggers = KINDS[d.kind].evaluate(panes, d, self.width, since)
+        segments = self._segments(d, triggers)
+        incidents = [self._incident(d, seg) for seg in segments]
+        self._prune(d, segments, lateness_us)
+        upsert, live = [], {}
+        for inc, seg in zip(incidents, segments, strict=True):
+            digest = hashlib.sha256(inc.to_json()).hexdigest()[:16]
+            if self.live.get(inc.id) != digest:
+                upsert.append(inc)
+            if self._is_live(inc, seg):
+                live[inc.id] = digest
+        computed = {inc.id for inc in incidents}
+        delete = [i for i in self.live if i not in computed]
+        self.live = live
+        c.incidents += len(upsert)
+        return self.dump(), upsert, delete
+
+    def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
+        changed = False
+        applied = dict(self.applied)
+        values_cap = int(d.threshold) if d.kind == "value_count" and d.threshold else 0
+        group_parts = set(self.group.split("|"))
+        for m in matches:
+            e, seq = m.event, m.event.evidence.sequence_number
+            position = f"{e.evidence.hub}/{e.evidence.partition}" if e.evidence.partition is not None else None
+            if position is not None and seq is not None and seq <= self.applied.get(position, -1):
+                continue  # this bucket already merged that Event Hubs position
+            t = (e.time - EPOCH) // _US
+            index = t // self.pane_us
+            if self.final_before is not None and index < self.final_before:
+                c.too_late += 1
+                continue
+            if position is not None and seq is not None:
+                applied[position] = max(applied.get(position, -1), seq)
+            refs = facts.refs(e)
+            for ref, entity in refs:
+                if ref not in self.entities:
+                    self.entities[ref] = entity
+                    if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
+                        self.group_refs = sorted({*self.group_refs, ref})
+            pane = self.panes.get(index)
+            if pane is None:
+                pane = self.panes[index] = Pane(index, len(d.predicates))
+            added = pane.add(
+                e.id, t, m.steps, value=m.value,
+                severity=SEVERITY_ORDER.index(e.severity) if e.severity else NONE,
+                kind=e.kind if e.source is Source.DEFENDER else None,
+                sample=(e.kind, e.source.value, e.title), entities=[r for r, _ in refs], values_cap=values_cap,
+            )  # fmt: skip
+            if added:
+                changed = True
+                self.watermark = max(self.watermark, t)
+        self.applied = applied
+        return changed
+
+    def _segments(self, d: Detection, triggers: list[Trigger]) -> list[_Segment]:
+        suppress = d.suppress_for // _US
+        segments: list[_Segment] = []
+        if self.carry is not None:
+            segments.append(_Segment([], [], carried=True))
+        for trig in triggers:
+            t = self.panes[trig.pane].end
+            prev = segments[-1].times[-1] if segments and segments[-1].times else None
+            if prev is None and segments and segments[-1].carried:
+                assert self.carry is not None
+                prev = self.carry.last_time
+            if prev is not None and t - prev <= suppress:
+                segments[-1].triggers.append(trig)
+                segments[-1].times.append(t)
+            else:
+                segments.append(_Segment([trig], [t], carried=False))
+        return segments
+
+    def _span(self, seg: _Segment) -> Summary:
+        """The summary of the retained panes an incident spans (with the carry's, if it continues it)."""
+        if seg.carried:
+            assert self.carry is not None
+            summary = self.carry.summary.copy()
+            lo, hi = min(self.panes, default=0), self.carry.last_trigger
+            if seg.triggers:
+                summary.merge(self.carry.tail)
+                hi = seg.triggers[-1].pane
+        else:
+            summary, lo, hi = Summary(), seg.triggers[0].start, seg.triggers[-1].pane
+        for i in sorted(self.panes):
+            if lo <= i <= hi:
+                summary.add(self.panes[i])
+        return summary
+
+    def _incident(self, d: Detection, seg: _Segment) -> Incident:
+        s = self._span(seg)
+        assert s.start is not None
+        if seg.carried:
+            assert self.carry is not None
+            ident, last_trigger_time = self.carry.id, self.carry.last_time
+        else:
+            ident = incident_id(d.id, self.group, f"{_iso_us(s.start[0])}/{s.start[1]}")
+            last_trigger_time = seg.times[-1]
+        if seg.times:
+            last_trigger_time = seg.times[-1]
+        severity = d.severity
+        if d.severity_from_events and s.severity != NONE:
+            severity = max(severity, SEVERITY_ORDER[s.severity], key=SEVERITY_ORDER.index)
+        for step in d.escalate:
+            if s.events >= step.events:
+                severity = max(severity, step.severity, key=SEVERITY_ORDER.index)
+        atlas, owasp = list(d.atlas), list(d.owasp_llm)
+        if d.alert_mapping:
+            for k in s.kinds:
+                m = mapping.mapping_of(k)
+                atlas += m.atlas
+                owasp += m.owasp_llm
+        refs = list(dict.fromkeys([*self.group_refs, *s.entities]))
+        entities = tuple(self.entities[r] for r in refs if r in self.entities)
+        samples = s.samples()
+        step_names = [st.name for st in d.steps] if d.steps else None
+        timeline = tuple(
+            TimelineEntry(time=_dt(t), event_id=i, kind=k, source=src, step=step_names[st] if step_names else None,
+                          title=title)
+            for t, i, st, k, src, title in samples
+        )  # fmt: skip
+        title = render_title(
+            d.title, kind=samples[0][3] if samples else "", entities=entities, count=s.events, group=self.group
+        )
+        return Incident(
+            id=ident,
+            detection=d.id,
+            bucket=bucket_key(d.id, self.group),
+            group=self.group,
+            title=title,
+            severity=severity,
+            first_seen=_dt(s.start[0]),
+            last_seen=_dt(s.end),
+            entities=entities,
+            atlas=tuple(dict.fromkeys(atlas)),
+            owasp_llm=tuple(dict.fromkeys(owasp)),
+            event_ids=tuple(dict.fromkeys(i for _, i, *_ in samples)),
+            event_count=s.events,
+            timeline=timeline,
+            fallback=d.fallback,
+            suppress_until=_dt(last_trigger_time + d.suppress_for // _US),
+        )
+
+    def _is_live(self, inc: Incident, seg: _Segment) -> bool:
+        """After pruning: can the incident still change? (the carry's, or one with a trigger not final)"""
+        if self.final_before is None or (self.carry is not None and inc.id == self.carry.id):
+            return True
+        return any(t.pane >= self.final_before for t in seg.triggers)
+
+    def _prune(self, d: Detection, segments: list[_Segment], lateness_us: int) -> None:
+        """Make final what no event within the lateness can change, and drop the panes only that needed.
+
+        The last segment with a final trigger becomes the carry (only it can be continued by a later
+        trigger); dropped panes it spans are folded into its summary, or into its tail if they come
+        after its last final trigger."""
+        final_before = (self.watermark - lateness_us) // self.pane_us
+        if self.final_before is not None and final_before <= self.final_before:
+            return
+        self.final_before = final_before
+        for seg in reversed(segments):
+            finals = [t for t in seg.triggers if t.pane < final_before]
+            if not finals:
+                continue
+            if seg.carried:
+                assert self.carry is not None
+                self.carry.summary.merge(self.carry.tail)
+                self.carry.tail = Summary()
+                start = min(self.panes)
+            else:
+                first = self._span(_Segment(seg.triggers[:1], seg.times[:1], carried=False))
+                assert first.start is not None
+                ident = incident_id(d.id, self.group, f"{_iso_us(first.start[0])}/{first.start[1]}")
+                self.carry = Carry(ident, Summary(), Summary(), 0, 0)
+                start = seg.triggers[0].start
+            self.carry.last_trigger = finals[-1].pane
+            self.carry.last_time = self.panes[finals[-1].pane].end
+            break
+        else:
+            start = min(self.panes)
+        horizon = final_before - self.width + 1
+        for i in sorted(self.panes):
+            if i >= horizon:
+                break
+            if self.carry is not None and i >= start:
+                (self.carry.summary if i <= self.carry.last_trigger else self.carry.tail).add(self.panes[i])
+            del self.panes[i]
+        if self.carry is not None and final_before * self.pane_us - self.carry.last_time > d.suppress_for // _US:
+            self.carry = None  # no later trigger can continue it: its incident is final
+
+
+def _dt(us: int) -> datetime:
+    return EPOCH + us * _US
+
+
+def _iso_us(us: int) -> str:
+    return _dt(us).isoformat()

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from aegis.events import AiResource, Entity, Event, Host, Ip, Severity, User, entity_from_dict
+from aegis.events import AiResource, Entity, Host, Ip, Severity, User, entity_from_dict
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 SEVERITY_ORDER = list(Severity)
@@ -53,7 +53,8 @@ class Incident:
     entities: tuple[Entity, ...]
     atlas: tuple[str, ...]
     owasp_llm: tuple[str, ...]
-    event_ids: tuple[str, ...]
+    event_ids: tuple[str, ...]  # evidence: every event of a small incident, the earliest and latest of a large one
+    event_count: int  # every matching event of the incident
     timeline: tuple[TimelineEntry, ...]
     fallback: bool = False
     suppress_until: datetime | None = None
@@ -79,6 +80,7 @@ class Incident:
             atlas=tuple(d["atlas"]),
             owasp_llm=tuple(d["owasp_llm"]),
             event_ids=tuple(d["event_ids"]),
+            event_count=d["event_count"],
             timeline=tuple(TimelineEntry(**{**t, "time": datetime.fromisoformat(t["time"])}) for t in d["timeline"]),
             fallback=d.get("fallback", False),
             suppress_until=datetime.fromisoformat(d["suppress_until"]) if d.get("suppress_until") else None,
@@ -99,6 +101,7 @@ class Incident:
             "atlas": list(self.atlas),
             "owasp_llm": list(self.owasp_llm),
             "event_ids": list(self.event_ids),
+            "event_count": self.event_count,
             "group": self.group,
             **({"superseded_by": superseded_by} if superseded_by else {}),
         }
@@ -109,22 +112,17 @@ def incident_id(detection: str, group: str, first_event: str) -> str:
     return hashlib.sha256(f"{detection}\x00{group}\x00{first_event}".encode()).hexdigest()[:24]
 
 
-def render_title(template: str, events: Iterable[Event], group: str) -> str:
-    values: dict[str, str] = {"group": group, "count": "0"}
-    count = 0
-    for e in events:
-        count += 1
-        values.setdefault("kind", e.kind)
-        for ent in e.entities:
-            if isinstance(ent, AiResource):
-                values.setdefault("ai_resource", ent.name or ent.resource_id)
-            elif isinstance(ent, Ip):
-                values.setdefault("ip", ent.key)
-            elif isinstance(ent, User):
-                values.setdefault("user", ent.upn or ent.name or ent.object_id or "")
-            elif isinstance(ent, Host):
-                values.setdefault("host", ent.name or ent.key)
-    values["count"] = str(count)
+def render_title(template: str, *, kind: str, entities: Iterable[Entity], count: int, group: str) -> str:
+    values: dict[str, str] = {"group": group, "count": str(count), "kind": kind}
+    for ent in entities:
+        if isinstance(ent, AiResource):
+            values.setdefault("ai_resource", ent.name or ent.resource_id)
+        elif isinstance(ent, Ip):
+            values.setdefault("ip", ent.key)
+        elif isinstance(ent, User):
+            values.setdefault("user", ent.upn or ent.name or ent.object_id or "")
+        elif isinstance(ent, Host):
+            values.setdefault("host", ent.name or ent.key)
     safe = {k: safe_text(v) for k, v in values.items()}
     return template.format_map(_Default(safe))[:200]
 

@@ -1,58 +1,54 @@
-"""Rule kinds: how a detection turns the matching events of one group into triggers.
+"""Rule kinds: how a detection turns the state of one group into triggers.
 
-Every kind is a pure function of the group's members, sorted by (event time, event id): the
-result does not depend on arrival order, redelivery or which instance saw which event. A trigger
-is a point in event time with the members that caused it; triggers close in time become one
-incident (see `engine.segment`).
+State is a row of *panes* (`panes.py`): the group's matches aggregated per slice of event time
+(a thirtieth of the window, at least a second; a second for `single`). A kind looks at the panes
+in order and says at which panes it fires, and where the evidence of each firing starts. Panes
+are aggregates (counts, sums, distinct values, earliest and latest time per step), so a kind's
+answer is a pure function of the set of matches, not of their arrival order, and its cost does
+not grow with the number of matches in a pane.
 
-    single            every match is a trigger
+    single            every pane with a match fires
     event_count       at least `threshold` matches within `window`
     value_count       at least `threshold` distinct values of `field` within `window`
     value_sum         the sum of the numeric `field` reaches `threshold` within `window`
-    temporal          a match of every step within `window`, in any order
-    temporal_ordered  matches of the steps in their order, within `window`
+    temporal          `min` matches of every step within `window`, in any order
+    temporal_ordered  the same, step after step (at pane resolution: a step may share a pane with
+                      the next one if its earliest match there is not after the next one's latest)
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from aegis.events import Scalar
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Member:
-    """One matching event in a group: for temporal kinds, once per step it matches."""
-
-    time: datetime
-    event_id: str
-    step: int = 0
-    value: Scalar = None
+from aegis.correlate.panes import Pane
 
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    time: datetime
-    members: tuple[Member, ...]
+    pane: int  # the pane at which the detection fires
+    start: int  # the first pane of the evidence window
 
 
 @dataclass(frozen=True, slots=True)
 class KindSpec:
     name: str
-    evaluate: Callable[[list[Member], Any], list[Trigger]]
+    evaluate: Callable[[Sequence[Pane], Any, int, int], list[Trigger]]
     needs: frozenset[str]  # detection fields this kind requires
     forbids: frozenset[str]
 
 
 KINDS: dict[str, KindSpec] = {}
+Evaluate = Callable[[Sequence[Pane], Any, int, int], list[Trigger]]
 
 
-def kind(name: str, *, needs: set[str], forbids: set[str]) -> Callable[[Any], Any]:
-    def register(fn: Callable[[list[Member], Any], list[Trigger]]) -> Callable[[list[Member], Any], list[Trigger]]:
+def kind(name: str, *, needs: set[str], forbids: set[str]) -> Callable[[Evaluate], Evaluate]:
+    """Register a kind. Its function takes the panes (ascending), the detection, the window in
+    panes and the first pane at which a trigger may still change (earlier ones are final)."""
+
+    def register(fn: Evaluate) -> Evaluate:
         if name in KINDS:
             raise ValueError(f"rule kind {name!r} is registered twice")
         KINDS[name] = KindSpec(name, fn, frozenset(needs), frozenset(forbids))
@@ -62,72 +58,117 @@ def kind(name: str, *, needs: set[str], forbids: set[str]) -> Callable[[Any], An
 
 
 @kind("single", needs={"match"}, forbids={"steps", "threshold", "field", "window"})
-def _single(members: list[Member], d: Any) -> list[Trigger]:
-    return [Trigger(m.time, (m,)) for m in members]
+def _single(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+    return [Trigger(p.index, p.index) for p in panes if p.index >= since]
 
 
-def _sliding(members: list[Member], window: timedelta, fires: Callable[[list[Member]], bool]) -> list[Trigger]:
-    out, start = [], 0
-    for i, m in enumerate(members):
-        while members[start].time < m.time - window:
-            start += 1
-        span = members[start : i + 1]
-        if fires(span):
-            out.append(Trigger(m.time, tuple(span)))
+class _Window:
+    """The panes within `width` of the current one, kept with running aggregates."""
+
+    def __init__(self, panes: Sequence[Pane], width: int) -> None:
+        self.panes, self.width, self.lo = panes, width, 0
+
+    def advance(self, i: int, drop: Callable[[Pane], None]) -> None:
+        floor = self.panes[i].index - self.width
+        while self.panes[self.lo].index <= floor:
+            drop(self.panes[self.lo])
+            self.lo += 1
+
+
+def _running(
+    panes: Sequence[Pane], width: int, since: int, *, add: Callable[[Pane], None], drop: Callable[[Pane], None],
+    fires: Callable[[], bool],
+) -> list[Trigger]:  # fmt: skip
+    out, window = [], _Window(panes, width)
+    for i, p in enumerate(panes):
+        add(p)
+        window.advance(i, drop)
+        if p.index >= since and fires():
+            out.append(Trigger(p.index, panes[window.lo].index))
     return out
 
 
 @kind("event_count", needs={"match", "window", "threshold"}, forbids={"steps", "field"})
-def _event_count(members: list[Member], d: Any) -> list[Trigger]:
-    return _sliding(members, d.window, lambda span: len(span) >= d.threshold)
+def _event_count(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+    total = [0]
+
+    def add(p: Pane) -> None:
+        total[0] += p.events
+
+    def drop(p: Pane) -> None:
+        total[0] -= p.events
+
+    return _running(panes, width, since, add=add, drop=drop, fires=lambda: total[0] >= d.threshold)
 
 
 @kind("value_count", needs={"match", "window", "threshold", "field"}, forbids={"steps"})
-def _value_count(members: list[Member], d: Any) -> list[Trigger]:
-    return _sliding(members, d.window, lambda span: len({m.value for m in span if m.value is not None}) >= d.threshold)
+def _value_count(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+    seen: Counter[Any] = Counter()
+
+    def add(p: Pane) -> None:
+        seen.update(p.values)
+
+    def drop(p: Pane) -> None:
+        seen.subtract(p.values)
+        for v in p.values:
+            if seen[v] <= 0:
+                del seen[v]
+
+    return _running(panes, width, since, add=add, drop=drop, fires=lambda: len(seen) >= d.threshold)
 
 
 @kind("value_sum", needs={"match", "window", "threshold", "field"}, forbids={"steps"})
-def _value_sum(members: list[Member], d: Any) -> list[Trigger]:
-    def total(span: list[Member]) -> float:
-        return sum(float(m.value) for m in span if isinstance(m.value, (int, float)) and not isinstance(m.value, bool))
-
-    return _sliding(members, d.window, lambda span: total(span) >= d.threshold)
+def _value_sum(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+    # summed afresh per pane (not a running float), so the result does not depend on the order
+    # in which panes came and went
+    out, window = [], _Window(panes, width)
+    for i, p in enumerate(panes):
+        window.advance(i, lambda _: None)
+        if p.index >= since and sum(q.total for q in panes[window.lo : i + 1]) >= d.threshold:
+            out.append(Trigger(p.index, panes[window.lo].index))
+    return out
 
 
 @kind("temporal", needs={"steps", "window"}, forbids={"match", "threshold", "field"})
-def _temporal(members: list[Member], d: Any) -> list[Trigger]:
+def _temporal(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
     mins = [s.min for s in d.steps]
+    seen = [0] * len(mins)
 
-    def complete(span: list[Member]) -> bool:
-        seen = Counter(m.step for m in span)
-        return all(seen[i] >= n for i, n in enumerate(mins))
+    def add(p: Pane) -> None:
+        for s, n in enumerate(p.counts):
+            seen[s] += n
 
-    return _sliding(members, d.window, complete)
+    def drop(p: Pane) -> None:
+        for s, n in enumerate(p.counts):
+            seen[s] -= n
+
+    def complete() -> bool:
+        return all(n >= m for n, m in zip(seen, mins, strict=True))
+
+    return _running(panes, width, since, add=add, drop=drop, fires=complete)
 
 
 @kind("temporal_ordered", needs={"steps", "window"}, forbids={"match", "threshold", "field"})
-def _temporal_ordered(members: list[Member], d: Any) -> list[Trigger]:
+def _temporal_ordered(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
     mins = [s.min for s in d.steps]
     last = len(mins) - 1
-    out = []
-    for i, m in enumerate(members):
-        if m.step != last:
+    out, window = [], _Window(panes, width)
+    for i, p in enumerate(panes):
+        window.advance(i, lambda _: None)
+        if p.index < since or not p.counts[last]:
             continue
-        # from this match of the last step, walk back collecting the latest matches of each step
-        # in turn (the last step included), each step's matches earlier than the next step's
-        want, need, floor, earliest = last, mins[last] - 1, m.time - d.window, m
-        if need == 0:
-            want, need = last - 1, mins[last - 1] if last else 0
-        for prev in reversed(members[:i]):
-            if want < 0 or prev.time < floor:
+        # walk back from this pane, collecting each step in turn (the last one first); a step's
+        # matches count when they are not after the latest match of the step collected before it
+        want, need, bound = last, mins[last], p.last[last]
+        for q in reversed(panes[window.lo : i + 1]):
+            while want >= 0 and q.counts[want] and q.first[want] <= bound:
+                need -= q.counts[want]
+                if need > 0:
+                    break
+                bound = min(bound, q.last[want])
+                want -= 1
+                need = mins[want] if want >= 0 else 0
+            if want < 0:
+                out.append(Trigger(p.index, panes[window.lo].index))
                 break
-            if prev.step == want and (want == last or prev.time <= earliest.time):
-                earliest = prev
-                need -= 1
-                if need == 0:
-                    want -= 1
-                    need = mins[want] if want >= 0 else 0
-        if want < 0:  # the whole window is evidence, not only the chain that completed it
-            out.append(Trigger(m.time, tuple(x for x in members[: i + 1] if x.time >= floor)))
     return out

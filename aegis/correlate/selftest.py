@@ -120,8 +120,8 @@ def run(detection: Detection, *, shuffle_seed: int | None = None) -> list[Outcom
         ):
             got = sorted({i.severity.value for i in incidents})
             problems.append(f"severity {got}, expected {test.expect.severity.value}")
-        if incidents and test.expect.events is not None and len(incidents[0].event_ids) != test.expect.events:
-            problems.append(f"{len(incidents[0].event_ids)} events in the incident, expected {test.expect.events}")
+        if incidents and test.expect.events is not None and incidents[0].event_count != test.expect.events:
+            problems.append(f"{incidents[0].event_count} events in the incident, expected {test.expect.events}")
         keys = {e.key for i in incidents for e in i.entities}
         missing = [k for k in test.expect.entities if k not in keys]
         if missing:

@@ -50,8 +50,8 @@ class Store(Protocol):
     def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]: ...
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
-        """Write each bucket whose version still matches, with its incidents (replacing the
-        bucket's incidents that ended at or after `keep_before`); return the keys that conflicted."""
+        """Write each bucket whose version still matches, with its incident changes, atomically;
+        return the keys that conflicted."""
         ...
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
@@ -76,5 +76,5 @@ class BucketWrite:
     key: str
     expected: int | str | None  # None: the bucket must not exist yet
     doc: bytes
-    incidents: list[Incident]
-    keep_before: datetime  # incidents of the bucket that ended before this are final and kept
+    upsert: Sequence[Incident]  # the bucket's incidents that are new or changed
+    delete: Sequence[str] = ()  # ids of the bucket's incidents that no longer exist

@@ -125,12 +125,10 @@ class SqliteStore:
                     if cur.rowcount != 1:
                         conflicts.add(w.key)
                         continue
-                    cur.execute(
-                        "DELETE FROM incidents WHERE bucket = ? AND last_seen >= ?", (w.key, w.keep_before.isoformat())
-                    )
+                    cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for i in w.delete])
                     cur.executemany(
                         "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
-                        [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for i in w.incidents],
+                        [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for i in w.upsert],
                     )
                 cur.execute("COMMIT")
             except BaseException:

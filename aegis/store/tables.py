@@ -126,15 +126,8 @@ class TableStore:
                 else:
                     ops.append(("update", bucket, {"mode": UpdateMode.REPLACE, "etag": w.expected,
                                                     "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
-                keep = w.keep_before.isoformat()
-                new_ids = {f"incident-{i.id}" for i in w.incidents}
-                for old in self._state.query_entities(
-                    "PartitionKey eq @pk and RowKey ne @row", parameters={"pk": w.key, "row": BUCKET_ROW},
-                    select=["RowKey", "last_seen"],
-                ):  # fmt: skip
-                    if old["RowKey"] not in new_ids and old.get("last_seen", "") >= keep:
-                        ops.append(("delete", {"PartitionKey": w.key, "RowKey": old["RowKey"]}))
-                for i in w.incidents:
+                ops += [("delete", {"PartitionKey": w.key, "RowKey": f"incident-{i}"}) for i in w.delete]
+                for i in w.upsert:
                     entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
                     ops.append(("upsert", {**entity, **_pack(i.to_json())}, {"mode": UpdateMode.REPLACE}))
                 try:
