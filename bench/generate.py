@@ -27,11 +27,21 @@ FILLER = (
 
 class BodyGenerator:
     def __init__(
-        self, seed: int = 20261125, *, accounts: int = 20, callers: int = 200, span: timedelta = timedelta(days=30)
+        self,
+        seed: int = 20261125,
+        *,
+        accounts: int = 20,
+        callers: int = 200,
+        span: timedelta = timedelta(days=30),
+        step: timedelta | None = None,
+        jitter: timedelta = timedelta(minutes=2),
     ) -> None:
+        """Event times fall at random within `span`; or, with `step`, they advance by `step` per
+        event with up to `jitter` either way, as a live stream does (late and early by a little)."""
         self.rng = random.Random(seed)
         self.start = datetime(2026, 11, 1, tzinfo=UTC)
         self.span = int(span.total_seconds())
+        self.step, self.jitter, self.ticks = step, jitter, 0
         self.accounts = [
             f"/subscriptions/{self._guid()}/resourceGroups/rg-ai-{i}/providers/Microsoft.CognitiveServices/accounts/oai-{i}"
             for i in range(accounts)
@@ -44,6 +54,9 @@ class BodyGenerator:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def _time(self) -> datetime:
+        if self.step is not None:
+            self.ticks += 1
+            return self.start + self.ticks * self.step + self.rng.uniform(-1, 1) * self.jitter
         return self.start + timedelta(seconds=self.rng.randint(0, self.span), microseconds=self.rng.randint(0, 999_999))
 
     def alert(self) -> bytes:

@@ -86,9 +86,13 @@ def test_a_stale_bucket_write_is_a_conflict_and_changes_nothing(store: Store):
     bucket = store.load_buckets([key])[key]
     stale = bucket.version
     fresh = BucketWrite(key, stale, orjson.dumps(bucket.doc), [])
-    assert store.commit_buckets([fresh]) == set()
-    assert store.commit_buckets([fresh]) == {key}  # the version moved on: the second write loses
-    assert store.commit_buckets([BucketWrite(key, None, b"{}", [])]) == {key}
+    first = store.commit_buckets([fresh])
+    assert first.conflicts == set()
+    assert first.versions[key] != stale
+    assert store.commit_buckets([fresh]).conflicts == {key}  # the version moved on: the second write loses
+    assert store.commit_buckets([BucketWrite(key, None, b"{}", [])]).conflicts == {key}
+    assert store.load_buckets([key], {key: first.versions[key]})[key].doc is None  # still current: no document
+    assert store.load_buckets([key], {key: stale})[key].doc == bucket.doc
 
 
 def test_events_too_late_for_a_bucket_are_counted_not_merged(sqlite_store):

@@ -76,7 +76,24 @@ class FieldTest(_Strict):
             want = bool(self.exists)
             return lambda e: bool(get(e)) is want
         test = _operator(op, self)
-        return lambda e: any(test(v) for v in get(e))
+
+        def holds(e: Event) -> bool:
+            for v in get(e):  # noqa: SIM110 - a loop is faster than any() over a generator here
+                if test(v):
+                    return True
+            return False
+
+        return holds
+
+    def sources(self) -> frozenset[str] | None:
+        """The event sources this test admits, when it is a test on `source`; else None."""
+        if self.field != "source":
+            return None
+        if "equals" in self.model_fields_set and isinstance(self.equals, str):
+            return frozenset({self.equals.lower()})
+        if "in_" in self.model_fields_set and self.in_ and all(isinstance(v, str) for v in self.in_):
+            return frozenset(str(v).lower() for v in self.in_)
+        return None
 
 
 class All(_Strict):
@@ -84,7 +101,19 @@ class All(_Strict):
 
     def compile(self) -> Predicate:
         parts = [c.compile() for c in self.all]
-        return lambda e: all(p(e) for p in parts)
+
+        def holds(e: Event) -> bool:
+            for p in parts:  # noqa: SIM110 - a loop is faster than all() over a generator here
+                if not p(e):
+                    return False
+            return True
+
+        return holds
+
+    def sources(self) -> frozenset[str] | None:
+        """Sources admitted by the conjunction: those of any conjunct that names them."""
+        found = [s for c in self.all if (s := c.sources()) is not None]
+        return frozenset.intersection(*found) if found else None
 
 
 class AnyOf(_Strict):
@@ -92,7 +121,19 @@ class AnyOf(_Strict):
 
     def compile(self) -> Predicate:
         parts = [c.compile() for c in self.any]
-        return lambda e: any(p(e) for p in parts)
+
+        def holds(e: Event) -> bool:
+            for p in parts:  # noqa: SIM110 - a loop is faster than any() over a generator here
+                if p(e):
+                    return True
+            return False
+
+        return holds
+
+    def sources(self) -> frozenset[str] | None:
+        """Sources admitted by the disjunction: known only when every branch names them."""
+        found = [c.sources() for c in self.any]
+        return None if any(s is None for s in found) else frozenset().union(*found)  # type: ignore[arg-type]
 
 
 class Not(_Strict):
@@ -101,6 +142,9 @@ class Not(_Strict):
     def compile(self) -> Predicate:
         inner = self.not_.compile()
         return lambda e: not inner(e)
+
+    def sources(self) -> frozenset[str] | None:
+        return None
 
 
 def _which(value: Any) -> str:

@@ -171,6 +171,13 @@ class Detection(_Strict):
         return [self.match.compile()]
 
     @cached_property
+    def sources(self) -> frozenset[str] | None:
+        """The event sources any step can match (None: any source), to skip the rest cheaply."""
+        conditions = [s.match for s in self.steps] if self.steps else [self.match]
+        found = [c.sources() for c in conditions if c is not None]
+        return None if any(s is None for s in found) else frozenset().union(*found)  # type: ignore[arg-type]
+
+    @cached_property
     def group_getters(self) -> list[Getter]:
         return [compile_path(p) for p in self.group_by]
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -36,12 +38,13 @@ from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
 from aegis.correlate.incidents import SEVERITY_ORDER, Incident, TimelineEntry, incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
-from aegis.correlate.panes import NONE, Pane, Summary
+from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
 from aegis.events import Entity, Event, Ip, Source, entity_from_dict
-from aegis.store.base import BucketWrite, Store
+from aegis.store.base import BucketWrite, Store, Version
 
 MAX_CONFLICT_RETRIES = 8
+CACHED_STATES = 20_000
 PANES_PER_WINDOW = 30
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -70,35 +73,64 @@ class Correlator:
         self.detections = {d.id: d for d in detections}
         self.store = store
         self.lateness_us = lateness // _US
+        # states this instance wrote last, by version: a bucket still at that version is not re-read
+        self._cache: OrderedDict[str, tuple[Version, State]] = OrderedDict()
 
     def process(self, events: Sequence[Event]) -> CorrelationCounts:
         counts = CorrelationCounts()
         additions: dict[str, tuple[Detection, str, list[Match]]] = {}
+        by_source: dict[str, list[Event]] = {}
+        for e in events:
+            by_source.setdefault(e.source.value, []).append(e)
         for d in self.detections.values():
+            candidates = events if d.sources is None else [e for s in d.sources for e in by_source.get(s, ())]
             try:
-                self._match(d, events, additions, counts)
+                self._match(d, candidates, additions, counts)
             except Exception as exc:  # a detection bug is reported, never fatal for the others
                 log.error("detection_failed", detection=d.id, error=type(exc).__name__)
                 counts.errors.append(f"{d.id}: {type(exc).__name__}")
         if not additions:
             return counts
+        try:
+            self._commit(additions, counts)
+        except BaseException:
+            for key in additions:  # states may have been changed and not written
+                self._cache.pop(key, None)
+            raise
+        return counts
+
+    def _commit(self, additions: dict[str, tuple[Detection, str, list[Match]]], counts: CorrelationCounts) -> None:
         facts = _Facts()
         pending = dict(additions)
         for _ in range(MAX_CONFLICT_RETRIES):
-            loaded = self.store.load_buckets(list(pending))
-            writes = []
+            known = {k: self._cache[k][0] for k in pending if k in self._cache}
+            loaded = self.store.load_buckets(list(pending), known)
+            writes, states = [], {}
             for key, (d, group, matches) in pending.items():
                 bucket = loaded.get(key)
-                state = State.load(bucket.doc) if bucket else State.new(d, group)
+                if bucket is None:
+                    state = State.new(d, group)
+                elif bucket.doc is None:
+                    state = self._cache[key][1]
+                else:
+                    state = State.load(bucket.doc)
                 write = state.apply(d, matches, facts, self.lateness_us, counts)
                 if write is not None:
                     writes.append(BucketWrite(key, bucket.version if bucket else None, *write))
-            conflicts = self.store.commit_buckets(writes)
-            counts.buckets += len(writes) - len(conflicts)
-            counts.conflicts += len(conflicts)
-            pending = {k: v for k, v in pending.items() if k in conflicts}
+                    states[key] = state
+            committed = self.store.commit_buckets(writes)
+            for key, version in committed.versions.items():
+                self._cache[key] = (version, states[key])
+                self._cache.move_to_end(key)
+            for key in committed.conflicts:
+                self._cache.pop(key, None)
+            while len(self._cache) > CACHED_STATES:
+                self._cache.popitem(last=False)
+            counts.buckets += len(committed.versions)
+            counts.conflicts += len(committed.conflicts)
+            pending = {k: v for k, v in pending.items() if k in committed.conflicts}
             if not pending:
-                return counts
+                return
         raise StoreUnavailable(f"{len(pending)} correlation bucket(s) still conflicting after retries")
 
     @staticmethod
@@ -135,20 +167,39 @@ def geometry(d: Detection) -> tuple[int, int]:
 
 
 class _Facts:
-    """Per-batch memo of what each event contributes to a pane (entity references, sample)."""
+    """Per-batch memo of what each event contributes to any pane, computed once per event."""
 
     def __init__(self) -> None:
-        self._refs: dict[str, list[tuple[str, Entity]]] = {}
+        self._facts: dict[str, Fact] = {}
 
-    def refs(self, e: Event) -> list[tuple[str, Entity]]:
-        got = self._refs.get(e.id)
+    def of(self, e: Event) -> Fact:
+        got = self._facts.get(e.id)
         if got is None:
-            got = self._refs[e.id] = sorted((entity_ref(x), x) for x in e.entities)
+            refs = sorted((entity_ref(x), x) for x in e.entities)
+            ev = e.evidence
+            got = self._facts[e.id] = Fact(
+                id=e.id,
+                digest=hashlib.blake2b(e.id.encode(), digest_size=8).hexdigest(),
+                time=(e.time - EPOCH) // _US,
+                position=f"{ev.hub}/{ev.partition}" if ev.partition is not None and ev.sequence_number is not None
+                else None,
+                sequence=ev.sequence_number if ev.sequence_number is not None else -1,
+                severity=SEVERITY_ORDER.index(e.severity) if e.severity else NONE,
+                alert_kind=e.kind if e.source is Source.DEFENDER else None,
+                sample=(e.kind, e.source.value, e.title),
+                refs=[r for r, _ in refs],
+                entities=refs,
+            )  # fmt: skip
         return got
 
 
 def entity_ref(e: Entity) -> str:
-    return hashlib.sha1(f"{e.type}\x00{e.key}".encode(), usedforsecurity=False).hexdigest()[:12]
+    return _ref(e.type, e.key)
+
+
+@lru_cache(maxsize=65536)
+def _ref(kind: str, key: str) -> str:
+    return hashlib.sha1(f"{kind}\x00{key}".encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 @dataclass(slots=True)
@@ -186,7 +237,7 @@ class State:
     watermark: int  # µs
     applied: dict[str, int]  # "hub/partition" → highest sequence number merged
     panes: dict[int, Pane]
-    entities: dict[str, Entity]
+    entities: dict[str, Entity | dict[str, Any]]  # by reference; as stored until an incident needs them
     group_refs: list[str]
     carry: Carry | None
     live: dict[str, str]  # incident id → digest of what was last written
@@ -201,7 +252,7 @@ class State:
         return cls(
             doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], doc["watermark"],
             doc["applied"], {raw[0]: Pane.load(raw) for raw in doc["panes"]},
-            {ref: entity_from_dict(raw) for ref, raw in doc["entities"].items()}, doc["group_refs"],
+            doc["entities"], doc["group_refs"],
             Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
         )  # fmt: skip
 
@@ -253,39 +304,31 @@ class State:
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         changed = False
-        applied = dict(self.applied)
+        applied, seen = dict(self.applied), self.applied
         values_cap = int(d.threshold) if d.kind == "value_count" and d.threshold else 0
         group_parts = set(self.group.split("|"))
+        steps = len(d.predicates)
         for m in matches:
-            e, seq = m.event, m.event.evidence.sequence_number
-            position = f"{e.evidence.hub}/{e.evidence.partition}" if e.evidence.partition is not None else None
-            if position is not None and seq is not None and seq <= self.applied.get(position, -1):
+            f = facts.of(m.event)
+            if f.position is not None and f.sequence <= seen.get(f.position, -1):
                 continue  # this bucket already merged that Event Hubs position
-            t = (e.time - EPOCH) // _US
-            index = t // self.pane_us
+            index = f.time // self.pane_us
             if self.final_before is not None and index < self.final_before:
                 c.too_late += 1
                 continue
-            if position is not None and seq is not None:
-                applied[position] = max(applied.get(position, -1), seq)
-            refs = facts.refs(e)
-            for ref, entity in refs:
+            if f.position is not None:
+                applied[f.position] = max(applied.get(f.position, -1), f.sequence)
+            for ref, entity in f.entities:
                 if ref not in self.entities:
                     self.entities[ref] = entity
                     if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
                         self.group_refs = sorted({*self.group_refs, ref})
             pane = self.panes.get(index)
             if pane is None:
-                pane = self.panes[index] = Pane(index, len(d.predicates))
-            added = pane.add(
-                e.id, t, m.steps, value=m.value,
-                severity=SEVERITY_ORDER.index(e.severity) if e.severity else NONE,
-                kind=e.kind if e.source is Source.DEFENDER else None,
-                sample=(e.kind, e.source.value, e.title), entities=[r for r, _ in refs], values_cap=values_cap,
-            )  # fmt: skip
-            if added:
+                pane = self.panes[index] = Pane(index, steps)
+            if pane.add(f, m.steps, m.value, values_cap):
                 changed = True
-                self.watermark = max(self.watermark, t)
+                self.watermark = max(self.watermark, f.time)
         self.applied = applied
         return changed
 
@@ -318,9 +361,8 @@ class State:
                 hi = seg.triggers[-1].pane
         else:
             summary, lo, hi = Summary(), seg.triggers[0].start, seg.triggers[-1].pane
-        for i in sorted(self.panes):
-            if lo <= i <= hi:
-                summary.add(self.panes[i])
+        for i in sorted(i for i in self.panes if lo <= i <= hi):
+            summary.add(self.panes[i])
         return summary
 
     def _incident(self, d: Detection, seg: _Segment) -> Incident:
@@ -347,7 +389,7 @@ class State:
                 atlas += m.atlas
                 owasp += m.owasp_llm
         refs = list(dict.fromkeys([*self.group_refs, *s.entities]))
-        entities = tuple(self.entities[r] for r in refs if r in self.entities)
+        entities = tuple(_entity(self.entities[r]) for r in refs if r in self.entities)
         samples = s.samples()
         step_names = [st.name for st in d.steps] if d.steps else None
         timeline = tuple(
@@ -422,6 +464,10 @@ class State:
             del self.panes[i]
         if self.carry is not None and final_before * self.pane_us - self.carry.last_time > d.suppress_for // _US:
             self.carry = None  # no later trigger can continue it: its incident is final
+
+
+def _entity(raw: Entity | dict[str, Any]) -> Entity:
+    return entity_from_dict(raw) if isinstance(raw, dict) else raw
 
 
 def _dt(us: int) -> datetime:

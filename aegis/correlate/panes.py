@@ -18,14 +18,30 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-EXACT_IDS = 64
-PANE_SAMPLES = 4
+EXACT_IDS = 32
+PANE_SAMPLES = 2
 PANE_KINDS = 8
 PANE_ENTITIES = 16
 NONE = -1
 
 # (time µs, event id, step, kind, source, title)
 Sample = tuple[int, str, int, str, str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """What one event brings to any pane it matches in (computed once per event and batch)."""
+
+    id: str
+    digest: str  # a short digest of the id, for the pane's exact-ids set
+    time: int  # µs since the epoch
+    position: str | None  # "hub/partition" of Event Hubs, when known
+    sequence: int
+    severity: int
+    alert_kind: str | None  # for Defender alerts
+    sample: tuple[str, str, str | None]  # kind, source, title
+    refs: list[str]  # entity references, sorted
+    entities: list[tuple[str, Any]]  # (reference, entity)
 
 
 @dataclass(slots=True)
@@ -40,7 +56,7 @@ class Pane:
     values: list[str] = field(default_factory=list)  # sorted
     severity: int = NONE
     kinds: list[str] = field(default_factory=list)  # sorted
-    ids: list[str] | None = field(default_factory=list)  # sorted; None once the pane only counts
+    ids: list[str] | None = field(default_factory=list)  # sorted id digests; None once the pane only counts
     samples: list[Sample] = field(default_factory=list)  # sorted
     entities: list[str] = field(default_factory=list)  # sorted entity references
 
@@ -58,32 +74,31 @@ class Pane:
     def end(self) -> int:
         return max(self.last)
 
-    def add(
-        self, event_id: str, time: int, steps: list[int], *, value: Any, severity: int, kind: str | None,
-        sample: tuple[str, str, str | None], entities: list[str], values_cap: int,
-    ) -> bool:  # fmt: skip
+    def add(self, f: Fact, steps: list[int], value: Any, values_cap: int) -> bool:
         """Add one event's match (to one or more steps); False if the pane already had it."""
         if self.ids is not None:
-            at = bisect.bisect_left(self.ids, event_id)
-            if at < len(self.ids) and self.ids[at] == event_id:
+            at = bisect.bisect_left(self.ids, f.digest)
+            if at < len(self.ids) and self.ids[at] == f.digest:
                 return False
-            self.ids.insert(at, event_id)
+            self.ids.insert(at, f.digest)
             if len(self.ids) > EXACT_IDS:
                 self.ids = None
         self.events += 1
+        t = f.time
         for s in steps:
             self.counts[s] += 1
-            self.first[s] = time if self.first[s] == NONE else min(self.first[s], time)
-            self.last[s] = max(self.last[s], time)
-            self.samples = _smallest(self.samples, [(time, event_id, s, *sample)], PANE_SAMPLES)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self.total += value
-        if value is not None and values_cap:
-            self.values = _smallest(self.values, [str(value)], values_cap)
-        self.severity = max(self.severity, severity)
-        if kind is not None:
-            self.kinds = _smallest(self.kinds, [kind], PANE_KINDS)
-        self.entities = _smallest(self.entities, entities, PANE_ENTITIES)
+            self.first[s] = t if self.first[s] == NONE else min(self.first[s], t)
+            self.last[s] = max(self.last[s], t)
+            self.samples = _smallest(self.samples, [(t, f.id, s, *f.sample)], PANE_SAMPLES)
+        if value is not None:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.total += value
+            if values_cap:
+                self.values = _smallest(self.values, [str(value)], values_cap)
+        self.severity = max(self.severity, f.severity)
+        if f.alert_kind is not None:
+            self.kinds = _smallest(self.kinds, [f.alert_kind], PANE_KINDS)
+        self.entities = _smallest(self.entities, f.refs, PANE_ENTITIES)
         return True
 
     def dump(self) -> list[Any]:
@@ -124,7 +139,7 @@ class Summary:
         self.severity = max(self.severity, p.severity)
         self.kinds = _smallest(self.kinds, p.kinds, self.KINDS)
         self.head = _smallest(self.head, p.samples, self.SAMPLES)
-        self.tail = sorted(set(self.tail) | set(p.samples))[-self.SAMPLES :]
+        self.tail = _largest(self.tail, p.samples, self.SAMPLES)
         self.entities = _smallest(self.entities, p.entities, self.ENTITIES)
 
     def merge(self, other: Summary) -> None:
@@ -135,7 +150,7 @@ class Summary:
         self.severity = max(self.severity, other.severity)
         self.kinds = _smallest(self.kinds, other.kinds, self.KINDS)
         self.head = _smallest(self.head, other.head, self.SAMPLES)
-        self.tail = sorted(set(self.tail) | set(other.tail))[-self.SAMPLES :]
+        self.tail = _largest(self.tail, other.tail, self.SAMPLES)
         self.entities = _smallest(self.entities, other.entities, self.ENTITIES)
 
     def copy(self) -> Summary:
@@ -159,6 +174,22 @@ class Summary:
 def _smallest(current: list[Any], new: list[Any], cap: int) -> list[Any]:
     """The `cap` smallest distinct items of both sorted lists, sorted: a bounded set union that
     does not depend on the order items came in."""
-    if not new:
+    if len(new) > 4:
+        return sorted(set(current).union(new))[:cap]
+    for item in new:
+        at = bisect.bisect_left(current, item)
+        if at < len(current) and current[at] == item:
+            continue
+        if len(current) < cap:
+            current.insert(at, item)
+        elif at < cap:
+            current.insert(at, item)
+            current.pop()
+    return current
+
+
+def _largest(current: list[Any], new: list[Any], cap: int) -> list[Any]:
+    """The `cap` largest distinct items of both sorted lists, sorted."""
+    if not new or (len(current) >= cap and new[-1] <= current[0]):
         return current
-    return sorted(set(current).union(new))[:cap]
+    return sorted(set(current).union(new))[-cap:]

@@ -47,11 +47,13 @@ class Store(Protocol):
 
     # --- correlation state: one bucket per (detection, group), and the incidents ---
 
-    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]: ...
+    def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
+        """The buckets that exist; for a key whose version is still `known[key]`, without its
+        document (`doc` None: the caller's copy is current)."""
+        ...
 
-    def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
-        """Write each bucket whose version still matches, with its incident changes, atomically;
-        return the keys that conflicted."""
+    def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
+        """Write each bucket whose version still matches, with its incident changes, atomically."""
         ...
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
@@ -61,20 +63,28 @@ class Store(Protocol):
     def incidents(self) -> list[Incident]: ...
 
 
+Version = int | str  # a counter in SQLite, an ETag in Table Storage
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """Correlation state of one (detection, group), with its version for optimistic concurrency
-    (a counter in SQLite, an ETag in Table Storage)."""
+    """Correlation state of one (detection, group), with its version for optimistic concurrency."""
 
     key: str
-    version: int | str
-    doc: dict[str, Any]
+    version: Version
+    doc: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    versions: dict[str, Version]  # the new version of each bucket written
+    conflicts: set[str]  # the buckets another writer changed first: nothing of them was written
 
 
 @dataclass(frozen=True, slots=True)
 class BucketWrite:
     key: str
-    expected: int | str | None  # None: the bucket must not exist yet
+    expected: Version | None  # None: the bucket must not exist yet
     doc: bytes
     upsert: Sequence[Incident]  # the bucket's incidents that are new or changed
     delete: Sequence[str] = ()  # ids of the bucket's incidents that no longer exist

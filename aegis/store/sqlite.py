@@ -15,7 +15,7 @@ import orjson
 from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.store.base import Bucket, BucketWrite, SaveResult
+from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -104,37 +104,44 @@ class SqliteStore:
             row = self._db.execute("SELECT body FROM raw_messages WHERE digest = ?", (digest,)).fetchone()
         return bytes(row[0]) if row else None
 
-    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
-        rows = self._select_in("SELECT key, version, doc FROM buckets WHERE key IN ({})", keys)
-        return {key: Bucket(key, version, orjson.loads(doc)) for key, version, doc in rows}
+    def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
+        known = known or {}
+        current = {k for k, v in self._select_in("SELECT key, version FROM buckets WHERE key IN ({})", keys)
+                   if known.get(k) == v}  # fmt: skip
+        out = {k: Bucket(k, known[k], None) for k in current}
+        rows = self._select_in(
+            "SELECT key, version, doc FROM buckets WHERE key IN ({})", [k for k in keys if k not in current]
+        )
+        out.update((key, Bucket(key, version, orjson.loads(doc))) for key, version, doc in rows)
+        return out
 
-    def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
-        conflicts: set[str] = set()
+    def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
         with self._lock, _translate(self.path):
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            cur.execute("BEGIN IMMEDIATE")  # holds the write lock: the versions read below stay true
             try:
-                for w in writes:
-                    if w.expected is None:
-                        cur.execute("INSERT OR IGNORE INTO buckets VALUES (?, 1, ?)", (w.key, w.doc))
-                    else:
-                        cur.execute(
-                            "UPDATE buckets SET version = version + 1, doc = ? WHERE key = ? AND version = ?",
-                            (w.doc, w.key, w.expected),
-                        )
-                    if cur.rowcount != 1:
-                        conflicts.add(w.key)
-                        continue
-                    cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for i in w.delete])
-                    cur.executemany(
-                        "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
-                        [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for i in w.upsert],
-                    )
+                stored = dict(
+                    _rows_in(cur, "SELECT key, version FROM buckets WHERE key IN ({})", [w.key for w in writes])
+                )
+                ok = [w for w in writes if stored.get(w.key) == w.expected]
+                cur.executemany(
+                    "INSERT INTO buckets VALUES (?, 1, ?)", [(w.key, w.doc) for w in ok if w.expected is None]
+                )
+                cur.executemany(
+                    "UPDATE buckets SET version = version + 1, doc = ? WHERE key = ?",
+                    [(w.doc, w.key) for w in ok if w.expected is not None],
+                )
+                cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
+                cur.executemany(
+                    "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
+                    [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for w in ok for i in w.upsert],
+                )
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return conflicts
+        versions: dict[str, Version] = {w.key: 1 if w.expected is None else int(w.expected) + 1 for w in ok}
+        return Committed(versions, {w.key for w in writes} - versions.keys())
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
         events = (
@@ -144,12 +151,8 @@ class SqliteStore:
 
     def _select_in(self, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """Rows of `query` whose `IN ({})` takes `keys`, bound as parameters in chunks."""
-        rows: list[tuple[Any, ...]] = []
         with self._lock, _translate(self.path):
-            for i in range(0, len(keys), 500):
-                chunk = list(keys[i : i + 500])
-                rows += self._db.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
-        return rows
+            return _rows_in(self._db.cursor(), query, keys)
 
     def incidents(self) -> list[Incident]:
         with self._lock, _translate(self.path):
@@ -158,6 +161,14 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _rows_in(cur: sqlite3.Cursor, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for i in range(0, len(keys), 500):
+        chunk = list(keys[i : i + 500])
+        rows += cur.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+    return rows
 
 
 @contextmanager

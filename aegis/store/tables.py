@@ -39,7 +39,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.store.base import Bucket, BucketWrite, SaveResult
+from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
 MAX_INLINE_DOC = 30_000  # characters; a table string property holds 32K UTF-16 code units
@@ -104,19 +104,26 @@ class TableStore:
             except ResourceNotFoundError:
                 return None
 
-    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
+    def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
         out: dict[str, Bucket] = {}
+        known = known or {}
         with _translate():
             for key in keys:
                 try:
+                    if key in known:  # the ETag alone first: the caller's copy may be current
+                        head = self._state.get_entity(key, BUCKET_ROW, select=["RowKey"])
+                        if str(head.metadata["etag"]) == known[key]:
+                            out[key] = Bucket(key, known[key], None)
+                            continue
                     entity = self._state.get_entity(key, BUCKET_ROW)
                 except ResourceNotFoundError:
                     continue
                 out[key] = Bucket(key, str(entity.metadata["etag"]), orjson.loads(_unpack(entity)))
         return out
 
-    def commit_buckets(self, writes: Sequence[BucketWrite]) -> set[str]:
+    def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
         conflicts: set[str] = set()
+        versions: dict[str, Version] = {}
         with _translate():
             for w in writes:
                 ops: list[Any] = []
@@ -131,14 +138,14 @@ class TableStore:
                     entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
                     ops.append(("upsert", {**entity, **_pack(i.to_json())}, {"mode": UpdateMode.REPLACE}))
                 try:
-                    for chunk in _transactions(ops):
-                        self._state.submit_transaction(chunk)
+                    results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
                 except TableTransactionError as exc:
                     if exc.status_code in (409, 412):  # created meanwhile / changed meanwhile
                         conflicts.add(w.key)
                         continue
                     raise
-        return conflicts
+                versions[w.key] = str(results[0][0]["etag"])
+        return Committed(versions, conflicts)
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
         out: dict[str, Event] = {}
