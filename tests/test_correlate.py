@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import orjson
@@ -158,3 +159,84 @@ def test_two_processes_on_interleaved_halves_agree_with_one(table_store):
         service = TableServiceClient.from_connection_string(conn)
         for name in ("events", "deadletters", "state"):
             service.delete_table(f"{prefix}{name}")
+
+
+def flood(hours: float, per_second: int, *, partition: str | None = "0") -> list:
+    """A steady flood of requests from one caller network, with Event Hubs positions."""
+    from datetime import UTC, datetime
+
+    from aegis.events import Event, Evidence, Source, make_ip
+
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    ip = make_ip("198.51.100.***")
+    return [
+        Event(
+            id=f"{n:032x}",
+            source=Source.RESOURCE_LOG,
+            normalizer="test",
+            kind="RequestResponse:ChatCompletions_Create",
+            time=start + timedelta(seconds=n / per_second),
+            evidence=Evidence("0" * 64, "", "hub", partition, n if partition else None),
+            entities=(ip,),
+            attributes={"category": "RequestResponse"},
+        )
+        for n in range(int(hours * 3600 * per_second))
+    ]
+
+
+def burst_detection():
+    return next(d for d in DETECTIONS if d.id == "ai-request-burst-by-caller")
+
+
+def feed(correlator: Correlator, events: list, batch: int = 500) -> None:
+    for i in range(0, len(events), batch):
+        correlator.process(events[i : i + batch])
+
+
+def test_a_flood_keeps_bounded_state_and_one_incident_with_one_id(sqlite_store):
+    events = flood(hours=3, per_second=2)
+    c = Correlator([burst_detection()], sqlite_store, lateness=timedelta(minutes=30))
+    hour = len(events) // 3
+    feed(c, events[:hour])
+    [early] = sqlite_store.incidents()
+    sizes = []
+    for part in (events[hour : 2 * hour], events[2 * hour :]):
+        feed(c, part)
+        [(doc,)] = sqlite_store._db.execute("SELECT doc FROM buckets").fetchall()
+        sizes.append(len(doc))
+    [late] = sqlite_store.incidents()
+    assert late.id == early.id  # a campaign longer than the lateness stays one incident
+    assert late.event_count == len(events)
+    assert late.first_seen == events[0].time
+    assert late.last_seen == events[-1].time
+    assert len(late.event_ids) <= 100  # the evidence sample is bounded, the count is exact
+    assert late.severity.value == "high"  # escalated past 3,000 events
+    assert sizes[1] < 256 * 1024
+    assert sizes[1] < sizes[0] * 1.2
+
+
+def test_a_redelivered_batch_is_not_counted_twice_even_in_dense_panes(sqlite_store):
+    events = flood(hours=0.5, per_second=5)  # 50 events a 10 s pane: past the exact-ids limit
+    c = Correlator([burst_detection()], sqlite_store, lateness=timedelta(minutes=30))
+    feed(c, events, batch=300)
+    before = sqlite_store.incidents()
+    feed(c, events[1000:2500], batch=250)  # Event Hubs redelivers from an older checkpoint
+    assert sqlite_store.incidents() == before
+    assert before[0].event_count == len(events)
+
+
+def test_a_flood_shuffled_within_the_lateness_gives_the_same_incident(sqlite_store, tmp_path):
+    from aegis.store import SqliteStore
+
+    events = flood(hours=2, per_second=1)
+    feed(Correlator([burst_detection()], sqlite_store, lateness=timedelta(minutes=30)), events)
+    rng = random.Random(5)
+    jittered = sorted(events, key=lambda e: e.time.timestamp() + rng.uniform(-600, 600))  # ten minutes late or early
+    # Event Hubs numbers a partition in arrival order
+    jittered = [replace(e, evidence=replace(e.evidence, sequence_number=n)) for n, e in enumerate(jittered)]
+    other = SqliteStore(tmp_path / "jittered.db")
+    feed(Correlator([burst_detection()], other, lateness=timedelta(minutes=30)), jittered, batch=97)
+    assert [(i.id, i.event_count, i.first_seen, i.last_seen, i.severity) for i in other.incidents()] == [
+        (i.id, i.event_count, i.first_seen, i.last_seen, i.severity) for i in sqlite_store.incidents()
+    ]
+    other.close()

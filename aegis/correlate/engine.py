@@ -46,6 +46,7 @@ from aegis.store.base import BucketWrite, Store, Version
 MAX_CONFLICT_RETRIES = 8
 CACHED_STATES = 20_000
 PANES_PER_WINDOW = 30
+MAX_PANES = 512  # panes a bucket keeps at most: its document stays well under a table entity's 1 MiB
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 log = structlog.get_logger("aegis.correlate")
@@ -109,7 +110,7 @@ class Correlator:
             for key, (d, group, matches) in pending.items():
                 bucket = loaded.get(key)
                 if bucket is None:
-                    state = State.new(d, group)
+                    state = State.new(d, group, self.lateness_us)
                 elif bucket.doc is None:
                     state = self._cache[key][1]
                 else:
@@ -157,12 +158,11 @@ def bucket_key(detection: str, group: str) -> str:
     return f"{detection}.{hashlib.sha256(group.encode()).hexdigest()[:24]}"
 
 
-def geometry(d: Detection) -> tuple[int, int]:
-    """(pane length in µs, window length in panes): a thirtieth of the window, at least 1 s."""
-    if d.window is None:
-        return 1_000_000, 1
-    window = d.window // _US
-    pane = max(1_000_000, window // PANES_PER_WINDOW)
+def geometry(d: Detection, lateness_us: int) -> tuple[int, int]:
+    """(pane length in µs, window length in panes): a thirtieth of the window, at least 1 s, and
+    long enough that the panes a bucket keeps (window + lateness) stay under `MAX_PANES`."""
+    window = d.window // _US if d.window is not None else 0
+    pane = max(1_000_000, window // PANES_PER_WINDOW, math.ceil((window + lateness_us) / MAX_PANES))
     return pane, max(1, math.ceil(window / pane))
 
 
@@ -243,8 +243,8 @@ class State:
     live: dict[str, str]  # incident id → digest of what was last written
 
     @classmethod
-    def new(cls, d: Detection, group: str) -> State:
-        pane, width = geometry(d)
+    def new(cls, d: Detection, group: str, lateness_us: int) -> State:
+        pane, width = geometry(d, lateness_us)
         return cls(d.id, group, pane, width, None, NONE, {}, {}, {}, [], None, {})
 
     @classmethod

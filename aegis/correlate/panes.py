@@ -18,7 +18,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-EXACT_IDS = 32
+EXACT_IDS = 16
 PANE_SAMPLES = 2
 PANE_KINDS = 8
 PANE_ENTITIES = 16
