@@ -47,7 +47,7 @@ def test_order_and_batching_do_not_change_the_incidents(detection):
             c = Correlator([detection], store, lateness=timedelta(days=1))
             for batch in batches:
                 c.process(batch)
-            return sorted((i.id, i.event_ids, i.severity) for i in store.incidents())
+            return sorted((i.id, i.event_ids, i.event_count, i.severity) for i in store.incidents())
 
         in_order = incidents([events])
         shuffled = events[:]

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -62,8 +62,7 @@ class CorrelationCounts:
     errors: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):
     event: Event
     steps: list[int]
     value: Any
@@ -154,6 +153,7 @@ class Correlator:
                 c.matches += 1
 
 
+@lru_cache(maxsize=65536)
 def bucket_key(detection: str, group: str) -> str:
     return f"{detection}.{hashlib.sha256(group.encode()).hexdigest()[:24]}"
 
@@ -384,11 +384,11 @@ class State:
                 severity = max(severity, step.severity, key=SEVERITY_ORDER.index)
         atlas, owasp = list(d.atlas), list(d.owasp_llm)
         if d.alert_mapping:
-            for k in s.kinds:
+            for k in sorted(s.kinds):
                 m = mapping.mapping_of(k)
                 atlas += m.atlas
                 owasp += m.owasp_llm
-        refs = list(dict.fromkeys([*self.group_refs, *s.entities]))
+        refs = list(dict.fromkeys([*self.group_refs, *sorted(s.entities)]))
         entities = tuple(_entity(self.entities[r]) for r in refs if r in self.entities)
         samples = s.samples()
         step_names = [st.name for st in d.steps] if d.steps else None

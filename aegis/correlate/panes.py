@@ -7,16 +7,20 @@ the highest severity, Defender alert types, the earliest matches as evidence sam
 references to the entities seen. Every field merges as a set union or a sum, so a pane is the
 same whatever order its matches arrived in.
 
-Redelivery: a pane keeps the ids of its events while it has at most `EXACT_IDS` of them, so a
-repeated event changes nothing; past that it only counts, and the bucket's Event Hubs positions
-(`engine.py`) keep a redelivered batch from counting twice.
+Redelivery: a pane keeps the ids of its events, so a repeated event changes nothing. Events read
+from Event Hubs carry a position (partition, sequence number): past `EXACT_IDS` of those a pane
+only counts, and the bucket's highest applied position per partition (`engine.py`) keeps a
+redelivered batch from counting twice. Events without a position (tests, library use) are
+always kept by id.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 EXACT_IDS = 16
 PANE_SAMPLES = 2
@@ -28,8 +32,7 @@ NONE = -1
 Sample = tuple[int, str, int, str, str, str | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
+class Fact(NamedTuple):
     """What one event brings to any pane it matches in (computed once per event and batch)."""
 
     id: str
@@ -44,27 +47,39 @@ class Fact:
     entities: list[tuple[str, Any]]  # (reference, entity)
 
 
-@dataclass(slots=True)
 class Pane:
-    index: int
-    steps: int
-    events: int = 0
-    counts: list[int] = field(default_factory=list)
-    first: list[int] = field(default_factory=list)  # per step, µs since the epoch (NONE: no match)
-    last: list[int] = field(default_factory=list)
-    total: float = 0.0
-    values: list[str] = field(default_factory=list)  # sorted
-    severity: int = NONE
-    kinds: list[str] = field(default_factory=list)  # sorted
-    ids: list[str] | None = field(default_factory=list)  # sorted id digests; None once the pane only counts
-    samples: list[Sample] = field(default_factory=list)  # sorted
-    entities: list[str] = field(default_factory=list)  # sorted entity references
+    """One slice of a group's event time. Sets are kept bounded to their smallest items."""
 
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * self.steps
-            self.first = [NONE] * self.steps
-            self.last = [NONE] * self.steps
+    __slots__ = (
+        "_json",
+        "counts",
+        "entities",
+        "events",
+        "first",
+        "ids",
+        "index",
+        "kinds",
+        "last",
+        "samples",
+        "severity",
+        "total",
+        "values",
+    )  # fmt: skip
+
+    def __init__(self, index: int, steps: int) -> None:
+        self.index = index
+        self.events = 0
+        self.counts = [0] * steps
+        self.first = [NONE] * steps  # per step, µs since the epoch (NONE: no match)
+        self.last = [NONE] * steps
+        self.total = 0.0
+        self.values: set[str] = set()
+        self.severity = NONE
+        self.kinds: set[str] = set()
+        self.ids: set[str] | None = set()  # id digests; None once the pane only counts
+        self.samples: list[Sample] = []  # sorted
+        self.entities: set[str] = set()  # entity references
+        self._json: orjson.Fragment | None = None
 
     @property
     def start(self) -> int:
@@ -77,39 +92,60 @@ class Pane:
     def add(self, f: Fact, steps: list[int], value: Any, values_cap: int) -> bool:
         """Add one event's match (to one or more steps); False if the pane already had it."""
         if self.ids is not None:
-            at = bisect.bisect_left(self.ids, f.digest)
-            if at < len(self.ids) and self.ids[at] == f.digest:
+            if f.digest in self.ids:
                 return False
-            self.ids.insert(at, f.digest)
-            if len(self.ids) > EXACT_IDS:
-                self.ids = None
+            self.ids.add(f.digest)
+            if len(self.ids) > EXACT_IDS and f.position is not None:
+                self.ids = None  # Event Hubs positions guard against redelivery from here on
+        self._json = None
         self.events += 1
         t = f.time
         for s in steps:
             self.counts[s] += 1
             self.first[s] = t if self.first[s] == NONE else min(self.first[s], t)
             self.last[s] = max(self.last[s], t)
-            self.samples = _smallest(self.samples, [(t, f.id, s, *f.sample)], PANE_SAMPLES)
+            samples = self.samples
+            if len(samples) < PANE_SAMPLES or t <= samples[-1][0]:
+                bisect.insort(samples, (t, f.id, s, *f.sample))
+                if len(samples) > PANE_SAMPLES:
+                    samples.pop()
         if value is not None:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.total += value
             if values_cap:
-                self.values = _smallest(self.values, [str(value)], values_cap)
+                self.values.add(str(value))
+                if len(self.values) > values_cap:
+                    self.values = set(sorted(self.values)[:values_cap])
         self.severity = max(self.severity, f.severity)
         if f.alert_kind is not None:
-            self.kinds = _smallest(self.kinds, [f.alert_kind], PANE_KINDS)
-        self.entities = _smallest(self.entities, f.refs, PANE_ENTITIES)
+            self.kinds.add(f.alert_kind)
+            if len(self.kinds) > PANE_KINDS:
+                self.kinds = set(sorted(self.kinds)[:PANE_KINDS])
+        self.entities.update(f.refs)
+        if len(self.entities) > PANE_ENTITIES:
+            self.entities = set(sorted(self.entities)[:PANE_ENTITIES])
         return True
 
-    def dump(self) -> list[Any]:
-        return [self.index, self.events, self.counts, self.first, self.last, self.total, self.values,
-                self.severity, self.kinds, self.ids, [list(s) for s in self.samples], self.entities]  # fmt: skip
+    def dump(self) -> orjson.Fragment:
+        """The pane as JSON, serialized again only after it changed."""
+        if self._json is None:
+            self._json = orjson.Fragment(orjson.dumps([
+                self.index, self.events, self.counts, self.first, self.last, self.total, sorted(self.values),
+                self.severity, sorted(self.kinds), None if self.ids is None else sorted(self.ids), self.samples,
+                sorted(self.entities),
+            ]))  # fmt: skip
+        return self._json
 
     @classmethod
     def load(cls, raw: list[Any]) -> Pane:
-        index, events, counts, first, last, total, values, severity, kinds, ids, samples, entities = raw
-        return cls(index, len(counts), events, counts, first, last, total, values, severity, kinds, ids,
-                   [tuple(s) for s in samples], entities)  # fmt: skip
+        p = cls.__new__(cls)
+        (p.index, p.events, p.counts, p.first, p.last, p.total, values, p.severity, kinds, ids, samples,
+         entities) = raw  # fmt: skip
+        p.values, p.kinds, p.entities = set(values), set(kinds), set(entities)
+        p.ids = None if ids is None else set(ids)
+        p.samples = [tuple(x) for x in samples]
+        p._json = None
+        return p
 
 
 @dataclass(slots=True)
@@ -120,27 +156,18 @@ class Summary:
     start: tuple[int, str] | None = None  # the earliest match: (time µs, event id)
     end: int = NONE
     severity: int = NONE
-    kinds: list[str] = field(default_factory=list)
-    head: list[Sample] = field(default_factory=list)  # the earliest samples
-    tail: list[Sample] = field(default_factory=list)  # the latest samples
-    entities: list[str] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+    head: list[Sample] = field(default_factory=list)  # the earliest samples, sorted
+    tail: list[Sample] = field(default_factory=list)  # the latest samples, sorted
+    entities: set[str] = field(default_factory=set)
 
     SAMPLES = 50
     KINDS = 32
     ENTITIES = 64
 
     def add(self, p: Pane) -> None:
-        self.events += p.events
-        if p.samples:
-            first = p.samples[0][:2]
-            if self.start is None or first < self.start:
-                self.start = (first[0], first[1])
-        self.end = max(self.end, p.end)
-        self.severity = max(self.severity, p.severity)
-        self.kinds = _smallest(self.kinds, p.kinds, self.KINDS)
-        self.head = _smallest(self.head, p.samples, self.SAMPLES)
-        self.tail = _largest(self.tail, p.samples, self.SAMPLES)
-        self.entities = _smallest(self.entities, p.entities, self.ENTITIES)
+        start = (p.samples[0][0], p.samples[0][1]) if p.samples else None
+        self.merge(Summary(p.events, start, p.end, p.severity, p.kinds, p.samples, p.samples, p.entities))
 
     def merge(self, other: Summary) -> None:
         self.events += other.events
@@ -148,48 +175,35 @@ class Summary:
             self.start = other.start
         self.end = max(self.end, other.end)
         self.severity = max(self.severity, other.severity)
-        self.kinds = _smallest(self.kinds, other.kinds, self.KINDS)
-        self.head = _smallest(self.head, other.head, self.SAMPLES)
-        self.tail = _largest(self.tail, other.tail, self.SAMPLES)
-        self.entities = _smallest(self.entities, other.entities, self.ENTITIES)
+        self.kinds = _bounded(self.kinds | other.kinds, self.KINDS)
+        self.entities = _bounded(self.entities | other.entities, self.ENTITIES)
+        head, tail = other.head, other.tail
+        if head and (len(self.head) < self.SAMPLES or head[0] < self.head[-1]):
+            self.head = sorted(set(self.head).union(head))[: self.SAMPLES]
+        if tail and (len(self.tail) < self.SAMPLES or tail[-1] > self.tail[0]):
+            if not self.tail or tail[0] > self.tail[-1]:  # the usual case: later panes come later
+                self.tail = (self.tail + tail)[-self.SAMPLES :]
+            else:
+                self.tail = sorted(set(self.tail).union(tail))[-self.SAMPLES :]
 
     def copy(self) -> Summary:
-        return Summary(self.events, self.start, self.end, self.severity, list(self.kinds), list(self.head),
-                       list(self.tail), list(self.entities))  # fmt: skip
+        return Summary(self.events, self.start, self.end, self.severity, set(self.kinds), list(self.head),
+                       list(self.tail), set(self.entities))  # fmt: skip
 
     def samples(self) -> list[Sample]:
         return sorted(set(self.head) | set(self.tail))
 
     def dump(self) -> list[Any]:
-        return [self.events, list(self.start) if self.start else None, self.end, self.severity, self.kinds,
-                [list(s) for s in self.head], [list(s) for s in self.tail], self.entities]  # fmt: skip
+        return [self.events, self.start, self.end, self.severity, sorted(self.kinds), self.head, self.tail,
+                sorted(self.entities)]  # fmt: skip
 
     @classmethod
     def load(cls, raw: list[Any]) -> Summary:
         events, start, end, severity, kinds, head, tail, entities = raw
-        return cls(events, (start[0], start[1]) if start else None, end, severity, kinds,
-                   [tuple(s) for s in head], [tuple(s) for s in tail], entities)  # fmt: skip
+        return cls(events, (start[0], start[1]) if start else None, end, severity, set(kinds),
+                   [tuple(s) for s in head], [tuple(s) for s in tail], set(entities))  # fmt: skip
 
 
-def _smallest(current: list[Any], new: list[Any], cap: int) -> list[Any]:
-    """The `cap` smallest distinct items of both sorted lists, sorted: a bounded set union that
-    does not depend on the order items came in."""
-    if len(new) > 4:
-        return sorted(set(current).union(new))[:cap]
-    for item in new:
-        at = bisect.bisect_left(current, item)
-        if at < len(current) and current[at] == item:
-            continue
-        if len(current) < cap:
-            current.insert(at, item)
-        elif at < cap:
-            current.insert(at, item)
-            current.pop()
-    return current
-
-
-def _largest(current: list[Any], new: list[Any], cap: int) -> list[Any]:
-    """The `cap` largest distinct items of both sorted lists, sorted."""
-    if not new or (len(current) >= cap and new[-1] <= current[0]):
-        return current
-    return sorted(set(current).union(new))[-cap:]
+def _bounded(items: set[str], cap: int) -> set[str]:
+    """At most `cap` items, the smallest: a bounded set union that does not depend on order."""
+    return items if len(items) <= cap else set(sorted(items)[:cap])
