@@ -1,7 +1,8 @@
 """The same rules as windowed SQL on DuckDB: the benchmark's peer, and a check on the engine.
 
-Events are matched with the detections' own compiled conditions and group paths (what a match is
-stays one definition); each batch appends the matches to a DuckDB table and evaluates every rule
+Each batch stores its events (as aegis does) and matches them with the detections' own compiled
+conditions and group paths (what a match is stays one definition), appends the matches to a
+DuckDB table and evaluates every rule
 kind as SQL window queries over panes of the same geometry as the engine (`engine.geometry`),
 for the groups the batch touched, committing matches and triggers in one transaction. Signals
 are the triggers chained into incidents by the detection's suppression, per (detection, group).
@@ -31,6 +32,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (id VARCHAR PRIMARY KEY, t BIGINT, doc VARCHAR);
 CREATE TABLE IF NOT EXISTS matches (
     det VARCHAR, grp VARCHAR, step INTEGER, t BIGINT, event_id VARCHAR, num DOUBLE, val VARCHAR,
     PRIMARY KEY (det, grp, step, event_id)
@@ -62,9 +64,14 @@ class DuckPeer:
                 for parts in itertools.product(*(g(e) for g in d.group_getters)):
                     grp = "|".join(str(p) for p in parts)
                     rows += [(d.id, grp, s, t, e.id, num, None if value is None else str(value)) for s in steps]
-        if not rows:
-            return
         self.db.execute("BEGIN TRANSACTION")
+        self.db.execute(
+            "INSERT OR IGNORE INTO events SELECT unnest($1), unnest($2)::BIGINT, unnest($3)",
+            [[e.id for e in events], [(e.time - EPOCH) // _US for e in events], [e.to_json().decode() for e in events]],
+        )
+        if not rows:
+            self.db.execute("COMMIT")
+            return
         columns = [list(c) for c in zip(*rows, strict=True)]
         self.db.execute(
             "CREATE OR REPLACE TEMP TABLE batch AS SELECT unnest($1) det, unnest($2) grp, unnest($3) step, "

@@ -86,14 +86,19 @@ def test_a_stale_bucket_write_is_a_conflict_and_changes_nothing(store: Store):
     key = next(iter(store.load_buckets([i.bucket for i in store.incidents()])))
     bucket = store.load_buckets([key])[key]
     stale = bucket.version
-    fresh = BucketWrite(key, stale, orjson.dumps(bucket.doc), [])
+    assert bucket.chunks  # the panes, stored apart from the head
+    chunk = min(bucket.chunks)
+    fresh = BucketWrite(key, stale, orjson.dumps(bucket.doc), chunks={chunk: b"[]"})
     first = store.commit_buckets([fresh])
     assert first.conflicts == set()
     assert first.versions[key] != stale
-    assert store.commit_buckets([fresh]).conflicts == {key}  # the version moved on: the second write loses
-    assert store.commit_buckets([BucketWrite(key, None, b"{}", [])]).conflicts == {key}
+    lost = BucketWrite(key, stale, b"{}", chunks={chunk: b"[1]"}, drop_chunks=[c for c in bucket.chunks if c != chunk])
+    assert store.commit_buckets([lost]).conflicts == {key}  # the version moved on: the second write loses
+    assert store.commit_buckets([BucketWrite(key, None, b"{}")]).conflicts == {key}
     assert store.load_buckets([key], {key: first.versions[key]})[key].doc is None  # still current: no document
-    assert store.load_buckets([key], {key: stale})[key].doc == bucket.doc
+    reread = store.load_buckets([key], {key: stale})[key]
+    assert reread.doc == bucket.doc
+    assert reread.chunks == {**bucket.chunks, chunk: b"[]"}  # nothing of the losing write landed
 
 
 def test_events_too_late_for_a_bucket_are_counted_not_merged(sqlite_store):

@@ -25,7 +25,7 @@ import hashlib
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -46,6 +46,7 @@ from aegis.store.base import BucketWrite, Store, Version
 MAX_CONFLICT_RETRIES = 8
 CACHED_STATES = 20_000
 PANES_PER_WINDOW = 30
+PANES_PER_CHUNK = 16  # panes are stored in chunks: a batch rewrites the chunks it changed
 MAX_PANES = 512  # panes a bucket keeps at most: its document stays well under a table entity's 1 MiB
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -113,10 +114,10 @@ class Correlator:
                 elif bucket.doc is None:
                     state = self._cache[key][1]
                 else:
-                    state = State.load(bucket.doc)
+                    state = State.load(bucket.doc, bucket.chunks)
                 write = state.apply(d, matches, facts, self.lateness_us, counts)
                 if write is not None:
-                    writes.append(BucketWrite(key, bucket.version if bucket else None, *write))
+                    writes.append(BucketWrite(key, bucket.version if bucket else None, **write))
                     states[key] = state
             committed = self.store.commit_buckets(writes)
             for key, version in committed.versions.items():
@@ -241,6 +242,8 @@ class State:
     group_refs: list[str]
     carry: Carry | None
     live: dict[str, str]  # incident id → digest of what was last written
+    stored: set[int] = field(default_factory=set)  # pane chunks in the store
+    dirty: set[int] = field(default_factory=set)  # pane chunks changed since
 
     @classmethod
     def new(cls, d: Detection, group: str, lateness_us: int) -> State:
@@ -248,38 +251,47 @@ class State:
         return cls(d.id, group, pane, width, None, NONE, {}, {}, {}, [], None, {})
 
     @classmethod
-    def load(cls, doc: dict[str, Any]) -> State:
+    def load(cls, doc: dict[str, Any], chunks: Mapping[int, bytes]) -> State:
+        panes = {raw[0]: Pane.load(raw) for chunk in chunks.values() for raw in orjson.loads(chunk)}
         return cls(
             doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], doc["watermark"],
-            doc["applied"], {raw[0]: Pane.load(raw) for raw in doc["panes"]},
-            doc["entities"], doc["group_refs"],
-            Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
+            doc["applied"], panes, doc["entities"], doc["group_refs"],
+            Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"], set(chunks),
         )  # fmt: skip
 
-    def dump(self) -> bytes:
+    def dump(self) -> tuple[bytes, dict[int, bytes], list[int]]:
+        """The head, the pane chunks that changed, and those now empty: a write of what changed."""
         used = set(self.group_refs)
         for p in self.panes.values():
             used.update(p.entities)
         if self.carry:
             used.update(self.carry.summary.entities)
             used.update(self.carry.tail.entities)
-        return orjson.dumps(
+        head = orjson.dumps(
             {
                 "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
                 "final_before": self.final_before, "watermark": self.watermark, "applied": self.applied,
-                "panes": [self.panes[i].dump() for i in sorted(self.panes)],
                 "entities": {r: self.entities[r] for r in sorted(used) if r in self.entities},
                 "group_refs": self.group_refs, "carry": self.carry.dump() if self.carry else None, "live": self.live,
             }
         )  # fmt: skip
+        by_chunk: dict[int, list[Pane]] = {n: [] for n in self.dirty}
+        for i in sorted(self.panes):
+            if i // PANES_PER_CHUNK in by_chunk:
+                by_chunk[i // PANES_PER_CHUNK].append(self.panes[i])
+        chunks = {n: orjson.dumps([p.dump() for p in panes]) for n, panes in by_chunk.items() if panes}
+        dropped = [n for n, panes in by_chunk.items() if not panes and n in self.stored]
+        self.stored = (self.stored | chunks.keys()) - set(dropped)
+        self.dirty = set()
+        return head, chunks, dropped
 
     # --- one batch ---
 
     def apply(
         self, d: Detection, matches: list[Match], facts: _Facts, lateness_us: int, c: CorrelationCounts
-    ) -> tuple[bytes, list[Incident], list[str]] | None:
-        """Merge a batch's matches, re-evaluate, prune; the document and incident changes to write,
-        or None when nothing changed (a redelivery)."""
+    ) -> dict[str, Any] | None:
+        """Merge a batch's matches, re-evaluate, prune; what to write (`BucketWrite` fields), or
+        None when nothing changed (a redelivery)."""
         if not self._merge(d, matches, facts, c):
             return None
         horizon = min(self.panes) if self.panes else 0
@@ -300,7 +312,8 @@ class State:
         delete = [i for i in self.live if i not in computed]
         self.live = live
         c.incidents += len(upsert)
-        return self.dump(), upsert, delete
+        head, chunks, dropped = self.dump()
+        return {"doc": head, "chunks": chunks, "drop_chunks": dropped, "upsert": upsert, "delete": delete}
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         changed = False
@@ -327,6 +340,7 @@ class State:
             if pane is None:
                 pane = self.panes[index] = Pane(index, steps)
             if pane.add(f, m.steps, m.value, values_cap):
+                self.dirty.add(index // PANES_PER_CHUNK)
                 changed = True
                 self.watermark = max(self.watermark, f.time)
         self.applied = applied
@@ -462,6 +476,7 @@ class State:
             if self.carry is not None and i >= start:
                 (self.carry.summary if i <= self.carry.last_trigger else self.carry.tail).add(self.panes[i])
             del self.panes[i]
+            self.dirty.add(i // PANES_PER_CHUNK)
         if self.carry is not None and final_before * self.pane_us - self.carry.last_time > d.suppress_for // _US:
             self.carry = None  # no later trigger can continue it: its incident is final
 

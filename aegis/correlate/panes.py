@@ -130,9 +130,9 @@ class Pane:
         """The pane as JSON, serialized again only after it changed."""
         if self._json is None:
             self._json = orjson.Fragment(orjson.dumps([
-                self.index, self.events, self.counts, self.first, self.last, self.total, sorted(self.values),
-                self.severity, sorted(self.kinds), None if self.ids is None else sorted(self.ids), self.samples,
-                sorted(self.entities),
+                self.index, self.events, self.counts, self.first, self.last, self.total,
+                sorted(self.values) if self.values else [], self.severity, sorted(self.kinds) if self.kinds else [],
+                None if self.ids is None else sorted(self.ids), self.samples, sorted(self.entities),
             ]))  # fmt: skip
         return self._json
 

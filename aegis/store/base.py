@@ -7,7 +7,7 @@ SHA-256, so replaying a batch stores nothing new. A transient fault raises `Stor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,7 +72,8 @@ class Bucket:
 
     key: str
     version: Version
-    doc: dict[str, Any] | None
+    doc: dict[str, Any] | None  # the head: everything but the panes
+    chunks: dict[int, bytes] = field(default_factory=dict)  # the panes, in chunks, as stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,8 @@ class Committed:
 class BucketWrite:
     key: str
     expected: Version | None  # None: the bucket must not exist yet
-    doc: bytes
-    upsert: Sequence[Incident]  # the bucket's incidents that are new or changed
+    doc: bytes  # the head
+    chunks: Mapping[int, bytes] = field(default_factory=dict)  # pane chunks that changed
+    drop_chunks: Sequence[int] = ()  # pane chunks that are now empty
+    upsert: Sequence[Incident] = ()  # the bucket's incidents that are new or changed
     delete: Sequence[str] = ()  # ids of the bucket's incidents that no longer exist

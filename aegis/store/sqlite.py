@@ -42,6 +42,12 @@ CREATE TABLE IF NOT EXISTS buckets (
     version INTEGER NOT NULL,
     doc BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_chunks (
+    key TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (key, chunk)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     bucket TEXT NOT NULL,
@@ -109,10 +115,12 @@ class SqliteStore:
         current = {k for k, v in self._select_in("SELECT key, version FROM buckets WHERE key IN ({})", keys)
                    if known.get(k) == v}  # fmt: skip
         out = {k: Bucket(k, known[k], None) for k in current}
-        rows = self._select_in(
-            "SELECT key, version, doc FROM buckets WHERE key IN ({})", [k for k in keys if k not in current]
-        )
-        out.update((key, Bucket(key, version, orjson.loads(doc))) for key, version, doc in rows)
+        stale = [k for k in keys if k not in current]
+        rows = self._select_in("SELECT key, version, doc FROM buckets WHERE key IN ({})", stale)
+        chunks: dict[str, dict[int, bytes]] = {}
+        for key, chunk, doc in self._select_in("SELECT key, chunk, doc FROM bucket_chunks WHERE key IN ({})", stale):
+            chunks.setdefault(key, {})[chunk] = doc
+        out.update((key, Bucket(key, version, orjson.loads(doc), chunks.get(key, {}))) for key, version, doc in rows)
         return out
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
@@ -130,6 +138,14 @@ class SqliteStore:
                 cur.executemany(
                     "UPDATE buckets SET version = version + 1, doc = ? WHERE key = ?",
                     [(w.doc, w.key) for w in ok if w.expected is not None],
+                )
+                cur.executemany(
+                    "INSERT OR REPLACE INTO bucket_chunks VALUES (?, ?, ?)",
+                    [(w.key, n, doc) for w in ok for n, doc in w.chunks.items()],
+                )
+                cur.executemany(
+                    "DELETE FROM bucket_chunks WHERE key = ? AND chunk = ?",
+                    [(w.key, n) for w in ok for n in w.drop_chunks],
                 )
                 cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
                 cur.executemany(

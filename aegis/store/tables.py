@@ -115,10 +115,16 @@ class TableStore:
                         if str(head.metadata["etag"]) == known[key]:
                             out[key] = Bucket(key, known[key], None)
                             continue
-                    entity = self._state.get_entity(key, BUCKET_ROW)
+                    rows = list(self._state.query_entities(
+                        "PartitionKey eq @pk and RowKey lt @end", parameters={"pk": key, "end": "chunk."}
+                    ))  # fmt: skip
                 except ResourceNotFoundError:
                     continue
-                out[key] = Bucket(key, str(entity.metadata["etag"]), orjson.loads(_unpack(entity)))
+                found = next((r for r in rows if r["RowKey"] == BUCKET_ROW), None)
+                if found is None:
+                    continue
+                chunks = {int(r["RowKey"].removeprefix("chunk-")): _unpack(r) for r in rows if r is not found}
+                out[key] = Bucket(key, str(found.metadata["etag"]), orjson.loads(_unpack(found)), chunks)
         return out
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
@@ -133,6 +139,10 @@ class TableStore:
                 else:
                     ops.append(("update", bucket, {"mode": UpdateMode.REPLACE, "etag": w.expected,
                                                     "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
+                for n, doc in w.chunks.items():
+                    row = {"PartitionKey": w.key, "RowKey": _chunk_row(n), **_pack(doc)}
+                    ops.append(("upsert", row, {"mode": UpdateMode.REPLACE}))
+                ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
                 ops += [("delete", {"PartitionKey": w.key, "RowKey": f"incident-{i}"}) for i in w.delete]
                 for i in w.upsert:
                     entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
@@ -219,6 +229,10 @@ class TableStore:
 BUCKET_ROW = "bucket"
 _CHUNK = 64 * 1024
 _MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 KiB leave room for keys
+
+
+def _chunk_row(n: int) -> str:
+    return f"chunk-{n:012d}"  # sorts by number, and before the incident rows
 
 
 def _pack(doc: bytes) -> dict[str, Any]:
