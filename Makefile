@@ -23,8 +23,9 @@ lint: $(DEV)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(RUNTIME)  ## events/s of decode + normalize + store, against a naive baseline
+bench: $(DEV)  ## events/s: ingest, and end to end against a naive baseline and a DuckDB peer
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.e2e
 
 $(RUNTIME): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -242,8 +242,10 @@ class State:
     group_refs: list[str]
     carry: Carry | None
     live: dict[str, str]  # incident id → digest of what was last written
+    triggers: dict[int, int] = field(default_factory=dict)  # pane → evidence start, for triggers not final
     stored: set[int] = field(default_factory=set)  # pane chunks in the store
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
+    touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
 
     @classmethod
     def new(cls, d: Detection, group: str, lateness_us: int) -> State:
@@ -256,23 +258,18 @@ class State:
         return cls(
             doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], doc["watermark"],
             doc["applied"], panes, doc["entities"], doc["group_refs"],
-            Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"], set(chunks),
+            Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"], dict(doc["triggers"]), set(chunks),
         )  # fmt: skip
 
     def dump(self) -> tuple[bytes, dict[int, bytes], list[int]]:
         """The head, the pane chunks that changed, and those now empty: a write of what changed."""
-        used = set(self.group_refs)
-        for p in self.panes.values():
-            used.update(p.entities)
-        if self.carry:
-            used.update(self.carry.summary.entities)
-            used.update(self.carry.tail.entities)
         head = orjson.dumps(
             {
                 "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
                 "final_before": self.final_before, "watermark": self.watermark, "applied": self.applied,
-                "entities": {r: self.entities[r] for r in sorted(used) if r in self.entities},
-                "group_refs": self.group_refs, "carry": self.carry.dump() if self.carry else None, "live": self.live,
+                "entities": self.entities, "group_refs": self.group_refs,
+                "carry": self.carry.dump() if self.carry else None, "live": self.live,
+                "triggers": sorted(self.triggers.items()),
             }
         )  # fmt: skip
         by_chunk: dict[int, list[Pane]] = {n: [] for n in self.dirty}
@@ -294,11 +291,15 @@ class State:
         None when nothing changed (a redelivery)."""
         if not self._merge(d, matches, facts, c):
             return None
-        horizon = min(self.panes) if self.panes else 0
-        since = self.final_before if self.final_before is not None else horizon
-        panes = [self.panes[i] for i in sorted(self.panes)]
-        triggers = KINDS[d.kind].evaluate(panes, d, self.width, since)
-        segments = self._segments(d, triggers)
+        # only triggers whose window holds a changed pane can change: evaluate those, keep the rest
+        lo, hi = self.touched[0], self.touched[1] + self.width - 1
+        if self.final_before is not None:
+            lo = max(lo, self.final_before)
+        panes = [self.panes[i] for i in sorted(i for i in self.panes if lo - self.width < i <= hi)]
+        fresh = KINDS[d.kind].evaluate(panes, d, self.width, lo)
+        self.triggers = {p: s for p, s in self.triggers.items() if not lo <= p <= hi}
+        self.triggers.update((t.pane, t.start) for t in fresh)
+        segments = self._segments(d, [Trigger(p, s) for p, s in sorted(self.triggers.items())])
         incidents = [self._incident(d, seg) for seg in segments]
         self._prune(d, segments, lateness_us)
         upsert, live = [], {}
@@ -317,6 +318,7 @@ class State:
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         changed = False
+        self.touched = []
         applied, seen = dict(self.applied), self.applied
         values_cap = int(d.threshold) if d.kind == "value_count" and d.threshold else 0
         group_parts = set(self.group.split("|"))
@@ -341,6 +343,9 @@ class State:
                 pane = self.panes[index] = Pane(index, steps)
             if pane.add(f, m.steps, m.value, values_cap):
                 self.dirty.add(index // PANES_PER_CHUNK)
+                self.touched = (
+                    [min(self.touched[0], index), max(self.touched[1], index)] if self.touched else [index] * 2
+                )
                 changed = True
                 self.watermark = max(self.watermark, f.time)
         self.applied = applied
@@ -470,6 +475,7 @@ class State:
         else:
             start = min(self.panes)
         horizon = final_before - self.width + 1
+        lowest_chunk = min(self.panes) // PANES_PER_CHUNK
         for i in sorted(self.panes):
             if i >= horizon:
                 break
@@ -479,6 +485,16 @@ class State:
             self.dirty.add(i // PANES_PER_CHUNK)
         if self.carry is not None and final_before * self.pane_us - self.carry.last_time > d.suppress_for // _US:
             self.carry = None  # no later trigger can continue it: its incident is final
+        self.triggers = {p: s for p, s in self.triggers.items() if p >= final_before}
+        if self.panes and min(self.panes) // PANES_PER_CHUNK == lowest_chunk:
+            return  # forget entities no pane refers to any more once a whole chunk of panes is gone
+        used = set(self.group_refs)
+        for pane in self.panes.values():
+            used.update(pane.entities)
+        if self.carry:
+            used.update(self.carry.summary.entities)
+            used.update(self.carry.tail.entities)
+        self.entities = {r: e for r, e in self.entities.items() if r in used}
 
 
 def _entity(raw: Entity | dict[str, Any]) -> Entity:
