@@ -8,7 +8,7 @@ I/O choices (orjson, one transaction per batch, raw bodies kept), not the pragma
 also does work the baseline skips (depth check, raw-body evidence, dead-letter bookkeeping).
 Each figure is the median of 3 runs.
 
-    make bench            # or: .venv/bin/python -m bench.ingest [--messages N]
+    make bench            # or: .venv/bin/python -m bench.ingest [--messages N]; end to end: bench/e2e.py
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 from aegis import normalize
-from aegis.correlate import detections
-from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, items
 from aegis.events import Evidence
 from aegis.pipeline import Message, Pipeline
@@ -47,20 +44,6 @@ def run_aegis(bodies: list[bytes], batch_size: int, db: Path) -> int:
         events += counts.new_events
     store.close()
     return events
-
-
-def run_e2e(bodies: list[bytes], batch_size: int, db: Path) -> tuple[int, list[float]]:
-    """decode → normalize → store → correlate (every built-in detection), state committed per batch."""
-    store = SqliteStore(db)
-    pipeline = Pipeline(store, correlator=Correlator(detections.load().detections, store, lateness=timedelta(days=31)))
-    events, latencies = 0, []
-    for i in range(0, len(bodies), batch_size):
-        t0 = time.perf_counter()
-        counts = pipeline.process([Message(b, hub="bench") for b in bodies[i : i + batch_size]])
-        latencies.append(time.perf_counter() - t0)
-        events += counts.new_events
-    store.close()
-    return events, latencies
 
 
 def run_baseline(bodies: list[bytes], batch_size: int, db: Path) -> int:
@@ -103,18 +86,6 @@ def measure(fn: Callable[[list[bytes], int, Path], int], bodies: list[bytes], ba
     return statistics.median(rates), events
 
 
-def e2e(bodies: list[bytes]) -> None:
-    print("end to end, with correlation (state committed every batch):")
-    print(f"{'batch':>6} {'events/s':>10} {'p99 batch ms':>13}")
-    for size in BATCH_SIZES:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            n, latencies = run_e2e(bodies, size, Path(tmp) / "e2e.db")
-            rate = n / (time.perf_counter() - t0)
-        p99 = statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 1 else latencies[0] * 1000
-        print(f"{size:>6} {rate:>10,.0f} {p99:>13.1f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -132,7 +103,6 @@ def main() -> None:
         print(f"{size:>6} {ours:>15,.0f} {base:>18,.0f} {ours / base:>6.2f}x {n_ours:>8}")
         if n_ours != n_base:
             print(f"       note: aegis stored {n_ours} events, the baseline {n_base}")
-    e2e(bodies)
 
 
 if __name__ == "__main__":

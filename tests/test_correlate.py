@@ -245,3 +245,42 @@ def test_a_flood_shuffled_within_the_lateness_gives_the_same_incident(sqlite_sto
         (i.id, i.event_count, i.first_seen, i.last_seen, i.severity) for i in sqlite_store.incidents()
     ]
     other.close()
+
+
+def test_idle_buckets_expire_and_their_incidents_stay(store: Store):
+    from dataclasses import replace as copy
+
+    d = burst_detection()
+    c = Correlator([d], store, lateness=timedelta(minutes=30))
+    first = flood(hours=0.2, per_second=1)
+    feed(c, first)
+    [incident] = store.incidents()
+    key = incident.bucket
+    assert store.load_buckets([key])
+    later = [copy(e, id=f"later-{e.id}", time=e.time + timedelta(hours=6), entities=(make_other_ip(),)) for e in first]
+    counts = c.process(later[:50])
+    assert counts.expired == 1  # six hours idle: past window + suppression + lateness
+    assert store.load_buckets([key]) == {}
+    assert incident in store.incidents()  # the incident is the product: it stays
+
+
+def make_other_ip():
+    from aegis.events import make_ip
+
+    return make_ip("192.0.2.***")
+
+
+def test_a_database_from_an_older_schema_is_refused_with_how_to_fix(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from aegis.errors import StoreError
+    from aegis.store import SqliteStore
+
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).execute("CREATE TABLE events (id TEXT PRIMARY KEY)").connection.close()
+    with pytest.raises(StoreError, match=r"older Aegis.*replay"):
+        SqliteStore(path)
+    SqliteStore(tmp_path / "new.db").close()
+    SqliteStore(tmp_path / "new.db").close()  # reopening a current one is fine

@@ -45,6 +45,7 @@ from aegis.store.base import BucketWrite, Store, Version
 
 MAX_CONFLICT_RETRIES = 8
 CACHED_STATES = 20_000
+EXPIRE_EVERY = timedelta(minutes=10)
 PANES_PER_WINDOW = 30
 PANES_PER_CHUNK = 16  # panes are stored in chunks: a batch rewrites the chunks it changed
 MAX_PANES = 512  # panes a bucket keeps at most: its document stays well under a table entity's 1 MiB
@@ -60,6 +61,7 @@ class CorrelationCounts:
     incidents: int = 0
     too_late: int = 0
     conflicts: int = 0
+    expired: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -76,6 +78,12 @@ class Correlator:
         self.lateness_us = lateness // _US
         # states this instance wrote last, by version: a bucket still at that version is not re-read
         self._cache: OrderedDict[str, tuple[Version, State]] = OrderedDict()
+        # a bucket idle for longer than this (event time) can no longer trigger or extend an incident
+        reach = max((d.window or timedelta(0)) + d.suppress_for for d in detections) if detections else timedelta(0)
+        self.ttl_us = (reach + lateness) // _US + 2 * max((geometry(d, self.lateness_us)[0] for d in detections),
+                                                          default=0)  # fmt: skip
+        self._newest = NONE  # the newest event time seen
+        self._expired_at = NONE
 
     def process(self, events: Sequence[Event]) -> CorrelationCounts:
         counts = CorrelationCounts()
@@ -98,7 +106,17 @@ class Correlator:
             for key in additions:  # states may have been changed and not written
                 self._cache.pop(key, None)
             raise
+        self._expire(max((e.time - EPOCH) // _US for e in events), counts)
         return counts
+
+    def _expire(self, newest: int, counts: CorrelationCounts) -> None:
+        """Drop the state of buckets idle for longer than the TTL, at most once per `EXPIRE_EVERY`
+        of event time (a scan of the bucket heads in Table Storage)."""
+        self._newest = max(self._newest, newest)
+        if self._expired_at != NONE and self._newest - self._expired_at < EXPIRE_EVERY // _US:
+            return
+        self._expired_at = self._newest
+        counts.expired += self.store.expire_buckets(self._newest - self.ttl_us)
 
     def _commit(self, additions: dict[str, tuple[Detection, str, list[Match]]], counts: CorrelationCounts) -> None:
         facts = _Facts()
@@ -314,7 +332,8 @@ class State:
         self.live = live
         c.incidents += len(upsert)
         head, chunks, dropped = self.dump()
-        return {"doc": head, "chunks": chunks, "drop_chunks": dropped, "upsert": upsert, "delete": delete}
+        return {"doc": head, "watermark": self.watermark, "chunks": chunks, "drop_chunks": dropped,
+                "upsert": upsert, "delete": delete}  # fmt: skip
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         changed = False

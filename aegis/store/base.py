@@ -56,6 +56,11 @@ class Store(Protocol):
         """Write each bucket whose version still matches, with its incident changes, atomically."""
         ...
 
+    def expire_buckets(self, before: int) -> int:
+        """Delete the correlation state of buckets whose newest event (µs since the epoch) is older
+        than `before`, unless written meanwhile; keep their incidents. Returns how many went."""
+        ...
+
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
         """Stored events by id (with each one's event time, which locates it in partitioned stores)."""
         ...
@@ -87,6 +92,7 @@ class BucketWrite:
     key: str
     expected: Version | None  # None: the bucket must not exist yet
     doc: bytes  # the head
+    watermark: int = 0  # the newest event time merged, µs since the epoch: for expiry
     chunks: Mapping[int, bytes] = field(default_factory=dict)  # pane chunks that changed
     drop_chunks: Sequence[int] = ()  # pane chunks that are now empty
     upsert: Sequence[Incident] = ()  # the bucket's incidents that are new or changed

@@ -17,6 +17,7 @@ from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
+SCHEMA_VERSION = 2  # 2: correlation state as panes (head + chunks)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -40,8 +41,10 @@ CREATE TABLE IF NOT EXISTS raw_messages (
 CREATE TABLE IF NOT EXISTS buckets (
     key TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
+    watermark INTEGER NOT NULL,
     doc BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS buckets_by_watermark ON buckets (watermark);
 CREATE TABLE IF NOT EXISTS bucket_chunks (
     key TEXT NOT NULL,
     chunk INTEGER NOT NULL,
@@ -66,7 +69,15 @@ class SqliteStore:
             self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            old = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone()
+            if old and version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self.path} was written by an older Aegis (schema {version}, now {SCHEMA_VERSION}): "
+                    "replay your inputs into a new database (`aegis replay --db NEW ...`)"
+                )
             self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
 
@@ -132,12 +143,11 @@ class SqliteStore:
                     _rows_in(cur, "SELECT key, version FROM buckets WHERE key IN ({})", [w.key for w in writes])
                 )
                 ok = [w for w in writes if stored.get(w.key) == w.expected]
+                new = [(w.key, w.watermark, w.doc) for w in ok if w.expected is None]
+                cur.executemany("INSERT INTO buckets VALUES (?, 1, ?, ?)", new)
                 cur.executemany(
-                    "INSERT INTO buckets VALUES (?, 1, ?)", [(w.key, w.doc) for w in ok if w.expected is None]
-                )
-                cur.executemany(
-                    "UPDATE buckets SET version = version + 1, doc = ? WHERE key = ?",
-                    [(w.doc, w.key) for w in ok if w.expected is not None],
+                    "UPDATE buckets SET version = version + 1, watermark = ?, doc = ? WHERE key = ?",
+                    [(w.watermark, w.doc, w.key) for w in ok if w.expected is not None],
                 )
                 cur.executemany(
                     "INSERT OR REPLACE INTO bucket_chunks VALUES (?, ?, ?)",
@@ -158,6 +168,21 @@ class SqliteStore:
                 raise
         versions: dict[str, Version] = {w.key: 1 if w.expected is None else int(w.expected) + 1 for w in ok}
         return Committed(versions, {w.key for w in writes} - versions.keys())
+
+    def expire_buckets(self, before: int) -> int:
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "DELETE FROM bucket_chunks WHERE key IN (SELECT key FROM buckets WHERE watermark < ?)", (before,)
+                )
+                gone = cur.execute("DELETE FROM buckets WHERE watermark < ?", (before,)).rowcount
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return gone
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
         events = (

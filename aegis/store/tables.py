@@ -33,7 +33,14 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+from azure.data.tables import (
+    EdmType,
+    EntityProperty,
+    TableClient,
+    TableServiceClient,
+    TableTransactionError,
+    UpdateMode,
+)
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from aegis.correlate.incidents import Incident
@@ -133,7 +140,8 @@ class TableStore:
         with _translate():
             for w in writes:
                 ops: list[Any] = []
-                bucket = {"PartitionKey": w.key, "RowKey": BUCKET_ROW, **_pack(w.doc)}
+                watermark = EntityProperty(w.watermark, EdmType.INT64)
+                bucket = {"PartitionKey": w.key, "RowKey": BUCKET_ROW, "watermark": watermark, **_pack(w.doc)}
                 if w.expected is None:
                     ops.append(("create", bucket))
                 else:
@@ -156,6 +164,32 @@ class TableStore:
                     raise
                 versions[w.key] = str(results[0][0]["etag"])
         return Committed(versions, conflicts)
+
+    def expire_buckets(self, before: int) -> int:
+        """A scan of the bucket heads: the correlator calls it once per several minutes of event time."""
+        gone = 0
+        with _translate():
+            heads = self._state.query_entities(
+                "RowKey eq @row and watermark lt @before", parameters={"row": BUCKET_ROW, "before": before},
+                select=["PartitionKey", "RowKey"],
+            )  # fmt: skip
+            for head in list(heads):
+                key = head["PartitionKey"]
+                chunks = self._state.query_entities(
+                    "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
+                    parameters={"pk": key, "lo": "chunk-", "hi": "chunk."}, select=["RowKey"],
+                )  # fmt: skip
+                unchanged = {"etag": head.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+                ops: list[Any] = [("delete", {"PartitionKey": key, "RowKey": BUCKET_ROW}, unchanged)]
+                ops += [("delete", {"PartitionKey": key, "RowKey": c["RowKey"]}) for c in chunks]
+                try:
+                    for chunk in _transactions(ops):
+                        self._state.submit_transaction(chunk)
+                    gone += 1
+                except TableTransactionError as exc:
+                    if exc.status_code not in (404, 409, 412):  # written or removed meanwhile: keep it
+                        raise
+        return gone
 
     def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
         out: dict[str, Event] = {}
