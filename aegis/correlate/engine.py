@@ -206,7 +206,7 @@ class _Facts:
                 severity=SEVERITY_ORDER.index(e.severity) if e.severity else NONE,
                 alert_kind=e.kind if e.source is Source.DEFENDER else None,
                 sample=(e.kind, e.source.value, e.title),
-                refs=[r for r, _ in refs],
+                refs=frozenset(r for r, _ in refs),
                 entities=refs,
             )  # fmt: skip
         return got
@@ -352,11 +352,12 @@ class State:
                 continue
             if f.position is not None:
                 applied[f.position] = max(applied.get(f.position, -1), f.sequence)
-            for ref, entity in f.entities:
-                if ref not in self.entities:
-                    self.entities[ref] = entity
-                    if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
-                        self.group_refs = sorted({*self.group_refs, ref})
+            if not f.refs.issubset(self.entities):
+                for ref, entity in f.entities:
+                    if ref not in self.entities:
+                        self.entities[ref] = entity
+                        if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
+                            self.group_refs = sorted({*self.group_refs, ref})
             pane = self.panes.get(index)
             if pane is None:
                 pane = self.panes[index] = Pane(index, steps)

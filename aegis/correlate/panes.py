@@ -43,8 +43,11 @@ class Fact(NamedTuple):
     severity: int
     alert_kind: str | None  # for Defender alerts
     sample: tuple[str, str, str | None]  # kind, source, title
-    refs: list[str]  # entity references, sorted
+    refs: frozenset[str]  # entity references
     entities: list[tuple[str, Any]]  # (reference, entity)
+
+
+_NO_VALUES: set[str] = set()  # shared and never added to: most panes have no values or alert types
 
 
 class Pane:
@@ -73,9 +76,9 @@ class Pane:
         self.first = [NONE] * steps  # per step, µs since the epoch (NONE: no match)
         self.last = [NONE] * steps
         self.total = 0.0
-        self.values: set[str] = set()
+        self.values: set[str] = _NO_VALUES  # replaced by a set of its own on the first value
         self.severity = NONE
-        self.kinds: set[str] = set()
+        self.kinds: set[str] = _NO_VALUES
         self.ids: set[str] | None = set()  # id digests; None once the pane only counts
         self.samples: list[Sample] = []  # sorted
         self.entities: set[str] = set()  # entity references
@@ -113,11 +116,15 @@ class Pane:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.total += value
             if values_cap:
+                if self.values is _NO_VALUES:
+                    self.values = set()
                 self.values.add(str(value))
                 if len(self.values) > values_cap:
                     self.values = set(sorted(self.values)[:values_cap])
         self.severity = max(self.severity, f.severity)
         if f.alert_kind is not None:
+            if self.kinds is _NO_VALUES:
+                self.kinds = set()
             self.kinds.add(f.alert_kind)
             if len(self.kinds) > PANE_KINDS:
                 self.kinds = set(sorted(self.kinds)[:PANE_KINDS])
