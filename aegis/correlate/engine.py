@@ -352,7 +352,7 @@ class State:
                 continue
             if f.position is not None:
                 applied[f.position] = max(applied.get(f.position, -1), f.sequence)
-            if not f.refs.issubset(self.entities):
+            if not self.entities.keys() >= f.refs:
                 for ref, entity in f.entities:
                     if ref not in self.entities:
                         self.entities[ref] = entity
