@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ class Limits:
     max_body_bytes: int = 1_048_576  # Event Hubs Standard/Premium message limit is 1 MB
     max_depth: int = 64
     max_items: int = 10_000
+    max_ahead: timedelta = timedelta(hours=1)  # how far past its receive time an event's time may be
 
 
 def decode(body: bytes, limits: Limits) -> Any:

@@ -161,7 +161,14 @@ class Pipeline:
                 message.enqueued_time,
             )  # fmt: skip
             try:
-                produced += chosen.normalize(item, evidence)
+                made = chosen.normalize(item, evidence)
+                ahead = [e for e in made if e.time > received + self.limits.max_ahead]
+                if ahead:  # a forged or skewed time would move event-time windows and expiry forward
+                    raise MalformedInput(
+                        f"event time {ahead[0].time.isoformat()} is more than {self.limits.max_ahead} after "
+                        f"it was received ({received.isoformat()})"
+                    )
+                produced += made
             except Ignored:
                 pass
             except MalformedInput as exc:

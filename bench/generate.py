@@ -32,7 +32,7 @@ class BodyGenerator:
         *,
         accounts: int = 20,
         callers: int = 200,
-        span: timedelta = timedelta(days=30),
+        span: timedelta = timedelta(days=14),
         step: timedelta | None = None,
         jitter: timedelta = timedelta(minutes=2),
     ) -> None:

@@ -259,3 +259,17 @@ def test_every_message_ends_as_events_ignored_or_dead_letters(bodies):
     assert (again.new_events, again.new_dead_letters) == (0, 0)
     assert again.with_events == counts.with_events
     assert again.dead_lettered == counts.dead_lettered
+
+
+def test_an_event_dated_past_its_receive_time_is_dead_lettered_not_correlated():
+    record = orjson.loads(ENVELOPE)["records"][0]
+    future = {**record, "time": "2026-11-25T14:00:00.0000000Z"}  # two hours after NOW
+    body = orjson.dumps({"records": [record, future]})
+    p = make_pipeline()
+    counts = p.process([msg(body)])
+    assert (counts.events, counts.dead_letters) == (1, 1)
+    [dead] = p.store.dead_letters()
+    assert dead.pointer == "/records/1"
+    assert "after it was received" in dead.reason
+    soon = {**record, "time": "2026-11-25T12:30:00Z"}  # a skewed clock within the hour is fine
+    assert make_pipeline().process([msg(orjson.dumps({"records": [soon]}))]).events == 1
