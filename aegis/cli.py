@@ -28,6 +28,8 @@ from aegis.correlate.incidents import View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message
+from aegis.respond import playbooks as response
+from aegis.respond.actions import ACTIONS
 from aegis.store import Store, open_store
 
 app = typer.Typer(
@@ -345,6 +347,48 @@ def detections_coverage(path: PathsOption = None) -> None:
                 + (f"  ← {', '.join(who)}" if who else ""),
                 markup=False,
             )
+
+
+playbooks_app = typer.Typer(help="Response playbooks and the response plan (YAML in playbooks/).", no_args_is_help=True)
+app.add_typer(playbooks_app, name="playbooks")
+FolderOption = Annotated[Path | None, typer.Option("--dir", help="Playbooks folder [default: playbooks/].")]
+
+
+@playbooks_app.command("validate")
+def playbooks_validate(folder: FolderOption = None) -> None:
+    """Load and validate the response plan and every playbook; the first problem names the file and the field."""
+    loaded = response.load(folder, detection_ids=[d.id for d in detections.load().detections])
+    steps = sum(len(p.steps) for p in loaded.playbooks.values())
+    out.print(f"response plan and {len(loaded.playbooks)} playbook(s) valid ({steps} steps, mode {loaded.plan.mode})")
+
+
+@playbooks_app.command("list")
+def playbooks_list(folder: FolderOption = None) -> None:
+    """The playbooks, their steps and the approvals each step needs under the plan."""
+    loaded = response.load(folder)
+    for book in loaded.playbooks.values():
+        out.print(f"[bold]{book.id}[/bold]  {book.description.strip()}")
+        for step in book.steps:
+            need = loaded.plan.approvals_for(step.action)
+            each = f" for each {step.for_each}" if step.for_each else ""
+            out.print(f"  {step.action:<22} {need} approval(s)  {step.name}{each}", markup=False)
+
+
+@playbooks_app.command("actions")
+def playbooks_actions() -> None:
+    """The registered actions: what each calls, the permission it needs, and how to undo it."""
+    for spec in ACTIONS.values():
+        undo = f"undo: {spec.inverse}" if spec.inverse else "cannot be undone" if not spec.reversible else ""
+        out.print(f"[bold]{spec.name}[/bold]  {spec.summary}")
+        out.print(f"  call:       {spec.rest}", markup=False)
+        out.print(f"  permission: {spec.permission}", markup=False)
+        out.print(f"  {'disruptive' if spec.disruptive else 'not disruptive'}; {undo}", markup=False)
+
+
+@playbooks_app.command("schema")
+def playbooks_schema() -> None:
+    """JSON Schemas of playbook and plan files (generated from the action registry)."""
+    typer.echo(orjson.dumps(response.schema(), option=orjson.OPT_INDENT_2).decode())
 
 
 def main() -> None:

@@ -226,10 +226,15 @@ def load_file(path: Path) -> Detection:
     try:
         return Detection.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise DetectionError(f"{path}: {where or 'file'}: {first['msg']}{more}") from None
+        raise DetectionError(f"{path}: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """`field.path: message` of a validation error's first problem (and how many more there are)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where or 'file'}: {first['msg']}{more}"
 
 
 def schema() -> dict[str, Any]:

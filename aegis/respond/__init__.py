@@ -1,0 +1,1 @@
+"""Response: actions, playbooks and the response plan."""

@@ -1,0 +1,396 @@
+"""The response action registry: what a playbook step may do, declared as data.
+
+Each action registers its parameter model (every field a validated type from `params.py`), the
+Azure role or Graph / Defender for Endpoint permission it needs, whether it is reversible and by
+which action, whether it disrupts people or service (the response plan must then require an
+approval for it), and the exact REST call it makes. The parameter model's docstring carries a
+playbook step using the action, in YAML; a test loads every one through the real playbook loader.
+
+The playbook and response-plan schemas are generated from this registry (`playbooks.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from aegis.respond.params import AccountId, Guid, IpRange, MachineId, ResourceIdStr, SecretUri, UserRef
+
+
+class Params(BaseModel):
+    """Base of action parameters: strict, immutable, and naming the target the step acts on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def target(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    params: type[Params]
+    permission: str  # the Azure RBAC role, or the Graph / Defender for Endpoint application permission
+    rest: str  # the exact call
+    reversible: bool
+    inverse: str | None
+    disruptive: bool  # stops people or service: the plan must require at least one approval
+    summary: str
+
+
+ACTIONS: dict[str, ActionSpec] = {}
+
+
+def action(
+    name: str, *, permission: str, rest: str, reversible: bool, disruptive: bool, inverse: str | None = None
+) -> Callable[[type[Params]], type[Params]]:
+    def register(model: type[Params]) -> type[Params]:
+        if name in ACTIONS:
+            raise ValueError(f"action {name!r} is registered twice")
+        doc = (model.__doc__ or "").strip().splitlines()
+        ACTIONS[name] = ActionSpec(
+            name, model, permission, rest, reversible, inverse, disruptive, doc[0] if doc else ""
+        )
+        return model
+
+    return register
+
+
+def example(spec: ActionSpec) -> str:
+    """The YAML playbook step in the parameter model's docstring (after `Example:`)."""
+    doc = spec.params.__doc__ or ""
+    if "Example:" not in doc:
+        return ""
+    lines = doc.split("Example:", 1)[1].splitlines()
+    body = [line for line in lines if line.strip()]
+    indent = min(len(line) - len(line.lstrip()) for line in body)
+    return "\n".join(line[indent:] for line in lines if line.strip() or line == "")
+
+
+MDE = "https://api.securitycenter.microsoft.com/api"
+GRAPH = "https://graph.microsoft.com/v1.0"
+ARM_ACCOUNT = "https://management.azure.com{account}"
+
+
+@action(
+    "isolate_endpoint",
+    permission="Defender for Endpoint application permission Machine.Isolate",
+    rest=f"POST {MDE}/machines/{{machine_id}}/isolate  body {{Comment, IsolationType}}",
+    reversible=True,
+    inverse="release_endpoint",
+    disruptive=True,
+)
+class IsolateEndpoint(Params):
+    """Isolate a machine from the network with Defender for Endpoint (its MDE connection stays).
+
+    Example:
+        name: isolate the host
+        action: isolate_endpoint
+        for_each: entities.host
+        params:
+          machine_id: "{{ item.mde_machine_id }}"
+          isolation: Selective
+          comment: "Aegis incident {{ incident.id }}"
+    """
+
+    machine_id: MachineId
+    isolation: Literal["Selective", "Full"] = "Selective"
+    comment: str = Field(min_length=1, max_length=1000)
+
+    @property
+    def target(self) -> str:
+        return f"machine:{self.machine_id}"
+
+
+@action(
+    "release_endpoint",
+    permission="Defender for Endpoint application permission Machine.Isolate",
+    rest=f"POST {MDE}/machines/{{machine_id}}/unisolate  body {{Comment}}",
+    reversible=True,
+    inverse="isolate_endpoint",
+    disruptive=False,
+)
+class ReleaseEndpoint(Params):
+    """Release a machine from isolation.
+
+    Example:
+        name: release the host
+        action: release_endpoint
+        for_each: entities.host
+        params:
+          machine_id: "{{ item.mde_machine_id }}"
+          comment: "Aegis incident {{ incident.id }} closed"
+    """
+
+    machine_id: MachineId
+    comment: str = Field(min_length=1, max_length=1000)
+
+    @property
+    def target(self) -> str:
+        return f"machine:{self.machine_id}"
+
+
+@action(
+    "contain_ai_resource",
+    permission="Azure role Cognitive Services Contributor (Microsoft.CognitiveServices/accounts/write) on the account",
+    rest="PATCH " + ARM_ACCOUNT + "?api-version=2025-06-01  body {properties: {publicNetworkAccess: Disabled} | "
+    "{networkAcls: {defaultAction: Deny, ipRules}} | {disableLocalAuth: true}}; the previous values are kept",
+    reversible=True,
+    inverse="restore_ai_resource",
+    disruptive=True,
+)
+class ContainAiResource(Params):
+    """Contain an AI account: deny public network access, allow only given networks, or turn off key auth.
+
+    Example:
+        name: cut key access to the AI account
+        action: contain_ai_resource
+        params:
+          account: "{{ entities.ai_resource }}"
+          mode: disable_local_auth
+    """
+
+    account: AccountId
+    mode: Literal["deny_public_network", "allow_only", "disable_local_auth"]
+    allow: list[IpRange] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _allow_only_with_ranges(self) -> ContainAiResource:
+        if (self.mode == "allow_only") != bool(self.allow):
+            raise ValueError("`allow` lists the networks to keep, with mode allow_only and only then")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.account
+
+
+@action(
+    "restore_ai_resource",
+    permission="Azure role Cognitive Services Contributor (Microsoft.CognitiveServices/accounts/write) on the account",
+    rest="PATCH " + ARM_ACCOUNT + "?api-version=2025-06-01  body: the values kept by contain_ai_resource",
+    reversible=True,
+    inverse="contain_ai_resource",
+    disruptive=False,
+)
+class RestoreAiResource(Params):
+    """Put back the network and authentication settings an earlier containment changed.
+
+    Example:
+        name: restore the AI account
+        action: restore_ai_resource
+        params:
+          account: "{{ entities.ai_resource }}"
+    """
+
+    account: AccountId
+
+    @property
+    def target(self) -> str:
+        return self.account
+
+
+@action(
+    "rotate_ai_keys",
+    permission="Azure role Cognitive Services Contributor (Microsoft.CognitiveServices/accounts/regenerateKey/action) "
+    "on the account, and Key Vault Secrets Officer on the vault",
+    rest="POST " + ARM_ACCOUNT + "/regenerateKey?api-version=2025-06-01  body {keyName}; then "
+    "PUT https://{vault}.vault.azure.net/secrets/{name}?api-version=7.5  body {value}",
+    reversible=False,
+    disruptive=True,
+)
+class RotateAiKeys(Params):
+    """Regenerate an AI account key and store the new one in Key Vault, the key consumers do not read first.
+
+    Example:
+        name: rotate the secondary key
+        action: rotate_ai_keys
+        params:
+          account: "{{ entities.ai_resource }}"
+          key: Key2
+          secret: https://kv-contoso-ai.vault.azure.net/secrets/oai-key2
+    """
+
+    account: AccountId
+    key: Literal["Key1", "Key2"]
+    secret: SecretUri | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.account}#{self.key}"
+
+
+@action(
+    "revoke_sessions",
+    permission="Microsoft Graph application permission User.RevokeSessions.All",
+    rest=f"POST {GRAPH}/users/{{user}}/revokeSignInSessions",
+    reversible=False,
+    disruptive=True,
+)
+class RevokeSessions(Params):
+    """Invalidate a user's refresh tokens and session cookies (they must sign in again).
+
+    Example:
+        name: sign the user out everywhere
+        action: revoke_sessions
+        for_each: entities.user
+        params:
+          user: "{{ item.key }}"
+    """
+
+    user: UserRef
+
+    @property
+    def target(self) -> str:
+        return f"user:{self.user}"
+
+
+@action(
+    "disable_user",
+    permission="Microsoft Graph application permission User.EnableDisableAccount.All (and User.Read.All)",
+    rest=f"PATCH {GRAPH}/users/{{user}}  body {{accountEnabled: false}}",
+    reversible=True,
+    inverse="enable_user",
+    disruptive=True,
+)
+class DisableUser(Params):
+    """Block a user's sign-in.
+
+    Example:
+        name: block the user
+        action: disable_user
+        for_each: entities.user
+        params:
+          user: "{{ item.key }}"
+    """
+
+    user: UserRef
+
+    @property
+    def target(self) -> str:
+        return f"user:{self.user}"
+
+
+@action(
+    "enable_user",
+    permission="Microsoft Graph application permission User.EnableDisableAccount.All (and User.Read.All)",
+    rest=f"PATCH {GRAPH}/users/{{user}}  body {{accountEnabled: true}}",
+    reversible=True,
+    inverse="disable_user",
+    disruptive=False,
+)
+class EnableUser(Params):
+    """Allow a user to sign in again.
+
+    Example:
+        name: unblock the user
+        action: enable_user
+        params:
+          user: "{{ entities.user }}"
+    """
+
+    user: UserRef
+
+    @property
+    def target(self) -> str:
+        return f"user:{self.user}"
+
+
+@action(
+    "open_ticket",
+    permission="local: none; sentinel: Azure role Microsoft Sentinel Responder on the workspace; "
+    "servicenow: the itil role; jira: Create issues in the project",
+    rest="local: the store; sentinel: PUT https://management.azure.com{workspace}/providers/"
+    "Microsoft.SecurityInsights/incidents/{id}?api-version=2024-09-01; servicenow: POST "
+    "https://{instance}.service-now.com/api/now/table/incident; jira: POST https://{site}/rest/api/3/issue",
+    reversible=False,
+    disruptive=False,
+)
+class OpenTicket(Params):
+    """Open (or update: one ticket per incident) a ticket in the SOC's system.
+
+    Example:
+        name: open a ticket
+        action: open_ticket
+        params:
+          system: local
+          title: "{{ incident.title }}"
+          severity: "{{ incident.severity }}"
+    """
+
+    system: Literal["local", "sentinel", "servicenow", "jira"] = "local"
+    title: str = Field(min_length=1, max_length=250)
+    severity: Literal["informational", "low", "medium", "high", "critical"]
+
+    @property
+    def target(self) -> str:
+        return f"tickets:{self.system}"
+
+
+@action(
+    "notify",
+    permission="Microsoft Graph permission ChannelMessage.Send (delegated: Graph has no application permission "
+    "to post in a channel outside migration)",
+    rest=f"POST {GRAPH}/teams/{{team}}/channels/{{channel}}/messages  body {{body: {{contentType: html, content}}}}",
+    reversible=False,
+    disruptive=False,
+)
+class Notify(Params):
+    """Post a message in a Teams channel.
+
+    Example:
+        name: tell the SOC
+        action: notify
+        params:
+          team: 0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c
+          channel: "19:abcdef0123456789@thread.tacv2"
+          text: "{{ incident.severity }}: {{ incident.title }}"
+    """
+
+    team: Guid
+    channel: str = Field(pattern=r"^19:[A-Za-z0-9_-]+@thread\.(tacv2|skype)$")
+    text: str = Field(min_length=1, max_length=4000)
+
+    @property
+    def target(self) -> str:
+        return f"teams:{self.team}/{self.channel}"
+
+
+@action(
+    "update_defender_alert",
+    permission="Azure role Security Admin on the alert's subscription",
+    rest="POST https://management.azure.com{alert}/{state}?api-version=2022-01-01  (no body; 204)",
+    reversible=True,
+    inverse="update_defender_alert",
+    disruptive=False,
+)
+class UpdateDefenderAlert(Params):
+    """Move a Defender for Cloud alert to in progress, resolved or dismissed as the response advances.
+
+    Example:
+        name: mark the alerts in progress
+        action: update_defender_alert
+        for_each: incident.alert_ids
+        params:
+          alert: "{{ item }}"
+          state: inProgress
+    """
+
+    alert: ResourceIdStr
+    state: Literal["inProgress", "resolve", "dismiss", "activate"]
+
+    @model_validator(mode="after")
+    def _an_alert(self) -> UpdateDefenderAlert:
+        if "/providers/microsoft.security/locations/" not in self.alert or "/alerts/" not in self.alert:
+            raise ValueError(
+                "not a Defender for Cloud alert id (.../providers/Microsoft.Security/locations/L/alerts/A)"
+            )
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.alert

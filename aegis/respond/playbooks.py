@@ -1,0 +1,198 @@
+"""Playbooks (`playbooks/*.yaml`) and the response plan (`playbooks/response-plan.yaml`), validated
+at load against models generated from the action registry; an invalid file fails naming the
+file and the field (`PlaybookError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from aegis.correlate.detections import Duration, describe
+from aegis.errors import AegisError
+from aegis.events import Severity
+from aegis.respond import templates
+from aegis.respond.actions import ACTIONS
+from aegis.respond.params import Guid, ResourceIdStr, UserRef
+
+PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "playbooks"
+PLAN_FILE = "response-plan.yaml"
+ActionName = Literal[tuple(ACTIONS)]  # type: ignore[valid-type]  # the registered actions
+
+
+class PlaybookError(AegisError):
+    """A playbook or response plan that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    name: str = Field(min_length=1, max_length=120)
+    action: ActionName  # type: ignore[valid-type]
+    for_each: str | None = Field(None, description="run once per entity of a type (entities.host) or list item")
+    params: dict[str, Any] = Field(default_factory=dict, description="literals, or {{ path }} placeholders")
+
+    @model_validator(mode="after")
+    def _params_fit_the_action(self) -> Step:
+        spec = ACTIONS[self.action]
+        fields = spec.params.model_fields
+        unknown = sorted(set(self.params) - set(fields))
+        if unknown:
+            raise ValueError(f"{self.action} has no parameter {', '.join(unknown)} (it takes {', '.join(fields)})")
+        missing = sorted(n for n, f in fields.items() if f.is_required() and n not in self.params)
+        if missing:
+            raise ValueError(f"{self.action} needs {', '.join(missing)}")
+        if self.for_each is not None:
+            templates.check_for_each(self.for_each)
+        for name, value in self.params.items():
+            placeholders = [p for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)
+                            for p in templates.paths(v)]  # fmt: skip
+            for path in placeholders:
+                templates.check_path(path, item=self.for_each)
+            if not placeholders:  # a literal: it must already be what the action accepts
+                try:
+                    TypeAdapter(Annotated[fields[name].annotation, fields[name]]).validate_python(value)  # type: ignore[arg-type]
+                except ValidationError as exc:
+                    raise ValueError(f"params.{name}: {exc.errors()[0]['msg']}") from None
+        return self
+
+
+class Playbook(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,63}$")
+    description: str
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_names(cls, steps: list[Step]) -> list[Step]:
+        names = [s.name for s in steps]
+        if len(set(names)) != len(names):
+            raise ValueError("step names must be unique within a playbook")
+        return steps
+
+
+class Trigger(_Strict):
+    detections: list[str] = Field(default_factory=list, description="detection ids; empty: any")
+    min_severity: Severity = Severity.INFORMATIONAL
+    playbooks: list[str] = Field(min_length=1)
+
+
+class Escalation(_Strict):
+    group: Guid = Field(description="the Entra ID group of the on-call contact")
+    after: Duration = Field(description="escalate to this group when a step waits this long")
+
+
+class RateLimit(_Strict):
+    per_hour: int = Field(ge=1, le=10_000)
+    per_incident: int = Field(ge=1, le=1000)
+
+
+class Protected(_Strict):
+    users: list[UserRef] = Field(default_factory=list, description="break-glass and other untouchable accounts")
+    resources: list[ResourceIdStr] = Field(default_factory=list)
+    subscriptions: list[Guid] = Field(default_factory=list)
+
+
+class ResponsePlan(_Strict):
+    mode: Literal["dry_run", "execute"] = "dry_run"
+    tiers: dict[Severity, str] = Field(description="severity → response tier name")
+    triggers: list[Trigger] = Field(min_length=1)
+    approvals: dict[ActionName, Annotated[int, Field(ge=0, le=2)]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="approvals each action needs: 0 (automatic), 1 or 2"
+    )
+    approval_expiry: Duration = timedelta(hours=4)
+    escalation: list[Escalation] = Field(default_factory=list)
+    protected: Protected = Field(default_factory=Protected)
+    rate_limits: dict[ActionName, RateLimit] = Field(default_factory=dict)  # type: ignore[valid-type]
+
+    @field_validator("tiers")
+    @classmethod
+    def _every_severity(cls, tiers: dict[Severity, str]) -> dict[Severity, str]:
+        missing = [s.value for s in Severity if s not in tiers]
+        if missing:
+            raise ValueError(f"no tier for {', '.join(missing)}")
+        return tiers
+
+    @model_validator(mode="after")
+    def _disruptive_steps_wait_for_a_person(self) -> ResponsePlan:
+        automatic = sorted(n for n, spec in ACTIONS.items() if spec.disruptive and self.approvals.get(n, 0) < 1)
+        if automatic:
+            raise ValueError(f"approvals: {', '.join(automatic)} disrupt people or service and need 1 or 2")
+        return self
+
+    def approvals_for(self, action: str) -> int:
+        return self.approvals.get(action, 0)
+
+
+@dataclass(frozen=True)
+class Response:
+    plan: ResponsePlan
+    playbooks: dict[str, Playbook]
+    files: dict[str, Path]
+
+
+def load(folder: Path | None = None, *, detection_ids: Iterable[str] | None = None) -> Response:
+    """The plan and every playbook in `folder` (default `playbooks/`), checked against each other
+    (and against the known detection ids, when given)."""
+    folder = folder or PLAYBOOKS_DIR
+    plan_path = folder / PLAN_FILE
+    if not plan_path.is_file():
+        raise PlaybookError(f"{plan_path}: no response plan (every playbooks folder needs one)")
+    plan = _model(ResponsePlan, plan_path)
+    playbooks: dict[str, Playbook] = {}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name == PLAN_FILE:
+            continue
+        book = _model(Playbook, path)
+        if book.id in playbooks:
+            raise PlaybookError(f"{path}: id {book.id!r} is already used by {files[book.id]}")
+        playbooks[book.id], files[book.id] = book, path
+    known = set(detection_ids) if detection_ids is not None else None
+    for n, trigger in enumerate(plan.triggers):
+        for name in trigger.playbooks:
+            if name not in playbooks:
+                raise PlaybookError(f"{plan_path}: triggers.{n}.playbooks: no playbook {name!r} in {folder}")
+        for name in trigger.detections:
+            if known is not None and name not in known:
+                raise PlaybookError(f"{plan_path}: triggers.{n}.detections: no detection {name!r}")
+    return Response(plan, playbooks, files)
+
+
+def load_step(text: str, *, origin: str) -> Step:
+    """One playbook step from YAML text (the examples in the actions' docstrings)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PlaybookError(f"{origin}: cannot read YAML: {exc}") from None
+    try:
+        return Step.model_validate(raw)
+    except ValidationError as exc:
+        raise PlaybookError(f"{origin}: {describe(exc)}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model(model: type[M], path: Path) -> M:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlaybookError(f"{path}: cannot read YAML: {exc}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise PlaybookError(f"{path}: {describe(exc)}") from None
+
+
+def schema() -> dict[str, Any]:
+    """JSON Schemas of playbook and plan files, generated from the models and the action registry."""
+    return {"playbook": Playbook.model_json_schema(), "response_plan": ResponsePlan.model_json_schema()}

@@ -1,0 +1,155 @@
+"""The response plan, playbooks and the action registry: validated as data, failing with the file
+and the field; every value an action takes parsed into the one form it accepts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from aegis.correlate import detections
+from aegis.respond import playbooks, templates
+from aegis.respond.actions import ACTIONS, example
+from aegis.respond.params import AccountId, Guid, IpRange, MachineId, SecretUri, UserRef
+from tests.test_cli import aegis
+
+DETECTION_IDS = [d.id for d in detections.load().detections]
+
+
+def test_the_shipped_plan_and_playbooks_are_valid():
+    loaded = playbooks.load(detection_ids=DETECTION_IDS)
+    assert loaded.plan.mode == "dry_run"  # the embedded default executes nothing
+    used = {s.action for p in loaded.playbooks.values() for s in p.steps}
+    assert {"contain_ai_resource", "rotate_ai_keys", "isolate_endpoint", "disable_user"} <= used
+    for name in ("isolate_endpoint", "rotate_ai_keys", "disable_user"):  # irreversible or wide: two people
+        assert loaded.plan.approvals_for(name) == 2
+
+
+@pytest.mark.parametrize("name", list(ACTIONS))
+def test_each_action_documents_a_step_that_loads_through_the_real_loader(name):
+    spec = ACTIONS[name]
+    text = example(spec)
+    assert text, f"{name}: no `Example:` in the parameter model's docstring"
+    step = playbooks.load_step(text, origin=f"{name} docstring")
+    assert step.action == name
+    assert spec.permission
+    assert spec.rest.split()[0] in {"POST", "PATCH", "PUT", "local:"}
+    assert spec.inverse is None or spec.inverse in ACTIONS
+
+
+def test_the_schemas_follow_the_action_registry():
+    schema = playbooks.schema()
+    step = schema["playbook"]["$defs"]["Step"]["properties"]["action"]
+    assert set(step["enum"]) == set(ACTIONS)
+    plan_approvals = schema["response_plan"]["properties"]["approvals"]
+    assert set(plan_approvals["propertyNames"]["enum"]) == set(ACTIONS)
+
+
+def bad_folder(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "playbooks"
+    shutil.copytree(playbooks.PLAYBOOKS_DIR, folder)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+STEP = "id: bad-book\ndescription: d\nsteps:\n  - name: s\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "why"),
+    [
+        (STEP + "    action: format_disk\n", "steps.0.action", "Input should be"),
+        (STEP + "    action: notify\n    params: {team: 0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c, channel: '19:a@thread.tacv2', "
+         "text: hi, cc: x}\n", "steps.0", "has no parameter cc"),
+        (STEP + "    action: disable_user\n", "steps.0", "needs user"),
+        (STEP + "    action: contain_ai_resource\n    params: {account: /subscriptions/x/../y, mode: deny_public_network}\n",
+         "steps.0", "params.account"),
+        (STEP + "    action: disable_user\n    params: {user: '{{ incident.password }}'}\n", "steps.0",
+         "unknown placeholder 'incident.password'"),
+        (STEP + "    action: disable_user\n    params: {user: '{{ item.upn }}'}\n", "steps.0", "needs the step's for_each"),
+        (STEP + "    action: isolate_endpoint\n    for_each: entities.host\n    params: {machine_id: '{{ item.serial }}', "
+         "comment: c}\n", "steps.0", "has no field 'serial'"),
+        (STEP + "    action: revoke_sessions\n    params: {user: 'mallory@contoso.com; DROP TABLE'}\n", "steps.0",
+         "params.user"),
+    ],
+)  # fmt: skip
+def test_a_bad_playbook_fails_naming_the_file_and_the_field(tmp_path, text, where, why):
+    folder = bad_folder(tmp_path, "bad-book.yaml", text)
+    with pytest.raises(playbooks.PlaybookError) as err:
+        playbooks.load(folder)
+    message = str(err.value)
+    assert message.startswith(str(folder / "bad-book.yaml"))
+    assert f": {where}:" in message or f": {where} " in message or where in message
+    assert why in message
+
+
+def test_a_plan_that_lets_a_disruptive_action_run_alone_is_refused(tmp_path):
+    plan = (playbooks.PLAYBOOKS_DIR / playbooks.PLAN_FILE).read_text().replace("disable_user: 2", "disable_user: 0")
+    folder = bad_folder(tmp_path, playbooks.PLAN_FILE, plan)
+    with pytest.raises(playbooks.PlaybookError, match=r"response-plan\.yaml: .*disable_user .*need 1 or 2"):
+        playbooks.load(folder)
+
+
+def test_a_plan_naming_a_missing_playbook_or_detection_is_refused(tmp_path):
+    plan = (playbooks.PLAYBOOKS_DIR / playbooks.PLAN_FILE).read_text()
+    folder = bad_folder(tmp_path, playbooks.PLAN_FILE, plan.replace("[soc-ticket]", "[soc-tickets]", 1))
+    with pytest.raises(playbooks.PlaybookError, match=r"triggers\.\d\.playbooks: no playbook 'soc-tickets'"):
+        playbooks.load(folder)
+    folder = bad_folder(tmp_path / "2", playbooks.PLAN_FILE, plan.replace("ai-key-brute-force", "ai-key-brute"))
+    with pytest.raises(playbooks.PlaybookError, match=r"triggers\.0\.detections: no detection 'ai-key-brute'"):
+        playbooks.load(folder, detection_ids=DETECTION_IDS)
+
+
+def test_protected_assets_are_parsed_like_action_parameters(tmp_path):
+    plan = (playbooks.PLAYBOOKS_DIR / playbooks.PLAN_FILE).read_text()
+    folder = bad_folder(tmp_path, playbooks.PLAN_FILE, plan.replace("breakglass-01@contoso.com", "break glass"))
+    with pytest.raises(playbooks.PlaybookError, match=r"protected\.users\.0"):
+        playbooks.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("kind", "good", "bad"),
+    [
+        (AccountId, "/subscriptions/S/resourceGroups/RG/providers/Microsoft.CognitiveServices/accounts/OAI",
+         ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm",
+          "/subscriptions/s/../providers/Microsoft.CognitiveServices/accounts/a", "oai-1"]),
+        (UserRef, "Mallory@Contoso.com", ["mallory", "a@b", "x@contoso.com\nBcc: y", "' or 1=1 --@x.com"]),
+        (Guid, "0F9A1B2C-3D4E-4F5A-8B6C-7D8E9F0A1B2C", ["0f9a1b2c", "0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c'"]),
+        (IpRange, "81.2.69.0/24", ["81.2.69.***", "10.0.0.1; rm -rf /", "999.1.1.1"]),
+        (MachineId, "4F1C0B9E2D7A6E3F8B5C1D0A9E8F7A6B5C4D3E2F", ["vm-chat-frontend", "4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2"]),
+        (SecretUri, "https://kv-contoso-ai.vault.azure.net/secrets/oai-key2",
+         ["https://evil.example.com/secrets/x", "https://kv.vault.azure.net/keys/x"]),
+    ],
+)  # fmt: skip
+def test_parameter_types_accept_one_form_and_refuse_the_rest(kind, good, bad):
+    adapter = TypeAdapter(kind)
+    parsed = adapter.validate_python(good)
+    assert parsed == adapter.validate_python(parsed)  # canonical: parsing again changes nothing
+    for value in bad:
+        with pytest.raises(ValidationError):
+            adapter.validate_python(value)
+
+
+def test_templates_fill_whole_values_and_text_safely():
+    context = {"incident.title": "Jailbreak\x1b[31m on oai\u202e", "entities.ai_resource": ["/subscriptions/s/x"]}
+    assert templates.render("{{ entities.ai_resource }}", context) == "/subscriptions/s/x"  # a list of one: its value
+    assert templates.render("Aegis: {{ incident.title }}", context) == "Aegis: Jailbreak[31m on oai"
+    assert templates.render(["{{ incident.title }}", 3], context)[1] == 3
+    with pytest.raises(templates.TemplateError):
+        templates.check_path("incident.__class__", item=None)
+
+
+def test_the_playbooks_cli(tmp_path):
+    ok = aegis("playbooks", "validate")
+    assert ok.returncode == 0, ok.stderr
+    assert "5 playbook(s) valid" in ok.stdout
+    assert "contain_ai_resource" in aegis("playbooks", "list").stdout
+    actions = aegis("playbooks", "actions").stdout
+    assert "Machine.Isolate" in actions
+    assert "User.RevokeSessions.All" in actions
+    folder = bad_folder(tmp_path, "bad-book.yaml", STEP + "    action: format_disk\n")
+    bad = aegis("playbooks", "validate", "--dir", str(folder))
+    assert bad.returncode == 1
+    assert "bad-book.yaml: steps.0.action" in bad.stderr
