@@ -8,6 +8,7 @@ the traceback).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import sys
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,6 +30,7 @@ from aegis.correlate.incidents import View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message
+from aegis.respond import planner
 from aegis.respond import playbooks as response
 from aegis.respond.actions import ACTIONS
 from aegis.store import Store, open_store
@@ -383,6 +386,35 @@ def playbooks_actions() -> None:
         out.print(f"  call:       {spec.rest}", markup=False)
         out.print(f"  permission: {spec.permission}", markup=False)
         out.print(f"  {'disruptive' if spec.disruptive else 'not disruptive'}; {undo}", markup=False)
+
+
+@playbooks_app.command("plan")
+def playbooks_plan(
+    incident_id: Annotated[str, typer.Argument(help="Incident id (`aegis incidents` lists them).")],
+    db: DbOption = None,
+    folder: FolderOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+) -> None:
+    """What the response plan would do for an incident: each step, its target and exact parameters,
+    the approvals it needs, and what it refuses and why. Runs nothing."""
+    loaded = response.load(folder)
+    with _store(db, must_exist=True) as (_, store):
+        found = [i for i in store.incidents() if i.id == incident_id]
+    if not found:
+        raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
+    steps = planner.plan(found[0], loaded)
+    if as_json:
+        typer.echo(orjson.dumps([dataclasses.asdict(s) for s in steps], option=orjson.OPT_INDENT_2).decode())
+        return
+    if not steps:
+        out.print(f"No playbook applies to {incident_id} under the response plan.")
+    for s in steps:
+        need = f"{s.approvals} approval(s)" if s.approvals else "automatic"
+        line = escape(f"{s.playbook} / {s.step}: {s.action} on {s.target or '?'} ({need})")  # attacker-shaped values
+        out.print(f"[bold]{s.status:<17}[/bold] {line}")
+        out.print(f"                  params {orjson.dumps(s.params).decode()}", markup=False)
+        if s.reason:
+            out.print(f"                  refused: {s.reason}", markup=False)
 
 
 @playbooks_app.command("schema")

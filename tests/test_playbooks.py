@@ -153,3 +153,93 @@ def test_the_playbooks_cli(tmp_path):
     bad = aegis("playbooks", "validate", "--dir", str(folder))
     assert bad.returncode == 1
     assert "bad-book.yaml: steps.0.action" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_incidents():
+    from aegis.correlate.engine import Correlator
+    from aegis.pipeline import Message, Pipeline
+    from aegis.store import SqliteStore
+    from tests.conftest import SAMPLES
+
+    store = SqliteStore(":memory:")
+    pipeline = Pipeline(store, correlator=Correlator(detections.load().detections, store))
+    pipeline.process([Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))])
+    return {i.detection: i for i in store.incidents()}
+
+
+def test_the_plan_for_a_prompt_attack_then_credential_theft(demo_incidents):
+    from aegis.respond.planner import plan
+
+    incident = demo_incidents["ai-prompt-attack-then-exfiltration"]
+    steps = plan(incident, playbooks.load())
+    assert steps[0].playbook == "ai-credential-compromise"
+    contain = next(s for s in steps if s.action == "contain_ai_resource")
+    assert contain.target.endswith("/providers/microsoft.cognitiveservices/accounts/oai-contoso-prod")
+    assert contain.params["mode"] == "disable_local_auth"
+    assert (contain.approvals, contain.status) == (1, "awaiting_approval")
+    rotate = next(s for s in steps if s.action == "rotate_ai_keys")
+    assert (rotate.approvals, rotate.status) == (2, "awaiting_approval")
+    users = [e.key for e in incident.entities if e.type == "user"]
+    revokes = [s for s in steps if s.action == "revoke_sessions"]
+    assert users
+    assert [s.target for s in revokes] == [f"user:{u.lower()}" for u in users]  # one step per user entity
+    ticket = next(s for s in steps if s.action == "open_ticket")
+    assert (ticket.status, ticket.params["title"]) == ("dry_run", incident.title)
+    again = plan(incident, playbooks.load())
+    assert [s.key for s in again] == [s.key for s in steps]  # idempotency keys are stable
+    assert len({s.key for s in steps}) == len(steps)
+
+
+def test_protected_assets_and_bad_values_refuse_a_step_with_the_reason(demo_incidents, tmp_path):
+    from aegis.respond.planner import plan
+
+    incident = demo_incidents["ai-prompt-attack-then-exfiltration"]
+    account = next(e.key for e in incident.entities if e.type == "ai_resource")
+    text = (playbooks.PLAYBOOKS_DIR / playbooks.PLAN_FILE).read_text()
+    folder = bad_folder(tmp_path, playbooks.PLAN_FILE, text.replace("  resources: [", f"  resources: [{account}, ", 1))
+    steps = plan(incident, playbooks.load(folder))
+    contain = next(s for s in steps if s.action == "contain_ai_resource")
+    assert contain.status == "refused"
+    assert "protected by the response plan" in (contain.reason or "")
+    assert all(s.status != "awaiting_approval" for s in steps if s.target == account)
+
+
+def test_an_entity_value_an_action_cannot_take_refuses_that_step_only():
+    from datetime import UTC, datetime
+
+    from aegis.correlate.incidents import Incident
+    from aegis.events import Severity, User
+    from aegis.respond.planner import plan
+
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    incident = Incident(
+        id="i1", detection="ai-prompt-attack-campaign-by-user", bucket="b", group="g", title="t",
+        severity=Severity.HIGH, first_seen=now, last_seen=now,
+        entities=(User(name="Robert'); DROP TABLE users;--"), User(upn="mallory@contoso.com")),
+        atlas=(), owasp_llm=(), event_ids=("e1",), event_count=1, timeline=(),
+    )  # fmt: skip
+    steps = [s for s in plan(incident, playbooks.load()) if s.action == "revoke_sessions"]
+    assert [s.status for s in steps] == ["refused", "awaiting_approval"]
+    assert "parameters: user" in (steps[0].reason or "")
+    assert steps[1].target == "user:mallory@contoso.com"
+
+
+def test_aegis_playbooks_plan_shows_the_steps_of_a_replayed_incident(tmp_path):
+    import orjson
+
+    from tests.conftest import SAMPLES
+
+    db = str(tmp_path / "p.db")
+    assert aegis("replay", "--db", db, str(SAMPLES)).returncode == 0
+    incidents = orjson.loads(aegis("incidents", "--db", db, "--json").stdout)
+    attack = next(i for i in incidents if i["detection"] == "ai-prompt-attack-then-exfiltration")
+    shown = aegis("playbooks", "plan", attack["id"], "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    assert "awaiting_approval" in shown.stdout
+    assert "rotate_ai_keys" in shown.stdout
+    steps = orjson.loads(aegis("playbooks", "plan", attack["id"], "--db", db, "--json").stdout)
+    assert {s["status"] for s in steps} <= {"dry_run", "awaiting_approval", "refused"}
+    missing = aegis("playbooks", "plan", "nope", "--db", db)
+    assert missing.returncode == 1
+    assert "no incident nope" in missing.stderr
