@@ -33,7 +33,8 @@ from aegis.pipeline import Counts, Message
 from aegis.respond import planner
 from aegis.respond import playbooks as response
 from aegis.respond.actions import ACTIONS
-from aegis.store import Store, open_store
+from aegis.respond.record import Responder, ResponseStore, call
+from aegis.store import SqliteStore, Store, open_store
 
 app = typer.Typer(
     name="aegis",
@@ -241,8 +242,22 @@ def incidents_cmd(
         return
     with _store(db, must_exist=True) as (_, store):
         listed = [v for v in views(store.incidents()) if show_all or v.status != "superseded"]
+        steps = store.steps() if isinstance(store, SqliteStore) else []
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps([v.summary() for v in listed], option=orjson.OPT_INDENT_2) + b"\n")
+        by_incident: dict[str, list[dict[str, object]]] = {}
+        for st in steps:
+            by_incident.setdefault(st.incident, []).append(
+                {
+                    "id": st.key,
+                    "playbook": st.playbook,
+                    "step": st.step,
+                    "action": st.action,
+                    "target": st.target,
+                    "status": st.status,
+                }
+            )
+        rows = [{**v.summary(), "response": by_incident.get(v.incident.id, [])} for v in listed]
+        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return
     _incident_table(listed)
     out.print(f"{len(listed)} incident(s)")
@@ -415,6 +430,87 @@ def playbooks_plan(
         out.print(f"                  params {orjson.dumps(s.params).decode()}", markup=False)
         if s.reason:
             out.print(f"                  refused: {s.reason}", markup=False)
+
+
+@app.command("respond")
+def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
+    """Record what the response plan does for every stored incident (idempotent: a step is recorded once)."""
+    loaded = response.load(folder)
+    with _store(db, must_exist=True) as (_, store):
+        steps_store = _response_store(store)
+        incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
+        new = Responder(loaded, steps_store).respond(incidents)
+        waiting = [st for st in steps_store.steps() if st.status == "awaiting_approval"]
+    out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
+              "(`aegis approvals list`)")  # fmt: skip
+
+
+approvals_app = typer.Typer(help="Steps that wait for on-call approval.", no_args_is_help=True)
+app.add_typer(approvals_app, name="approvals")
+PersonOption = Annotated[str, typer.Option("--as", help="Your user principal name.")]
+
+
+@approvals_app.command("list")
+def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Steps awaiting approval, with their exact parameters and what approving would do."""
+    with _store(db, must_exist=True) as (_, store):
+        waiting = [st for st in _response_store(store).steps() if st.status == "awaiting_approval"]
+    if as_json:
+        rows = [{**st.summary(), "would_call": call(st.action, st.params)} for st in waiting]
+        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    for st in waiting:
+        out.print(escape(f"{st.key}  {st.action} on {st.target}  ({len(st.approvers)} of {st.approvals} approvals)"))
+        out.print(
+            escape(f"    {st.playbook} / {st.step}; incident {st.incident}; expires {st.expires:%Y-%m-%d %H:%M}Z")
+        )
+        out.print(escape(f"    would call: {call(st.action, st.params)}"))
+    out.print(f"{len(waiting)} step(s) awaiting approval")
+
+
+@approvals_app.command("approve")
+def approvals_approve(step_id: Annotated[str, typer.Argument(help="Step id.")], person: PersonOption,
+                      db: DbOption = None, folder: FolderOption = None) -> None:  # fmt: skip
+    """Approve a step (the requester cannot; one person counts once)."""
+    with _store(db, must_exist=True) as (_, store):
+        step = Responder(response.load(folder), _response_store(store)).decide(step_id, person, approve=True)
+    out.print(escape(f"{step.action} on {step.target}: {step.status} ({len(step.approvers)} of {step.approvals})"))
+    if step.status == "dry_run":
+        out.print(escape(f"dry run: would call {call(step.action, step.params)}"))
+
+
+@approvals_app.command("deny")
+def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], person: PersonOption,
+                   reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+                   db: DbOption = None, folder: FolderOption = None) -> None:  # fmt: skip
+    """Deny a step; it will not run."""
+    with _store(db, must_exist=True) as (_, store):
+        step = Responder(response.load(folder), _response_store(store)).decide(
+            step_id, person, approve=False, reason=reason
+        )
+    out.print(escape(f"{step.action} on {step.target}: denied"))
+
+
+@app.command("audit")
+def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """The append-only audit log of the response: every plan, decision and (dry-run) call."""
+    with _store(db, must_exist=True) as (_, store):
+        entries = _response_store(store).audit_log()
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps([a.summary() for a in entries], option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    for a in entries:
+        out.print(
+            escape(f"{a.time:%Y-%m-%d %H:%M:%S}Z  {a.actor:<24} {a.event:<9} {a.action} on {a.target}: {a.detail}")
+        )
+
+
+def _response_store(store: object) -> ResponseStore:
+    if not isinstance(store, SqliteStore):
+        raise AegisError(
+            "approvals and the audit log are kept in the embedded store in this version: AEGIS_STORE=sqlite"
+        )
+    return store
 
 
 @playbooks_app.command("schema")

@@ -243,3 +243,117 @@ def test_aegis_playbooks_plan_shows_the_steps_of_a_replayed_incident(tmp_path):
     missing = aegis("playbooks", "plan", "nope", "--db", db)
     assert missing.returncode == 1
     assert "no incident nope" in missing.stderr
+
+
+class Clock:
+    def __init__(self) -> None:
+        from datetime import UTC, datetime
+
+        self.now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def responder(demo_incidents, tmp_path):
+    from aegis.respond.record import Responder
+    from aegis.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "r.db")
+    clock = Clock()
+    r = Responder(playbooks.load(), store, clock=clock)
+    r.respond([demo_incidents["ai-prompt-attack-then-exfiltration"]])
+    yield r, store, clock
+    store.close()
+
+
+def waiting(store, action):
+    return next(s for s in store.steps() if s.action == action and s.status == "awaiting_approval")
+
+
+def test_recording_a_plan_twice_records_nothing_new(responder, demo_incidents):
+    r, store, _ = responder
+    before = (store.steps(), store.audit_log())
+    assert r.respond([demo_incidents["ai-prompt-attack-then-exfiltration"]]) == 0
+    assert (store.steps(), store.audit_log()) == before
+
+
+def test_two_approvals_from_two_people_not_the_requester(responder):
+    from aegis.respond.record import DecisionRefused
+
+    r, store, _ = responder
+    step = waiting(store, "rotate_ai_keys")
+    with pytest.raises(DecisionRefused, match="requested this step"):
+        r.decide(step.key, "aegis", approve=True)
+    first = r.decide(step.key, "Alice@Contoso.com", approve=True)
+    assert (first.status, first.approvers) == ("awaiting_approval", ("alice@contoso.com",))
+    with pytest.raises(DecisionRefused, match="already approved"):
+        r.decide(step.key, "alice@contoso.com", approve=True)  # a double click, or the same person again
+    done = r.decide(step.key, "bob@contoso.com", approve=True)
+    assert done.status == "dry_run"
+    events = [(a.actor, a.event) for a in store.audit_log() if a.step == step.key]
+    assert events[-3:] == [("alice@contoso.com", "approved"), ("bob@contoso.com", "approved"), ("aegis", "dry_run")]
+    assert "/regenerateKey?api-version=2025-06-01" in store.audit_log()[-1].detail
+    with pytest.raises(DecisionRefused, match="not awaiting approval"):
+        r.decide(step.key, "carol@contoso.com", approve=True)
+
+
+def test_an_expired_step_never_runs_and_says_so(responder):
+    from datetime import timedelta
+
+    from aegis.respond.record import DecisionRefused
+
+    r, store, clock = responder
+    step = waiting(store, "contain_ai_resource")
+    clock.now += timedelta(hours=5)  # the plan's approval expiry is 4 h
+    with pytest.raises(DecisionRefused, match="expired"):
+        r.decide(step.key, "alice@contoso.com", approve=True)
+    assert next(s for s in store.steps() if s.key == step.key).status == "expired"
+    assert store.audit_log()[-1].event == "expired"
+
+
+def test_a_denial_needs_a_reason_and_stops_the_step(responder):
+    from aegis.respond.record import DecisionRefused
+
+    r, store, _ = responder
+    step = waiting(store, "disable_user")
+    with pytest.raises(DecisionRefused, match="reason"):
+        r.decide(step.key, "alice@contoso.com", approve=False)
+    denied = r.decide(step.key, "alice@contoso.com", approve=False, reason="known tester account")
+    assert denied.status == "denied"
+    with pytest.raises(DecisionRefused):
+        r.decide(step.key, "bob@contoso.com", approve=True)
+
+
+def test_two_deciders_at_once_cannot_both_win(responder):
+    from dataclasses import replace
+
+    _, store, _ = responder
+    step = waiting(store, "contain_ai_resource")
+    mine = replace(step, status="dry_run", approvers=("alice@contoso.com",))
+    theirs = replace(step, status="denied", reason="no")
+    assert store.replace_step(mine, expected_status="awaiting_approval", audit=[])
+    assert not store.replace_step(theirs, expected_status="awaiting_approval", audit=[])  # read the same status: loses
+    assert next(s for s in store.steps() if s.key == step.key).status == "dry_run"
+
+
+def test_the_audit_log_is_append_only(responder):
+    import sqlite3
+
+    _, store, _ = responder
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store._db.execute("UPDATE audit SET doc = 'x'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store._db.execute("DELETE FROM audit")
+
+
+def test_execute_mode_is_refused_until_actions_can_run(tmp_path):
+    from aegis.errors import AegisError
+    from aegis.respond.record import Responder
+    from aegis.store import SqliteStore
+
+    plan = (playbooks.PLAYBOOKS_DIR / playbooks.PLAN_FILE).read_text().replace("mode: dry_run", "mode: execute")
+    folder = bad_folder(tmp_path, playbooks.PLAN_FILE, plan)
+    with pytest.raises(AegisError, match="set `mode: dry_run`"):
+        Responder(playbooks.load(folder), SqliteStore(":memory:"))

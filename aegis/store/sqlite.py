@@ -15,6 +15,7 @@ import orjson
 from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
+from aegis.respond.record import AuditEntry, StepRecord
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 2  # 2: correlation state as panes (head + chunks)
@@ -58,6 +59,21 @@ CREATE TABLE IF NOT EXISTS incidents (
     doc BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_bucket ON incidents (bucket, last_seen);
+CREATE TABLE IF NOT EXISTS response_steps (
+    key TEXT PRIMARY KEY,
+    incident TEXT NOT NULL,
+    status TEXT NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS response_steps_by_incident ON response_steps (incident);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_u BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_d BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 
@@ -200,8 +216,75 @@ class SqliteStore:
             rows = self._db.execute("SELECT doc FROM incidents ORDER BY last_seen, id").fetchall()
         return [Incident.from_json(r[0]) for r in rows]
 
+    # --- response: planned steps and the audit log (aegis.respond.record.ResponseStore) ---
+
+    def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                known = {k for (k,) in _rows_in(cur, "SELECT key FROM response_steps WHERE key IN ({})",
+                                                [s.key for s in steps])}  # fmt: skip
+                new = [s for s in steps if s.key not in known]
+                cur.executemany(
+                    "INSERT INTO response_steps VALUES (?, ?, ?, ?)",
+                    [(s.key, s.incident, s.status, orjson.dumps(s)) for s in new],
+                )
+                keys = {s.key for s in new}
+                cur.executemany(
+                    "INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit if a.step in keys]
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return len(new)
+
+    def steps(self, *, incident: str | None = None) -> list[StepRecord]:
+        with self._lock, _translate(self.path):
+            if incident is None:
+                rows = self._db.execute("SELECT doc FROM response_steps ORDER BY rowid").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT doc FROM response_steps WHERE incident = ? ORDER BY rowid", (incident,)
+                ).fetchall()
+        return [_step(orjson.loads(doc)) for (doc,) in rows]
+
+    def replace_step(self, step: StepRecord, *, expected_status: str, audit: Sequence[AuditEntry]) -> bool:
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "UPDATE response_steps SET status = ?, doc = ? WHERE key = ? AND status = ?",
+                    (step.status, orjson.dumps(step), step.key, expected_status),
+                )
+                won = cur.rowcount == 1
+                if won:
+                    cur.executemany("INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return won
+
+    def audit_log(self) -> list[AuditEntry]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute("SELECT doc FROM audit ORDER BY seq").fetchall()
+        return [_audit(orjson.loads(doc)) for (doc,) in rows]
+
     def close(self) -> None:
         self._db.close()
+
+
+def _step(d: dict[str, Any]) -> StepRecord:
+    return StepRecord(**{**d, "created": datetime.fromisoformat(d["created"]),
+                         "expires": datetime.fromisoformat(d["expires"]) if d["expires"] else None,
+                         "approvers": tuple(d["approvers"])})  # fmt: skip
+
+
+def _audit(d: dict[str, Any]) -> AuditEntry:
+    return AuditEntry(**{**d, "time": datetime.fromisoformat(d["time"])})
 
 
 def _rows_in(cur: sqlite3.Cursor, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
