@@ -357,3 +357,43 @@ def test_execute_mode_is_refused_until_actions_can_run(tmp_path):
     folder = bad_folder(tmp_path, playbooks.PLAN_FILE, plan)
     with pytest.raises(AegisError, match="set `mode: dry_run`"):
         Responder(playbooks.load(folder), SqliteStore(":memory:"))
+
+
+ACCOUNT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/oai"
+ARM = "https://management.azure.com" + ACCOUNT.lower()
+ALERT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/providers/Microsoft.Security/locations/westeurope/alerts/2516_a1"
+MACHINE = "4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f"
+REQUESTS = {
+    "isolate_endpoint": ({"machine_id": MACHINE, "comment": "c"},
+                         f'POST https://api.securitycenter.microsoft.com/api/machines/{MACHINE}/isolate '
+                         '{"Comment":"c","IsolationType":"Selective"}'),
+    "release_endpoint": ({"machine_id": MACHINE, "comment": "c"},
+                         f'POST https://api.securitycenter.microsoft.com/api/machines/{MACHINE}/unisolate {{"Comment":"c"}}'),
+    "contain_ai_resource": ({"account": ACCOUNT, "mode": "allow_only", "allow": ["81.2.69.7"]},
+                            f'PATCH {ARM}?api-version=2025-06-01 '
+                            '{"properties":{"networkAcls":{"defaultAction":"Deny","ipRules":[{"value":"81.2.69.7/32"}]}}}'),
+    "restore_ai_resource": ({"account": ACCOUNT}, f"PATCH {ARM}?api-version=2025-06-01 (the values kept)"),
+    "rotate_ai_keys": ({"account": ACCOUNT, "key": "Key2", "secret": "https://kv-ai.vault.azure.net/secrets/k2"},
+                       f'POST {ARM}/regenerateKey?api-version=2025-06-01 {{"keyName":"Key2"}}; '
+                       "then PUT https://kv-ai.vault.azure.net/secrets/k2?api-version=7.5 {value: the new key}"),
+    "revoke_sessions": ({"user": "Mallory@Contoso.com"},
+                        "POST https://graph.microsoft.com/v1.0/users/mallory@contoso.com/revokeSignInSessions"),
+    "disable_user": ({"user": "mallory@contoso.com"},
+                     'PATCH https://graph.microsoft.com/v1.0/users/mallory@contoso.com {"accountEnabled":false}'),
+    "enable_user": ({"user": "mallory@contoso.com"},
+                    'PATCH https://graph.microsoft.com/v1.0/users/mallory@contoso.com {"accountEnabled":true}'),
+    "open_ticket": ({"title": "t", "severity": "high"}, "open or update the incident's ticket in local: high: t"),
+    "notify": ({"team": "0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c", "channel": "19:a@thread.tacv2", "text": "x"},
+               "POST https://graph.microsoft.com/v1.0/teams/0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c/channels/"
+               "19:a@thread.tacv2/messages (text, HTML-escaped)"),
+    "update_defender_alert": ({"alert": ALERT, "state": "inProgress"},
+                              f"POST https://management.azure.com{ALERT.lower()}/inProgress?api-version=2022-01-01"),
+}  # fmt: skip
+
+
+def test_every_action_states_its_exact_request():
+    from aegis.respond.record import call
+
+    assert set(REQUESTS) == set(ACTIONS)
+    for name, (params, expected) in REQUESTS.items():
+        assert call(name, params) == expected, name

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aegis.respond.params import AccountId, Guid, IpRange, MachineId, ResourceIdStr, SecretUri, UserRef
@@ -27,6 +28,10 @@ class Params(BaseModel):
 
     @property
     def target(self) -> str:
+        raise NotImplementedError
+
+    def request(self) -> str:
+        """The exact HTTP request(s) this step makes, for the plan, the approver and the audit log."""
         raise NotImplementedError
 
 
@@ -74,6 +79,7 @@ def example(spec: ActionSpec) -> str:
 MDE = "https://api.securitycenter.microsoft.com/api"
 GRAPH = "https://graph.microsoft.com/v1.0"
 ARM_ACCOUNT = "https://management.azure.com{account}"
+COGNITIVE_API = "2025-06-01"
 
 
 @action(
@@ -100,6 +106,10 @@ class IsolateEndpoint(Params):
     machine_id: MachineId
     isolation: Literal["Selective", "Full"] = "Selective"
     comment: str = Field(min_length=1, max_length=1000)
+
+    def request(self) -> str:
+        body = orjson.dumps({"Comment": self.comment, "IsolationType": self.isolation}).decode()
+        return f"POST {MDE}/machines/{self.machine_id}/isolate {body}"
 
     @property
     def target(self) -> str:
@@ -128,6 +138,9 @@ class ReleaseEndpoint(Params):
 
     machine_id: MachineId
     comment: str = Field(min_length=1, max_length=1000)
+
+    def request(self) -> str:
+        return f"POST {MDE}/machines/{self.machine_id}/unisolate {orjson.dumps({'Comment': self.comment}).decode()}"
 
     @property
     def target(self) -> str:
@@ -164,6 +177,15 @@ class ContainAiResource(Params):
             raise ValueError("`allow` lists the networks to keep, with mode allow_only and only then")
         return self
 
+    def request(self) -> str:
+        props: object = {
+            "deny_public_network": {"publicNetworkAccess": "Disabled"},
+            "allow_only": {"networkAcls": {"defaultAction": "Deny", "ipRules": [{"value": ip} for ip in self.allow]}},
+            "disable_local_auth": {"disableLocalAuth": True},
+        }[self.mode]
+        body = orjson.dumps({"properties": props}).decode()
+        return f"PATCH https://management.azure.com{self.account}?api-version={COGNITIVE_API} {body}"
+
     @property
     def target(self) -> str:
         return self.account
@@ -188,6 +210,9 @@ class RestoreAiResource(Params):
     """
 
     account: AccountId
+
+    def request(self) -> str:
+        return f"PATCH https://management.azure.com{self.account}?api-version={COGNITIVE_API} (the values kept)"
 
     @property
     def target(self) -> str:
@@ -219,6 +244,11 @@ class RotateAiKeys(Params):
     key: Literal["Key1", "Key2"]
     secret: SecretUri | None = None
 
+    def request(self) -> str:
+        body = orjson.dumps({"keyName": self.key}).decode()
+        first = f"POST https://management.azure.com{self.account}/regenerateKey?api-version={COGNITIVE_API} {body}"
+        return first + (f"; then PUT {self.secret}?api-version=7.5 {{value: the new key}}" if self.secret else "")
+
     @property
     def target(self) -> str:
         return f"{self.account}#{self.key}"
@@ -243,6 +273,9 @@ class RevokeSessions(Params):
     """
 
     user: UserRef
+
+    def request(self) -> str:
+        return f"POST {GRAPH}/users/{self.user}/revokeSignInSessions"
 
     @property
     def target(self) -> str:
@@ -270,6 +303,9 @@ class DisableUser(Params):
 
     user: UserRef
 
+    def request(self) -> str:
+        return f'PATCH {GRAPH}/users/{self.user} {{"accountEnabled":false}}'
+
     @property
     def target(self) -> str:
         return f"user:{self.user}"
@@ -294,6 +330,9 @@ class EnableUser(Params):
     """
 
     user: UserRef
+
+    def request(self) -> str:
+        return f'PATCH {GRAPH}/users/{self.user} {{"accountEnabled":true}}'
 
     @property
     def target(self) -> str:
@@ -326,6 +365,9 @@ class OpenTicket(Params):
     title: str = Field(min_length=1, max_length=250)
     severity: Literal["informational", "low", "medium", "high", "critical"]
 
+    def request(self) -> str:
+        return f"open or update the incident's ticket in {self.system}: {self.severity}: {self.title}"
+
     @property
     def target(self) -> str:
         return f"tickets:{self.system}"
@@ -354,6 +396,9 @@ class Notify(Params):
     team: Guid
     channel: str = Field(pattern=r"^19:[A-Za-z0-9_-]+@thread\.(tacv2|skype)$")
     text: str = Field(min_length=1, max_length=4000)
+
+    def request(self) -> str:
+        return f"POST {GRAPH}/teams/{self.team}/channels/{self.channel}/messages (text, HTML-escaped)"
 
     @property
     def target(self) -> str:
@@ -390,6 +435,9 @@ class UpdateDefenderAlert(Params):
                 "not a Defender for Cloud alert id (.../providers/Microsoft.Security/locations/L/alerts/A)"
             )
         return self
+
+    def request(self) -> str:
+        return f"POST https://management.azure.com{self.alert}/{self.state}?api-version=2022-01-01"
 
     @property
     def target(self) -> str:

@@ -154,12 +154,8 @@ class Responder:
 
 
 def call(action: str, params: dict[str, Any]) -> str:
-    """The action's REST call with this step's values filled in: what running it would do."""
-    text = ACTIONS[action].rest
-    for name, value in params.items():
-        if isinstance(value, str):
-            text = text.replace("{" + name + "}", value)
-    return text
+    """The exact request(s) the step makes with these parameters: what running it would do."""
+    return ACTIONS[action].params.model_validate(params).request()
 
 
 def _iso(value: datetime | None) -> str | None:
