@@ -26,14 +26,14 @@ from rich.table import Table
 
 from aegis import log, replay, runtime, settings
 from aegis.correlate import detections, mapping, selftest
-from aegis.correlate.incidents import View, views
+from aegis.correlate.incidents import SEVERITY_ORDER, View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message
 from aegis.respond import planner
 from aegis.respond import playbooks as response
 from aegis.respond.actions import ACTIONS
-from aegis.respond.record import Responder, ResponseStore, call
+from aegis.respond.record import Responder, ResponseStore, StepRecord, call
 from aegis.store import SqliteStore, Store, open_store
 
 app = typer.Typer(
@@ -201,6 +201,10 @@ def demo_cmd(
         events = store.events()
         dls = store.dead_letters()
         incidents = store.incidents()
+        shown = [v for v in views(incidents) if v.status != "superseded"]
+        steps_store = _response_store(store)
+        Responder(response.load(), steps_store).respond([v.incident for v in shown])
+        steps = steps_store.steps()
     where = _where(cfg)
     _print_counts(counts, len(files), where)
     out.print()
@@ -219,11 +223,28 @@ def demo_cmd(
     for d in dls[:5]:
         out.print(f"  dead letter:   {d.reason}")
     out.print()
-    shown = [v for v in views(incidents) if v.status != "superseded"]
     out.print(f"[bold]Incidents[/bold]: {len(shown)} ({len(incidents) - len(shown)} single-alert incidents superseded)")
     _incident_table(shown)
+    _demo_response(shown, steps)
     out.print()
-    out.print("Next: .venv/bin/aegis incidents show ID | .venv/bin/aegis incidents --json | .venv/bin/aegis events")
+    out.print("Next: .venv/bin/aegis incidents show ID | .venv/bin/aegis approvals list | .venv/bin/aegis audit")
+
+
+def _demo_response(shown: list[View], steps: list[StepRecord]) -> None:
+    """The response plan's steps for the most severe incident, and what approving one would do."""
+    out.print()
+    waiting = [s for s in steps if s.status == "awaiting_approval"]
+    out.print(f"[bold]Response (dry run)[/bold]: {len(steps)} step(s), {len(waiting)} awaiting approval")
+    if not shown:
+        return
+    top = max(shown, key=lambda v: (SEVERITY_ORDER.index(v.incident.severity), v.incident.last_seen)).incident
+    for s in [s for s in steps if s.incident == top.id]:
+        need = f"{len(s.approvers)}/{s.approvals} approvals" if s.approvals else "automatic"
+        out.print(escape(f"  {s.status:<18}{s.playbook} / {s.step}: {s.action} on {s.target} ({need})"))
+    first = next((s for s in waiting if s.incident == top.id), None)
+    if first is not None:
+        out.print(escape(f"  approve with:  .venv/bin/aegis approvals approve {first.key} --as you@example.com"))
+        out.print(escape(f"  it would call: {call(first.action, first.params)}"))
 
 
 incidents_app = typer.Typer(help="Correlated AI incidents.", no_args_is_help=False)
