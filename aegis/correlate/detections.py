@@ -15,13 +15,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -33,6 +31,7 @@ from aegis.correlate.kinds import KINDS
 from aegis.correlate.paths import Getter, compile_path
 from aegis.errors import AegisError
 from aegis.events import Severity
+from aegis.yamlfiles import load_model
 
 DETECTIONS_DIR = Path(__file__).resolve().parents[2] / "detections"
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
@@ -219,22 +218,7 @@ def load(paths: Iterable[Path] | None = None) -> Loaded:
 
 
 def load_file(path: Path) -> Detection:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DetectionError(f"{path}: cannot read YAML: {exc}") from None
-    try:
-        return Detection.model_validate(raw)
-    except ValidationError as exc:
-        raise DetectionError(f"{path}: {describe(exc)}") from None
-
-
-def describe(exc: ValidationError) -> str:
-    """`field.path: message` of a validation error's first problem (and how many more there are)."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where or 'file'}: {first['msg']}{more}"
+    return load_model(Detection, path, DetectionError)
 
 
 def schema() -> dict[str, Any]:

@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from aegis.correlate.detections import describe
 from aegis.correlate.incidents import SEVERITY_ORDER, Incident
 from aegis.events import ENTITY_TYPES, Entity
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS, Params
 from aegis.respond.playbooks import Playbook, Response, ResponsePlan, Step
+from aegis.yamlfiles import describe
 
 
 @dataclass(frozen=True, slots=True)

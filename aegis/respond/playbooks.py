@@ -9,17 +9,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from aegis.correlate.detections import Duration, describe
+from aegis.correlate.detections import Duration
 from aegis.errors import AegisError
 from aegis.events import Severity
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS
 from aegis.respond.params import Guid, ResourceIdStr, UserRef
+from aegis.yamlfiles import describe, load_model
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "playbooks"
 PLAN_FILE = "response-plan.yaml"
@@ -146,13 +147,13 @@ def load(folder: Path | None = None, *, detection_ids: Iterable[str] | None = No
     plan_path = folder / PLAN_FILE
     if not plan_path.is_file():
         raise PlaybookError(f"{plan_path}: no response plan (every playbooks folder needs one)")
-    plan = _model(ResponsePlan, plan_path)
+    plan = load_model(ResponsePlan, plan_path, PlaybookError)
     playbooks: dict[str, Playbook] = {}
     files: dict[str, Path] = {}
     for path in sorted(folder.glob("*.yaml")):
         if path.name == PLAN_FILE:
             continue
-        book = _model(Playbook, path)
+        book = load_model(Playbook, path, PlaybookError)
         if book.id in playbooks:
             raise PlaybookError(f"{path}: id {book.id!r} is already used by {files[book.id]}")
         playbooks[book.id], files[book.id] = book, path
@@ -177,20 +178,6 @@ def load_step(text: str, *, origin: str) -> Step:
         return Step.model_validate(raw)
     except ValidationError as exc:
         raise PlaybookError(f"{origin}: {describe(exc)}") from None
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _model(model: type[M], path: Path) -> M:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlaybookError(f"{path}: cannot read YAML: {exc}") from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise PlaybookError(f"{path}: {describe(exc)}") from None
 
 
 def schema() -> dict[str, Any]:
