@@ -49,6 +49,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 BATCH = 500
 PROGRESS_FROM_BYTES = 2_000_000
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEMO_DB = Path("aegis-demo.db")  # `aegis demo` starts it afresh each time
 
 DbOption = Annotated[
     Path | None,
@@ -194,8 +195,13 @@ def demo_cmd(
     db: DbOption = None,
     samples: Annotated[Path, typer.Option(help="Folder of sample bodies.")] = SAMPLES,
 ) -> None:
-    """Replay the bundled samples on the embedded default and summarize what came out."""
+    """Replay the bundled samples on the embedded default and summarize what came out. Without
+    --db it starts a fresh ./aegis-demo.db each time, so it never mixes samples into your data."""
     files = replay.collect([samples])
+    if db is None:
+        db = DEMO_DB
+        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            path.unlink(missing_ok=True)
     with _store(db, must_exist=False) as (cfg, store):
         counts = _replay(cfg, store, files, "demo", False)
         events = store.events()
@@ -225,12 +231,14 @@ def demo_cmd(
     out.print()
     out.print(f"[bold]Incidents[/bold]: {len(shown)} ({len(incidents) - len(shown)} single-alert incidents superseded)")
     _incident_table(shown)
-    _demo_response(shown, steps)
+    at = f" --db {where}" if cfg.store == "sqlite" else ""
+    _demo_response(shown, steps, at)
     out.print()
-    out.print("Next: .venv/bin/aegis incidents show ID | .venv/bin/aegis approvals list | .venv/bin/aegis audit")
+    out.print(escape(f"Next: .venv/bin/aegis incidents show ID{at} | .venv/bin/aegis approvals list{at} | "
+                     f".venv/bin/aegis audit{at}"))  # fmt: skip
 
 
-def _demo_response(shown: list[View], steps: list[StepRecord]) -> None:
+def _demo_response(shown: list[View], steps: list[StepRecord], at: str) -> None:
     """The response plan's steps for the most severe incident, and what approving one would do."""
     out.print()
     waiting = [s for s in steps if s.status == "awaiting_approval"]
@@ -243,7 +251,7 @@ def _demo_response(shown: list[View], steps: list[StepRecord]) -> None:
         out.print(escape(f"  {s.status:<18}{s.playbook} / {s.step}: {s.action} on {s.target} ({need})"))
     first = next((s for s in waiting if s.incident == top.id), None)
     if first is not None:
-        out.print(escape(f"  approve with:  .venv/bin/aegis approvals approve {first.key} --as you@example.com"))
+        out.print(escape(f"  approve with:  .venv/bin/aegis approvals approve {first.key} --as you@example.com{at}"))
         out.print(escape(f"  it would call: {call(first.action, first.params)}"))
 
 
