@@ -87,3 +87,43 @@ def test_a_server_that_does_not_answer_times_out(server):
         asyncio.run(
             graph.revoke_sessions(graph_client(server, timeout=0.5), RevokeSessions(user="mallory@contoso.com"))
         )
+
+
+class StaticArmToken:
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        assert scopes == ("https://management.azure.com/.default",)
+        return AccessToken("arm-token", int(time.time()) + 3600)
+
+
+@pytest.mark.parametrize(
+    ("example", "state", "verb"),
+    [
+        ("UpdateAlertSubscriptionLocation_inProgress_example.json", "inProgress", "inProgress"),
+        ("UpdateAlertSubscriptionLocation_resolve_example.json", "resolve", "resolve"),
+        ("UpdateAlertSubscriptionLocation_dismiss_example.json", "dismiss", "dismiss"),
+        ("UpdateAlertSubscriptionLocation_activate_example.json", "activate", "activate"),
+        ("UpdateAlertResourceGroupLocation_resolve_example.json", "resolve", "resolve"),
+    ],
+)
+def test_update_defender_alert_makes_the_documented_call(server, example, state, verb):
+    import orjson
+
+    from aegis.respond import defender
+    from aegis.respond.actions import UpdateDefenderAlert
+
+    spec = orjson.loads((shared_dir() / "samples/rest-examples/microsoft-security-alerts" / example).read_bytes())
+    p = spec["parameters"]
+    scope = f"/subscriptions/{p['subscriptionId']}"
+    if "resourceGroupName" in p:
+        scope += f"/resourceGroups/{p['resourceGroupName']}"
+    alert = f"{scope}/providers/Microsoft.Security/locations/{p['ascLocation']}/alerts/{p['alertName']}"
+    status = int(next(iter(spec["responses"])))
+    server.expect("POST", f"{alert.lower()}/{verb}".replace("/resourcegroups/", "/resourceGroups/")
+                  .replace("/microsoft.security/", "/Microsoft.Security/"), Reply(status))  # fmt: skip
+    result = defender.update_alert(StaticArmToken(), UpdateDefenderAlert(alert=alert, state=state),
+                                   base_url=server.url, ca_file=str(server.ca_file))  # fmt: skip
+    assert result["state"] == state
+    [seen] = server.seen
+    assert seen.query["api-version"] == [p["api-version"]]
+    assert seen.headers["authorization"] == "Bearer arm-token"
+    assert seen.body is None
