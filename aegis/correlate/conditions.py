@@ -100,15 +100,7 @@ class All(_Strict):
     all: list[Condition] = Field(min_length=1)
 
     def compile(self) -> Predicate:
-        parts = [c.compile() for c in self.all]
-
-        def holds(e: Event) -> bool:
-            for p in parts:  # noqa: SIM110 - a loop is faster than all() over a generator here
-                if not p(e):
-                    return False
-            return True
-
-        return holds
+        return _until([c.compile() for c in self.all], stop=False)
 
     def sources(self) -> frozenset[str] | None:
         """Sources admitted by the conjunction: those of any conjunct that names them."""
@@ -120,15 +112,7 @@ class AnyOf(_Strict):
     any: list[Condition] = Field(min_length=1)
 
     def compile(self) -> Predicate:
-        parts = [c.compile() for c in self.any]
-
-        def holds(e: Event) -> bool:
-            for p in parts:  # noqa: SIM110 - a loop is faster than any() over a generator here
-                if p(e):
-                    return True
-            return False
-
-        return holds
+        return _until([c.compile() for c in self.any], stop=True)
 
     def sources(self) -> frozenset[str] | None:
         """Sources admitted by the disjunction: known only when every branch names them."""
@@ -145,6 +129,19 @@ class Not(_Strict):
 
     def sources(self) -> frozenset[str] | None:
         return None
+
+
+def _until(parts: list[Predicate], *, stop: bool) -> Predicate:
+    """`all` (stop at the first False) or `any` (stop at the first True), as a plain loop: faster
+    than all() / any() over a generator on the hot path."""
+
+    def holds(e: Event) -> bool:
+        for p in parts:
+            if p(e) is stop:
+                return stop
+        return not stop
+
+    return holds
 
 
 def _which(value: Any) -> str:

@@ -319,7 +319,7 @@ class State:
         self.triggers.update((t.pane, t.start) for t in fresh)
         segments = self._segments(d, [Trigger(p, s) for p, s in sorted(self.triggers.items())])
         incidents = [self._incident(d, seg) for seg in segments]
-        self._prune(d, segments, lateness_us)
+        self._prune(d, segments, [inc.id for inc in incidents], lateness_us)
         upsert, live = [], {}
         for inc, seg in zip(incidents, segments, strict=True):
             digest = hashlib.sha256(inc.to_json()).hexdigest()[:16]
@@ -464,7 +464,7 @@ class State:
             return True
         return any(t.pane >= self.final_before for t in seg.triggers)
 
-    def _prune(self, d: Detection, segments: list[_Segment], lateness_us: int) -> None:
+    def _prune(self, d: Detection, segments: list[_Segment], ids: list[str], lateness_us: int) -> None:
         """Make final what no event within the lateness can change, and drop the panes only that needed.
 
         The last segment with a final trigger becomes the carry (only it can be continued by a later
@@ -474,7 +474,7 @@ class State:
         if self.final_before is not None and final_before <= self.final_before:
             return
         self.final_before = final_before
-        for seg in reversed(segments):
+        for seg, ident in zip(reversed(segments), reversed(ids), strict=True):
             finals = [t for t in seg.triggers if t.pane < final_before]
             if not finals:
                 continue
@@ -484,9 +484,6 @@ class State:
                 self.carry.tail = Summary()
                 start = min(self.panes)
             else:
-                first = self._span(_Segment(seg.triggers[:1], seg.times[:1], carried=False))
-                assert first.start is not None
-                ident = incident_id(d.id, self.group, f"{_iso_us(first.start[0])}/{first.start[1]}")
                 self.carry = Carry(ident, Summary(), Summary(), 0, 0)
                 start = seg.triggers[0].start
             self.carry.last_trigger = finals[-1].pane

@@ -85,10 +85,6 @@ class Pane:
         self._json: orjson.Fragment | None = None
 
     @property
-    def start(self) -> int:
-        return min(t for t in self.first if t != NONE)
-
-    @property
     def end(self) -> int:
         return max(self.last)
 

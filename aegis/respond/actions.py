@@ -254,6 +254,16 @@ class RotateAiKeys(Params):
         return f"{self.account}#{self.key}"
 
 
+class _UserParams(Params):
+    """A step on one Entra ID user, by object id or user principal name."""
+
+    user: UserRef
+
+    @property
+    def target(self) -> str:
+        return f"user:{self.user}"
+
+
 @action(
     "revoke_sessions",
     permission="Microsoft Graph application permission User.RevokeSessions.All",
@@ -261,7 +271,7 @@ class RotateAiKeys(Params):
     reversible=False,
     disruptive=True,
 )
-class RevokeSessions(Params):
+class RevokeSessions(_UserParams):
     """Invalidate a user's refresh tokens and session cookies (they must sign in again).
 
     Example:
@@ -272,14 +282,8 @@ class RevokeSessions(Params):
           user: "{{ item.key }}"
     """
 
-    user: UserRef
-
     def request(self) -> str:
         return f"POST {GRAPH}/users/{self.user}/revokeSignInSessions"
-
-    @property
-    def target(self) -> str:
-        return f"user:{self.user}"
 
 
 @action(
@@ -290,7 +294,7 @@ class RevokeSessions(Params):
     inverse="enable_user",
     disruptive=True,
 )
-class DisableUser(Params):
+class DisableUser(_UserParams):
     """Block a user's sign-in.
 
     Example:
@@ -301,14 +305,8 @@ class DisableUser(Params):
           user: "{{ item.key }}"
     """
 
-    user: UserRef
-
     def request(self) -> str:
         return f'PATCH {GRAPH}/users/{self.user} {{"accountEnabled":false}}'
-
-    @property
-    def target(self) -> str:
-        return f"user:{self.user}"
 
 
 @action(
@@ -319,7 +317,7 @@ class DisableUser(Params):
     inverse="disable_user",
     disruptive=False,
 )
-class EnableUser(Params):
+class EnableUser(_UserParams):
     """Allow a user to sign in again.
 
     Example:
@@ -329,14 +327,8 @@ class EnableUser(Params):
           user: "{{ entities.user }}"
     """
 
-    user: UserRef
-
     def request(self) -> str:
         return f'PATCH {GRAPH}/users/{self.user} {{"accountEnabled":true}}'
-
-    @property
-    def target(self) -> str:
-        return f"user:{self.user}"
 
 
 @action(

@@ -34,8 +34,8 @@ class PlannedStep:
     target: str
     params: dict[str, Any]
     approvals: int
-    status: str  # dry_run | awaiting_approval | ready | refused
-    reason: str | None = None
+    status: str  # dry_run | awaiting_approval | ready | refused (a recorded step moves on: record.py)
+    reason: str | None
 
 
 def plan(incident: Incident, response: Response) -> list[PlannedStep]:

@@ -13,7 +13,7 @@ approved step is recorded as `dry_run` with the exact call it would make.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from aegis.correlate.incidents import Incident
 from aegis.errors import AegisError, InputNotFound
 from aegis.respond import planner
 from aegis.respond.actions import ACTIONS
+from aegis.respond.planner import PlannedStep
 from aegis.respond.playbooks import Response
 
 PIPELINE = "aegis"  # the requester of every step the plan produces
@@ -31,21 +32,19 @@ class DecisionRefused(AegisError):
 
 
 @dataclass(frozen=True, slots=True)
-class StepRecord:
-    key: str
-    incident: str
-    playbook: str
-    step: str
-    action: str
-    target: str
-    params: dict[str, Any]
-    approvals: int  # needed
-    status: str  # dry_run | awaiting_approval | approved | denied | expired | succeeded | failed | skipped | refused
-    reason: str | None
+class StepRecord(PlannedStep):
+    """A planned step as recorded: who asked, when, until when it may be decided, who approved.
+    `status` goes on to approved | denied | expired | succeeded | failed | skipped."""
+
     requested_by: str
     created: datetime
     expires: datetime | None
     approvers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, p: PlannedStep, *, requested_by: str, created: datetime, expires: datetime | None) -> StepRecord:
+        planned = {f.name: getattr(p, f.name) for f in fields(PlannedStep)}
+        return cls(**planned, requested_by=requested_by, created=created, expires=expires)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -103,8 +102,7 @@ class Responder:
         for incident in incidents:
             for p in planner.plan(incident, self.response):
                 expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
-                records.append(StepRecord(p.key, p.incident, p.playbook, p.step, p.action, p.target, p.params,
-                                          p.approvals, p.status, p.reason, PIPELINE, now, expires))  # fmt: skip
+                records.append(StepRecord.of(p, requested_by=PIPELINE, created=now, expires=expires))
                 event = "refused" if p.status == "refused" else "planned"
                 audit.append(AuditEntry(now, PIPELINE, event, p.key, p.action, p.target, p.reason or p.status))
                 if p.status == "dry_run":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.events import DeadLetter, Event
@@ -59,10 +58,6 @@ class Store(Protocol):
     def expire_buckets(self, before: int) -> int:
         """Delete the correlation state of buckets whose newest event (µs since the epoch) is older
         than `before`, unless written meanwhile; keep their incidents. Returns how many went."""
-        ...
-
-    def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
-        """Stored events by id (with each one's event time, which locates it in partitioned stores)."""
         ...
 
     def incidents(self) -> list[Incident]: ...

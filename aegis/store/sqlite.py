@@ -139,8 +139,9 @@ class SqliteStore:
 
     def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
         known = known or {}
-        current = {k for k, v in self._select_in("SELECT key, version FROM buckets WHERE key IN ({})", keys)
-                   if known.get(k) == v}  # fmt: skip
+        asked = [k for k in keys if k in known]  # versions first only where the caller has a copy
+        current = {k for k, v in self._select_in("SELECT key, version FROM buckets WHERE key IN ({})", asked)
+                   if known[k] == v}  # fmt: skip
         out = {k: Bucket(k, known[k], None) for k in current}
         stale = [k for k in keys if k not in current]
         rows = self._select_in("SELECT key, version, doc FROM buckets WHERE key IN ({})", stale)
@@ -199,12 +200,6 @@ class SqliteStore:
                 cur.execute("ROLLBACK")
                 raise
         return gone
-
-    def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
-        events = (
-            Event.from_json(doc) for (doc,) in self._select_in("SELECT doc FROM events WHERE id IN ({})", list(refs))
-        )
-        return {e.id: e for e in events}
 
     def _select_in(self, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """Rows of `query` whose `IN ({})` takes `keys`, bound as parameters in chunks."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -190,20 +189,6 @@ class TableStore:
                     if exc.status_code not in (404, 409, 412):  # written or removed meanwhile: keep it
                         raise
         return gone
-
-    def events_by_id(self, refs: Mapping[str, datetime]) -> dict[str, Event]:
-        out: dict[str, Event] = {}
-        with _translate():
-            for event_id, time in refs.items():
-                try:
-                    entity = self._events.get_entity(time.strftime("%Y%m%d"), event_id)
-                except ResourceNotFoundError:
-                    continue
-                doc = entity.get("doc")
-                if doc is None:
-                    doc = self._raw.download_blob(f"events/{event_id}").readall()
-                out[event_id] = Event.from_json(doc)
-        return out
 
     def incidents(self) -> list[Incident]:
         with _translate():
