@@ -48,6 +48,20 @@ class Settings(BaseSettings):
         timedelta(hours=1), description="How late (in event time) an event may arrive and still correlate."
     )
 
+    arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager (sovereign clouds).")
+    graph_endpoint: str = Field("https://graph.microsoft.com/v1.0", description="Microsoft Graph.")
+    mde_endpoint: str = Field("https://api.security.microsoft.com", description="Defender for Endpoint API.")
+    sentinel_workspace: str | None = Field(
+        None, description="ARM id of the Sentinel workspace (open_ticket system: sentinel)."
+    )
+    servicenow_instance: str | None = Field(None, description="https://NAME.service-now.com (system: servicenow).")
+    servicenow_user: str | None = None
+    servicenow_password: SecretStr | None = None
+    jira_site: str | None = Field(None, description="https://NAME.atlassian.net (system: jira).")
+    jira_user: str | None = Field(None, description="The Jira account's e-mail (basic auth with an API token).")
+    jira_token: SecretStr | None = None
+    jira_project: str | None = Field(None, description="The Jira project key tickets go to.")
+
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON when running in Azure, readable console output elsewhere."
     )

@@ -63,6 +63,7 @@ class CorrelationCounts:
     conflicts: int = 0
     expired: int = 0
     errors: list[str] = field(default_factory=list)
+    changed: list[Incident] = field(default_factory=list)  # incidents new or changed, as committed
 
 
 class Match(NamedTuple):
@@ -138,7 +139,9 @@ class Correlator:
                     writes.append(BucketWrite(key, bucket.version if bucket else None, **write))
                     states[key] = state
             committed = self.store.commit_buckets(writes)
+            upserts = {w.key: w.upsert for w in writes}
             for key, version in committed.versions.items():
+                counts.changed += upserts[key]
                 self._cache[key] = (version, states[key])
                 self._cache.move_to_end(key)
             for key in committed.conflicts:

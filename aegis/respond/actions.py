@@ -18,7 +18,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aegis.respond.params import AccountId, Guid, IpRange, MachineId, ResourceIdStr, SecretUri, UserRef
+from aegis.respond.params import AccountId, Guid, HostName, IpRange, MachineId, ResourceIdStr, SecretUri, UserRef
 
 
 class Params(BaseModel):
@@ -76,21 +76,44 @@ def example(spec: ActionSpec) -> str:
     return "\n".join(line[indent:] for line in lines if line.strip() or line == "")
 
 
-MDE = "https://api.securitycenter.microsoft.com/api"
+MDE = "https://api.security.microsoft.com/api"
 GRAPH = "https://graph.microsoft.com/v1.0"
 ARM_ACCOUNT = "https://management.azure.com{account}"
 COGNITIVE_API = "2025-06-01"
 
 
+class _MachineParams(Params):
+    """A step on one Defender for Endpoint machine: by its id, or by host name (looked up first)."""
+
+    machine_id: MachineId | None = None
+    host_name: HostName | None = None
+    comment: str = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _a_machine(self) -> _MachineParams:
+        if self.machine_id is None and self.host_name is None:
+            raise ValueError("machine_id or host_name: the host has neither a Defender for Endpoint id nor a name")
+        return self
+
+    def _lookup(self) -> str:
+        if self.machine_id:
+            return ""
+        return f"GET {MDE}/machines?$filter=computerDnsName eq '{self.host_name}' (exactly one machine); then "
+
+    @property
+    def target(self) -> str:
+        return f"machine:{self.machine_id}" if self.machine_id else f"host:{self.host_name}"
+
+
 @action(
     "isolate_endpoint",
-    permission="Defender for Endpoint application permission Machine.Isolate",
-    rest=f"POST {MDE}/machines/{{machine_id}}/isolate  body {{Comment, IsolationType}}",
+    permission="Defender for Endpoint application permission Machine.Isolate (and Machine.Read.All by host name)",
+    rest=f"POST {MDE}/machines/{{id}}/isolate  body {{Comment, IsolationType}} (201: a machine action)",
     reversible=True,
     inverse="release_endpoint",
     disruptive=True,
 )
-class IsolateEndpoint(Params):
+class IsolateEndpoint(_MachineParams):
     """Isolate a machine from the network with Defender for Endpoint (its MDE connection stays).
 
     Example:
@@ -99,32 +122,27 @@ class IsolateEndpoint(Params):
         for_each: entities.host
         params:
           machine_id: "{{ item.mde_machine_id }}"
+          host_name: "{{ item.name }}"
           isolation: Selective
           comment: "Aegis incident {{ incident.id }}"
     """
 
-    machine_id: MachineId
     isolation: Literal["Selective", "Full"] = "Selective"
-    comment: str = Field(min_length=1, max_length=1000)
 
     def request(self) -> str:
         body = orjson.dumps({"Comment": self.comment, "IsolationType": self.isolation}).decode()
-        return f"POST {MDE}/machines/{self.machine_id}/isolate {body}"
-
-    @property
-    def target(self) -> str:
-        return f"machine:{self.machine_id}"
+        return f"{self._lookup()}POST {MDE}/machines/{self.machine_id or '{id}'}/isolate {body}"
 
 
 @action(
     "release_endpoint",
-    permission="Defender for Endpoint application permission Machine.Isolate",
-    rest=f"POST {MDE}/machines/{{machine_id}}/unisolate  body {{Comment}}",
+    permission="Defender for Endpoint application permission Machine.Isolate (and Machine.Read.All by host name)",
+    rest=f"POST {MDE}/machines/{{id}}/unisolate  body {{Comment}} (201: a machine action)",
     reversible=True,
     inverse="isolate_endpoint",
     disruptive=False,
 )
-class ReleaseEndpoint(Params):
+class ReleaseEndpoint(_MachineParams):
     """Release a machine from isolation.
 
     Example:
@@ -136,15 +154,9 @@ class ReleaseEndpoint(Params):
           comment: "Aegis incident {{ incident.id }} closed"
     """
 
-    machine_id: MachineId
-    comment: str = Field(min_length=1, max_length=1000)
-
     def request(self) -> str:
-        return f"POST {MDE}/machines/{self.machine_id}/unisolate {orjson.dumps({'Comment': self.comment}).decode()}"
-
-    @property
-    def target(self) -> str:
-        return f"machine:{self.machine_id}"
+        body = orjson.dumps({"Comment": self.comment}).decode()
+        return f"{self._lookup()}POST {MDE}/machines/{self.machine_id or '{id}'}/unisolate {body}"
 
 
 @action(
@@ -221,33 +233,40 @@ class RestoreAiResource(Params):
 
 @action(
     "rotate_ai_keys",
-    permission="Azure role Cognitive Services Contributor (Microsoft.CognitiveServices/accounts/regenerateKey/action) "
-    "on the account, and Key Vault Secrets Officer on the vault",
-    rest="POST " + ARM_ACCOUNT + "/regenerateKey?api-version=2025-06-01  body {keyName}; then "
-    "PUT https://{vault}.vault.azure.net/secrets/{name}?api-version=7.5  body {value}",
+    permission="Azure role Cognitive Services Contributor (Microsoft.CognitiveServices/accounts/listKeys/action, "
+    "regenerateKey/action) on the account, and Key Vault Secrets Officer on the secret",
+    rest="with a secret: GET {secret}; POST " + ARM_ACCOUNT + "/listKeys; POST .../regenerateKey {keyName: the key "
+    "the secret does not hold}; PUT {secret} {value: that new key}; POST .../regenerateKey {keyName: the other}. "
+    "Without: POST .../regenerateKey per key (api-version 2025-06-01; Key Vault 7.5)",
     reversible=False,
     disruptive=True,
 )
 class RotateAiKeys(Params):
-    """Regenerate an AI account key and store the new one in Key Vault, the key consumers do not read first.
+    """Regenerate an AI account's keys; with the Key Vault secret consumers read, move it to a fresh key first.
 
     Example:
-        name: rotate the secondary key
+        name: rotate the keys
         action: rotate_ai_keys
         params:
           account: "{{ entities.ai_resource }}"
-          key: Key2
-          secret: https://kv-contoso-ai.vault.azure.net/secrets/oai-key2
+          key: both
+          secret: https://kv-contoso-ai.vault.azure.net/secrets/oai-key
     """
 
     account: AccountId
-    key: Literal["Key1", "Key2"]
+    key: Literal["Key1", "Key2", "both"] = "both"
     secret: SecretUri | None = None
 
     def request(self) -> str:
-        body = orjson.dumps({"keyName": self.key}).decode()
-        first = f"POST https://management.azure.com{self.account}/regenerateKey?api-version={COGNITIVE_API} {body}"
-        return first + (f"; then PUT {self.secret}?api-version=7.5 {{value: the new key}}" if self.secret else "")
+        arm = f"https://management.azure.com{self.account}"
+        keys = ["Key1", "Key2"] if self.key == "both" else [self.key]
+        regen = [f'POST {arm}/regenerateKey?api-version={COGNITIVE_API} {{"keyName":"{k}"}}' for k in keys]
+        if self.secret is None:
+            return "; ".join(regen)
+        return (f"GET {self.secret}?api-version=7.5; POST {arm}/listKeys?api-version={COGNITIVE_API}; then, the key "
+                f"the secret does not hold first: POST {arm}/regenerateKey?api-version={COGNITIVE_API} {{keyName}}; "
+                f"PUT {self.secret}?api-version=7.5 {{value: the new key}}; POST .../regenerateKey {{keyName: the "
+                f"key the secret held}} (regenerating: {', '.join(keys)})")  # fmt: skip
 
     @property
     def target(self) -> str:
@@ -335,9 +354,11 @@ class EnableUser(_UserParams):
     "open_ticket",
     permission="local: none; sentinel: Azure role Microsoft Sentinel Responder on the workspace; "
     "servicenow: the itil role; jira: Create issues in the project",
-    rest="local: the store; sentinel: PUT https://management.azure.com{workspace}/providers/"
-    "Microsoft.SecurityInsights/incidents/{id}?api-version=2024-09-01; servicenow: POST "
-    "https://{instance}.service-now.com/api/now/table/incident; jira: POST https://{site}/rest/api/3/issue",
+    rest="local: the store's ticket table; sentinel: GET then PUT https://management.azure.com{workspace}/providers/"
+    "Microsoft.SecurityInsights/incidents/{uuid5 of the incident}?api-version=2024-09-01; servicenow: GET "
+    "/api/now/table/incident?sysparm_query=correlation_id={incident}, then POST /api/now/table/incident or PATCH "
+    "/api/now/table/incident/{sys_id}; jira: GET /rest/api/3/search/jql (label aegis-{incident}), then POST "
+    "/rest/api/3/issue or PUT /rest/api/3/issue/{key}",
     reversible=False,
     disruptive=False,
 )
@@ -356,6 +377,7 @@ class OpenTicket(Params):
     system: Literal["local", "sentinel", "servicenow", "jira"] = "local"
     title: str = Field(min_length=1, max_length=250)
     severity: Literal["informational", "low", "medium", "high", "critical"]
+    description: str = Field("", max_length=4000)
 
     def request(self) -> str:
         return f"open or update the incident's ticket in {self.system}: {self.severity}: {self.title}"

@@ -1,11 +1,15 @@
 """Microsoft Graph actions on the official SDK (msgraph-sdk): revoke a user's sessions, disable or
-enable a user. The client keeps the SDK's middleware (its retry handler honours `Retry-After` on
-429 and 503); the base URL and the CA bundle can be pointed elsewhere (tests, sovereign clouds).
+enable a user, post in a Teams channel. The client keeps the SDK's middleware (its retry handler
+honours `Retry-After` on 429 and 503); the base URL and the CA bundle can be pointed elsewhere
+(tests, sovereign clouds).
 """
 
 from __future__ import annotations
 
+import asyncio
+import html
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,25 +17,34 @@ import httpx
 from azure.core.credentials import TokenCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from msgraph.generated.models.body_type import BodyType
+from msgraph.generated.models.chat_message import ChatMessage
+from msgraph.generated.models.item_body import ItemBody
 from msgraph.generated.models.user import User
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
-from aegis.respond.actions import DisableUser, EnableUser, RevokeSessions
+from aegis.respond.actions import DisableUser, EnableUser, Notify, RevokeSessions
+from aegis.respond.connect import Context
 
 GRAPH = "https://graph.microsoft.com/v1.0"
 SCOPE = "https://graph.microsoft.com/.default"
 
 
+def http_client(*, ca_file: str | None = None, timeout: float = 30.0) -> httpx.AsyncClient:
+    """The HTTP client under a Graph client; `ca_file` trusts another CA (tests), the system's store otherwise."""
+    return httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca_file) if ca_file else True, timeout=timeout)
+
+
 def client(
     credential: TokenCredential | AsyncTokenCredential, *, base_url: str = GRAPH, ca_file: str | None = None,
-    timeout: float = 30.0,
+    timeout: float = 30.0, http_client_: httpx.AsyncClient | None = None,
 ) -> GraphServiceClient:  # fmt: skip
-    """A Graph client; `ca_file` trusts another CA (tests), the system's store is used otherwise."""
+    """A Graph client with the SDK's middleware (retries honouring `Retry-After`, redirects, ...)."""
     host = urlsplit(base_url).hostname or ""
-    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    http = GraphClientFactory.create_with_default_middleware(client=httpx.AsyncClient(verify=verify, timeout=timeout))
+    base = http_client_ or http_client(ca_file=ca_file, timeout=timeout)
+    http = GraphClientFactory.create_with_default_middleware(client=base)
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[SCOPE], allowed_hosts=[host])
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = base_url
@@ -49,3 +62,30 @@ async def set_account_enabled(graph: GraphServiceClient, p: DisableUser | Enable
     enabled = isinstance(p, EnableUser)
     await graph.users.by_user_id(p.user).patch(User(account_enabled=enabled))
     return {"account_enabled": enabled}
+
+
+async def post_message(graph: GraphServiceClient, p: Notify) -> dict[str, Any]:
+    """POST /teams/{team}/channels/{channel}/messages {"body": {"contentType": "html", "content"}}.
+    The text is HTML-escaped: incident fields are attacker-shaped and must not become markup."""
+    content = html.escape(p.text).replace("\n", "<br>")
+    message = ChatMessage(body=ItemBody(content_type=BodyType.Html, content=content))
+    sent = await graph.teams.by_team_id(p.team).channels.by_channel_id(p.channel).messages.post(message)
+    return {"message": sent.id if sent else None}
+
+
+GraphCall = Callable[[GraphServiceClient, Any], Awaitable[dict[str, Any]]]
+
+
+def run(call: GraphCall) -> Callable[[Any, Context], dict[str, Any]]:
+    """An executor runner for a Graph call: a client on this thread's own event loop, closed after."""
+
+    def runner(p: Any, ctx: Context) -> dict[str, Any]:
+        conn = ctx.connections
+
+        async def go() -> dict[str, Any]:
+            async with http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
+                return await call(client(conn.credential, base_url=conn.graph, http_client_=http), p)
+
+        return asyncio.run(go())
+
+    return runner

@@ -18,6 +18,7 @@ _UPN = re.compile(
     r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
 _MDE_MACHINE = re.compile(r"^[0-9a-f]{40}$")  # Defender for Endpoint machine ids are 40 hex digits
+_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,62})(?:\.[a-z0-9](?:[a-z0-9-]{0,62}))*$")
 _KEY_VAULT_SECRET = re.compile(r"^https://[a-z0-9-]{3,24}\.vault\.azure\.net/secrets/[A-Za-z0-9-]{1,127}/?$")
 
 
@@ -78,6 +79,13 @@ def _machine(value: str) -> str:
     return value
 
 
+def _host(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    if not _HOST.match(value):
+        raise ValueError("not a host name (letters, digits, hyphens and dots)")
+    return value
+
+
 def _secret_uri(value: str) -> str:
     if not _KEY_VAULT_SECRET.match(value.strip()):
         raise ValueError("not a Key Vault secret URI (https://NAME.vault.azure.net/secrets/NAME)")
@@ -92,4 +100,5 @@ Upn = Annotated[str, AfterValidator(_upn)]
 UserRef = Annotated[str, AfterValidator(_user)]
 IpRange = Annotated[str, AfterValidator(_ip)]
 MachineId = Annotated[str, AfterValidator(_machine)]
+HostName = Annotated[str, AfterValidator(_host)]
 SecretUri = Annotated[str, AfterValidator(_secret_uri)]

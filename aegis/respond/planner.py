@@ -34,7 +34,7 @@ class PlannedStep:
     target: str
     params: dict[str, Any]
     approvals: int
-    status: str  # dry_run | awaiting_approval | ready | refused (a recorded step moves on: record.py)
+    status: str  # dry_run | awaiting_approval | approved | refused (a recorded step moves on: record.py)
     reason: str | None
 
 
@@ -114,7 +114,7 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     elif approvals:
         status = "awaiting_approval"
     else:
-        status = "dry_run" if plan_.mode == "dry_run" else "ready"
+        status = "dry_run" if plan_.mode == "dry_run" else "approved"  # approved by the plan itself
     return PlannedStep(_key(base, values), **base, target=params.target, params=values, approvals=approvals,
                        status=status, reason=reason)  # fmt: skip
 

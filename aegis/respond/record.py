@@ -6,8 +6,8 @@ the requester cannot approve; one person counts once; an expired step never runs
 recorded as `expired`, never as approval); a decision replayed changes nothing; two approvers at
 the same moment cannot both be "the second" (the store compares the status it read).
 
-This version plans and decides; executing actions against Azure comes next. In `dry_run` mode an
-approved step is recorded as `dry_run` with the exact call it would make.
+In `dry_run` mode an approved step is recorded as `dry_run` with the exact call it would make; in
+`execute` mode it becomes `approved` and the executor (`execute.py`) runs it.
 """
 
 from __future__ import annotations
@@ -34,12 +34,20 @@ class DecisionRefused(AegisError):
 @dataclass(frozen=True, slots=True)
 class StepRecord(PlannedStep):
     """A planned step as recorded: who asked, when, until when it may be decided, who approved.
-    `status` goes on to approved | denied | expired | succeeded | failed | skipped."""
+    `status` goes on to approved | denied | expired | succeeded | failed | skipped | refused."""
 
     requested_by: str
     created: datetime
     expires: datetime | None
     approvers: tuple[str, ...] = ()
+    revision: int = 0  # +1 on every write: the store writes a step only over the revision it was read at
+    started: datetime | None = None  # when the executor claimed it (recorded before the call)
+    attempts: int = 0
+    outcome: dict[str, Any] | None = None  # what the call returned (no secrets), or the error
+
+    def next(self, **changes: Any) -> StepRecord:
+        """This step changed, one revision on (what `ResponseStore.replace_step` writes)."""
+        return replace(self, revision=self.revision + 1, **changes)
 
     @classmethod
     def of(cls, p: PlannedStep, *, requested_by: str, created: datetime, expires: datetime | None) -> StepRecord:
@@ -52,6 +60,7 @@ class StepRecord(PlannedStep):
             "action": self.action, "target": self.target, "params": self.params, "status": self.status,
             "approvals_needed": self.approvals, "approvers": list(self.approvers), "reason": self.reason,
             "requested_by": self.requested_by, "created": _iso(self.created), "expires": _iso(self.expires),
+            "started": _iso(self.started), "attempts": self.attempts, "outcome": self.outcome,
         }  # fmt: skip
 
 
@@ -75,24 +84,36 @@ class ResponseStore(Protocol):
         """Record steps not recorded yet (by key) with their audit entries; return how many were new."""
         ...
 
-    def steps(self, *, incident: str | None = None) -> list[StepRecord]: ...
+    def steps(
+        self, *, incident: str | None = None, action: str | None = None, status: Sequence[str] | None = None
+    ) -> list[StepRecord]:
+        """Steps in the order they were planned, optionally of one incident, one action, some statuses."""
+        ...
 
-    def replace_step(self, step: StepRecord, *, expected_status: str, audit: Sequence[AuditEntry]) -> bool:
-        """Write `step` if its stored status is still `expected_status`; False if another decision won."""
+    def step(self, key: str) -> StepRecord | None: ...
+
+    def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
+        """Write `step` (made by `StepRecord.next`) if the stored one is still at the revision before it;
+        False if another writer (a decision, an executor) got there first."""
+        ...
+
+    def started_since(self, action: str, since: datetime) -> int:
+        """How many steps of `action` the executor started at or after `since` (rate limits)."""
+        ...
+
+    def save_ticket(self, incident: str, title: str, severity: str, now: datetime) -> tuple[str, bool]:
+        """Open the incident's local ticket, or update it: its number, and whether it is new."""
         ...
 
     def audit_log(self) -> list[AuditEntry]: ...
 
 
 class Responder:
+    """Plans and records the response, and takes the on-call engineers' decisions."""
+
     def __init__(
         self, response: Response, store: ResponseStore, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     ) -> None:
-        if response.plan.mode != "dry_run":
-            raise AegisError(
-                "the response plan says `mode: execute`, but this version only plans and records (dry run): "
-                "set `mode: dry_run` in playbooks/response-plan.yaml"
-            )
         self.response, self.store, self.clock = response, store, clock
 
     def respond(self, incidents: Sequence[Incident]) -> int:
@@ -112,15 +133,15 @@ class Responder:
         return self.store.add_steps(records, audit)
 
     def decide(self, key: str, person: str, *, approve: bool, reason: str = "") -> StepRecord:
-        step = self._find(key)
+        step = self.store.step(key)
+        if step is None:
+            raise InputNotFound(f"no step {key}: `aegis approvals list` shows the pending ones")
         now = self.clock()
         person = person.strip().lower()
         if step.status != "awaiting_approval":
             raise DecisionRefused(f"step {key} is {step.status}, not awaiting approval")
         if step.expires is not None and now > step.expires:
-            expired = replace(step, status="expired", reason=f"no decision by {_iso(step.expires)}")
-            entry = AuditEntry(now, PIPELINE, "expired", key, step.action, step.target, expired.reason or "")
-            self.store.replace_step(expired, expected_status=step.status, audit=[entry])
+            self.expire(step, now)
             raise DecisionRefused(f"step {key} expired at {_iso(step.expires)}: it will not run")
         if person == step.requested_by:
             raise DecisionRefused(f"{person} requested this step and cannot decide it")
@@ -129,26 +150,29 @@ class Responder:
         if approve:
             approvers = (*step.approvers, person)
             done = len(approvers) >= step.approvals
-            new = replace(step, approvers=approvers, status="dry_run" if done else "awaiting_approval")
+            dry = self.response.plan.mode == "dry_run"
+            status = "awaiting_approval" if not done else "dry_run" if dry else "approved"
+            new = step.next(approvers=approvers, status=status)
             audit = [AuditEntry(now, person, "approved", key, step.action, step.target,
                                 f"approval {len(approvers)} of {step.approvals}")]  # fmt: skip
-            if done:
+            if done and dry:
                 audit.append(AuditEntry(now, PIPELINE, "dry_run", key, step.action, step.target,
                                         call(step.action, step.params)))  # fmt: skip
         else:
             if not reason.strip():
                 raise DecisionRefused("a denial needs a reason (--reason)")
-            new = replace(step, status="denied", reason=reason.strip()[:500])
+            new = step.next(status="denied", reason=reason.strip()[:500])
             audit = [AuditEntry(now, person, "denied", key, step.action, step.target, new.reason or "")]
-        if not self.store.replace_step(new, expected_status=step.status, audit=audit):
+        if not self.store.replace_step(new, audit=audit):
             raise DecisionRefused(f"step {key} was decided by someone else at the same moment: look again")
         return new
 
-    def _find(self, key: str) -> StepRecord:
-        found = [s for s in self.store.steps() if s.key == key]
-        if not found:
-            raise InputNotFound(f"no step {key}: `aegis approvals list` shows the pending ones")
-        return found[0]
+    def expire(self, step: StepRecord, now: datetime) -> StepRecord:
+        """Record that a step waited past its expiry: it will never run (expiry is never approval)."""
+        expired = step.next(status="expired", reason=f"no decision by {_iso(step.expires)}")
+        entry = AuditEntry(now, PIPELINE, "expired", step.key, step.action, step.target, expired.reason or "")
+        self.store.replace_step(expired, audit=[entry])
+        return expired
 
 
 def call(action: str, params: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from aegis.events import DeadLetter, Event
 from aegis.respond.record import AuditEntry, StepRecord
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
-SCHEMA_VERSION = 2  # 2: correlation state as panes (head + chunks)
+SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -62,10 +62,22 @@ CREATE INDEX IF NOT EXISTS incidents_by_bucket ON incidents (bucket, last_seen);
 CREATE TABLE IF NOT EXISTS response_steps (
     key TEXT PRIMARY KEY,
     incident TEXT NOT NULL,
+    action TEXT NOT NULL,
     status TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    started TEXT,
     doc BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS response_steps_by_incident ON response_steps (incident);
+CREATE INDEX IF NOT EXISTS response_steps_started ON response_steps (action, started);
+CREATE TABLE IF NOT EXISTS tickets (
+    number INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    opened TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     doc BLOB NOT NULL
@@ -221,10 +233,7 @@ class SqliteStore:
                 known = {k for (k,) in _rows_in(cur, "SELECT key FROM response_steps WHERE key IN ({})",
                                                 [s.key for s in steps])}  # fmt: skip
                 new = [s for s in steps if s.key not in known]
-                cur.executemany(
-                    "INSERT INTO response_steps VALUES (?, ?, ?, ?)",
-                    [(s.key, s.incident, s.status, orjson.dumps(s)) for s in new],
-                )
+                cur.executemany("INSERT INTO response_steps VALUES (?, ?, ?, ?, ?, ?, ?)", [_step_row(s) for s in new])
                 keys = {s.key for s in new}
                 cur.executemany(
                     "INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit if a.step in keys]
@@ -235,24 +244,38 @@ class SqliteStore:
                 raise
         return len(new)
 
-    def steps(self, *, incident: str | None = None) -> list[StepRecord]:
+    def steps(
+        self, *, incident: str | None = None, action: str | None = None, status: Sequence[str] | None = None
+    ) -> list[StepRecord]:
+        where, args = [], []
+        for column, value in (("incident", incident), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if status is not None:
+            where.append(f"status IN ({','.join('?' * len(status))})")
+            args += status
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock, _translate(self.path):
-            if incident is None:
-                rows = self._db.execute("SELECT doc FROM response_steps ORDER BY rowid").fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT doc FROM response_steps WHERE incident = ? ORDER BY rowid", (incident,)
-                ).fetchall()
+            query = f"SELECT doc FROM response_steps {clause} ORDER BY rowid"  # noqa: S608  (columns fixed, values bound)
+            rows = self._db.execute(query, args).fetchall()
         return [_step(orjson.loads(doc)) for (doc,) in rows]
 
-    def replace_step(self, step: StepRecord, *, expected_status: str, audit: Sequence[AuditEntry]) -> bool:
+    def step(self, key: str) -> StepRecord | None:
+        with self._lock, _translate(self.path):
+            row = self._db.execute("SELECT doc FROM response_steps WHERE key = ?", (key,)).fetchone()
+        return _step(orjson.loads(row[0])) if row else None
+
+    def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
+        key, _, _, status, revision, started, doc = _step_row(step)
         with self._lock, _translate(self.path):
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 cur.execute(
-                    "UPDATE response_steps SET status = ?, doc = ? WHERE key = ? AND status = ?",
-                    (step.status, orjson.dumps(step), step.key, expected_status),
+                    "UPDATE response_steps SET status = ?, revision = ?, started = ?, doc = ? "
+                    "WHERE key = ? AND revision = ?",
+                    (status, revision, started, doc, key, revision - 1),
                 )
                 won = cur.rowcount == 1
                 if won:
@@ -263,6 +286,34 @@ class SqliteStore:
                 raise
         return won
 
+    def started_since(self, action: str, since: datetime) -> int:
+        with self._lock, _translate(self.path):
+            (n,) = self._db.execute(
+                "SELECT count(*) FROM response_steps WHERE action = ? AND started >= ?", (action, _utc(since))
+            ).fetchone()
+        return int(n)
+
+    def save_ticket(self, incident: str, title: str, severity: str, now: datetime) -> tuple[str, bool]:
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT number FROM tickets WHERE incident = ?", (incident,)).fetchone()
+                if row:
+                    cur.execute("UPDATE tickets SET title = ?, severity = ?, updated = ? WHERE number = ?",
+                                (title, severity, _utc(now), row[0]))  # fmt: skip
+                    number = row[0]
+                else:
+                    values = (incident, title, severity, _utc(now), _utc(now))
+                    cur.execute("INSERT INTO tickets (incident, title, severity, opened, updated) "
+                                "VALUES (?, ?, ?, ?, ?)", values)  # fmt: skip
+                    number = cur.lastrowid
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return f"AEGIS-{number}", row is None
+
     def audit_log(self) -> list[AuditEntry]:
         with self._lock, _translate(self.path):
             rows = self._db.execute("SELECT doc FROM audit ORDER BY seq").fetchall()
@@ -272,10 +323,19 @@ class SqliteStore:
         self._db.close()
 
 
+def _step_row(s: StepRecord) -> tuple[Any, ...]:
+    started = _utc(s.started) if s.started else None
+    return (s.key, s.incident, s.action, s.status, s.revision, started, orjson.dumps(s))
+
+
+def _utc(t: datetime) -> str:
+    """A timestamp that sorts as text (UTC, fixed width)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _step(d: dict[str, Any]) -> StepRecord:
-    return StepRecord(**{**d, "created": datetime.fromisoformat(d["created"]),
-                         "expires": datetime.fromisoformat(d["expires"]) if d["expires"] else None,
-                         "approvers": tuple(d["approvers"])})  # fmt: skip
+    times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
+    return StepRecord(**{**d, **times, "approvers": tuple(d["approvers"])})
 
 
 def _audit(d: dict[str, Any]) -> AuditEntry:

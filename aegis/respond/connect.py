@@ -1,0 +1,107 @@
+"""Where the response actions connect, and with what: one credential, the service endpoints (public
+cloud by default; a sovereign cloud or the tests' local server otherwise), timeouts and retries,
+and the ticketing systems' settings. Built from the settings module by `from_settings`.
+
+Every client the actions build from this keeps its SDK's retry policy (429 and 5xx retried with
+exponential backoff that honours `Retry-After`); the executor decides what a failure left after
+those retries means (`execute.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import PipelineClient
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError
+from azure.core.pipeline.policies import RetryPolicy, UserAgentPolicy
+from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
+from azure.identity import DefaultAzureCredential
+from pydantic import SecretStr
+
+from aegis.errors import AegisError
+from aegis.respond.record import ResponseStore, StepRecord
+from aegis.settings import Settings
+
+
+@dataclass(frozen=True)
+class Tickets:
+    sentinel_workspace: str | None = None  # ARM id of the Log Analytics workspace with Microsoft Sentinel
+    servicenow_instance: str | None = None  # https://NAME.service-now.com
+    servicenow_user: str | None = None
+    servicenow_password: SecretStr | None = None
+    jira_site: str | None = None  # https://NAME.atlassian.net
+    jira_user: str | None = None
+    jira_token: SecretStr | None = None
+    jira_project: str | None = None
+
+
+@dataclass(frozen=True)
+class Connections:
+    credential: TokenCredential
+    arm: str = "https://management.azure.com"
+    graph: str = "https://graph.microsoft.com/v1.0"
+    mde: str = "https://api.security.microsoft.com"
+    vault: str | None = None  # all Key Vault calls go here instead of the secret URI's host (tests)
+    ca_file: str | None = None  # trust this CA instead of the system's (tests)
+    timeout: float = 30.0  # seconds to connect, and to wait for an answer
+    retries: int = 3  # the SDKs' own retries of 429 / 5xx / connection errors, per call
+    tickets: Tickets = Tickets()
+
+    def sdk_options(self) -> dict[str, Any]:
+        """Keyword options every azure-core based client takes."""
+        options: dict[str, Any] = {
+            "retry_total": self.retries, "connection_timeout": self.timeout, "read_timeout": self.timeout,
+            "retry_backoff_factor": 0.8, "retry_backoff_max": 60,
+        }  # fmt: skip
+        if self.ca_file:
+            options["connection_verify"] = self.ca_file
+        return options
+
+    def rest_client(self, base_url: str, auth: Any) -> PipelineClient[HttpRequest, Any]:
+        """An azure-core pipeline for the services with no Python SDK (Defender for Endpoint, ServiceNow,
+        Jira): the same retry policy as the SDKs, then `auth`."""
+        retry = RetryPolicy(retry_total=self.retries, retry_backoff_factor=0.8, retry_backoff_max=60)
+        transport = RequestsTransport(
+            connection_verify=self.ca_file or True, connection_timeout=self.timeout, read_timeout=self.timeout
+        )
+        return PipelineClient(base_url=base_url.rstrip("/"), policies=[UserAgentPolicy("aegis"), retry, auth],
+                              transport=transport)  # fmt: skip
+
+
+def send(client: PipelineClient[HttpRequest, Any], request: HttpRequest) -> Any:
+    """Send; an error status raises `HttpResponseError` (as the SDKs do); the JSON answer, if any."""
+    response = client.send_request(request)
+    if response.status_code >= 400:
+        raise HttpResponseError(response=response)
+    return response.json() if response.content else None
+
+
+def from_settings(cfg: Settings, credential: TokenCredential | None = None) -> Connections:
+    """The connections the settings describe, with the managed identity (or the developer's login)."""
+    if credential is None:
+        credential = DefaultAzureCredential(managed_identity_client_id=cfg.managed_identity_client_id)
+    tickets = Tickets(
+        sentinel_workspace=cfg.sentinel_workspace, servicenow_instance=cfg.servicenow_instance,
+        servicenow_user=cfg.servicenow_user, servicenow_password=cfg.servicenow_password,
+        jira_site=cfg.jira_site, jira_user=cfg.jira_user, jira_token=cfg.jira_token, jira_project=cfg.jira_project,
+    )  # fmt: skip
+    return Connections(credential, arm=cfg.arm_endpoint, graph=cfg.graph_endpoint, mde=cfg.mde_endpoint,
+                       tickets=tickets)  # fmt: skip
+
+
+class CannotRun(AegisError):
+    """The action found it must not or cannot do what was asked (nothing to restore, an ambiguous
+    machine name, a Key Vault secret that holds neither key): a permanent failure, never retried."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an action runs with: the connections, the recorded steps (a restore reads what a
+    containment kept) and its own step."""
+
+    connections: Connections
+    store: ResponseStore
+    step: StepRecord
