@@ -3,6 +3,7 @@ and the field; every value an action takes parsed into the one form it accepts."
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_each_action_documents_a_step_that_loads_through_the_real_loader(name):
     step = playbooks.load_step(text, origin=f"{name} docstring")
     assert step.action == name
     assert spec.permission
-    assert spec.rest.split()[0] in {"POST", "PATCH", "PUT", "local:"}
+    assert re.search(r"\b(POST|PATCH|PUT) (https://|\.\.\.|/)", spec.rest), spec.rest  # names its exact calls
     assert spec.inverse is None or spec.inverse in ACTIONS
 
 
@@ -327,14 +328,12 @@ def test_a_denial_needs_a_reason_and_stops_the_step(responder):
 
 
 def test_two_deciders_at_once_cannot_both_win(responder):
-    from dataclasses import replace
-
     _, store, _ = responder
     step = waiting(store, "contain_ai_resource")
-    mine = replace(step, status="dry_run", approvers=("alice@contoso.com",))
-    theirs = replace(step, status="denied", reason="no")
-    assert store.replace_step(mine, expected_status="awaiting_approval", audit=[])
-    assert not store.replace_step(theirs, expected_status="awaiting_approval", audit=[])  # read the same status: loses
+    mine = step.next(status="dry_run", approvers=("alice@contoso.com",))
+    theirs = step.next(status="denied", reason="no")
+    assert store.replace_step(mine, audit=[])
+    assert not store.replace_step(theirs, audit=[])  # read the same revision: loses
     assert next(s for s in store.steps() if s.key == step.key).status == "dry_run"
 
 
@@ -348,15 +347,19 @@ def test_the_audit_log_is_append_only(responder):
         store._db.execute("DELETE FROM audit")
 
 
-def test_execute_mode_is_refused_until_actions_can_run(tmp_path):
-    from aegis.errors import AegisError
+def test_in_execute_mode_automatic_and_fully_approved_steps_are_approved_not_dry_run(tmp_path, demo_incidents):
     from aegis.respond.record import Responder
     from aegis.store import SqliteStore
 
     plan = (playbooks.PLAYBOOKS_DIR / playbooks.PLAN_FILE).read_text().replace("mode: dry_run", "mode: execute")
-    folder = bad_folder(tmp_path, playbooks.PLAN_FILE, plan)
-    with pytest.raises(AegisError, match="set `mode: dry_run`"):
-        Responder(playbooks.load(folder), SqliteStore(":memory:"))
+    store = SqliteStore(":memory:")
+    responder = Responder(playbooks.load(bad_folder(tmp_path, playbooks.PLAN_FILE, plan)), store)
+    responder.respond([demo_incidents["ai-prompt-attack-then-exfiltration"]])
+    by_action = {s.action: s for s in store.steps()}
+    assert by_action["open_ticket"].status == "approved"  # automatic: approved by the plan itself
+    contain = by_action["contain_ai_resource"]
+    assert contain.status == "awaiting_approval"
+    assert responder.decide(contain.key, "alice@contoso.com", approve=True).status == "approved"
 
 
 ACCOUNT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/oai"
@@ -365,17 +368,16 @@ ALERT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/providers/Microsoft
 MACHINE = "4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f"
 REQUESTS = {
     "isolate_endpoint": ({"machine_id": MACHINE, "comment": "c"},
-                         f'POST https://api.securitycenter.microsoft.com/api/machines/{MACHINE}/isolate '
+                         f'POST https://api.security.microsoft.com/api/machines/{MACHINE}/isolate '
                          '{"Comment":"c","IsolationType":"Selective"}'),
     "release_endpoint": ({"machine_id": MACHINE, "comment": "c"},
-                         f'POST https://api.securitycenter.microsoft.com/api/machines/{MACHINE}/unisolate {{"Comment":"c"}}'),
+                         f'POST https://api.security.microsoft.com/api/machines/{MACHINE}/unisolate {{"Comment":"c"}}'),
     "contain_ai_resource": ({"account": ACCOUNT, "mode": "allow_only", "allow": ["81.2.69.7"]},
                             f'PATCH {ARM}?api-version=2025-06-01 '
                             '{"properties":{"networkAcls":{"defaultAction":"Deny","ipRules":[{"value":"81.2.69.7/32"}]}}}'),
     "restore_ai_resource": ({"account": ACCOUNT}, f"PATCH {ARM}?api-version=2025-06-01 (the values kept)"),
-    "rotate_ai_keys": ({"account": ACCOUNT, "key": "Key2", "secret": "https://kv-ai.vault.azure.net/secrets/k2"},
-                       f'POST {ARM}/regenerateKey?api-version=2025-06-01 {{"keyName":"Key2"}}; '
-                       "then PUT https://kv-ai.vault.azure.net/secrets/k2?api-version=7.5 {value: the new key}"),
+    "rotate_ai_keys": ({"account": ACCOUNT, "key": "Key2"},
+                       f'POST {ARM}/regenerateKey?api-version=2025-06-01 {{"keyName":"Key2"}}'),
     "revoke_sessions": ({"user": "Mallory@Contoso.com"},
                         "POST https://graph.microsoft.com/v1.0/users/mallory@contoso.com/revokeSignInSessions"),
     "disable_user": ({"user": "mallory@contoso.com"},

@@ -110,6 +110,7 @@ def test_update_defender_alert_makes_the_documented_call(server, example, state,
 
     from aegis.respond import defender
     from aegis.respond.actions import UpdateDefenderAlert
+    from aegis.respond.connect import Connections, Context
 
     spec = orjson.loads((shared_dir() / "samples/rest-examples/microsoft-security-alerts" / example).read_bytes())
     p = spec["parameters"]
@@ -120,8 +121,8 @@ def test_update_defender_alert_makes_the_documented_call(server, example, state,
     status = int(next(iter(spec["responses"])))
     server.expect("POST", f"{alert.lower()}/{verb}".replace("/resourcegroups/", "/resourceGroups/")
                   .replace("/microsoft.security/", "/Microsoft.Security/"), Reply(status))  # fmt: skip
-    result = defender.update_alert(StaticArmToken(), UpdateDefenderAlert(alert=alert, state=state),
-                                   base_url=server.url, ca_file=str(server.ca_file))  # fmt: skip
+    conn = Connections(StaticArmToken(), arm=server.url, ca_file=str(server.ca_file))  # type: ignore[arg-type]
+    result = defender.update_alert(UpdateDefenderAlert(alert=alert, state=state), Context(conn, None, None))  # type: ignore[arg-type]
     assert result["state"] == state
     [seen] = server.seen
     assert seen.query["api-version"] == [p["api-version"]]

@@ -73,6 +73,7 @@ class Connections:
 
 def send(client: PipelineClient[HttpRequest, Any], request: HttpRequest) -> Any:
     """Send; an error status raises `HttpResponseError` (as the SDKs do); the JSON answer, if any."""
+    request.url = client.format_url(request.url)
     response = client.send_request(request)
     if response.status_code >= 400:
         raise HttpResponseError(response=response)

@@ -17,6 +17,7 @@ import httpx
 from azure.core.credentials import TokenCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from kiota_http.middleware.options import RetryHandlerOption
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.chat_message import ChatMessage
 from msgraph.generated.models.item_body import ItemBody
@@ -39,12 +40,13 @@ def http_client(*, ca_file: str | None = None, timeout: float = 30.0) -> httpx.A
 
 def client(
     credential: TokenCredential | AsyncTokenCredential, *, base_url: str = GRAPH, ca_file: str | None = None,
-    timeout: float = 30.0, http_client_: httpx.AsyncClient | None = None,
+    timeout: float = 30.0, http_client_: httpx.AsyncClient | None = None, retries: int = 3,
 ) -> GraphServiceClient:  # fmt: skip
     """A Graph client with the SDK's middleware (retries honouring `Retry-After`, redirects, ...)."""
     host = urlsplit(base_url).hostname or ""
     base = http_client_ or http_client(ca_file=ca_file, timeout=timeout)
-    http = GraphClientFactory.create_with_default_middleware(client=base)
+    options = {RetryHandlerOption.get_key(): RetryHandlerOption(max_retries=retries)}
+    http = GraphClientFactory.create_with_default_middleware(client=base, options=options)
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[SCOPE], allowed_hosts=[host])
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = base_url
@@ -84,7 +86,8 @@ def run(call: GraphCall) -> Callable[[Any, Context], dict[str, Any]]:
 
         async def go() -> dict[str, Any]:
             async with http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
-                return await call(client(conn.credential, base_url=conn.graph, http_client_=http), p)
+                graph = client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries)
+                return await call(graph, p)
 
         return asyncio.run(go())
 

@@ -22,6 +22,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.core.pipeline.policies import HeadersPolicy
 from azure.core.rest import HttpRequest
 from azure.mgmt.securityinsight import SecurityInsightsMgmtClient
+from azure.mgmt.securityinsight.models import Incident as SentinelIncident
 from pydantic import SecretStr
 
 from aegis.arm import parse_resource_id
@@ -70,7 +71,7 @@ def _sentinel(p: OpenTicket, incident: str, conn: Connections) -> dict[str, Any]
     except ResourceNotFoundError:
         body = {"properties": {**props, "status": "New", "labels": [{"labelName": "aegis"}]}}
         created = True
-    result = client.incidents.create_or_update(group, name, sid, body).as_dict()
+    result = client.incidents.create_or_update(group, name, sid, SentinelIncident(body)).as_dict()
     number = result.get("properties", {}).get("incidentNumber")
     return {"system": "sentinel", "ticket": sid, "number": number, "created": created}
 
