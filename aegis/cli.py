@@ -30,10 +30,12 @@ from aegis.correlate.incidents import SEVERITY_ORDER, View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message
-from aegis.respond import planner
+from aegis.respond import connect, planner
 from aegis.respond import playbooks as response
 from aegis.respond.actions import ACTIONS
+from aegis.respond.execute import Executor, RunCounts
 from aegis.respond.record import Responder, ResponseStore, StepRecord, call
+from aegis.settings import Settings
 from aegis.store import SqliteStore, Store, open_store
 
 app = typer.Typer(
@@ -463,15 +465,27 @@ def playbooks_plan(
 
 @app.command("respond")
 def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
-    """Record what the response plan does for every stored incident (idempotent: a step is recorded once)."""
+    """Record what the response plan does for every stored incident (idempotent: a step is recorded
+    once); in `mode: execute`, run the steps that are approved, expire the ones that waited too long
+    and retry the ones a throttled service released."""
     loaded = response.load(folder)
-    with _store(db, must_exist=True) as (_, store):
+    with _store(db, must_exist=True) as (cfg, store):
         steps_store = _response_store(store)
         incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
         new = Responder(loaded, steps_store).respond(incidents)
+        ran = _execute(cfg, loaded, steps_store, None)
         waiting = [st for st in steps_store.steps() if st.status == "awaiting_approval"]
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
               "(`aegis approvals list`)")  # fmt: skip
+    if ran is not None:
+        out.print("executed: " + ", ".join(f"{k} {v}" for k, v in ran.as_dict().items()))
+
+
+def _execute(cfg: Settings, loaded: response.Response, store: ResponseStore, incident: str | None) -> RunCounts | None:
+    """In `mode: execute`, run what is approved (of one incident, or all); None in dry-run mode."""
+    if loaded.plan.mode != "execute":
+        return None
+    return Executor(loaded, store, connect.from_settings(cfg)).run([incident] if incident else None)
 
 
 approvals_app = typer.Typer(help="Steps that wait for on-call approval.", no_args_is_help=True)
@@ -500,12 +514,20 @@ def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
 @approvals_app.command("approve")
 def approvals_approve(step_id: Annotated[str, typer.Argument(help="Step id.")], person: PersonOption,
                       db: DbOption = None, folder: FolderOption = None) -> None:  # fmt: skip
-    """Approve a step (the requester cannot; one person counts once)."""
-    with _store(db, must_exist=True) as (_, store):
-        step = Responder(response.load(folder), _response_store(store)).decide(step_id, person, approve=True)
+    """Approve a step (the requester cannot; one person counts once). In `mode: execute` a step with all
+    its approvals runs at once, with the playbook's steps after it."""
+    loaded = response.load(folder)
+    with _store(db, must_exist=True) as (cfg, store):
+        steps_store = _response_store(store)
+        step = Responder(loaded, steps_store).decide(step_id, person, approve=True)
+        if step.status == "approved":
+            _execute(cfg, loaded, steps_store, step.incident)
+            step = steps_store.step(step.key) or step
     out.print(escape(f"{step.action} on {step.target}: {step.status} ({len(step.approvers)} of {step.approvals})"))
     if step.status == "dry_run":
         out.print(escape(f"dry run: would call {call(step.action, step.params)}"))
+    elif step.reason:
+        out.print(escape(f"{step.status}: {step.reason}"))
 
 
 @approvals_app.command("deny")
@@ -535,7 +557,7 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def _response_store(store: object) -> ResponseStore:
-    if not isinstance(store, SqliteStore):
+    if not isinstance(store, ResponseStore):
         raise AegisError(
             "approvals and the audit log are kept in the embedded store in this version: AEGIS_STORE=sqlite"
         )

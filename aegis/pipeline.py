@@ -2,7 +2,7 @@
 
     message bytes ─► decode ─► items ─► normalizer ─► events ─┐
                          │          │                         ├─► store (one write per batch) ─► correlator
-                         └──────────┴──► dead letters ────────┘
+                         └──────────┴──► dead letters ────────┘         incidents changed ─► respond
 
 Outcome of each message, exactly one of:
 - `with_events`: at least one item gave events (items of it that failed are dead-lettered too);
@@ -24,6 +24,7 @@ import structlog
 
 from aegis import normalize
 from aegis.correlate.engine import Correlator
+from aegis.correlate.incidents import Incident
 from aegis.decode import Limits, decode, items, kind_of
 from aegis.errors import MalformedInput
 from aegis.events import DeadLetter, Event, Evidence
@@ -80,11 +81,13 @@ class Pipeline:
         *,
         limits: Limits | None = None,
         correlator: Correlator | None = None,
+        respond: Callable[[list[Incident]], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.correlator = correlator
+        self.respond = respond  # given the incidents a batch created or changed (the response plan)
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -119,6 +122,8 @@ class Pipeline:
             counts.matches = correlated.matches
             counts.incident_updates = correlated.incidents
             counts.late = correlated.too_late
+            if self.respond is not None and correlated.changed:
+                self.respond(correlated.changed)
         return counts
 
     def _one(self, message: Message, digest: str, received: datetime) -> tuple[list[Event], list[DeadLetter]]:

@@ -3,23 +3,65 @@ store client and the pipeline. Built on first use, so importing the app stays ch
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+
+import structlog
 
 from aegis import log, settings
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
+from aegis.correlate.incidents import Incident, views
 from aegis.pipeline import Pipeline
+from aegis.respond import connect, playbooks
+from aegis.respond.execute import Executor, RunCounts
+from aegis.respond.record import Responder, ResponseStore
 from aegis.store import Store, open_store
 
+logger = structlog.get_logger("aegis.runtime")
 
-def build_pipeline(cfg: settings.Settings, store: Store) -> Pipeline:
-    """The correlating pipeline on `store`, with the detections in `detections/` (validated here)."""
-    correlator = Correlator(detections.load().detections, store, lateness=cfg.lateness)
-    return Pipeline(store, limits=cfg.limits, correlator=correlator)
+
+def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = False) -> Pipeline:
+    """The correlating pipeline on `store`, with the detections in `detections/` (validated here);
+    with `respond`, the response plan acts on the incidents each batch creates or changes."""
+    loaded = detections.load().detections
+    correlator = Correlator(loaded, store, lateness=cfg.lateness)
+    hook = responder(cfg, store, [d.id for d in loaded]) if respond else None
+    return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook)
+
+
+def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Callable[[list[Incident]], None] | None:
+    """Plan (and in `mode: execute`, run) the response for changed incidents; None when the store
+    keeps no response records (Table Storage, for now: logged once at start-up)."""
+    if not isinstance(store, ResponseStore):
+        logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records yet")
+        return None
+    plan = playbooks.load(detection_ids=known)
+    record = Responder(plan, store)
+    run = Executor(plan, store, connect.from_settings(cfg)) if plan.plan.mode == "execute" else None
+
+    def respond(incidents: list[Incident]) -> None:
+        shown = [v.incident for v in views(incidents) if v.status != "superseded"]
+        record.respond(shown)
+        if run is not None:
+            run.run(i.id for i in shown)
+
+    return respond
 
 
 @lru_cache(maxsize=1)
 def pipeline() -> Pipeline:
     cfg = settings.get()
     log.configure_from_settings(cfg)
-    return build_pipeline(cfg, open_store(cfg))
+    return build_pipeline(cfg, open_store(cfg), respond=True)
+
+
+def executor_run() -> RunCounts | None:
+    """One executor pass over every open step (the response timer); None when nothing can run:
+    the plan is a dry run, or the store keeps no response records."""
+    cfg = settings.get()
+    store = pipeline().store
+    plan = playbooks.load()
+    if plan.plan.mode != "execute" or not isinstance(store, ResponseStore):
+        return None
+    return Executor(plan, store, connect.from_settings(cfg)).run()

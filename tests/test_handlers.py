@@ -125,3 +125,26 @@ def test_the_core_does_not_import_azure_functions():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_response_timer_runs_every_five_minutes(functions):
+    fn = functions["respond_timer"]
+    [binding] = json.loads(fn.get_function_json())["bindings"]
+    assert binding["type"] == "timerTrigger"
+    assert binding["schedule"] == "0 */5 * * * *"
+    assert binding["useMonitor"] is True
+
+
+def test_ingested_alerts_get_their_response_planned_and_the_timer_runs_nothing_in_dry_run(functions, db):
+    from handlers import ingest, respond
+
+    bodies = [p.read_bytes() for p in sorted((SAMPLES / "defender").glob("*.json"))]
+    ingest.defender_alerts(hub_events(bodies))
+    store = runtime.pipeline().store
+    steps = store.steps()
+    assert steps, "the incidents the batch created have no response recorded"
+    assert {s.status for s in steps} <= {"dry_run", "awaiting_approval", "refused"}
+    assert {s.incident for s in steps} <= {i.id for i in store.incidents()}
+    before = store.audit_log()
+    respond.respond_timer(None)  # the plan is a dry run: nothing executes, nothing is written
+    assert store.audit_log() == before

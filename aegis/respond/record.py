@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aegis.correlate.incidents import Incident
 from aegis.errors import AegisError, InputNotFound
@@ -79,6 +79,7 @@ class AuditEntry:
                 "action": self.action, "target": self.target, "detail": self.detail}  # fmt: skip
 
 
+@runtime_checkable
 class ResponseStore(Protocol):
     def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
         """Record steps not recorded yet (by key) with their audit entries; return how many were new."""
