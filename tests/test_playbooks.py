@@ -373,6 +373,7 @@ REQUESTS = {
     "release_endpoint": ({"machine_id": MACHINE, "comment": "c"},
                          f'POST https://api.security.microsoft.com/api/machines/{MACHINE}/unisolate {{"Comment":"c"}}'),
     "contain_ai_resource": ({"account": ACCOUNT, "mode": "allow_only", "allow": ["81.2.69.7"]},
+                            f'GET {ARM}?api-version=2025-06-01 (the values kept for the restore); '
                             f'PATCH {ARM}?api-version=2025-06-01 '
                             '{"properties":{"networkAcls":{"defaultAction":"Deny","ipRules":[{"value":"81.2.69.7/32"}]}}}'),
     "restore_ai_resource": ({"account": ACCOUNT}, f"PATCH {ARM}?api-version=2025-06-01 (the values kept)"),

@@ -196,7 +196,8 @@ class ContainAiResource(Params):
             "disable_local_auth": {"disableLocalAuth": True},
         }[self.mode]
         body = orjson.dumps({"properties": props}).decode()
-        return f"PATCH https://management.azure.com{self.account}?api-version={COGNITIVE_API} {body}"
+        url = f"https://management.azure.com{self.account}?api-version={COGNITIVE_API}"
+        return f"GET {url} (the values kept for the restore); PATCH {url} {body}"
 
     @property
     def target(self) -> str:
