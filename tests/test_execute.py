@@ -105,10 +105,6 @@ def executor(resp, store, server, clock, **kw) -> Executor:
     return Executor(resp, store, connections(server, **kw.pop("tickets", {})), clock=clock, **kw)
 
 
-def account_path(group: str, name: str) -> str:
-    return f"/subscriptions/{SUB}/resourceGroups/{group}{COG}/{name}"
-
-
 def account_id(group: str, name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{group}{COG}/{name}"
 
@@ -131,7 +127,7 @@ def updated_account(server: WireServer, props: dict[str, Any]) -> list[Reply]:
 
 def test_contain_keeps_the_previous_values_and_restore_puts_them_back(tmp_path, server):
     p = example("microsoft-cognitiveservices/UpdateAccount.json")["parameters"]
-    path = account_path(p["resourceGroupName"], p["accountName"]).lower().replace("resourcegroups", "resourceGroups")
+    path = account_id(p["resourceGroupName"], p["accountName"]).lower().replace("resourcegroups", "resourceGroups")
     path = path.replace("/microsoft.cognitiveservices/", "/Microsoft.CognitiveServices/")
     account = account_id(p["resourceGroupName"], p["accountName"])
     steps = """  - {name: contain, action: contain_ai_resource, params: {account: "{{ entities.ai_resource }}",
@@ -200,7 +196,7 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
     regen = example("microsoft-cognitiveservices/RegenerateKey.json")
     p = keys["parameters"]
     account = account_id(p["resourceGroupName"], p["accountName"])
-    base = account_path(p["resourceGroupName"].lower(), p["accountName"].lower())
+    base = account_id(p["resourceGroupName"].lower(), p["accountName"].lower())
     steps = """  - name: rotate
     action: rotate_ai_keys
     params: {account: "{{ entities.ai_resource }}", key: both, secret: "https://kv-ai.vault.azure.net/secrets/oai-key"}
@@ -241,7 +237,7 @@ def test_rotate_refuses_a_secret_that_holds_neither_key_and_the_playbook_stops(t
     keys = example("microsoft-cognitiveservices/ListKeys.json")
     p = keys["parameters"]
     account = account_id(p["resourceGroupName"], p["accountName"])
-    base = account_path(p["resourceGroupName"].lower(), p["accountName"].lower())
+    base = account_id(p["resourceGroupName"].lower(), p["accountName"].lower())
     steps = """  - name: rotate
     action: rotate_ai_keys
     params: {account: "{{ entities.ai_resource }}", secret: "https://kv-ai.vault.azure.net/secrets/oai-key"}

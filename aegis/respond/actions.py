@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -189,13 +189,17 @@ class ContainAiResource(Params):
             raise ValueError("`allow` lists the networks to keep, with mode allow_only and only then")
         return self
 
-    def request(self) -> str:
-        props: object = {
+    def properties(self) -> dict[str, Any]:
+        """The account properties (REST names) the containment sets."""
+        by_mode: dict[str, dict[str, Any]] = {
             "deny_public_network": {"publicNetworkAccess": "Disabled"},
             "allow_only": {"networkAcls": {"defaultAction": "Deny", "ipRules": [{"value": ip} for ip in self.allow]}},
             "disable_local_auth": {"disableLocalAuth": True},
-        }[self.mode]
-        body = orjson.dumps({"properties": props}).decode()
+        }
+        return by_mode[self.mode]
+
+    def request(self) -> str:
+        body = orjson.dumps({"properties": self.properties()}).decode()
         url = f"https://management.azure.com{self.account}?api-version={COGNITIVE_API}"
         return f"GET {url} (the values kept for the restore); PATCH {url} {body}"
 

@@ -21,11 +21,6 @@ from aegis.respond.params import SecretUri
 
 KEY_VAULT_API = "7.5"
 SECRET_TAG = "aegis-key-secret"  # noqa: S105  (a tag name, not a secret); on an AI account: the Key Vault secret its consumers read the key from
-# The account properties each containment mode changes (REST names), and the values it sets.
-_CHANGES: dict[str, dict[str, Any]] = {
-    "deny_public_network": {"publicNetworkAccess": "Disabled"},
-    "disable_local_auth": {"disableLocalAuth": True},
-}
 _ATTR = {"publicNetworkAccess": "public_network_access", "disableLocalAuth": "disable_local_auth",
          "networkAcls": "network_acls"}  # fmt: skip
 
@@ -39,18 +34,11 @@ def _client(conn: Connections, account: str) -> tuple[CognitiveServicesManagemen
     return client, group, name
 
 
-def changes(p: ContainAiResource) -> dict[str, Any]:
-    """The account properties (REST names) the containment sets."""
-    if p.mode == "allow_only":
-        return {"networkAcls": {"defaultAction": "Deny", "ipRules": [{"value": ip} for ip in p.allow]}}
-    return _CHANGES[p.mode]
-
-
 def contain(p: ContainAiResource, ctx: Context) -> dict[str, Any]:
     """GET the account, keep the values about to change, PATCH the new ones (a long-running operation)."""
     client, group, name = _client(ctx.connections, p.account)
     current = client.accounts.get(group, name).properties or AccountProperties()
-    wanted = changes(p)
+    wanted = p.properties()
     previous = {k: _rest(getattr(current, _ATTR[k])) for k in wanted}
     _patch(client, group, name, wanted)
     return {"account": p.account, "previous": previous, "applied": wanted}
