@@ -162,9 +162,12 @@ class ReleaseEndpoint(_MachineParams):
 @action(
     "contain_ai_resource",
     permission="Azure role Cognitive Services Contributor (Microsoft.CognitiveServices/accounts/write) on the account",
-    rest="GET " + ARM_ACCOUNT + "?api-version=2025-06-01 (the current values, kept for the restore); PATCH "
-    "the same URL with body {properties: {publicNetworkAccess: Disabled} | {networkAcls: {defaultAction: Deny, "
-    "ipRules}} | {disableLocalAuth: true}} (a long-running operation: Azure-AsyncOperation polled to Succeeded)",
+    rest="GET "
+    + ARM_ACCOUNT
+    + "?api-version=2025-06-01 (the current values, kept for the restore); PATCH "
+    + ARM_ACCOUNT
+    + "?api-version=2025-06-01 body {properties: {publicNetworkAccess: Disabled} | {networkAcls: {defaultAction: "
+    "Deny, ipRules}} | {disableLocalAuth: true}} (a long-running operation: Azure-AsyncOperation polled to Succeeded)",
     reversible=True,
     inverse="restore_ai_resource",
     disruptive=True,
