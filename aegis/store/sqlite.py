@@ -109,6 +109,20 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
 
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction under the instance lock: BEGIN IMMEDIATE takes the database's write
+        lock at once (what is read inside stays true until the commit); any error rolls it back."""
+        with self._lock, _translate(self.path):
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
     def save(
         self, raws: Mapping[str, bytes], events: Sequence[Event], dead_letters: Sequence[DeadLetter]
     ) -> SaveResult:
@@ -117,19 +131,12 @@ class SqliteStore:
             for e in events
         ]
         dl_rows = [(d.id, d.received.isoformat(), d.reason, orjson.dumps(d.to_dict())) for d in dead_letters]
-        with self._lock, _translate(self.path):
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                cur.executemany("INSERT OR IGNORE INTO raw_messages VALUES (?, ?)", raws.items())
-                cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", event_rows)
-                new_events = cur.rowcount if event_rows else 0
-                cur.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)", dl_rows)
-                new_dls = cur.rowcount if dl_rows else 0
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._write() as cur:
+            cur.executemany("INSERT OR IGNORE INTO raw_messages VALUES (?, ?)", raws.items())
+            cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", event_rows)
+            new_events = cur.rowcount if event_rows else 0
+            cur.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)", dl_rows)
+            new_dls = cur.rowcount if dl_rows else 0
         return SaveResult(new_events, new_dls)
 
     def events(self, *, limit: int | None = None) -> list[Event]:
@@ -164,53 +171,37 @@ class SqliteStore:
         return out
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
-        with self._lock, _translate(self.path):
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")  # holds the write lock: the versions read below stay true
-            try:
-                stored = dict(
-                    _rows_in(cur, "SELECT key, version FROM buckets WHERE key IN ({})", [w.key for w in writes])
-                )
-                ok = [w for w in writes if stored.get(w.key) == w.expected]
-                new = [(w.key, w.watermark, w.doc) for w in ok if w.expected is None]
-                cur.executemany("INSERT INTO buckets VALUES (?, 1, ?, ?)", new)
-                cur.executemany(
-                    "UPDATE buckets SET version = version + 1, watermark = ?, doc = ? WHERE key = ?",
-                    [(w.watermark, w.doc, w.key) for w in ok if w.expected is not None],
-                )
-                cur.executemany(
-                    "INSERT OR REPLACE INTO bucket_chunks VALUES (?, ?, ?)",
-                    [(w.key, n, doc) for w in ok for n, doc in w.chunks.items()],
-                )
-                cur.executemany(
-                    "DELETE FROM bucket_chunks WHERE key = ? AND chunk = ?",
-                    [(w.key, n) for w in ok for n in w.drop_chunks],
-                )
-                cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
-                cur.executemany(
-                    "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
-                    [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for w in ok for i in w.upsert],
-                )
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._write() as cur:  # holds the write lock: the versions read below stay true
+            stored = dict(_rows_in(cur, "SELECT key, version FROM buckets WHERE key IN ({})", [w.key for w in writes]))
+            ok = [w for w in writes if stored.get(w.key) == w.expected]
+            new = [(w.key, w.watermark, w.doc) for w in ok if w.expected is None]
+            cur.executemany("INSERT INTO buckets VALUES (?, 1, ?, ?)", new)
+            cur.executemany(
+                "UPDATE buckets SET version = version + 1, watermark = ?, doc = ? WHERE key = ?",
+                [(w.watermark, w.doc, w.key) for w in ok if w.expected is not None],
+            )
+            cur.executemany(
+                "INSERT OR REPLACE INTO bucket_chunks VALUES (?, ?, ?)",
+                [(w.key, n, doc) for w in ok for n, doc in w.chunks.items()],
+            )
+            cur.executemany(
+                "DELETE FROM bucket_chunks WHERE key = ? AND chunk = ?",
+                [(w.key, n) for w in ok for n in w.drop_chunks],
+            )
+            cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
+            cur.executemany(
+                "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
+                [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for w in ok for i in w.upsert],
+            )
         versions: dict[str, Version] = {w.key: 1 if w.expected is None else int(w.expected) + 1 for w in ok}
         return Committed(versions, {w.key for w in writes} - versions.keys())
 
     def expire_buckets(self, before: int) -> int:
-        with self._lock, _translate(self.path):
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                cur.execute(
-                    "DELETE FROM bucket_chunks WHERE key IN (SELECT key FROM buckets WHERE watermark < ?)", (before,)
-                )
-                gone = cur.execute("DELETE FROM buckets WHERE watermark < ?", (before,)).rowcount
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._write() as cur:
+            cur.execute(
+                "DELETE FROM bucket_chunks WHERE key IN (SELECT key FROM buckets WHERE watermark < ?)", (before,)
+            )
+            gone = cur.execute("DELETE FROM buckets WHERE watermark < ?", (before,)).rowcount
         return gone
 
     def _select_in(self, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -226,22 +217,13 @@ class SqliteStore:
     # --- response: planned steps and the audit log (aegis.respond.record.ResponseStore) ---
 
     def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
-        with self._lock, _translate(self.path):
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                known = {k for (k,) in _rows_in(cur, "SELECT key FROM response_steps WHERE key IN ({})",
-                                                [s.key for s in steps])}  # fmt: skip
-                new = [s for s in steps if s.key not in known]
-                cur.executemany("INSERT INTO response_steps VALUES (?, ?, ?, ?, ?, ?, ?)", [_step_row(s) for s in new])
-                keys = {s.key for s in new}
-                cur.executemany(
-                    "INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit if a.step in keys]
-                )
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._write() as cur:
+            known = {k for (k,) in _rows_in(cur, "SELECT key FROM response_steps WHERE key IN ({})",
+                                            [s.key for s in steps])}  # fmt: skip
+            new = [s for s in steps if s.key not in known]
+            cur.executemany("INSERT INTO response_steps VALUES (?, ?, ?, ?, ?, ?, ?)", [_step_row(s) for s in new])
+            keys = {s.key for s in new}
+            cur.executemany("INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit if a.step in keys])
         return len(new)
 
     def steps(
@@ -268,22 +250,15 @@ class SqliteStore:
 
     def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
         key, _, _, status, revision, started, doc = _step_row(step)
-        with self._lock, _translate(self.path):
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                cur.execute(
-                    "UPDATE response_steps SET status = ?, revision = ?, started = ?, doc = ? "
-                    "WHERE key = ? AND revision = ?",
-                    (status, revision, started, doc, key, revision - 1),
-                )
-                won = cur.rowcount == 1
-                if won:
-                    cur.executemany("INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit])
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE response_steps SET status = ?, revision = ?, started = ?, doc = ? "
+                "WHERE key = ? AND revision = ?",
+                (status, revision, started, doc, key, revision - 1),
+            )
+            won = cur.rowcount == 1
+            if won:
+                cur.executemany("INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit])
         return won
 
     def started_since(self, action: str, since: datetime) -> int:
@@ -294,24 +269,17 @@ class SqliteStore:
         return int(n)
 
     def save_ticket(self, incident: str, title: str, severity: str, now: datetime) -> tuple[str, bool]:
-        with self._lock, _translate(self.path):
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                row = cur.execute("SELECT number FROM tickets WHERE incident = ?", (incident,)).fetchone()
-                if row:
-                    cur.execute("UPDATE tickets SET title = ?, severity = ?, updated = ? WHERE number = ?",
-                                (title, severity, _utc(now), row[0]))  # fmt: skip
-                    number = row[0]
-                else:
-                    values = (incident, title, severity, _utc(now), _utc(now))
-                    cur.execute("INSERT INTO tickets (incident, title, severity, opened, updated) "
-                                "VALUES (?, ?, ?, ?, ?)", values)  # fmt: skip
-                    number = cur.lastrowid
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._write() as cur:
+            row = cur.execute("SELECT number FROM tickets WHERE incident = ?", (incident,)).fetchone()
+            if row:
+                cur.execute("UPDATE tickets SET title = ?, severity = ?, updated = ? WHERE number = ?",
+                            (title, severity, _utc(now), row[0]))  # fmt: skip
+                number = row[0]
+            else:
+                values = (incident, title, severity, _utc(now), _utc(now))
+                cur.execute("INSERT INTO tickets (incident, title, severity, opened, updated) "
+                            "VALUES (?, ?, ?, ?, ?)", values)  # fmt: skip
+                number = cur.lastrowid
         return f"AEGIS-{number}", row is None
 
     def audit_log(self) -> list[AuditEntry]:
