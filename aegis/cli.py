@@ -30,12 +30,11 @@ from aegis.correlate.incidents import SEVERITY_ORDER, View, views
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message
-from aegis.respond import connect, planner
+from aegis.respond import planner
 from aegis.respond import playbooks as response
 from aegis.respond.actions import ACTIONS
-from aegis.respond.execute import Executor, RunCounts
+from aegis.respond.execute import Executor
 from aegis.respond.record import Responder, ResponseStore, StepRecord, call
-from aegis.settings import Settings
 from aegis.store import SqliteStore, Store, open_store
 
 app = typer.Typer(
@@ -473,19 +472,12 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
         steps_store = _response_store(store)
         incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
         new = Responder(loaded, steps_store).respond(incidents)
-        ran = _execute(cfg, loaded, steps_store, None)
+        ran = Executor.from_settings(loaded, steps_store, cfg).run()
         waiting = [st for st in steps_store.steps() if st.status == "awaiting_approval"]
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
               "(`aegis approvals list`)")  # fmt: skip
-    if ran is not None:
+    if loaded.plan.mode == "execute":
         out.print("executed: " + ", ".join(f"{k} {v}" for k, v in ran.as_dict().items()))
-
-
-def _execute(cfg: Settings, loaded: response.Response, store: ResponseStore, incident: str | None) -> RunCounts | None:
-    """In `mode: execute`, run what is approved (of one incident, or all); None in dry-run mode."""
-    if loaded.plan.mode != "execute":
-        return None
-    return Executor(loaded, store, connect.from_settings(cfg)).run([incident] if incident else None)
 
 
 approvals_app = typer.Typer(help="Steps that wait for on-call approval.", no_args_is_help=True)
@@ -520,8 +512,8 @@ def approvals_approve(step_id: Annotated[str, typer.Argument(help="Step id.")], 
     with _store(db, must_exist=True) as (cfg, store):
         steps_store = _response_store(store)
         step = Responder(loaded, steps_store).decide(step_id, person, approve=True)
-        if step.status == "approved":
-            _execute(cfg, loaded, steps_store, step.incident)
+        if step.status == "approved":  # execute mode: the step runs now, with the playbook's steps after it
+            Executor.from_settings(loaded, steps_store, cfg).run([step.incident])
             step = steps_store.step(step.key) or step
     out.print(escape(f"{step.action} on {step.target}: {step.status} ({len(step.approvers)} of {step.approvals})"))
     if step.status == "dry_run":

@@ -13,7 +13,7 @@ from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
 from aegis.correlate.incidents import Incident, views
 from aegis.pipeline import Pipeline
-from aegis.respond import connect, playbooks
+from aegis.respond import playbooks
 from aegis.respond.execute import Executor, RunCounts
 from aegis.respond.record import Responder, ResponseStore
 from aegis.store import Store, open_store
@@ -37,14 +37,12 @@ def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Cal
         logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records yet")
         return None
     plan = playbooks.load(detection_ids=known)
-    record = Responder(plan, store)
-    run = Executor(plan, store, connect.from_settings(cfg)) if plan.plan.mode == "execute" else None
+    record, run = Responder(plan, store), Executor.from_settings(plan, store, cfg)
 
     def respond(incidents: list[Incident]) -> None:
         shown = [v.incident for v in views(incidents) if v.status != "superseded"]
         record.respond(shown)
-        if run is not None:
-            run.run(i.id for i in shown)
+        run.run(i.id for i in shown)  # nothing in dry-run mode
 
     return respond
 
@@ -59,9 +57,8 @@ def pipeline() -> Pipeline:
 def executor_run() -> RunCounts | None:
     """One executor pass over every open step (the response timer); None when nothing can run:
     the plan is a dry run, or the store keeps no response records."""
-    cfg = settings.get()
     store = pipeline().store
     plan = playbooks.load()
     if plan.plan.mode != "execute" or not isinstance(store, ResponseStore):
         return None
-    return Executor(plan, store, connect.from_settings(cfg)).run()
+    return Executor.from_settings(plan, store, settings.get()).run()

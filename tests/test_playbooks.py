@@ -400,3 +400,27 @@ def test_every_action_states_its_exact_request():
     assert set(REQUESTS) == set(ACTIONS)
     for name, (params, expected) in REQUESTS.items():
         assert call(name, params) == expected, name
+
+
+def test_aegis_respond_in_execute_mode_runs_the_automatic_steps_and_holds_the_rest(tmp_path):
+    import orjson
+
+    from tests.conftest import SAMPLES
+
+    folder = tmp_path / "playbooks"
+    shutil.copytree(playbooks.PLAYBOOKS_DIR, folder)
+    plan = folder / playbooks.PLAN_FILE
+    plan.write_text(plan.read_text().replace("mode: dry_run", "mode: execute"))
+    db = str(tmp_path / "x.db")
+    assert aegis("replay", "--db", db, str(SAMPLES)).returncode == 0
+    ran = aegis("respond", "--db", db, "--dir", str(folder))
+    assert ran.returncode == 0, ran.stderr
+    assert "executed: succeeded " in ran.stdout
+    incidents = orjson.loads(aegis("incidents", "--db", db, "--json").stdout)
+    steps = [s for i in incidents for s in i["response"]]
+    tickets = [s for s in steps if s["action"] == "open_ticket"]
+    assert tickets
+    assert {s["status"] for s in tickets} == {"succeeded"}  # automatic: the local ticket was opened
+    assert {s["status"] for s in steps if s["action"] == "disable_user"} == {"awaiting_approval"}
+    again = aegis("respond", "--db", db, "--dir", str(folder))
+    assert "executed: succeeded 0" in again.stdout  # nothing runs twice

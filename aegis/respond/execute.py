@@ -32,11 +32,12 @@ import structlog
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from kiota_abstractions.api_error import APIError
 
-from aegis.respond import cognitive, defender, graph, mde, planner, tickets
+from aegis.respond import cognitive, connect, defender, graph, mde, planner, tickets
 from aegis.respond.actions import ACTIONS
 from aegis.respond.connect import CannotRun, Connections, Context
 from aegis.respond.playbooks import Response
 from aegis.respond.record import PIPELINE, AuditEntry, Responder, ResponseStore, StepRecord, call
+from aegis.settings import Settings
 
 log = structlog.get_logger("aegis.respond")
 
@@ -108,6 +109,12 @@ class Executor:
         self.response, self.store, self.connections = response, store, connections
         self.runners, self.clock, self.lease, self.max_attempts = runners, clock, lease, max_attempts
         self.responder = Responder(response, store, clock=clock)
+
+    @classmethod
+    def from_settings(cls, response: Response, store: ResponseStore, cfg: Settings) -> Executor:
+        """The executor the settings describe; in dry-run mode it connects to nothing and runs nothing."""
+        connections = connect.from_settings(cfg) if response.plan.mode == "execute" else None
+        return cls(response, store, connections)
 
     def run(self, incidents: Iterable[str] | None = None) -> RunCounts:
         """Move on every open step (of these incidents, or of all incidents with open steps)."""
