@@ -56,14 +56,14 @@ def restore(p: RestoreAiResource, ctx: Context) -> dict[str, Any]:
 
 def _since_last_restore(ctx: Context, account: str) -> dict[str, Any]:
     """What the account's successful containments kept, since its last successful restore."""
+    done = [s for action in ("contain_ai_resource", "restore_ai_resource")
+            for s in ctx.store.steps(action=action, status=["succeeded"]) if s.target == account]  # fmt: skip
     kept: dict[str, Any] = {}
-    for step in ctx.store.steps():  # planned order across incidents; containments and restores interleave
-        if step.target != account or step.status != "succeeded" or step.outcome is None:
-            continue
+    for step in sorted(done, key=lambda s: s.started or s.created):  # in the order they ran, across incidents
         if step.action == "restore_ai_resource":
             kept = {}
-        elif step.action == "contain_ai_resource":
-            for k, v in step.outcome["previous"].items():
+        else:
+            for k, v in (step.outcome or {}).get("previous", {}).items():
                 kept.setdefault(k, v)
     return kept
 
