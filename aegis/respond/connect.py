@@ -50,25 +50,23 @@ class Connections:
     retries: int = 3  # the SDKs' own retries of 429 / 5xx / connection errors, per call
     tickets: Tickets = Tickets()
 
+    def _retry(self) -> dict[str, Any]:
+        return {"retry_total": self.retries, "retry_backoff_factor": 0.8, "retry_backoff_max": 60}
+
+    def _transport(self) -> dict[str, Any]:
+        return {"connection_timeout": self.timeout, "read_timeout": self.timeout,
+                "connection_verify": self.ca_file or True}  # fmt: skip
+
     def sdk_options(self) -> dict[str, Any]:
-        """Keyword options every azure-core based client takes."""
-        options: dict[str, Any] = {
-            "retry_total": self.retries, "connection_timeout": self.timeout, "read_timeout": self.timeout,
-            "retry_backoff_factor": 0.8, "retry_backoff_max": 60,
-        }  # fmt: skip
-        if self.ca_file:
-            options["connection_verify"] = self.ca_file
-        return options
+        """Keyword options every azure-core based client (all the Azure SDKs used here) takes."""
+        return {**self._retry(), **self._transport()}
 
     def rest_client(self, base_url: str, auth: Any) -> PipelineClient[HttpRequest, Any]:
         """An azure-core pipeline for the services with no Python SDK (Defender for Endpoint, ServiceNow,
-        Jira): the same retry policy as the SDKs, then `auth`."""
-        retry = RetryPolicy(retry_total=self.retries, retry_backoff_factor=0.8, retry_backoff_max=60)
-        transport = RequestsTransport(
-            connection_verify=self.ca_file or True, connection_timeout=self.timeout, read_timeout=self.timeout
-        )
-        return PipelineClient(base_url=base_url.rstrip("/"), policies=[UserAgentPolicy("aegis"), retry, auth],
-                              transport=transport)  # fmt: skip
+        Jira): the SDKs' retry policy and transport options, then `auth`."""
+        policies = [UserAgentPolicy("aegis"), RetryPolicy(**self._retry()), auth]
+        return PipelineClient(base_url=base_url.rstrip("/"), policies=policies,
+                              transport=RequestsTransport(**self._transport()))  # fmt: skip
 
 
 def send(client: PipelineClient[HttpRequest, Any], request: HttpRequest) -> Any:
