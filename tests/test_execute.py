@@ -191,22 +191,32 @@ CHALLENGE = Reply(401, {"error": {"code": "Unauthorized"}}, {
     'resource="https://vault.azure.net"'})  # fmt: skip
 
 
-def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_held(tmp_path, server):
-    keys = example("microsoft-cognitiveservices/ListKeys.json")
-    regen = example("microsoft-cognitiveservices/RegenerateKey.json")
-    p = keys["parameters"]
-    account = account_id(p["resourceGroupName"], p["accountName"])
-    base = account_id(p["resourceGroupName"].lower(), p["accountName"].lower())
-    steps = """  - name: rotate
+ROTATE = """  - name: rotate
     action: rotate_ai_keys
     params: {account: "{{ entities.ai_resource }}", key: both, secret: "https://kv-ai.vault.azure.net/secrets/oai-key"}
 """
+
+
+def rotation(tmp_path, server, steps: str, *, held: str, users: tuple[str, ...] = ()):
+    """The published ListKeys account, its rotation step(s) approved, and a vault whose secret holds `held`
+    (Key Vault answers the first, token-less request with its challenge)."""
+    keys = example("microsoft-cognitiveservices/ListKeys.json")
+    p = keys["parameters"]
+    base = account_id(p["resourceGroupName"].lower(), p["accountName"].lower())
     store, clock = SqliteStore(":memory:"), Clock()
     resp = response(tmp_path, steps)
-    plan_and_approve(resp, store, clock, incident(account))
-    held = keys["responses"]["200"]["body"]["key1"]  # consumers read Key1 from the vault
+    plan_and_approve(resp, store, clock, incident(account_id(p["resourceGroupName"], p["accountName"]), users=users))
     server.expect("GET", "/secrets/oai-key/", CHALLENGE, Reply(200, secret_bundle(server, "oai-key", held, "v1")))
     server.expect("POST", f"{base}/listKeys", Reply(200, keys["responses"]["200"]["body"]))
+    return resp, store, clock, base, p["api-version"]
+
+
+def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_held(tmp_path, server):
+    regen = example("microsoft-cognitiveservices/RegenerateKey.json")
+    held = example("microsoft-cognitiveservices/ListKeys.json")["responses"]["200"]["body"][
+        "key1"
+    ]  # consumers read Key1
+    resp, store, clock, base, api_version = rotation(tmp_path, server, ROTATE, held=held)
     server.expect("POST", f"{base}/regenerateKey", Reply(200, regen["responses"]["200"]["body"]),
                   Reply(200, regen["responses"]["200"]["body"]))  # fmt: skip
     fresh = regen["responses"]["200"]["body"]["key2"]
@@ -220,11 +230,11 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
         ("GET", "/secrets/oai-key/", None),
         ("POST", "listKeys", None),
         ("POST", "regenerateKey", {"keyName": "Key2"}),  # the key the secret does not hold, first
-        ("PUT", "oai-key", {"value": fresh, "contentType": "bingsearch Key2".replace("bingsearch", "myaccount")}),
+        ("PUT", "oai-key", {"value": fresh, "contentType": "myaccount Key2"}),
         ("POST", "regenerateKey", {"keyName": "Key1"}),  # the exposed key dies last
     ]
     arm = [s for s in server.seen if s.path.startswith("/subscriptions/")]
-    assert all(s.query["api-version"] == [p["api-version"]] for s in arm)
+    assert all(s.query["api-version"] == [api_version] for s in arm)
     assert all(s.query["api-version"] == ["7.5"] for s in server.seen if s.path.startswith("/secrets/"))
     step = store.steps()[0]
     assert step.outcome == {"account": step.target.split("#")[0], "regenerated": ["Key1", "Key2"],
@@ -234,20 +244,12 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
 
 
 def test_rotate_refuses_a_secret_that_holds_neither_key_and_the_playbook_stops(tmp_path, server):
-    keys = example("microsoft-cognitiveservices/ListKeys.json")
-    p = keys["parameters"]
-    account = account_id(p["resourceGroupName"], p["accountName"])
-    base = account_id(p["resourceGroupName"].lower(), p["accountName"].lower())
-    steps = """  - name: rotate
-    action: rotate_ai_keys
-    params: {account: "{{ entities.ai_resource }}", secret: "https://kv-ai.vault.azure.net/secrets/oai-key"}
-  - {name: revoke, action: revoke_sessions, for_each: entities.user, params: {user: "{{ item.key }}"}}
+    steps = (
+        ROTATE
+        + """  - {name: revoke, action: revoke_sessions, for_each: entities.user, params: {user: "{{ item.key }}"}}
 """
-    store, clock = SqliteStore(":memory:"), Clock()
-    resp = response(tmp_path, steps)
-    plan_and_approve(resp, store, clock, incident(account, users=("mallory@contoso.com",)))
-    server.expect("GET", "/secrets/oai-key/", CHALLENGE, Reply(200, secret_bundle(server, "oai-key", "stale", "v1")))
-    server.expect("POST", f"{base}/listKeys", Reply(200, keys["responses"]["200"]["body"]))
+    )
+    resp, store, clock, _, _ = rotation(tmp_path, server, steps, held="stale", users=("mallory@contoso.com",))
     counts = executor(resp, store, server, clock).run()
     assert (counts.failed, counts.skipped) == (1, 1)
     rotate, revoke = store.steps()
