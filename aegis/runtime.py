@@ -23,7 +23,7 @@ logger = structlog.get_logger("aegis.runtime")
 
 def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = False) -> Pipeline:
     """The correlating pipeline on `store`, with the detections in `detections/` (validated here);
-    with `respond`, the response plan acts on the incidents each batch creates or changes."""
+    with `respond`, the response plan is recorded for the incidents each batch creates or changes."""
     loaded = detections.load().detections
     correlator = Correlator(loaded, store, lateness=cfg.lateness)
     hook = responder(cfg, store, [d.id for d in loaded]) if respond else None
@@ -31,18 +31,17 @@ def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = Fals
 
 
 def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Callable[[list[Incident]], None] | None:
-    """Plan (and in `mode: execute`, run) the response for changed incidents; None when the store
-    keeps no response records (Table Storage, for now: logged once at start-up)."""
+    """Record the response plan's steps for changed incidents; None when the store keeps no response
+    records (Table Storage, for now: logged once at start-up). Nothing is called from here: the
+    ingest path only records, and the response timer (`executor_run`) makes the calls, so a slow
+    or throttled service never holds back an Event Hubs partition."""
     if not isinstance(store, ResponseStore):
         logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records yet")
         return None
-    plan = playbooks.load(detection_ids=known)
-    record, run = Responder(plan, store), Executor.from_settings(plan, store, cfg)
+    record = Responder(playbooks.load(detection_ids=known), store)
 
     def respond(incidents: list[Incident]) -> None:
-        shown = [v.incident for v in views(incidents) if v.status != "superseded"]
-        record.respond(shown)
-        run.run(i.id for i in shown)  # nothing in dry-run mode
+        record.respond([v.incident for v in views(incidents) if v.status != "superseded"])
 
     return respond
 

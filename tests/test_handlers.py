@@ -127,11 +127,11 @@ def test_the_core_does_not_import_azure_functions():
     assert out.stdout.strip() == "False"
 
 
-def test_the_response_timer_runs_every_five_minutes(functions):
+def test_the_response_timer_runs_every_minute(functions):
     fn = functions["respond_timer"]
     [binding] = json.loads(fn.get_function_json())["bindings"]
     assert binding["type"] == "timerTrigger"
-    assert binding["schedule"] == "0 */5 * * * *"
+    assert binding["schedule"] == "0 * * * * *"
     assert binding["useMonitor"] is True
 
 
