@@ -473,7 +473,7 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
         incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
         new = Responder(loaded, steps_store).respond(incidents)
         ran = Executor.from_settings(loaded, steps_store, cfg).run()
-        waiting = [st for st in steps_store.steps() if st.status == "awaiting_approval"]
+        waiting = steps_store.steps(status=["awaiting_approval"])
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
               "(`aegis approvals list`)")  # fmt: skip
     if loaded.plan.mode == "execute":
@@ -489,7 +489,7 @@ PersonOption = Annotated[str, typer.Option("--as", help="Your user principal nam
 def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Steps awaiting approval, with their exact parameters and what approving would do."""
     with _store(db, must_exist=True) as (_, store):
-        waiting = [st for st in _response_store(store).steps() if st.status == "awaiting_approval"]
+        waiting = _response_store(store).steps(status=["awaiting_approval"])
     if as_json:
         rows = [{**st.summary(), "would_call": call(st.action, st.params)} for st in waiting]
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
@@ -550,9 +550,7 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 def _response_store(store: object) -> ResponseStore:
     if not isinstance(store, ResponseStore):
-        raise AegisError(
-            "approvals and the audit log are kept in the embedded store in this version: AEGIS_STORE=sqlite"
-        )
+        raise AegisError("this store keeps no response records (approvals, audit log): use AEGIS_STORE=sqlite or table")
     return store
 
 

@@ -32,11 +32,11 @@ def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = Fals
 
 def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Callable[[list[Incident]], None] | None:
     """Record the response plan's steps for changed incidents; None when the store keeps no response
-    records (Table Storage, for now: logged once at start-up). Nothing is called from here: the
+    records (both stores do; a store without them is logged once at start-up). Nothing is called from here: the
     ingest path only records, and the response timer (`executor_run`) makes the calls, so a slow
     or throttled service never holds back an Event Hubs partition."""
     if not isinstance(store, ResponseStore):
-        logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records yet")
+        logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records")
         return None
     record = Responder(playbooks.load(detection_ids=known), store)
 

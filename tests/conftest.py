@@ -70,8 +70,8 @@ def table_store() -> Iterator[Store]:
     yield store
     store.close()
     service = TableServiceClient.from_connection_string(conn)
-    service.delete_table(f"{prefix}events")
-    service.delete_table(f"{prefix}deadletters")
+    for name in ("events", "deadletters", "state", "response"):
+        service.delete_table(f"{prefix}{name}")
     BlobServiceClient.from_connection_string(conn).delete_container(f"{prefix}-raw")
 
 

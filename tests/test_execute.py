@@ -469,15 +469,15 @@ def disabled() -> Reply:
     return http_example(shared_dir() / EXAMPLES / GRAPH_EXAMPLES / "user-update.response.http")
 
 
-def graph_case(tmp_path, steps=REVOKE + DISABLE, **kw):
-    store, clock = SqliteStore(":memory:"), Clock()
+def graph_case(tmp_path, steps=REVOKE + DISABLE, *, store=None, **kw):
+    store, clock = store or SqliteStore(":memory:"), Clock()
     resp = response(tmp_path, steps, **kw)
     plan_and_approve(resp, store, clock, incident(account_id("rg", "oai"), users=("mallory@contoso.com",)))
     return resp, store, clock
 
 
-def test_steps_run_in_order_and_a_redelivered_incident_runs_nothing_twice(tmp_path, server):
-    resp, store, clock = graph_case(tmp_path)
+def test_steps_run_in_order_and_a_redelivered_incident_runs_nothing_twice(tmp_path, server, store):
+    resp, store, clock = graph_case(tmp_path, store=store)  # on SQLite and on Table Storage (Azurite)
     server.expect("POST", f"{USER_PATH}/revokeSignInSessions", revoked())
     server.expect("PATCH", USER_PATH, disabled())
     counts = executor(resp, store, server, clock).run()
@@ -558,8 +558,8 @@ def test_a_claim_left_by_a_dead_worker_is_failed_after_the_lease_not_repeated(tm
     assert server.seen == []
 
 
-def test_two_executors_at_once_make_the_call_once(tmp_path, server):
-    resp, store, clock = graph_case(tmp_path, REVOKE)
+def test_two_executors_at_once_make_the_call_once(tmp_path, server, store):
+    resp, store, clock = graph_case(tmp_path, REVOKE, store=store)  # on SQLite and on Table Storage (Azurite)
     server.expect("POST", f"{USER_PATH}/revokeSignInSessions", Reply(200, {"value": True}, delay=0.5))
     results: list[Any] = []
 

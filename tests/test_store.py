@@ -107,3 +107,65 @@ def test_sqlite_reports_a_locked_database_as_transient(tmp_path):
     finally:
         other.execute("ROLLBACK")
     assert store.save({}, [event(1)], []).new_events == 1
+
+
+# --- response records: the same contract on both stores ---------------------------------------------
+
+
+def step(n: int, *, incident: str = "inc1", action: str = "revoke_sessions", status: str = "approved"):
+    from aegis.respond.record import StepRecord
+
+    return StepRecord(key=f"k{n:03d}", incident=incident, playbook="pb", step=f"s{n}", action=action,
+                      target=f"user:u{n}@contoso.com", params={"user": f"u{n}@contoso.com"}, approvals=1, status=status,
+                      reason=None, requested_by="aegis", created=T0, expires=T0 + timedelta(hours=4))  # fmt: skip
+
+
+def entry(s, event: str, minute: int = 0):
+    from aegis.respond.record import AuditEntry
+
+    return AuditEntry(T0 + timedelta(minutes=minute), "aegis", event, s.key, s.action, s.target, event)
+
+
+def test_steps_are_recorded_once_in_planned_order_and_found_by_filters(store):
+    steps = [step(1), step(2, action="disable_user", status="awaiting_approval"), step(3, incident="inc2")]
+    assert store.add_steps(steps, [entry(s, "planned") for s in steps]) == 3
+    assert store.add_steps([*steps, step(4)], [entry(s, "planned") for s in [*steps, step(4)]]) == 1
+    assert [s.key for s in store.steps()] == ["k001", "k002", "k003", "k004"]
+    assert [s.key for s in store.steps(incident="inc1")] == ["k001", "k002", "k004"]
+    assert [s.key for s in store.steps(action="disable_user")] == ["k002"]
+    assert [s.key for s in store.steps(status=["awaiting_approval", "failed"])] == ["k002"]
+    assert [s.key for s in store.steps(incident="inc1", action="revoke_sessions", status=["approved"])] == [
+        "k001",
+        "k004",
+    ]
+    assert store.step("k003") == step(3, incident="inc2")
+    assert store.step("nope") is None
+    assert [a.step for a in store.audit_log()] == ["k001", "k002", "k003", "k004"]  # one each: repeats add none
+
+
+def test_a_step_is_written_only_over_the_revision_it_was_read_at(store):
+    s = step(1)
+    store.add_steps([s], [])
+    mine = s.next(status="succeeded", started=T0, attempts=1, outcome={"ok": True})
+    theirs = s.next(status="failed", reason="no")
+    assert store.replace_step(mine, audit=[entry(s, "started"), entry(s, "succeeded")])
+    assert not store.replace_step(theirs, audit=[entry(s, "failed")])  # read the same revision: loses
+    assert store.step("k001") == mine
+    assert [a.event for a in store.audit_log()] == ["started", "succeeded"]
+    assert store.replace_step(mine.next(status="skipped"), audit=[])
+
+
+def test_started_steps_are_counted_by_action_since_a_time(store):
+    steps = [step(n) for n in range(1, 5)]
+    store.add_steps(steps, [])
+    for n, s in enumerate(steps[:3]):
+        assert store.replace_step(s.next(started=T0 + timedelta(minutes=20 * n)), audit=[])
+    assert store.started_since("revoke_sessions", T0 + timedelta(minutes=20)) == 2
+    assert store.started_since("revoke_sessions", T0) == 3
+    assert store.started_since("disable_user", T0) == 0
+
+
+def test_the_local_ticket_is_one_per_incident_numbered_in_order(store):
+    assert store.save_ticket("inc1", "t", "high", T0) == ("AEGIS-1", True)
+    assert store.save_ticket("inc1", "t grown", "critical", T0) == ("AEGIS-1", False)
+    assert store.save_ticket("inc2", "u", "low", T0) == ("AEGIS-2", True)

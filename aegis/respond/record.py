@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
 from aegis.correlate.incidents import Incident
 from aegis.errors import AegisError, InputNotFound
 from aegis.respond import planner
@@ -44,6 +46,12 @@ class StepRecord(PlannedStep):
     started: datetime | None = None  # when the executor claimed it (recorded before the call)
     attempts: int = 0
     outcome: dict[str, Any] | None = None  # what the call returned (no secrets), or the error
+
+    @classmethod
+    def from_json(cls, doc: bytes | str) -> StepRecord:
+        d = orjson.loads(doc)
+        times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
+        return cls(**{**d, **times, "approvers": tuple(d["approvers"])})
 
     def next(self, **changes: Any) -> StepRecord:
         """This step changed, one revision on (what `ResponseStore.replace_step` writes)."""
@@ -73,6 +81,11 @@ class AuditEntry:
     action: str
     target: str
     detail: str
+
+    @classmethod
+    def from_json(cls, doc: bytes | str) -> AuditEntry:
+        d = orjson.loads(doc)
+        return cls(**{**d, "time": datetime.fromisoformat(d["time"])})
 
     def summary(self) -> dict[str, Any]:
         return {"time": _iso(self.time), "actor": self.actor, "event": self.event, "step": self.step,
@@ -179,6 +192,11 @@ class Responder:
 def call(action: str, params: dict[str, Any]) -> str:
     """The exact request(s) the step makes with these parameters: what running it would do."""
     return ACTIONS[action].params.model_validate(params).request()
+
+
+def sortable(t: datetime) -> str:
+    """A UTC timestamp of fixed width, so that stores compare and sort it as text."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import orjson
 from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.respond.record import AuditEntry, StepRecord
+from aegis.respond.record import AuditEntry, StepRecord, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
@@ -241,12 +241,12 @@ class SqliteStore:
         with self._lock, _translate(self.path):
             query = f"SELECT doc FROM response_steps {clause} ORDER BY rowid"  # noqa: S608  (columns fixed, values bound)
             rows = self._db.execute(query, args).fetchall()
-        return [_step(orjson.loads(doc)) for (doc,) in rows]
+        return [StepRecord.from_json(doc) for (doc,) in rows]
 
     def step(self, key: str) -> StepRecord | None:
         with self._lock, _translate(self.path):
             row = self._db.execute("SELECT doc FROM response_steps WHERE key = ?", (key,)).fetchone()
-        return _step(orjson.loads(row[0])) if row else None
+        return StepRecord.from_json(row[0]) if row else None
 
     def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
         key, _, _, status, revision, started, doc = _step_row(step)
@@ -264,7 +264,7 @@ class SqliteStore:
     def started_since(self, action: str, since: datetime) -> int:
         with self._lock, _translate(self.path):
             (n,) = self._db.execute(
-                "SELECT count(*) FROM response_steps WHERE action = ? AND started >= ?", (action, _utc(since))
+                "SELECT count(*) FROM response_steps WHERE action = ? AND started >= ?", (action, sortable(since))
             ).fetchone()
         return int(n)
 
@@ -273,10 +273,10 @@ class SqliteStore:
             row = cur.execute("SELECT number FROM tickets WHERE incident = ?", (incident,)).fetchone()
             if row:
                 cur.execute("UPDATE tickets SET title = ?, severity = ?, updated = ? WHERE number = ?",
-                            (title, severity, _utc(now), row[0]))  # fmt: skip
+                            (title, severity, sortable(now), row[0]))  # fmt: skip
                 number = row[0]
             else:
-                values = (incident, title, severity, _utc(now), _utc(now))
+                values = (incident, title, severity, sortable(now), sortable(now))
                 cur.execute("INSERT INTO tickets (incident, title, severity, opened, updated) "
                             "VALUES (?, ?, ?, ?, ?)", values)  # fmt: skip
                 number = cur.lastrowid
@@ -285,29 +285,15 @@ class SqliteStore:
     def audit_log(self) -> list[AuditEntry]:
         with self._lock, _translate(self.path):
             rows = self._db.execute("SELECT doc FROM audit ORDER BY seq").fetchall()
-        return [_audit(orjson.loads(doc)) for (doc,) in rows]
+        return [AuditEntry.from_json(doc) for (doc,) in rows]
 
     def close(self) -> None:
         self._db.close()
 
 
 def _step_row(s: StepRecord) -> tuple[Any, ...]:
-    started = _utc(s.started) if s.started else None
+    started = sortable(s.started) if s.started else None
     return (s.key, s.incident, s.action, s.status, s.revision, started, orjson.dumps(s))
-
-
-def _utc(t: datetime) -> str:
-    """A timestamp that sorts as text (UTC, fixed width)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _step(d: dict[str, Any]) -> StepRecord:
-    times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
-    return StepRecord(**{**d, **times, "approvers": tuple(d["approvers"])})
-
-
-def _audit(d: dict[str, Any]) -> AuditEntry:
-    return AuditEntry(**{**d, "time": datetime.fromisoformat(d["time"])})
 
 
 def _rows_in(cur: sqlite3.Cursor, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:

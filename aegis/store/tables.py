@@ -11,14 +11,23 @@ Correlation state: one partition per bucket in `{prefix}state`, holding the buck
 (ETag, If-Match) and its incidents' changes are one entity-group transaction: all or nothing.
 Documents larger than one property are split over binary properties `doc0`..`doc14`.
 
+Response records: one partition per incident in `{prefix}response`, holding its steps
+("step-<key>"), its audit entries ("audit-<time>-<n>") and its local ticket ("ticket"), so a step's
+change and the audit entries that explain it are one entity-group transaction. A step is written
+over the ETag of the revision it was read at. The audit rows are only ever created. The local
+ticket numbers come from a counter entity changed under If-Match.
+
 Tested against Azurite.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -28,6 +37,7 @@ from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -45,6 +55,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from aegis.correlate.incidents import Incident
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
+from aegis.respond.record import AuditEntry, StepRecord, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
@@ -58,6 +69,7 @@ class TableStore:
             self._events = tables.create_table_if_not_exists(f"{prefix}events")
             self._dead_letters = tables.create_table_if_not_exists(f"{prefix}deadletters")
             self._state = tables.create_table_if_not_exists(f"{prefix}state")
+            self._response = tables.create_table_if_not_exists(f"{prefix}response")
             self._raw = blobs.get_container_client(f"{prefix}-raw")
             with suppress(ResourceExistsError):
                 self._raw.create_container()
@@ -198,7 +210,120 @@ class TableStore:
             found = [Incident.from_json(_unpack(r)) for r in rows]
         return sorted(found, key=lambda i: (i.last_seen, i.id))
 
+    # --- response: planned steps, the audit log and local tickets (aegis.respond.record.ResponseStore) ---
+
+    def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
+        new = 0
+        with _translate():
+            for n, step in enumerate(steps):
+                ops: list[Any] = [("create", _step_entity(step, order=_order(step.created, n)))]
+                ops += [("create", _audit_entity(step.incident, a, i))
+                        for i, a in enumerate(a for a in audit if a.step == step.key)]  # fmt: skip
+                try:
+                    for chunk in _transactions(ops):
+                        self._response.submit_transaction(chunk)
+                    new += 1
+                except TableTransactionError as exc:
+                    if exc.status_code != 409:  # recorded already: nothing changes
+                        raise
+        return new
+
+    def steps(
+        self, *, incident: str | None = None, action: str | None = None, status: Sequence[str] | None = None
+    ) -> list[StepRecord]:
+        where, parameters = ["RowKey gt 'step-'", "RowKey lt 'step.'"], {}
+        for name, value in (("PartitionKey", incident), ("action", action)):
+            if value is not None:
+                where.append(f"{name} eq @{name}")
+                parameters[name] = value
+        if status is not None:
+            parameters.update({f"s{i}": s for i, s in enumerate(status)})
+            # spaces inside the parentheses: the SDK reads a parameter name up to the next space
+            where.append("( " + " or ".join(f"status eq @s{i}" for i in range(len(status))) + " )")
+        with _translate():
+            rows = list(self._response.query_entities(" and ".join(where), parameters=parameters))
+        rows.sort(key=lambda r: r["order"])
+        return [StepRecord.from_json(_unpack(r)) for r in rows]
+
+    def step(self, key: str) -> StepRecord | None:
+        """A scan across incidents (the key does not name its incident): for the rare lookups by id."""
+        with _translate():
+            rows = list(self._response.query_entities("RowKey eq @rk", parameters={"rk": f"step-{key}"}))
+        return StepRecord.from_json(_unpack(rows[0])) if rows else None
+
+    def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
+        with _translate():
+            try:
+                stored = self._response.get_entity(step.incident, f"step-{step.key}")
+            except ResourceNotFoundError:
+                return False
+            if stored["revision"] != step.revision - 1:
+                return False
+            unchanged = {"mode": UpdateMode.REPLACE, "etag": stored.metadata["etag"],
+                         "match_condition": MatchConditions.IfNotModified}  # fmt: skip
+            ops: list[Any] = [("update", _step_entity(step, order=stored["order"]), unchanged)]
+            ops += [("create", _audit_entity(step.incident, a, i)) for i, a in enumerate(audit)]
+            try:
+                for chunk in _transactions(ops):
+                    self._response.submit_transaction(chunk)
+            except TableTransactionError as exc:
+                if exc.status_code == 412:  # written by another since it was read
+                    return False
+                raise
+        return True
+
+    def started_since(self, action: str, since: datetime) -> int:
+        query = "RowKey gt 'step-' and RowKey lt 'step.' and action eq @a and started ge @since"
+        with _translate():
+            rows = self._response.query_entities(query, parameters={"a": action, "since": sortable(since)},
+                                                 select=["RowKey"])  # fmt: skip
+            return sum(1 for _ in rows)
+
+    def save_ticket(self, incident: str, title: str, severity: str, now: datetime) -> tuple[str, bool]:
+        fields = {"title": title, "severity": severity, "updated": sortable(now)}
+        with _translate():
+            try:
+                ticket = self._response.get_entity(incident, TICKET_ROW)
+                self._response.update_entity({"PartitionKey": incident, "RowKey": TICKET_ROW, **fields})
+                return str(ticket["number"]), False
+            except ResourceNotFoundError:
+                pass
+            number = f"AEGIS-{self._next_ticket_number()}"
+            try:
+                self._response.create_entity({"PartitionKey": incident, "RowKey": TICKET_ROW, "number": number,
+                                              "opened": sortable(now), **fields})  # fmt: skip
+            except ResourceExistsError:  # opened by another worker meanwhile: that one is the ticket
+                return str(self._response.get_entity(incident, TICKET_ROW)["number"]), False
+        return number, True
+
+    def _next_ticket_number(self) -> int:
+        for _ in range(20):
+            try:
+                counter = self._response.get_entity(COUNTER_PARTITION, TICKET_ROW)
+            except ResourceNotFoundError:
+                with suppress(ResourceExistsError):
+                    self._response.create_entity({"PartitionKey": COUNTER_PARTITION, "RowKey": TICKET_ROW,
+                                                  "last": EntityProperty(1, EdmType.INT64)})  # fmt: skip
+                    return 1
+                continue
+            n = int(counter["last"].value) + 1  # an Int64 comes back wrapped
+            with suppress(ResourceModifiedError):
+                self._response.update_entity(
+                    {"PartitionKey": COUNTER_PARTITION, "RowKey": TICKET_ROW, "last": EntityProperty(n, EdmType.INT64)},
+                    mode=UpdateMode.REPLACE, etag=counter.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )  # fmt: skip
+                return n
+        raise StoreUnavailable("the ticket counter kept changing under 20 attempts")
+
+    def audit_log(self) -> list[AuditEntry]:
+        with _translate():
+            rows = list(self._response.query_entities("RowKey gt 'audit-' and RowKey lt 'audit.'"))
+        rows.sort(key=lambda r: r["RowKey"])
+        return [AuditEntry.from_json(_unpack(r)) for r in rows]
+
     def close(self) -> None:
+        self._response.close()
         self._raw.close()
         self._events.close()
         self._dead_letters.close()
@@ -246,6 +371,8 @@ class TableStore:
 
 
 BUCKET_ROW = "bucket"
+TICKET_ROW = "ticket"
+COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
 _CHUNK = 64 * 1024
 _MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 KiB leave room for keys
 
@@ -268,6 +395,24 @@ def _unpack(entity: Mapping[str, Any]) -> bytes:
 def _transactions(ops: list[Any]) -> list[list[Any]]:
     """Entity-group transactions hold 100 operations; the bucket's own write leads the first."""
     return [ops[i : i + _TRANSACTION_SIZE] for i in range(0, len(ops), _TRANSACTION_SIZE)]
+
+
+def _step_entity(s: StepRecord, *, order: str) -> dict[str, Any]:
+    return {"PartitionKey": s.incident, "RowKey": f"step-{s.key}", "order": order, "action": s.action,
+            "status": s.status, "revision": s.revision, "started": sortable(s.started) if s.started else "",
+            **_pack(orjson.dumps(s))}  # fmt: skip
+
+
+def _order(created: datetime, n: int) -> str:
+    """Planned order: the time the plan was recorded, then the step's place in it."""
+    return f"{sortable(created)}-{n:06d}"
+
+
+def _audit_entity(incident: str, a: AuditEntry, n: int) -> dict[str, Any]:
+    """An audit row, named in the order entries were written (the writer's clock, then the place in
+    its batch) and unique across workers."""
+    row = f"audit-{time.time_ns():020d}-{n:04d}-{uuid.uuid4().hex[:12]}"
+    return {"PartitionKey": incident, "RowKey": row, **_pack(orjson.dumps(a))}
 
 
 def _dead_letter_entity(d: DeadLetter) -> dict[str, Any]:
