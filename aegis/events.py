@@ -160,9 +160,22 @@ class UserAgent(Entity):
         return self.value
 
 
+@dataclass(frozen=True, slots=True)
+class DefenderAlert(Entity):
+    """A Defender for Cloud alert as an ARM resource (`.../providers/microsoft.security/locations/L/
+    alerts/A`, canonical lower case): what the response moves to in progress or resolved."""
+
+    type: str = field(default="defender_alert", init=False, repr=False)
+    resource_id: str
+
+    @property
+    def key(self) -> str:
+        return self.resource_id
+
+
 ENTITY_TYPES: dict[str, type[Entity]] = {
     cls.__dataclass_fields__["type"].default: cls  # type: ignore[misc]
-    for cls in (Ip, User, ServicePrincipal, Host, AiResource, ModelDeployment, Model, UserAgent)
+    for cls in (Ip, User, ServicePrincipal, Host, AiResource, ModelDeployment, Model, UserAgent, DefenderAlert)
 }
 
 

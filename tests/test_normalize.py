@@ -221,3 +221,20 @@ def test_trace_on_a_deployment_names_the_account_and_the_deployment():
     assert ModelDeployment(name="gpt-4o-prod", resource_id=ACCOUNT) in e.entities
     assert AiResource(resource_id=ACCOUNT, name="oai-contoso-prod") in e.entities
     assert "message" not in e.attributes  # free text stays in the raw evidence only
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://portal.azure.com/#blade/x/alertId/2516_a'><script>/subscriptionId/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/location/westeurope",
+        "https://portal.azure.com/#blade/x/alertId/2516_a/subscriptionId/../../tenants/location/westeurope",
+        "https://portal.azure.com/#blade/x/alertId/2516_a",  # no subscription or location: not an address
+    ],
+)
+def test_an_alert_link_that_is_not_a_clean_address_gives_no_alert_resource(link):
+    from aegis.events import DefenderAlert
+
+    export = sample("defender/02-credential-theft-export.json")
+    export["AlertUri"] = link
+    [e] = normalize_one(export)[1]
+    assert e.entities_of(DefenderAlert) == []

@@ -424,3 +424,16 @@ def test_aegis_respond_in_execute_mode_runs_the_automatic_steps_and_holds_the_re
     assert {s["status"] for s in steps if s["action"] == "disable_user"} == {"awaiting_approval"}
     again = aegis("respond", "--db", db, "--dir", str(folder))
     assert "executed: succeeded 0" in again.stdout  # nothing runs twice
+
+
+def test_the_defender_alerts_of_an_incident_are_marked_in_progress(demo_incidents):
+    from aegis.events import DefenderAlert
+    from aegis.respond.planner import plan
+
+    incident = demo_incidents["ai-prompt-attack-then-exfiltration"]
+    alerts = sorted(e.key for e in incident.entities if isinstance(e, DefenderAlert))
+    assert len(alerts) >= 2  # the jailbreak (ARM id) and the credential theft (read off its AlertUri)
+    steps = [s for s in plan(incident, playbooks.load()) if s.action == "update_defender_alert"]
+    assert sorted(s.target for s in steps) == alerts
+    assert {(s.status, s.params["state"]) for s in steps} == {("dry_run", "inProgress")}  # automatic
+    assert all("/providers/microsoft.security/locations/westeurope/alerts/" in a for a in alerts)

@@ -12,6 +12,7 @@ import pytest
 
 from aegis.events import (
     AiResource,
+    DefenderAlert,
     Event,
     Host,
     Ip,
@@ -91,6 +92,11 @@ def test_rest_api_get_alert_example():
     assert e.attributes["techniques"] == "T1059,T1053,T1072"
     assert e.attributes["ext.Property1"] == "Property1 information"
     assert e.title == "Azure Security Center test alert (not a threat)"
+    # the alert itself, for the response to update: its ARM `id` (which, in this published example, names
+    # another alert than its systemAlertId; the id is the address the API takes)
+    assert e.entities_of(DefenderAlert) == [DefenderAlert(
+        "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourcegroups/myrg1/providers/microsoft.security"
+        "/locations/westeurope/alerts/2518770965529163669_f144ee95-a3e5-42da-a279-967d115809aa")]  # fmt: skip
 
 
 def test_rest_api_list_alerts_example():
@@ -134,6 +140,9 @@ def test_activity_log_security_alert():
     assert e.attributes["compromised_entity"] == "ASC-IGNITE-DEMO"
     assert e.time == datetime(2019, 12, 25, 18, 52, 36, 801035, tzinfo=UTC)
     assert e.entities_of(User) == [User(name="masterclient")]
+    assert e.entities_of(DefenderAlert) == [DefenderAlert(  # its id goes on to /events/…/ticks/…: the alert is the head
+        "/subscriptions/subscription_id/resourcegroups/resource_group_name/providers/microsoft.security"
+        "/locations/centralus/alerts/2518250008431989649_e7313e05-edf4-466d-adfd-35974921aeff")]  # fmt: skip
 
 
 def test_continuous_export_ndjson_alert_and_non_alerts():
@@ -159,6 +168,9 @@ def test_continuous_export_ndjson_alert_and_non_alerts():
     assert "Sample-app" in {sp.name for sp in e.entities_of(ServicePrincipal)}  # "Client application"
     assert e.attributes["ext.Client IP address"] == "81.2.69.142"
     assert e.attributes["status"] == "New"
+    assert e.entities_of(DefenderAlert) == [DefenderAlert(  # read off the portal link (AlertUri)
+        "/subscriptions/12cabcb4-86e8-404f-a3d2-1dc9982f45ca/resourcegroups/sample-rg/providers/microsoft.security"
+        "/locations/centralus/alerts/2517184898549829577_cdcf9f94-ec53-47a6-ab87-76130f87218d")]  # fmt: skip
 
 
 @pytest.mark.parametrize(

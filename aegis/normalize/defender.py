@@ -22,6 +22,7 @@ from aegis.arm import ResourceId, try_parse_resource_id
 from aegis.decode import kind_of, loads_nested
 from aegis.errors import MalformedInput
 from aegis.events import (
+    DefenderAlert,
     Entity,
     Event,
     Evidence,
@@ -145,7 +146,7 @@ def export_other(item: dict[str, Any], evidence: Evidence) -> list[Event]:
 @normalizer("defender.alert.arm", source=Source.DEFENDER, accepts=_is_arm_alert)
 def arm_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """A Defender for Cloud alert as the ARM REST API returns it (camelCase under `properties`)."""
-    return [_alert(item["properties"], ARM, "defender.alert.arm", evidence)]
+    return [_alert(item["properties"], ARM, "defender.alert.arm", evidence, alert_resource(item.get("id")))]
 
 
 @normalizer("defender.alert.sentinel", source=Source.DEFENDER, accepts=_is_sentinel_alert)
@@ -174,6 +175,9 @@ def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     username = f.text(props, "username")
     if username:
         entities.append(User(name=username))
+    arm = alert_resource(item.get("id"))  # .../alerts/A/events/E/ticks/T: the alert is the first part
+    if arm is not None:
+        entities.append(arm)
     attributes = {
         "intent": _first_of_list_text(props.get("intent")),
         "compromised_entity": f.text(props, "compromisedEntity"),
@@ -200,8 +204,9 @@ def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
 # --- the shared alert reader --------------------------------------------------------------------------
 
 
-def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence) -> Event:
+def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: DefenderAlert | None = None) -> Event:
     alert_id = _alert_id(f.text(p, n.system_alert_id, required=True))
+    link = next((f.text(p, k) for k in n.link if p.get(k)), None)
     severity_raw = next((p[k] for k in n.severity if p.get(k) is not None), None)
     if severity_raw is not None and not isinstance(severity_raw, str):
         raise MalformedInput(f"'severity' is {kind_of(severity_raw)}, not a string")
@@ -211,6 +216,9 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence) -> Event
     entities += _alert_entities(f.array(p, n.entities))
     extended = f.obj(p, n.extended)
     entities += _extended_entities(extended)
+    arm = arm or alert_resource_from_link(link)
+    if arm is not None:
+        entities.append(arm)
 
     attributes: dict[str, Any] = {
         "intent": _first_of_list_text(p.get(n.intent)),
@@ -218,7 +226,7 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence) -> Event
         "compromised_entity": f.text(p, n.compromised),
         "product": f.text(p, n.product),
         "vendor": f.text(p, n.vendor),
-        "link": next((f.text(p, k) for k in n.link if p.get(k)), None),
+        "link": link,
         "techniques": _join(p.get(n.techniques)),
         "correlation_key": f.text(p, n.correlation_key),
         "description": f.text(p, n.description, limit=2048),
@@ -241,6 +249,30 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence) -> Event
         entities=f.dedupe(entities),
         attributes={k: v for k, v in attributes.items() if v is not None},
     )
+
+
+_ALERT_RESOURCE = re.compile(r"^(/subscriptions/[^/]+(?:/resourcegroups/[^/]+)?/providers/microsoft\.security"
+                             r"/locations/[^/]+/alerts/[^/]+)(?:/.*)?$", re.IGNORECASE)  # fmt: skip
+# AlertUri / AlertLink: https://portal.azure.com/#blade/.../alertId/A/subscriptionId/S/resourceGroup/R/.../location/L
+_ALERT_LINK = re.compile(r"/alertId/([^/?#]+)/subscriptionId/([^/?#]+)(?:/resourceGroup/([^/?#]+))?(?:/[^?#]*?)?"
+                         r"/location/([^/?#]+)")  # fmt: skip
+
+
+def alert_resource(value: object) -> DefenderAlert | None:
+    """The alert's ARM resource from an id that is, or starts with, `.../Microsoft.Security/locations/L/alerts/A`."""
+    m = _ALERT_RESOURCE.match(value) if isinstance(value, str) else None
+    rid = try_parse_resource_id(m[1]) if m else None
+    return DefenderAlert(resource_id=rid.id) if rid else None
+
+
+def alert_resource_from_link(link: str | None) -> DefenderAlert | None:
+    """The alert's ARM resource from its portal link (continuous export's AlertUri, Sentinel's AlertLink)."""
+    m = _ALERT_LINK.search(link or "")
+    if m is None:
+        return None
+    alert, sub, group, location = m.groups()
+    scope = f"/subscriptions/{sub}" + (f"/resourceGroups/{group}" if group else "")
+    return alert_resource(f"{scope}/providers/Microsoft.Security/locations/{location}/alerts/{alert}")
 
 
 _ALERT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")

@@ -442,9 +442,9 @@ class UpdateDefenderAlert(Params):
     Example:
         name: mark the alerts in progress
         action: update_defender_alert
-        for_each: incident.alert_ids
+        for_each: entities.defender_alert
         params:
-          alert: "{{ item }}"
+          alert: "{{ item.key }}"
           state: inProgress
     """
 

@@ -68,7 +68,6 @@ def incident_context(incident: Incident) -> dict[str, Any]:
     summary = incident.summary()
     context: dict[str, Any] = {f"incident.{k}": summary[k] for k in templates.INCIDENT_FIELDS}
     context["incident.event_ids"] = list(incident.event_ids)
-    context["incident.alert_ids"] = list(incident.attributes.get("alert_ids", []))
     for kind, cls in ENTITY_TYPES.items():
         of_kind = [e for e in incident.entities if type(e) is cls]
         context[f"entities.{kind}"] = [e.key for e in of_kind]

@@ -4,7 +4,7 @@ No expressions, filters or code: a placeholder names one path of the incident, c
 playbook loads; the value it gives is then validated by the action's parameter model.
 
     incident.id | .detection | .title | .severity | .group | .first_seen | .last_seen
-    incident.event_ids | incident.alert_ids     lists
+    incident.event_ids                          a list (Defender alerts: their SystemAlertId)
     entities.<type>                             the keys of the incident's entities of that type
     entities.<type>.<field>                     one field of each (entities.host.mde_machine_id)
     item, item.<field>                          the entity (or value) of a step's `for_each`
@@ -25,7 +25,7 @@ from aegis.events import ENTITY_TYPES
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 INCIDENT_FIELDS = ("id", "detection", "title", "severity", "group", "first_seen", "last_seen")
-INCIDENT_LISTS = ("event_ids", "alert_ids")
+INCIDENT_LISTS = ("event_ids",)
 
 
 class TemplateError(ValueError):
