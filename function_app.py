@@ -3,10 +3,11 @@
 import azure.functions as func
 
 from aegis import settings
-from handlers import ingest, respond
+from handlers import approvals, ingest, respond
 
 settings.get()  # a missing or invalid setting fails the worker at start-up, naming the setting
 
 app = func.FunctionApp()
 app.register_functions(ingest.bp)
 app.register_functions(respond.bp)
+app.register_functions(approvals.bp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import getpass
 import os
 import sys
 from collections import Counter
@@ -50,6 +51,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 BATCH = 500
 PROGRESS_FROM_BYTES = 2_000_000
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SERVE_PORT = 8765
 DEMO_DB = Path("aegis-demo.db")  # `aegis demo` starts it afresh each time
 
 DbOption = Annotated[
@@ -237,6 +239,10 @@ def demo_cmd(
     out.print()
     out.print(escape(f"Next: .venv/bin/aegis incidents show ID{at} | .venv/bin/aegis approvals list{at} | "
                      f".venv/bin/aegis audit{at}"))  # fmt: skip
+    out.print()
+    out.print("[bold]Open the console[/bold] (incidents, timelines, approvals, audit log):")
+    out.print(escape(f"  .venv/bin/aegis serve{at} --as you@example.com"))
+    out.print(f"  then browse to http://127.0.0.1:{SERVE_PORT}/console (Ctrl-C stops it)")
 
 
 def _demo_response(shown: list[View], steps: list[StepRecord], at: str) -> None:
@@ -532,6 +538,42 @@ def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], per
             step_id, person, approve=False, reason=reason
         )
     out.print(escape(f"{step.action} on {step.target}: denied"))
+
+
+@app.command("serve")
+def serve_cmd(
+    db: DbOption = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = SERVE_PORT,
+    person: Annotated[
+        str | None, typer.Option("--as", help="Who you are in the records [default: your login].")
+    ] = None,
+    folder: FolderOption = None,
+) -> None:
+    """The console and the approvals API on http://127.0.0.1:PORT for you alone: you are the
+    approver (the Functions app signs people in with Entra ID instead). In `mode: execute` an
+    approved step runs at once, with its playbook's steps after it."""
+    import uvicorn  # noqa: PLC0415  (only this command needs the server)
+
+    from aegis.approvals import web  # noqa: PLC0415
+
+    loaded = response.load(folder)
+    name = (person or getpass.getuser()).strip()
+    if not name:
+        raise AegisError("say who you are: --as you@example.com")
+    with _store(db, must_exist=True) as (cfg, store):
+        steps_store = _response_store(store)
+        executor = Executor.from_settings(loaded, steps_store, cfg)
+
+        def run_now(step: StepRecord) -> None:
+            executor.run([step.incident])
+
+        console = web.Console(incidents=store.incidents, store=steps_store, response=loaded,
+                              identify=web.local_identity(name, loaded), after_approval=run_now)  # fmt: skip
+        err.print(f"Aegis console for {name} on http://127.0.0.1:{port}/console ({_where(cfg)}); Ctrl-C stops it")
+        try:
+            uvicorn.run(web.create_app(console), host="127.0.0.1", port=port, log_level="warning")
+        except SystemExit as exc:  # uvicorn exits when it cannot bind
+            raise AegisError(f"cannot serve on 127.0.0.1:{port} (in use?): pick another with --port") from exc
 
 
 @app.command("audit")

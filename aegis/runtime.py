@@ -7,11 +7,15 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 import structlog
+from azure.functions import AsgiMiddleware
 
 from aegis import log, settings
+from aegis.approvals import web
+from aegis.approvals.sweep import SweepCounts, Sweeper
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
 from aegis.correlate.incidents import Incident, views
+from aegis.errors import ConfigurationError
 from aegis.pipeline import Pipeline
 from aegis.respond import playbooks
 from aegis.respond.execute import Executor, RunCounts
@@ -51,6 +55,33 @@ def pipeline() -> Pipeline:
     cfg = settings.get()
     log.configure_from_settings(cfg)
     return build_pipeline(cfg, open_store(cfg), respond=True)
+
+
+def response_store() -> ResponseStore:
+    store = pipeline().store
+    if not isinstance(store, ResponseStore):
+        raise ConfigurationError(f"the {settings.get().store} store keeps no response records")
+    return store
+
+
+@lru_cache(maxsize=1)
+def console() -> AsgiMiddleware:
+    """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
+    mode an approved step is run by the response timer, within a minute."""
+    store = response_store()
+    app = web.create_app(web.Console(incidents=store_incidents, store=store, response=playbooks.load(),
+                                     identify=web.easy_auth_identity))  # fmt: skip
+    return AsgiMiddleware(app)  # type: ignore[no-untyped-call]
+
+
+def store_incidents() -> list[Incident]:
+    return pipeline().store.incidents()
+
+
+def sweep() -> SweepCounts:
+    """The approvals timer: expire, escalate, post and update Teams cards."""
+    store = response_store()
+    return Sweeper.from_settings(playbooks.load(), store, store_incidents, settings.get()).run()
 
 
 def executor_run() -> RunCounts | None:

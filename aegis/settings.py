@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_project: str | None = Field(None, description="The Jira project key tickets go to.")
 
+    console_url: str = Field(
+        "http://127.0.0.1:8765",
+        description="Public URL of the console (https://APP.azurewebsites.net): the links in Teams cards.",
+        pattern=r"^https?://[^\s/?#]+(:[0-9]+)?/?$",
+    )
+
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON when running in Azure, readable console output elsewhere."
     )

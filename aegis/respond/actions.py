@@ -18,7 +18,17 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aegis.respond.params import AccountId, Guid, HostName, IpRange, MachineId, ResourceIdStr, SecretUri, UserRef
+from aegis.respond.params import (
+    AccountId,
+    Guid,
+    HostName,
+    IpRange,
+    MachineId,
+    ResourceIdStr,
+    SecretUri,
+    TeamsChannel,
+    UserRef,
+)
 
 
 class Params(BaseModel):
@@ -417,7 +427,7 @@ class Notify(Params):
     """
 
     team: Guid
-    channel: str = Field(pattern=r"^19:[A-Za-z0-9_-]+@thread\.(tacv2|skype)$")
+    channel: TeamsChannel
     text: str = Field(min_length=1, max_length=4000)
 
     def request(self) -> str:

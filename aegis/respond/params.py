@@ -8,7 +8,7 @@ import ipaddress
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from aegis.arm import parse_resource_id
 from aegis.errors import MalformedInput
@@ -96,6 +96,7 @@ AccountId = Annotated[str, AfterValidator(_account)]
 ResourceIdStr = Annotated[str, AfterValidator(_arm_id)]
 SubscriptionId = Annotated[str, AfterValidator(_subscription)]
 Guid = Annotated[str, AfterValidator(_guid)]
+TeamsChannel = Annotated[str, Field(pattern=r"^19:[A-Za-z0-9_-]+@thread\.(tacv2|skype)$")]
 Upn = Annotated[str, AfterValidator(_upn)]
 UserRef = Annotated[str, AfterValidator(_user)]
 IpRange = Annotated[str, AfterValidator(_ip)]

@@ -38,11 +38,11 @@ class PlannedStep:
     reason: str | None
 
 
-def plan(incident: Incident, response: Response) -> list[PlannedStep]:
-    """The steps of every playbook the plan's triggers select for this incident, in order."""
+def plan(incident: Incident, response: Response, *, playbooks: list[str] | None = None) -> list[PlannedStep]:
+    """The steps of every playbook the plan's triggers select for this incident (or of `playbooks`), in order."""
     out: list[PlannedStep] = []
     context = incident_context(incident)
-    for name in playbooks_for(incident, response.plan):
+    for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
         book = response.playbooks[name]
         for step in book.steps:
             out += _steps(incident, book, step, context, response.plan)

@@ -19,7 +19,7 @@ from aegis.errors import AegisError
 from aegis.events import Severity
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS
-from aegis.respond.params import Guid, ResourceIdStr, UserRef
+from aegis.respond.params import Guid, ResourceIdStr, TeamsChannel, UserRef
 from aegis.yamlfiles import describe, load_model
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "playbooks"
@@ -87,8 +87,23 @@ class Trigger(_Strict):
 
 
 class Escalation(_Strict):
-    group: Guid = Field(description="the Entra ID group of the on-call contact")
+    group: Guid = Field(description="the Entra ID group of the on-call contact (its members may decide)")
     after: Duration = Field(description="escalate to this group when a step waits this long")
+    name: str = Field("", max_length=100, description="how the contact is named in messages")
+
+
+class Channel(_Strict):
+    team: Guid
+    channel: TeamsChannel
+
+
+class Access(_Strict):
+    """Who may use the console and the approvals API, by the app roles and groups in their sign-in
+    (App Service Authentication with Entra ID). Members of the escalation groups may decide too."""
+
+    approver_roles: list[str] = Field(default_factory=lambda: ["Aegis.Approver"])
+    approver_groups: list[Guid] = Field(default_factory=list)
+    reader_roles: list[str] = Field(default_factory=lambda: ["Aegis.Reader"], description="may look, not decide")
 
 
 class RateLimit(_Strict):
@@ -111,6 +126,8 @@ class ResponsePlan(_Strict):
     )
     approval_expiry: Duration = timedelta(hours=4)
     escalation: list[Escalation] = Field(default_factory=list)
+    access: Access = Field(default_factory=Access)
+    on_call: Channel | None = Field(None, description="the Teams channel where approval cards are posted")
     protected: Protected = Field(default_factory=Protected)
     rate_limits: dict[ActionName, RateLimit] = Field(default_factory=dict)  # type: ignore[valid-type]
 

@@ -12,6 +12,7 @@ In `dry_run` mode an approved step is recorded as `dry_run` with the exact call 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -46,6 +47,14 @@ class StepRecord(PlannedStep):
     started: datetime | None = None  # when the executor claimed it (recorded before the call)
     attempts: int = 0
     outcome: dict[str, Any] | None = None  # what the call returned (no secrets), or the error
+    card: str | None = None  # the Teams message that asks the on-call channel for a decision
+    card_shows: str | None = None  # the status that card shows (it is updated when the step moves on)
+    escalated: int = 0  # how many of the plan's escalation contacts have been called on
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the exact parameters: what an approval is bound to."""
+        return digest(self.params)
 
     @classmethod
     def from_json(cls, doc: bytes | str) -> StepRecord:
@@ -69,6 +78,7 @@ class StepRecord(PlannedStep):
             "approvals_needed": self.approvals, "approvers": list(self.approvers), "reason": self.reason,
             "requested_by": self.requested_by, "created": _iso(self.created), "expires": _iso(self.expires),
             "started": _iso(self.started), "attempts": self.attempts, "outcome": self.outcome,
+            "digest": self.digest, "escalated": self.escalated,
         }  # fmt: skip
 
 
@@ -76,7 +86,7 @@ class StepRecord(PlannedStep):
 class AuditEntry:
     time: datetime
     actor: str
-    event: str  # planned | refused | approved | denied | expired | dry_run | succeeded | failed
+    event: str  # planned | refused | approved | denied | expired | superseded | escalated | dry_run | succeeded | ...
     step: str
     action: str
     target: str
@@ -132,26 +142,54 @@ class Responder:
 
     def respond(self, incidents: Sequence[Incident]) -> int:
         """Record the plan's steps for these incidents; return how many steps were new."""
+        return sum(self._record(incident, planner.plan(incident, self.response), PIPELINE) for incident in incidents)
+
+    def request(self, incident: Incident, playbook: str, person: str) -> list[StepRecord]:
+        """A person asks for a playbook on an incident (one the plan did not choose, or again): its
+        steps are recorded with that person as the requester, who therefore cannot approve them."""
+        if playbook not in self.response.playbooks:
+            raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
+        planned = planner.plan(incident, self.response, playbooks=[playbook])
+        self._record(incident, planned, _person(person))
+        return [s for p in planned if (s := self.store.step(p.key)) is not None]
+
+    def _record(self, incident: Incident, planned: Sequence[PlannedStep], requester: str) -> int:
         now = self.clock()
         records, audit = [], []
-        for incident in incidents:
-            for p in planner.plan(incident, self.response):
-                expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
-                records.append(StepRecord.of(p, requested_by=PIPELINE, created=now, expires=expires))
-                event = "refused" if p.status == "refused" else "planned"
-                audit.append(AuditEntry(now, PIPELINE, event, p.key, p.action, p.target, p.reason or p.status))
-                if p.status == "dry_run":
-                    audit.append(
-                        AuditEntry(now, PIPELINE, "dry_run", p.key, p.action, p.target, call(p.action, p.params))
-                    )
-        return self.store.add_steps(records, audit)
+        for p in planned:
+            expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
+            records.append(StepRecord.of(p, requested_by=requester, created=now, expires=expires))
+            event = "refused" if p.status == "refused" else "planned"
+            audit.append(AuditEntry(now, requester, event, p.key, p.action, p.target, p.reason or p.status))
+            if p.status == "dry_run":
+                audit.append(AuditEntry(now, requester, "dry_run", p.key, p.action, p.target, call(p.action, p.params)))
+        new = self.store.add_steps(records, audit)
+        self._supersede(incident.id, planned, now)
+        return new
 
-    def decide(self, key: str, person: str, *, approve: bool, reason: str = "") -> StepRecord:
+    def _supersede(self, incident: str, planned: Sequence[PlannedStep], now: datetime) -> None:
+        """A step still waiting for approval whose parameters the plan now gives differently (the
+        incident grew) is superseded by the new one: approvals count only for the parameters approved."""
+        current = {(p.playbook, p.step, p.target): p.key for p in planned}
+        for old in self.store.steps(incident=incident, status=["awaiting_approval"]):
+            key = current.get((old.playbook, old.step, old.target))
+            if key is not None and key != old.key:
+                reason = f"the parameters changed: step {key} replaces it"
+                entry = AuditEntry(now, PIPELINE, "superseded", old.key, old.action, old.target, reason)
+                self.store.replace_step(old.next(status="superseded", reason=reason), audit=[entry])
+
+    def decide(
+        self, key: str, person: str, *, approve: bool, reason: str = "", digest: str | None = None
+    ) -> StepRecord:
+        """Approve or deny step `key` as `person`. `digest`, when given, is the digest of the
+        parameters the person was shown: a step whose parameters differ is not decided."""
         step = self.store.step(key)
         if step is None:
             raise InputNotFound(f"no step {key}: `aegis approvals list` shows the pending ones")
         now = self.clock()
-        person = person.strip().lower()
+        person = _person(person)
+        if digest is not None and digest != step.digest:
+            raise DecisionRefused(f"step {key} has other parameters than the ones you saw: look again")
         if step.status != "awaiting_approval":
             raise DecisionRefused(f"step {key} is {step.status}, not awaiting approval")
         if step.expires is not None and now > step.expires:
@@ -174,7 +212,7 @@ class Responder:
                                         call(step.action, step.params)))  # fmt: skip
         else:
             if not reason.strip():
-                raise DecisionRefused("a denial needs a reason (--reason)")
+                raise DecisionRefused("a denial needs a reason")
             new = step.next(status="denied", reason=reason.strip()[:500])
             audit = [AuditEntry(now, person, "denied", key, step.action, step.target, new.reason or "")]
         if not self.store.replace_step(new, audit=audit):
@@ -192,6 +230,15 @@ class Responder:
 def call(action: str, params: dict[str, Any]) -> str:
     """The exact request(s) the step makes with these parameters: what running it would do."""
     return ACTIONS[action].params.model_validate(params).request()
+
+
+def digest(params: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _person(name: str) -> str:
+    """People are compared by their sign-in name, case-insensitively."""
+    return name.strip().lower()
 
 
 def sortable(t: datetime) -> str:

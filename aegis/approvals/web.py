@@ -1,0 +1,335 @@
+"""The approvals API and the analyst console: one ASGI app (Starlette), served by Azure Functions
+(`handlers/approvals.py`, through `func.AsgiMiddleware`) and by `aegis serve` (uvicorn).
+
+- `/api/approvals` (JSON): list pending, get one, approve, deny. Decisions name the digest of the
+  parameters the caller saw. In Azure the routes also need a function key (the host checks it).
+- `/console` (HTML): incidents, an incident with its evidence timeline, pending approvals with
+  their exact parameters and Approve / Deny, the audit log.
+
+Every request is identified (`identify`: App Service Authentication's principal in Azure, the
+local user under `aegis serve`) and authorized by the response plan's `access`: none → 401,
+no role → 403. Decisions are POSTs; the console's carry a CSRF token (double-submit cookie,
+SameSite=Strict, compared in constant time) and must come from the console's own origin.
+Incident fields are attacker-controlled: templates autoescape, pages load no script at all, and the
+Content-Security-Policy forbids scripts and anything not served by the app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from aegis.approvals import identity
+from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
+from aegis.approvals.timeline import chart
+from aegis.correlate import mapping
+from aegis.correlate.incidents import Incident, View, views
+from aegis.errors import AegisError, InputNotFound
+from aegis.respond.playbooks import Response as Plan
+from aegis.respond.record import DecisionRefused, Responder, ResponseStore, StepRecord, call
+
+log = structlog.get_logger("aegis.console")
+HERE = Path(__file__).resolve().parent
+CSRF_COOKIE = "aegis_csrf"
+MAX_FORM = 16_384
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+}
+_env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
+
+
+@dataclass
+class Console:
+    """What the app reads and writes: the incidents, the response records, the plan, and who asks."""
+
+    incidents: Callable[[], list[Incident]]
+    store: ResponseStore
+    response: Plan
+    identify: Callable[[Request], Principal]
+    after_approval: Callable[[StepRecord], None] | None = None  # execute mode: run the approved step
+    title: str = "Aegis"
+
+    # --- helpers ---
+
+    def _who(self, request: Request, *, decide: bool = False) -> Principal:
+        return identity.require(self.identify(request), self.response.plan, decide=decide)
+
+    def _views(self) -> list[View]:
+        return views(self.incidents())
+
+    def _render(self, request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        who = self._who(request)
+        token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+        page = _env.get_template(template).render(
+            title=self.title, who=who, may_decide=identity.may_decide(who, self.response.plan), csrf=token,
+            mode=self.response.plan.mode, **values,
+        )  # fmt: skip
+        response = HTMLResponse(page, status_code=status)
+        if request.cookies.get(CSRF_COOKIE) != token:
+            response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https", path="/console")  # fmt: skip
+        return response
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        """The decision form, once the request is shown to come from the console itself."""
+        if int(request.headers.get("content-length") or 0) > MAX_FORM:
+            raise HTTPException(413, "form too large")
+        _same_origin(request)
+        async with request.form(max_files=0, max_fields=10) as form:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        if not cookie or not hmac.compare_digest(cookie.encode(), fields.get("csrf", "").encode()):
+            raise HTTPException(403, "the form's security token is missing or stale: reload the page and try again")
+        return fields
+
+    def _step(self, key: str) -> StepRecord:
+        step = self.store.step(key)
+        if step is None:
+            raise HTTPException(404, f"no step {key}")
+        return step
+
+    def _decide(self, key: str, who: Principal, *, approve: bool, digest: str, reason: str) -> StepRecord:
+        step = Responder(self.response, self.store).decide(key, who.name, approve=approve, reason=reason, digest=digest)
+        log.info("decision", step=key, person=who.name, status=step.status)
+        if step.status == "approved" and self.after_approval is not None:
+            self.after_approval(step)
+            step = self.store.step(key) or step
+        return step
+
+    # --- console pages ---
+
+    def incidents_page(self, request: Request) -> Response:
+        listed = sorted(self._views(), key=lambda v: v.incident.last_seen, reverse=True)
+        waiting = self.store.steps(status=["awaiting_approval"])
+        pending: dict[str, int] = {}
+        for s in waiting:
+            pending[s.incident] = pending.get(s.incident, 0) + 1
+        return self._render(request, "incidents.html", views=listed, pending=pending, waiting=len(waiting))
+
+    def incident_page(self, request: Request) -> Response:
+        found = [v for v in self._views() if v.incident.id == request.path_params["incident"]]
+        if not found:
+            raise HTTPException(404, "no such incident")
+        view = found[0]
+        steps = self.store.steps(incident=view.incident.id)
+        return self._render(
+            request, "incident.html", view=view, i=view.incident, chart=chart(view.incident),
+            atlas=mapping.atlas_names(), owasp=mapping.owasp_names(), steps=steps, calls=_calls(steps),
+            playbooks=sorted(self.response.playbooks), message=request.query_params.get("message"),
+        )  # fmt: skip
+
+    async def request_playbook(self, request: Request) -> Response:
+        who = self._who(request, decide=True)
+        fields = await self._form(request)
+        incident_id = request.path_params["incident"]
+        found = [i for i in self.incidents() if i.id == incident_id]
+        if not found:
+            raise HTTPException(404, "no such incident")
+        try:
+            steps = Responder(self.response, self.store).request(found[0], fields.get("playbook", ""), who.name)
+        except InputNotFound as exc:
+            raise HTTPException(400, str(exc)) from None
+        log.info("playbook_requested", incident=incident_id, person=who.name, steps=len(steps))
+        return RedirectResponse(f"/console/incidents/{incident_id}?message=requested", status_code=303)
+
+    def approvals_page(self, request: Request) -> Response:
+        waiting = self.store.steps(status=["awaiting_approval"])
+        return self._render(request, "approvals.html", steps=waiting, calls=_calls(waiting), titles=self._titles())
+
+    def step_page(self, request: Request, *, error: str | None = None, status: int = 200) -> Response:
+        step = self._step(request.path_params["key"])
+        decision = request.query_params.get("decision")
+        return self._render(
+            request, "step.html", status=status, step=step, calls=_calls([step]),
+            titles=self._titles(), decision=decision if decision in {"approve", "deny"} else None, error=error,
+            audit=[a for a in self.store.audit_log() if a.step == step.key],
+        )  # fmt: skip
+
+    async def decide_form(self, request: Request) -> Response:
+        who = self._who(request, decide=True)
+        fields = await self._form(request)
+        key = request.path_params["key"]
+        self._step(key)
+        decision = fields.get("decision")
+        if decision not in {"approve", "deny"}:
+            raise HTTPException(400, "decision must be approve or deny")
+        try:
+            self._decide(key, who, approve=decision == "approve", digest=fields.get("digest", ""),
+                         reason=fields.get("reason", ""))  # fmt: skip
+        except DecisionRefused as exc:
+            return self.step_page(request, error=str(exc), status=409)
+        return RedirectResponse(f"/console/approvals/{key}", status_code=303)
+
+    def audit_page(self, request: Request) -> Response:
+        entries = list(reversed(self.store.audit_log()))[:1000]
+        return self._render(request, "audit.html", entries=entries)
+
+    def _titles(self) -> dict[str, str]:
+        return {i.id: i.title for i in self.incidents()}
+
+    # --- JSON API ---
+
+    def api_list(self, request: Request) -> Response:
+        self._who(request)
+        waiting = self.store.steps(status=["awaiting_approval"])
+        return _json({"pending": [_api_step(s) for s in waiting]})
+
+    def api_get(self, request: Request) -> Response:
+        self._who(request)
+        return _json(_api_step(self._step(request.path_params["key"])))
+
+    async def api_decide(self, request: Request) -> Response:
+        who = self._who(request, decide=True)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, "send the decision as application/json")
+        raw = await request.body()
+        if len(raw) > MAX_FORM:
+            raise HTTPException(413, "body too large")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise HTTPException(400, "the body is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("digest"), str):
+            raise HTTPException(400, 'send {"digest": "<the step\'s digest>", "reason": "..."}')
+        reason = body.get("reason", "")
+        key, verb = request.path_params["key"], request.path_params["verb"]
+        self._step(key)
+        try:
+            step = self._decide(key, who, approve=verb == "approve", digest=body["digest"],
+                                reason=reason if isinstance(reason, str) else "")  # fmt: skip
+        except DecisionRefused as exc:
+            return _json({"error": str(exc)}, status=409)
+        return _json(_api_step(step))
+
+
+def _calls(steps: list[StepRecord]) -> dict[str, str]:
+    return {s.key: call(s.action, s.params) for s in steps}
+
+
+def _api_step(step: StepRecord) -> dict[str, Any]:
+    return {**step.summary(), "would_call": call(step.action, step.params)}
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a decision posted from another site (with the token check, CSRF is closed twice)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in {"same-origin", "none"}:
+        raise HTTPException(403, "decisions are taken only from the console's own pages")
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise HTTPException(403, "decisions are taken only from the console's own pages")
+    if origin == "null":
+        raise HTTPException(403, "decisions are taken only from the console's own pages")
+
+
+def create_app(console: Console) -> Starlette:
+    c = console
+
+    async def errors(request: Request, exc: Exception) -> Response:
+        status, text = 500, "internal error"
+        if isinstance(exc, NotSignedIn):
+            status, text = 401, str(exc)
+        elif isinstance(exc, Forbidden):
+            status, text = 403, str(exc)
+        elif isinstance(exc, HTTPException):
+            status, text = exc.status_code, str(exc.detail)
+        elif isinstance(exc, InputNotFound):
+            status, text = 404, str(exc)
+        elif isinstance(exc, AegisError):
+            status, text = 400, str(exc)
+        if request.url.path.startswith("/api/"):
+            response: Response = _json({"error": text}, status=status)
+        else:
+            page = _env.get_template("error.html").render(title=c.title, status=status, text=text)
+            response = HTMLResponse(page, status_code=status)
+        if status == 401:
+            response.headers["www-authenticate"] = 'Bearer realm="aegis"'
+        return response
+
+    app = Starlette(
+        routes=[
+            Route("/", lambda r: RedirectResponse("/console", status_code=307)),
+            Route("/console", c.incidents_page),
+            Route("/console/incidents/{incident}", c.incident_page),
+            Route("/console/incidents/{incident}/playbooks", c.request_playbook, methods=["POST"]),
+            Route("/console/approvals", c.approvals_page),
+            Route("/console/approvals/{key}", c.step_page),
+            Route("/console/approvals/{key}", c.decide_form, methods=["POST"]),
+            Route("/console/audit", c.audit_page),
+            Mount("/console/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Route("/api/approvals", c.api_list),
+            Route("/api/approvals/{key}", c.api_get),
+            Route("/api/approvals/{key}/{verb:str}", c.api_decide, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: errors, AegisError: errors},
+        middleware=[Middleware(SecurityHeaders)],
+    )
+
+    return app
+
+
+class SecurityHeaders:
+    """Adds the console's security headers to every response (unless a route set its own)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items() if k.encode() not in present]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def local_identity(name: str, plan: Plan) -> Callable[[Request], Principal]:
+    """`aegis serve`: the person who started it, an approver (it is their own machine and store)."""
+    person = Principal(
+        name=name.strip().lower(), id=name.strip().lower(), roles=frozenset(plan.plan.access.approver_roles)
+    )
+
+    def identify(_: Request) -> Principal:
+        return person
+
+    return identify
+
+
+def easy_auth_identity(request: Request) -> Principal:
+    return identity.from_easy_auth(request.headers)
+
+
+def iso(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+_env.filters["iso"] = iso
+_env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode()
