@@ -12,10 +12,11 @@ AZURITE := node_modules/.bin/azurite
 demo: $(RUNTIME)  ## replay the bundled samples/ on the embedded default (SQLite) and summarize
 	$(BIN)/aegis demo
 
-test: $(DEV) $(AZURITE)  ## lint, type-check, and run the whole suite with Azurite
+test: $(DEV) $(AZURITE)  ## lint, type-check, and run the whole suite with Azurite and headless Chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	scripts/ensure-chromium.sh
 	scripts/with-azurite.sh $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(DEV)

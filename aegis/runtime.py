@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 import structlog
-from azure.functions import AsgiMiddleware
+from starlette.applications import Starlette
 
 from aegis import log, settings
 from aegis.approvals import web
@@ -64,14 +64,12 @@ def response_store() -> ResponseStore:
     return store
 
 
-@lru_cache(maxsize=1)
-def console() -> AsgiMiddleware:
+def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
-    store = response_store()
-    app = web.create_app(web.Console(incidents=store_incidents, store=store, response=playbooks.load(),
-                                     identify=web.easy_auth_identity))  # fmt: skip
-    return AsgiMiddleware(app)  # type: ignore[no-untyped-call]
+    console = web.Console(incidents=store_incidents, store=response_store(), response=playbooks.load(),
+                          identify=web.easy_auth_identity)  # fmt: skip
+    return web.create_app(console)
 
 
 def store_incidents() -> list[Incident]:

@@ -12,6 +12,8 @@ and keeps the Teams cards up to date.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import azure.functions as func
 import structlog
 
@@ -22,14 +24,19 @@ log = structlog.get_logger("aegis.approvals")
 METHODS = [func.HttpMethod.GET, func.HttpMethod.POST]
 
 
+@lru_cache(maxsize=1)
+def _asgi() -> func.AsgiMiddleware:
+    return func.AsgiMiddleware(runtime.console_app())  # type: ignore[no-untyped-call]
+
+
 @bp.route(route="api/approvals/{*rest}", methods=METHODS, auth_level=func.AuthLevel.FUNCTION)
 async def approvals_api(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return await runtime.console().handle_async(req, context)  # type: ignore[no-any-return]
+    return await _asgi().handle_async(req, context)  # type: ignore[no-any-return]
 
 
 @bp.route(route="console/{*rest}", methods=METHODS, auth_level=func.AuthLevel.ANONYMOUS)
 async def console(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return await runtime.console().handle_async(req, context)  # type: ignore[no-any-return]
+    return await _asgi().handle_async(req, context)  # type: ignore[no-any-return]
 
 
 @bp.timer_trigger(arg_name="timer", schedule="30 * * * * *", run_on_startup=False, use_monitor=True)

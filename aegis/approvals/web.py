@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no-referrer would make the browser send `Origin: null` on our own forms
     "cache-control": "no-store",
     "x-frame-options": "DENY",
 }
@@ -111,7 +111,12 @@ class Console:
         return step
 
     def _decide(self, key: str, who: Principal, *, approve: bool, digest: str, reason: str) -> StepRecord:
-        step = Responder(self.response, self.store).decide(key, who.name, approve=approve, reason=reason, digest=digest)
+        try:
+            step = Responder(self.response, self.store).decide(key, who.name, approve=approve, reason=reason,
+                                                               digest=digest)  # fmt: skip
+        except DecisionRefused as exc:
+            log.warning("decision_refused", step=key, person=who.name, reason=str(exc))
+            raise
         log.info("decision", step=key, person=who.name, status=step.status)
         if step.status == "approved" and self.after_approval is not None:
             self.after_approval(step)

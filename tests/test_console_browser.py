@@ -1,0 +1,212 @@
+"""The console in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+1. An on-call engineer signed in by App Service Authentication (the principal header the platform
+   adds, set on the browser context) opens the console, finds the step a replayed scenario left
+   waiting, approves it, and sees it run (dry run) with its audit entries.
+2. Under `aegis serve` (the real command, as a user starts it), a person requests a playbook, is
+   refused when approving its step (self-approval), and an alert field carrying `<script>` is
+   shown as text and never runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aegis import settings
+from aegis.approvals import identity, web
+from aegis.pipeline import Message
+from aegis.respond import playbooks
+from aegis.respond.record import Responder
+from aegis.store import SqliteStore
+from tests.conftest import ROOT, SAMPLES
+
+XSS = '<script>document.title="pwned";window.__xss=1</script><img src=x onerror="window.__xss=2">'
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        reason = "Debian's chromium is not installed (`make test` installs it: scripts/ensure-chromium.sh)"
+        if os.environ.get("AEGIS_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " and AEGIS_REQUIRE_BROWSER=1")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=executable, headless=True,
+            args=["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--no-sandbox"],
+        )  # fmt: skip
+        yield b
+        b.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(port: int, proc: subprocess.Popen | None = None) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"the server exited: {proc.stderr.read() if proc.stderr else ''}") from None
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def replayed(db: Path, *extra: bytes) -> SqliteStore:
+    """The bundled scenario (and `extra` bodies) replayed into `db`, with the plan's steps recorded."""
+    from aegis import runtime
+
+    store = SqliteStore(db)
+    pipeline = runtime.build_pipeline(settings.load(db=db), store)
+    pipeline.process([Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))])
+    pipeline.process([Message(b, hub="demo") for b in extra])
+    Responder(playbooks.load(), store).respond(store.incidents())
+    return store
+
+
+def hostile_alert() -> bytes:
+    """Our jailbreak sample with attacker-chosen text in the fields an analyst reads."""
+    alert = copy.deepcopy(json.loads((SAMPLES / "defender" / "01-jailbreak-arm.json").read_text()))
+    p = alert["properties"]
+    p["systemAlertId"] = p["systemAlertId"].replace("0001", "0666")
+    alert["id"] = alert["id"].replace("0001", "0666")
+    alert["name"] = alert["name"].replace("0001", "0666")
+    p["alertDisplayName"] = XSS
+    return json.dumps(alert).encode()
+
+
+@pytest.fixture
+def signed_in_console(tmp_path):
+    """The ASGI app as the Functions host serves it (App Service Authentication identities), on uvicorn."""
+    import uvicorn
+
+    store = replayed(tmp_path / "browser.db")
+    console = web.Console(incidents=store.incidents, store=store, response=playbooks.load(),
+                          identify=web.easy_auth_identity)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(web.create_app(console), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(port)
+    yield f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+    store.close()
+
+
+def test_an_on_call_engineer_approves_the_pending_step_and_sees_it_run_with_its_audit(browser, signed_in_console):
+    base, store = signed_in_console
+    header = identity.encode_easy_auth("oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444",
+                                       roles=("Aegis.Approver",))  # fmt: skip
+    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    page = context.new_page()
+    page.goto(f"{base}/console")
+    assert page.locator("header .who").inner_text() == "oncall@contoso.com · approver"
+    assert page.locator("table.incidents tbody tr").count() == len(store.incidents())
+    page.get_by_role("link", name="Approvals").first.click()
+    section = page.locator("section.approval", has=page.locator("h2", has_text="contain_ai_resource")).first
+    key = section.get_attribute("id").removeprefix("step-")
+    step = store.step(key)
+    assert step.status == "awaiting_approval"
+    assert step.approvals == 1
+    assert section.locator(".digest").inner_text() == step.digest  # the exact parameters are shown, and bound
+    assert json.loads(section.locator("pre.params").inner_text()) == step.params
+    section.get_by_role("button", name="Approve").click()
+    page.wait_for_url(f"{base}/console/approvals/{key}")
+    assert page.locator("strong.status").inner_text() == "dry run"
+    audit = page.locator("table.audit tbody tr")
+    events = [audit.nth(n).locator("td").nth(2).inner_text() for n in range(audit.count())]
+    assert events[-2:] == ["approved", "dry_run"]
+    assert "PATCH https://management.azure.com" in audit.last.inner_text()  # the exact call the step would make
+    assert store.step(key).approvers == ("oncall@contoso.com",)
+    page.get_by_role("link", name="Audit log").click()
+    newest = page.locator("table.audit tbody tr").first
+    assert "dry_run" in newest.inner_text()
+    assert "contain_ai_resource" in newest.inner_text()
+    page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-audit.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture
+def aegis_serve(tmp_path):
+    """`aegis serve` as a user starts it, on a store holding the scenario and a hostile alert."""
+    db = tmp_path / "serve.db"
+    replayed(db, hostile_alert()).close()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AEGIS_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aegis.cli", "serve", "--db", str(db), "--port", str(port), "--as", "Bob@Contoso.com"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(port, proc)
+    yield f"http://127.0.0.1:{port}", db
+    proc.terminate()
+    proc.communicate(timeout=10)  # reaps it and closes its pipes
+
+
+def test_self_approval_is_refused_and_an_alert_field_with_script_is_shown_as_text(browser, aegis_serve):
+    base, db = aegis_serve
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{base}/console")
+    assert page.locator("header .who").inner_text() == "bob@contoso.com · approver"
+
+    link = page.locator("table.incidents a", has_text="AI.Azure_Jailbreak")
+    hrefs = [link.nth(n).get_attribute("href") for n in range(link.count())]
+    assert hrefs
+    for href in hrefs:  # the hostile alert's incident shows its display name in the timeline
+        page.goto(base + href)
+        if XSS in page.locator("table.timeline").inner_text():
+            break
+    else:
+        raise AssertionError("the hostile alert's text is not on any jailbreak incident page")
+    assert page.evaluate("window.__xss") is None
+    assert page.title() != "pwned"
+    assert dialogs == []
+    assert page.locator("main script, main img").count() == 0  # text, not elements
+
+    page.select_option("select[name=playbook]", "ai-prompt-attack-user")
+    page.get_by_role("button", name="Request").click()
+    assert "The playbook's steps are recorded" in page.locator(".notice").inner_text()
+    mine = page.locator("table.steps tbody tr", has_text="revoke_sessions").first
+    mine.get_by_role("link").click()
+    assert "requested by bob@contoso.com" in page.locator("main").inner_text()
+    page.get_by_role("button", name="Approve").click()
+    error = page.get_by_role("alert")
+    assert error.inner_text() == "bob@contoso.com requested this step and cannot decide it"
+    assert page.locator("strong.status").inner_text() == "awaiting approval"
+    page.screenshot(
+        path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-self-approval.png"), full_page=True
+    )
+    store = SqliteStore(db)
+    try:
+        refused = [s for s in store.steps() if s.requested_by == "bob@contoso.com" and s.action == "revoke_sessions"]
+        assert refused
+        assert all(s.approvers == () for s in refused)
+    finally:
+        store.close()
