@@ -20,7 +20,6 @@ from aegis.correlate.incidents import Incident, TimelineEntry
 from aegis.events import AiResource, Severity, User
 from aegis.respond import playbooks
 from aegis.respond.record import DecisionRefused, Responder
-from aegis.store import SqliteStore
 from tests.test_execute import Token
 from tests.wire import Reply, WireServer
 
@@ -81,13 +80,13 @@ def incident(title: str = "Jailbreak then key theft <script>alert(1)</script>") 
 
 
 @pytest.fixture
-def case(tmp_path):
-    store, clock = SqliteStore(tmp_path / "a.db"), Clock()
+def case(tmp_path, store):
+    """The plan's steps for one incident, recorded on SQLite and on Table Storage (Azurite)."""
+    clock = Clock()
     resp = plan(tmp_path)
     responder = Responder(resp, store, clock=clock)
     responder.respond([incident()])
-    yield resp, store, clock, responder
-    store.close()
+    return resp, store, clock, responder
 
 
 def waiting(store, action):
