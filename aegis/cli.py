@@ -506,6 +506,7 @@ def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
             escape(f"    {st.playbook} / {st.step}; incident {st.incident}; expires {st.expires:%Y-%m-%d %H:%M}Z")
         )
         out.print(escape(f"    would call: {call(st.action, st.params)}"))
+        out.print(escape(f"    parameters {orjson.dumps(st.params).decode()} (digest {st.digest[:16]})"))
     out.print(f"{len(waiting)} step(s) awaiting approval")
 
 

@@ -94,8 +94,9 @@ class Console:
 
     async def _form(self, request: Request) -> dict[str, str]:
         """The decision form, once the request is shown to come from the console itself."""
-        if int(request.headers.get("content-length") or 0) > MAX_FORM:
-            raise HTTPException(413, "form too large")
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit() or int(length) > MAX_FORM:
+            raise HTTPException(413, "form too large (or no valid Content-Length)")
         _same_origin(request)
         async with request.form(max_files=0, max_fields=10) as form:
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
