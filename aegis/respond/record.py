@@ -163,6 +163,8 @@ class Responder:
             audit.append(AuditEntry(now, requester, event, p.key, p.action, p.target, p.reason or p.status))
             if p.status == "dry_run":
                 audit.append(AuditEntry(now, requester, "dry_run", p.key, p.action, p.target, call(p.action, p.params)))
+        if not records:
+            return 0
         new = self.store.add_steps(records, audit)
         self._supersede(incident.id, planned, now)
         return new
