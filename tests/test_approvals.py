@@ -401,3 +401,44 @@ def test_the_card_text_is_never_markup():
     content = card(s, step_like, "https://aegis.example")
     kinds = {b["type"] for b in content["body"][1:]}
     assert kinds == {"RichTextBlock"}  # no TextBlock (markdown) carries an incident field
+
+
+def test_two_approvers_at_the_same_moment_cannot_both_be_the_second(case):
+    """Both read the step with one approval of two; the store takes one write over that revision."""
+    import threading
+
+    resp, store, clock, _ = case
+    step = next(s for s in store.steps(status=["awaiting_approval"]) if s.action == "contain_ai_resource")
+    two = dataclasses.replace(step, approvals=2, approvers=("alice@contoso.com",))
+    assert store.replace_step(two.next(), audit=[])
+    barrier = threading.Barrier(2)
+
+    class Racing:
+        """The store as each approver sees it: both read before either writes."""
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def step(self, key):
+            found = store.step(key)
+            barrier.wait(5)
+            return found
+
+    results: dict[str, object] = {}
+
+    def approve(person: str) -> None:
+        try:
+            results[person] = Responder(resp, Racing(), clock=clock).decide(step.key, person, approve=True).status
+        except DecisionRefused as exc:
+            results[person] = str(exc)
+
+    threads = [threading.Thread(target=approve, args=(p,)) for p in ("bob@contoso.com", "carol@contoso.com")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert list(results.values()).count("dry_run") == 1  # one is the second approval
+    assert sum("decided by someone else at the same moment" in str(r) for r in results.values()) == 1
+    final = store.step(step.key)
+    assert len(final.approvers) == 2
+    assert [a.event for a in store.audit_log() if a.step == step.key].count("approved") == 1

@@ -190,3 +190,12 @@ def test_the_console_through_the_function_is_signed_in_escaped_and_csrf_protecte
     assert ok.status_code == 303
     assert ok.headers["location"] == f"/console/approvals/{key}"
     assert runtime.response_store().step(key).approvers == ("alice@contoso.com",)
+
+
+def test_a_reader_sees_the_console_but_no_decision_buttons(app):
+    page = console(app, "GET", "/console/approvals", who=READER)
+    html = page.get_body().decode()
+    assert page.status_code == 200
+    assert "rita@contoso.com · reader" in html
+    assert 'name="decision"' not in html
+    assert '<pre class="params">' in html  # the exact parameters are there to read
