@@ -75,6 +75,14 @@ def table_store() -> Iterator[Store]:
     BlobServiceClient.from_connection_string(conn).delete_container(f"{prefix}-raw")
 
 
+@pytest.fixture(scope="session")
+def functions() -> dict[str, object]:
+    """Binding metadata of the Functions app, read once per run (`get_functions()` cannot be called twice)."""
+    import function_app
+
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
 @pytest.fixture(params=["sqlite", "table"])
 def store(request: pytest.FixtureRequest) -> Store:
     """Each store test runs against both implementations."""

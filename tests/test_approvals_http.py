@@ -24,13 +24,6 @@ SECOND = {"name": "bob@contoso.com", "oid": "b2", "roles": ("Aegis.Approver",)}
 READER = {"name": "rita@contoso.com", "oid": "r3", "roles": ("Aegis.Reader",)}
 
 
-@pytest.fixture(scope="module")
-def functions():
-    import function_app
-
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
-
-
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from handlers import approvals

@@ -18,14 +18,6 @@ ENVELOPE = (SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_b
 ALERT = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def functions():
-    """Binding metadata of the app, read once (`get_functions()` cannot be called twice)."""
-    import function_app
-
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
-
-
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AEGIS_DB", str(tmp_path / "ingest.db"))
