@@ -27,7 +27,8 @@ from rich.table import Table
 
 from aegis import log, replay, runtime, settings
 from aegis.correlate import detections, mapping, selftest
-from aegis.correlate.incidents import SEVERITY_ORDER, View, views
+from aegis.correlate.incidents import SEVERITY_ORDER, Incident, View, views
+from aegis.enrich.record import Enrichment, EnrichmentStore
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import AiResource, Ip, User
 from aegis.pipeline import Counts, Message
@@ -36,7 +37,7 @@ from aegis.respond import playbooks as response
 from aegis.respond.actions import ACTIONS
 from aegis.respond.execute import Executor
 from aegis.respond.record import Responder, ResponseStore, StepRecord, call
-from aegis.store import SqliteStore, Store, open_store
+from aegis.store import Store, open_store
 
 app = typer.Typer(
     name="aegis",
@@ -214,6 +215,9 @@ def demo_cmd(
         steps_store = _response_store(store)
         Responder(response.load(), steps_store).respond([v.incident for v in shown])
         steps = steps_store.steps()
+        _enrich(cfg, store)
+        top = _most_severe(shown)
+        enriched = _enrichment(store, top.id) if top else []
     where = _where(cfg)
     _print_counts(counts, len(files), where)
     out.print()
@@ -236,6 +240,8 @@ def demo_cmd(
     _incident_table(shown)
     at = f" --db {where}" if cfg.store == "sqlite" else ""
     _demo_response(shown, steps, at)
+    if top is not None:
+        _demo_enrichment(top, enriched)
     out.print()
     out.print(escape(f"Next: .venv/bin/aegis incidents show ID{at} | .venv/bin/aegis approvals list{at} | "
                      f".venv/bin/aegis audit{at}"))  # fmt: skip
@@ -245,14 +251,40 @@ def demo_cmd(
     out.print(f"  then browse to http://127.0.0.1:{SERVE_PORT}/console (Ctrl-C stops it)")
 
 
+def _most_severe(shown: list[View]) -> Incident | None:
+    if not shown:
+        return None
+    return max(shown, key=lambda v: (SEVERITY_ORDER.index(v.incident.severity), v.incident.last_seen)).incident
+
+
+def _demo_enrichment(top: Incident, kept: list[Enrichment]) -> None:
+    """What the enrichers found for the most severe incident."""
+    out.print()
+    out.print("[bold]Enrichment[/bold] of " + escape(f"{top.id}: " + ", ".join(f"{e.name} {e.status}" for e in kept)))
+    for e in kept:
+        for net in e.result.get("networks", [])[:2]:
+            accounts = ", ".join(f"{a['account'].rsplit('/', 1)[-1]} ({a['requests']})" for a in net["ai_accounts"][:3])
+            out.print(escape(f"  network {net['network']}: {net['events']} events, {net['failures']} failed; "
+                             f"AI accounts {accounts or '-'}"))  # fmt: skip
+        for user in e.result.get("users", [])[:2]:
+            out.print(
+                escape(f"  user {user['user']}: {user['events']} events from {', '.join(user['networks']) or '-'}")
+            )
+        for plane in e.result.get("control_plane", [])[:2]:
+            ops = [
+                o["operation"].split(":")[-1].removeprefix("microsoft.cognitiveservices/") for o in plane["operations"]
+            ]
+            out.print(escape(f"  control plane of {plane['account'].rsplit('/', 1)[-1]}: {', '.join(ops) or 'none'}"))
+
+
 def _demo_response(shown: list[View], steps: list[StepRecord], at: str) -> None:
     """The response plan's steps for the most severe incident, and what approving one would do."""
     out.print()
     waiting = [s for s in steps if s.status == "awaiting_approval"]
     out.print(f"[bold]Response (dry run)[/bold]: {len(steps)} step(s), {len(waiting)} awaiting approval")
-    if not shown:
+    top = _most_severe(shown)
+    if top is None:
         return
-    top = max(shown, key=lambda v: (SEVERITY_ORDER.index(v.incident.severity), v.incident.last_seen)).incident
     for s in [s for s in steps if s.incident == top.id]:
         need = f"{len(s.approvers)}/{s.approvals} approvals" if s.approvals else "automatic"
         out.print(escape(f"  {s.status:<18}{s.playbook} / {s.step}: {s.action} on {s.target} ({need})"))
@@ -278,7 +310,8 @@ def incidents_cmd(
         return
     with _store(db, must_exist=True) as (_, store):
         listed = [v for v in views(store.incidents()) if show_all or v.status != "superseded"]
-        steps = store.steps() if isinstance(store, SqliteStore) else []
+        steps = store.steps() if isinstance(store, ResponseStore) else []
+        kept = {v.incident.id: _enrichment(store, v.incident.id) for v in listed} if as_json else {}
     if as_json:
         by_incident: dict[str, list[dict[str, object]]] = {}
         for st in steps:
@@ -292,7 +325,8 @@ def incidents_cmd(
                     "status": st.status,
                 }
             )
-        rows = [{**v.summary(), "response": by_incident.get(v.incident.id, [])} for v in listed]
+        rows = [{**v.summary(), "response": by_incident.get(v.incident.id, []),
+                 "enrichment": [e.summary() for e in kept[v.incident.id]]} for v in listed]  # fmt: skip
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return
     _incident_table(listed)
@@ -314,6 +348,8 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
     """One incident, readably, with its evidence timeline."""
     with _store(db, must_exist=True) as (_, store):
         found = [v for v in views(store.incidents()) if v.incident.id == incident_id]
+        kept = _enrichment(store, incident_id)
+        steps = store.steps(incident=incident_id) if isinstance(store, ResponseStore) else []
     if not found:
         raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
     v = found[0]
@@ -335,9 +371,23 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
             f"    {t.time:%H:%M:%S}  {t.source:<13} {t.kind}" + (f"  [{t.step}]" if t.step else "")
             for t in i.timeline[:200]
         ],
+        f"  enrichment ({len(kept)})",
+        *[line for e in kept for line in _enrichment_lines(e)],
+        f"  response ({len(steps)} steps)",
+        *[f"    {s.status:<18}{s.playbook} / {s.step}: {s.action} on {s.target}" for s in steps],
     ]
     for line in lines:
         out.print(line, markup=False, highlight=False)
+
+
+def _enrichment(store: Store, incident: str) -> list[Enrichment]:
+    return store.enrichment(incident) if isinstance(store, EnrichmentStore) else []
+
+
+def _enrichment_lines(e: Enrichment) -> list[str]:
+    head = f"    {e.name:<14}{e.status:<9}" + (e.error or f"{e.took_ms} ms")
+    body = orjson.dumps(e.result, option=orjson.OPT_INDENT_2).decode().splitlines() if e.result else []
+    return [head, *[f"      {line}" for line in body[:60]], *(["      …"] if len(body) > 60 else [])]
 
 
 detections_app = typer.Typer(help="Detections (YAML in detections/).", no_args_is_help=True)
@@ -539,6 +589,24 @@ def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], per
             step_id, person, approve=False, reason=reason
         )
     out.print(escape(f"{step.action} on {step.target}: denied"))
+
+
+@app.command("enrich")
+def enrich_cmd(db: DbOption = None) -> None:
+    """Enrich the incidents that are new or changed since they were last enriched (AEGIS_ENRICHERS:
+    `local` on SQLite; `log_analytics`, `defender`, `graph` on Azure)."""
+    with _store(db, must_exist=True) as (cfg, store):
+        done = _enrich(cfg, store)
+    out.print(f"{done} incident(s) enriched (`aegis incidents show ID` shows what was found)")
+
+
+def _enrich(cfg: settings.Settings, store: Store) -> int:
+    from aegis.enrich.run import Enrichers  # noqa: PLC0415  (azure-monitor-query loads only to enrich)
+
+    if not isinstance(store, EnrichmentStore):
+        raise AegisError("this store keeps no enrichment")
+    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)))
+    return enrichers.run(store.incidents(), store)
 
 
 @app.command("serve")

@@ -10,10 +10,10 @@ import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aegis.decode import Limits
 from aegis.errors import ConfigurationError
@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager (sovereign clouds).")
     graph_endpoint: str = Field("https://graph.microsoft.com/v1.0", description="Microsoft Graph.")
     mde_endpoint: str = Field("https://api.security.microsoft.com", description="Defender for Endpoint API.")
+    logs_endpoint: str = Field("https://api.loganalytics.io", description="Log Analytics query API.")
+    log_analytics_workspace: str | None = Field(
+        None,
+        description="Workspace id (GUID) the log_analytics enricher queries.",
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    )
+    enrichers: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Enrichers to run, comma-separated [default: local with sqlite; log_analytics, "
+        "defender, graph with table].",
+    )
+    enrich_budget: float = Field(20.0, gt=0, le=600, description="Seconds all enrichers of one incident may take.")
     sentinel_workspace: str | None = Field(
         None, description="ARM id of the Sentinel workspace (open_ticket system: sentinel)."
     )
@@ -72,6 +84,11 @@ class Settings(BaseSettings):
         "auto", description="auto: JSON when running in Azure, readable console output elsewhere."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("enrichers", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _store_settings(self) -> Settings:

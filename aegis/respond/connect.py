@@ -44,6 +44,7 @@ class Connections:
     arm: str = "https://management.azure.com"
     graph: str = "https://graph.microsoft.com/v1.0"
     mde: str = "https://api.security.microsoft.com"
+    logs: str = "https://api.loganalytics.io"  # Log Analytics query API (enrichment)
     vault: str | None = None  # all Key Vault calls go here instead of the secret URI's host (tests)
     ca_file: str | None = None  # trust this CA instead of the system's (tests)
     timeout: float = 30.0  # seconds to connect, and to wait for an answer
@@ -88,7 +89,7 @@ def from_settings(cfg: Settings, credential: TokenCredential | None = None) -> C
         jira_site=cfg.jira_site, jira_user=cfg.jira_user, jira_token=cfg.jira_token, jira_project=cfg.jira_project,
     )  # fmt: skip
     return Connections(credential, arm=cfg.arm_endpoint, graph=cfg.graph_endpoint, mde=cfg.mde_endpoint,
-                       tickets=tickets)  # fmt: skip
+                       logs=cfg.logs_endpoint, tickets=tickets)  # fmt: skip
 
 
 class CannotRun(AegisError):

@@ -7,9 +7,10 @@ import re
 from typing import Any
 
 from azure.mgmt.security import SecurityCenter
+from azure.mgmt.security.v2022_01_01.operations import AlertsOperations
 
 from aegis.respond.actions import UpdateDefenderAlert
-from aegis.respond.connect import Context
+from aegis.respond.connect import Connections, Context
 
 _ALERT = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)(?:/resourcegroups/(?P<rg>[^/]+))?/providers/microsoft\.security"
@@ -18,17 +19,21 @@ _ALERT = re.compile(
 _STATE = {"inProgress": "in_progress", "resolve": "resolve", "dismiss": "dismiss", "activate": "activate"}
 
 
+def alerts(alert: str, conn: Connections) -> tuple[AlertsOperations, str, dict[str, str]]:
+    """The Alerts operations for a Defender alert's ARM id: (operations, `subscription` or
+    `resource_group` (the level its operations are named by), their keyword arguments)."""
+    m = _ALERT.match(alert)
+    if m is None:
+        raise ValueError(f"not a Defender for Cloud alert id: {alert}")
+    ops = SecurityCenter(conn.credential, m["sub"], base_url=conn.arm, **conn.sdk_options()).alerts
+    where = {"asc_location": m["location"], "alert_name": m["name"]}
+    if m["rg"]:
+        return ops, "resource_group", {"resource_group_name": m["rg"], **where}
+    return ops, "subscription", where
+
+
 def update_alert(p: UpdateDefenderAlert, ctx: Context) -> dict[str, Any]:
     """POST {alert id}/{inProgress | resolve | dismiss | activate}?api-version=2022-01-01 (204)."""
-    m = _ALERT.match(p.alert)
-    if m is None:
-        raise ValueError(f"not a Defender for Cloud alert id: {p.alert}")
-    conn = ctx.connections
-    alerts = SecurityCenter(conn.credential, m["sub"], base_url=conn.arm, **conn.sdk_options()).alerts
-    level = "resource_group" if m["rg"] else "subscription"
-    operation = getattr(alerts, f"update_{level}_level_state_to_{_STATE[p.state]}")
-    if m["rg"]:
-        operation(resource_group_name=m["rg"], asc_location=m["location"], alert_name=m["name"])
-    else:
-        operation(asc_location=m["location"], alert_name=m["name"])
+    ops, level, where = alerts(p.alert, ctx.connections)
+    getattr(ops, f"update_{level}_level_state_to_{_STATE[p.state]}")(**where)
     return {"alert": p.alert, "state": p.state}

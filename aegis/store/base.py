@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aegis.events import DeadLetter, Event
@@ -30,8 +31,10 @@ class Store(Protocol):
         were new (the rest were already stored)."""
         ...
 
-    def events(self, *, limit: int | None = None) -> list[Event]:
-        """Events, oldest event time first."""
+    def events(
+        self, *, limit: int | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Event]:
+        """Events, oldest event time first; with `since` / `until`, those in that window of event time."""
         ...
 
     def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:

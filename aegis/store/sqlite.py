@@ -6,13 +6,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from aegis.correlate.incidents import Incident
+from aegis.enrich.record import Enrichment
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
 from aegis.respond.record import AuditEntry, StepRecord, sortable
@@ -78,6 +79,12 @@ CREATE TABLE IF NOT EXISTS tickets (
     opened TEXT NOT NULL,
     updated TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS enrichment (
+    incident TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (incident, name)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     doc BLOB NOT NULL
@@ -139,9 +146,16 @@ class SqliteStore:
             new_dls = cur.rowcount if dl_rows else 0
         return SaveResult(new_events, new_dls)
 
-    def events(self, *, limit: int | None = None) -> list[Event]:
+    def events(
+        self, *, limit: int | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Event]:
+        low = since.astimezone(UTC).isoformat() if since else ""
+        high = until.astimezone(UTC).isoformat() if until else "~"
         with self._lock, _translate(self.path):
-            rows = self._db.execute("SELECT doc FROM events ORDER BY time, id LIMIT ?", (limit or -1,)).fetchall()
+            rows = self._db.execute(
+                "SELECT doc FROM events WHERE time >= ? AND time <= ? ORDER BY time, id LIMIT ?",
+                (low, high, limit or -1),
+            ).fetchall()
         return [Event.from_json(r[0]) for r in rows]
 
     def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
@@ -286,6 +300,20 @@ class SqliteStore:
         with self._lock, _translate(self.path):
             rows = self._db.execute("SELECT doc FROM audit ORDER BY seq").fetchall()
         return [AuditEntry.from_json(doc) for (doc,) in rows]
+
+    # --- enrichment (aegis.enrich.base.EnrichmentStore) ---
+
+    def save_enrichment(self, incident: str, items: Sequence[Enrichment]) -> None:
+        with self._write() as cur:
+            cur.executemany("INSERT OR REPLACE INTO enrichment VALUES (?, ?, ?)",
+                            [(incident, e.name, orjson.dumps(e.summary())) for e in items])  # fmt: skip
+
+    def enrichment(self, incident: str) -> list[Enrichment]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute(
+                "SELECT doc FROM enrichment WHERE incident = ? ORDER BY name", (incident,)
+            ).fetchall()
+        return [Enrichment.from_json(doc) for (doc,) in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -27,7 +27,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -53,6 +53,7 @@ from azure.data.tables import (
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from aegis.correlate.incidents import Incident
+from aegis.enrich.record import Enrichment
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
 from aegis.respond.record import AuditEntry, StepRecord, sortable
@@ -95,14 +96,24 @@ class TableStore:
             new_dls = self._insert(self._dead_letters, [_dead_letter_entity(d) for d in dead_letters])
         return SaveResult(new_events, new_dls)
 
-    def events(self, *, limit: int | None = None) -> list[Event]:
+    def events(
+        self, *, limit: int | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Event]:
+        days, parameters = [], {}
+        for name, op, at in (("lo", "ge", since), ("hi", "le", until)):
+            if at is not None:
+                days.append(f"PartitionKey {op} @{name}")
+                parameters[name] = at.astimezone(UTC).strftime("%Y%m%d")
         with _translate():
             out = []
-            for entity in self._events.list_entities():
+            rows = self._events.query_entities(" and ".join(days), parameters=parameters) if days else (
+                self._events.list_entities())  # fmt: skip
+            for entity in rows:
                 doc = entity.get("doc")
                 if doc is None:
                     doc = self._raw.download_blob(f"events/{entity['RowKey']}").readall()
                 out.append(Event.from_json(doc))
+        out = [e for e in out if (since is None or e.time >= since) and (until is None or e.time <= until)]
         out.sort(key=lambda e: (e.time, e.id))
         return out[:limit] if limit else out
 
@@ -321,6 +332,22 @@ class TableStore:
             rows = list(self._response.query_entities("RowKey gt 'audit-' and RowKey lt 'audit.'"))
         rows.sort(key=lambda r: r["RowKey"])
         return [AuditEntry.from_json(_unpack(r)) for r in rows]
+
+    # --- enrichment (aegis.enrich.record.EnrichmentStore): rows `enrich-<name>` of the incident's partition ---
+
+    def save_enrichment(self, incident: str, items: Sequence[Enrichment]) -> None:
+        with _translate():
+            for e in items:
+                entity = {"PartitionKey": incident, "RowKey": f"enrich-{e.name}", **_pack(orjson.dumps(e.summary()))}
+                self._response.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def enrichment(self, incident: str) -> list[Enrichment]:
+        with _translate():
+            rows = list(self._response.query_entities(
+                "PartitionKey eq @pk and RowKey gt 'enrich-' and RowKey lt 'enrich.'", parameters={"pk": incident}
+            ))  # fmt: skip
+        rows.sort(key=lambda r: r["RowKey"])
+        return [Enrichment.from_json(_unpack(r)) for r in rows]
 
     def close(self) -> None:
         self._response.close()
