@@ -3,7 +3,7 @@
 import azure.functions as func
 
 from aegis import settings
-from handlers import approvals, ingest, respond
+from handlers import approvals, enrich, ingest, respond
 
 settings.get()  # a missing or invalid setting fails the worker at start-up, naming the setting
 
@@ -11,3 +11,4 @@ app = func.FunctionApp()
 app.register_functions(ingest.bp)
 app.register_functions(respond.bp)
 app.register_functions(approvals.bp)
+app.register_functions(enrich.bp)

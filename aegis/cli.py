@@ -637,7 +637,8 @@ def serve_cmd(
             executor.run([step.incident])
 
         console = web.Console(incidents=store.incidents, store=steps_store, response=loaded,
-                              identify=web.local_identity(name, loaded), after_approval=run_now)  # fmt: skip
+                              identify=web.local_identity(name, loaded), after_approval=run_now,
+                              enrichment=store.enrichment if isinstance(store, EnrichmentStore) else None)  # fmt: skip
         err.print(f"Aegis console for {name} on http://127.0.0.1:{port}/console ({_where(cfg)}); Ctrl-C stops it")
         try:
             uvicorn.run(web.create_app(console), host="127.0.0.1", port=port, log_level="warning")

@@ -15,6 +15,7 @@ from aegis.approvals.sweep import SweepCounts, Sweeper
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
 from aegis.correlate.incidents import Incident, views
+from aegis.enrich.record import EnrichmentStore
 from aegis.errors import ConfigurationError
 from aegis.pipeline import Pipeline
 from aegis.respond import playbooks
@@ -67,8 +68,10 @@ def response_store() -> ResponseStore:
 def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
+    store = pipeline().store
     console = web.Console(incidents=store_incidents, store=response_store(), response=playbooks.load(),
-                          identify=web.easy_auth_identity)  # fmt: skip
+                          identify=web.easy_auth_identity,
+                          enrichment=store.enrichment if isinstance(store, EnrichmentStore) else None)  # fmt: skip
     return web.create_app(console)
 
 
@@ -80,6 +83,17 @@ def sweep() -> SweepCounts:
     """The approvals timer: expire, escalate, post and update Teams cards."""
     store = response_store()
     return Sweeper.from_settings(playbooks.load(), store, store_incidents, settings.get()).run()
+
+
+def enrich_run() -> int:
+    """The enrichment timer: enrich the incidents that are new or changed since last time."""
+    from aegis.enrich.run import Enrichers  # noqa: PLC0415  (the enrichers' SDKs load in this timer only)
+
+    store = pipeline().store
+    if not isinstance(store, EnrichmentStore):
+        raise ConfigurationError(f"the {settings.get().store} store keeps no enrichment")
+    enrichers = Enrichers.from_settings(settings.get(), lambda start, end: list(store.events(since=start, until=end)))
+    return enrichers.run(store.incidents(), store)
 
 
 def executor_run() -> RunCounts | None:

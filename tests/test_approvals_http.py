@@ -192,3 +192,20 @@ def test_a_reader_sees_the_console_but_no_decision_buttons(app):
     assert "rita@contoso.com · reader" in html
     assert 'name="decision"' not in html
     assert '<pre class="params">' in html  # the exact parameters are there to read
+
+
+def test_the_incident_page_shows_the_timeline_next_steps_and_enrichment(app, functions):
+    [timer] = json.loads(functions["enrich_timer"].get_function_json())["bindings"]
+    assert timer["type"] == "timerTrigger"
+    from handlers import enrich
+
+    enrich.enrich_timer(None)  # the enrichment timer, as the host calls it (local enricher on SQLite)
+    incident = next(i for i in runtime.pipeline().store.incidents() if i.detection == "ai-control-plane-tampering")
+    page = console(app, "GET", f"/console/incidents/{incident.id}", who=READER)
+    html = page.get_body().decode()
+    assert page.status_code == 200
+    assert html.count('<circle class="mark"') == len(incident.timeline)  # the evidence chart: one mark per event
+    assert "Response tier: <strong>P1 - page on-call now</strong>" in html
+    assert "ai-credential-compromise" in html
+    assert "<strong>local</strong> · ok" in html
+    assert "203.0.113.0/24" in html

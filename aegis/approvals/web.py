@@ -41,7 +41,9 @@ from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.timeline import chart
 from aegis.correlate import mapping
 from aegis.correlate.incidents import Incident, View, views
+from aegis.enrich.record import Enrichment
 from aegis.errors import AegisError, InputNotFound
+from aegis.respond import planner
 from aegis.respond.playbooks import Response as Plan
 from aegis.respond.record import DecisionRefused, Responder, ResponseStore, StepRecord, call
 
@@ -69,6 +71,7 @@ class Console:
     response: Plan
     identify: Callable[[Request], Principal]
     after_approval: Callable[[StepRecord], None] | None = None  # execute mode: run the approved step
+    enrichment: Callable[[str], list[Enrichment]] | None = None  # what the enrichers found, by incident
     title: str = "Aegis"
 
     # --- helpers ---
@@ -140,8 +143,12 @@ class Console:
             raise HTTPException(404, "no such incident")
         view = found[0]
         steps = self.store.steps(incident=view.incident.id)
+        plan = self.response.plan
+        books = [self.response.playbooks[n] for n in planner.playbooks_for(view.incident, plan)]
+        advice = {"tier": plan.tiers[view.incident.severity], "playbooks": books}
         return self._render(
-            request, "incident.html", view=view, i=view.incident, chart=chart(view.incident),
+            request, "incident.html", view=view, i=view.incident, chart=chart(view.incident), advice=advice,
+            enrichment=self.enrichment(view.incident.id) if self.enrichment else [],
             atlas=mapping.atlas_names(), owasp=mapping.owasp_names(), steps=steps, calls=_calls(steps),
             playbooks=sorted(self.response.playbooks), message=request.query_params.get("message"),
         )  # fmt: skip
