@@ -1,4 +1,5 @@
-"""What an enricher found for an incident, as the stores keep it (no service SDK needed to read it)."""
+"""What an enricher found for an incident (or a deliverer did with it), as the stores keep it: no
+service SDK is needed to read it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+
+KINDS = ("enrich", "deliver")  # what a kept record is: an enricher's finding, a deliverer's outcome
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,10 @@ class Enrichment:
 
 @runtime_checkable
 class EnrichmentStore(Protocol):
-    def save_enrichment(self, incident: str, items: Sequence[Enrichment]) -> None:
-        """Replace what is kept for these enrichers of `incident`."""
+    def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
+        """Replace what is kept for these enrichers (`kind="enrich"`) or deliverers (`"deliver"`) of `incident`."""
         ...
 
-    def enrichment(self, incident: str) -> list[Enrichment]:
-        """What was kept for `incident`, by enricher name."""
+    def enrichment(self, incident: str, *, kind: str = "enrich") -> list[Enrichment]:
+        """What was kept for `incident`, by name."""
         ...

@@ -81,9 +81,10 @@ CREATE TABLE IF NOT EXISTS tickets (
 );
 CREATE TABLE IF NOT EXISTS enrichment (
     incident TEXT NOT NULL,
+    kind TEXT NOT NULL,
     name TEXT NOT NULL,
     doc BLOB NOT NULL,
-    PRIMARY KEY (incident, name)
+    PRIMARY KEY (incident, kind, name)
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -303,15 +304,15 @@ class SqliteStore:
 
     # --- enrichment (aegis.enrich.base.EnrichmentStore) ---
 
-    def save_enrichment(self, incident: str, items: Sequence[Enrichment]) -> None:
+    def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
         with self._write() as cur:
-            cur.executemany("INSERT OR REPLACE INTO enrichment VALUES (?, ?, ?)",
-                            [(incident, e.name, orjson.dumps(e.summary())) for e in items])  # fmt: skip
+            cur.executemany("INSERT OR REPLACE INTO enrichment VALUES (?, ?, ?, ?)",
+                            [(incident, kind, e.name, orjson.dumps(e.summary())) for e in items])  # fmt: skip
 
-    def enrichment(self, incident: str) -> list[Enrichment]:
+    def enrichment(self, incident: str, *, kind: str = "enrich") -> list[Enrichment]:
         with self._lock, _translate(self.path):
             rows = self._db.execute(
-                "SELECT doc FROM enrichment WHERE incident = ? ORDER BY name", (incident,)
+                "SELECT doc FROM enrichment WHERE incident = ? AND kind = ? ORDER BY name", (incident, kind)
             ).fetchall()
         return [Enrichment.from_json(doc) for (doc,) in rows]
 

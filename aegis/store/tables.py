@@ -333,19 +333,21 @@ class TableStore:
         rows.sort(key=lambda r: r["RowKey"])
         return [AuditEntry.from_json(_unpack(r)) for r in rows]
 
-    # --- enrichment (aegis.enrich.record.EnrichmentStore): rows `enrich-<name>` of the incident's partition ---
+    # --- enrichment and delivery (aegis.enrich.record.EnrichmentStore): rows `<kind>-<name>` of its partition ---
 
-    def save_enrichment(self, incident: str, items: Sequence[Enrichment]) -> None:
+    def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
         with _translate():
             for e in items:
-                entity = {"PartitionKey": incident, "RowKey": f"enrich-{e.name}", **_pack(orjson.dumps(e.summary()))}
+                entity = {"PartitionKey": incident, "RowKey": f"{kind}-{e.name}", **_pack(orjson.dumps(e.summary()))}
                 self._response.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
-    def enrichment(self, incident: str) -> list[Enrichment]:
+    def enrichment(self, incident: str, *, kind: str = "enrich") -> list[Enrichment]:
         with _translate():
-            rows = list(self._response.query_entities(
-                "PartitionKey eq @pk and RowKey gt 'enrich-' and RowKey lt 'enrich.'", parameters={"pk": incident}
-            ))  # fmt: skip
+            rows = list(
+                self._response.query_entities(
+                    f"PartitionKey eq @pk and RowKey gt '{kind}-' and RowKey lt '{kind}.'", parameters={"pk": incident}
+                )
+            )  # fmt: skip  (kind is one of the code's own words, never input)
         rows.sort(key=lambda r: r["RowKey"])
         return [Enrichment.from_json(_unpack(r)) for r in rows]
 
