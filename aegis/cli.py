@@ -215,7 +215,7 @@ def demo_cmd(
         steps_store = _response_store(store)
         Responder(response.load(), steps_store).respond([v.incident for v in shown])
         steps = steps_store.steps()
-        _enrich(cfg, store)
+        runtime.enrich_and_deliver(cfg, store)
         top = _most_severe(shown)
         enriched = _enrichment(store, top.id) if top else []
     where = _where(cfg)
@@ -594,19 +594,13 @@ def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], per
 @app.command("enrich")
 def enrich_cmd(db: DbOption = None) -> None:
     """Enrich the incidents that are new or changed since they were last enriched (AEGIS_ENRICHERS:
-    `local` on SQLite; `log_analytics`, `defender`, `graph` on Azure)."""
+    `local` on SQLite; `log_analytics`, `defender`, `graph` on Azure), then deliver them (AEGIS_DELIVERERS:
+    `sentinel`, `teams`; none by default)."""
     with _store(db, must_exist=True) as (cfg, store):
-        done = _enrich(cfg, store)
-    out.print(f"{done} incident(s) enriched (`aegis incidents show ID` shows what was found)")
-
-
-def _enrich(cfg: settings.Settings, store: Store) -> int:
-    from aegis.enrich.run import Enrichers  # noqa: PLC0415  (azure-monitor-query loads only to enrich)
-
-    if not isinstance(store, EnrichmentStore):
-        raise AegisError("this store keeps no enrichment")
-    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)))
-    return enrichers.run(store.incidents(), store)
+        enriched, delivered = runtime.enrich_and_deliver(cfg, store)
+    out.print(
+        f"{enriched} incident(s) enriched, {delivered} delivered (`aegis incidents show ID` shows what was found)"
+    )
 
 
 @app.command("serve")

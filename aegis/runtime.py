@@ -85,15 +85,22 @@ def sweep() -> SweepCounts:
     return Sweeper.from_settings(playbooks.load(), store, store_incidents, settings.get()).run()
 
 
-def enrich_run() -> int:
-    """The enrichment timer: enrich the incidents that are new or changed since last time."""
-    from aegis.enrich.run import Enrichers  # noqa: PLC0415  (the enrichers' SDKs load in this timer only)
+def enrich_run() -> tuple[int, int]:
+    """The enrichment timer: enrich the incidents that are new or changed since last time, then
+    deliver them (Sentinel, the SOC's Teams channel) as configured. (enriched, delivered)."""
+    return enrich_and_deliver(settings.get(), pipeline().store)
 
-    store = pipeline().store
+
+def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
+    from aegis.deliver.run import Deliveries  # noqa: PLC0415  (the enrichers' SDKs load only here)
+    from aegis.enrich.run import Enrichers  # noqa: PLC0415
+
     if not isinstance(store, EnrichmentStore):
-        raise ConfigurationError(f"the {settings.get().store} store keeps no enrichment")
-    enrichers = Enrichers.from_settings(settings.get(), lambda start, end: list(store.events(since=start, until=end)))
-    return enrichers.run(store.incidents(), store)
+        raise ConfigurationError(f"the {cfg.store} store keeps no enrichment")
+    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)))
+    enriched = enrichers.run(store.incidents(), store)
+    delivered = Deliveries.from_settings(cfg, playbooks.load().plan.soc_channel).run(store.incidents(), store)
+    return enriched, delivered
 
 
 def executor_run() -> RunCounts | None:

@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         description="Enrichers to run, comma-separated [default: local with sqlite; log_analytics, "
         "defender, graph with table].",
     )
+    deliverers: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Where incidents are delivered, comma-separated: sentinel, teams [default: none].",
+    )
+    deliver_min_severity: Literal["informational", "low", "medium", "high", "critical"] = Field(
+        "medium",
+        description="Incidents below this severity are not delivered.",
+    )
     enrich_budget: float = Field(20.0, gt=0, le=600, description="Seconds all enrichers of one incident may take.")
     sentinel_workspace: str | None = Field(
         None, description="ARM id of the Sentinel workspace (open_ticket system: sentinel)."
@@ -85,7 +93,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("enrichers", mode="before")
+    @field_validator("enrichers", "deliverers", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

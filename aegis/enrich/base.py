@@ -40,7 +40,7 @@ class Context:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-Run = Callable[[Incident, Context], dict[str, Any]]
+Run = Callable[[Incident, Any], dict[str, Any]]  # an enricher (given a Context) or a deliverer
 
 
 class Skip(Exception):
@@ -69,13 +69,17 @@ def version(incident: Incident) -> str:
     return f"{incident.event_count}:{incident.last_seen.isoformat()}:{incident.severity.value}"
 
 
-def enrich(incident: Incident, names: Sequence[str], ctx: Context, *, budget: float = 20.0) -> list[Enrichment]:
-    """Run the enrichers `names` on `incident` side by side; each result within `budget` seconds."""
+def enrich(
+    incident: Incident, names: Sequence[str], ctx: Any, *, budget: float = 20.0, registry: dict[str, Run] | None = None
+) -> list[Enrichment]:
+    """Run the enrichers `names` (or the deliverers of `registry`) on `incident` side by side; each
+    result within `budget` seconds."""
+    registry = ENRICHERS if registry is None else registry
     started = time.monotonic()
     at = ctx.now
     v = version(incident)
     pool = ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="enrich")
-    futures = {name: pool.submit(_timed, ENRICHERS[name], incident, ctx) for name in names}
+    futures = {name: pool.submit(_timed, registry[name], incident, ctx) for name in names}
     wait(futures.values(), timeout=budget)
     pool.shutdown(wait=False, cancel_futures=True)  # a late enricher finishes on its own; nobody waits for it
     out = []
@@ -90,12 +94,12 @@ def enrich(incident: Incident, names: Sequence[str], ctx: Context, *, budget: fl
         except Skip as exc:
             out.append(Enrichment(name, "skipped", {}, str(exc), at, 0, v))
         except Exception as exc:
-            log.warning("enricher_failed", enricher=name, incident=incident.id, error=type(exc).__name__)
+            log.warning("enrichment_failed", name=name, incident=incident.id, error=type(exc).__name__)
             out.append(Enrichment(name, "error", {}, _error(exc), at, 0, v))
     return out
 
 
-def _timed(fn: Run, incident: Incident, ctx: Context) -> tuple[dict[str, Any], int]:
+def _timed(fn: Run, incident: Incident, ctx: Any) -> tuple[dict[str, Any], int]:
     t = time.monotonic()
     result = fn(incident, ctx)
     return result, int((time.monotonic() - t) * 1000)

@@ -128,6 +128,7 @@ class ResponsePlan(_Strict):
     escalation: list[Escalation] = Field(default_factory=list)
     access: Access = Field(default_factory=Access)
     on_call: Channel | None = Field(None, description="the Teams channel where approval cards are posted")
+    soc_channel: Channel | None = Field(None, description="the Teams channel where incident notices are posted")
     protected: Protected = Field(default_factory=Protected)
     rate_limits: dict[ActionName, RateLimit] = Field(default_factory=dict)  # type: ignore[valid-type]
 

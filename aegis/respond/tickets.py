@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,25 +52,38 @@ def sentinel_id(incident: str) -> str:
 
 
 def _sentinel(p: OpenTicket, incident: str, conn: Connections) -> dict[str, Any]:
+    return upsert_sentinel(conn, incident, title=p.title, severity=p.severity, description=_description(p, incident))
+
+
+def upsert_sentinel(
+    conn: Connections, incident: str, *, title: str, severity: str, description: str, labels: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Create or update the Sentinel incident of an Aegis incident (its id is `sentinel_id`): GET, then
+    PUT with the etag read. An existing incident keeps its status, owner, classification and the
+    labels people added; ours are added to them."""
     workspace = conn.tickets.sentinel_workspace
     if not workspace:
-        raise CannotRun("open_ticket system sentinel: set AEGIS_SENTINEL_WORKSPACE to the workspace's ARM id")
+        raise CannotRun("Microsoft Sentinel: set AEGIS_SENTINEL_WORKSPACE to the workspace's ARM id")
     ws = parse_resource_id(workspace)
     group, name = ws.resource_group or "", ws.name or ""
     client = SecurityInsightsMgmtClient(conn.credential, ws.subscription or "", base_url=conn.arm,
                                         api_version=SENTINEL_API, **conn.sdk_options())  # fmt: skip
     sid = sentinel_id(incident)
-    props: dict[str, Any] = {"title": p.title, "severity": _SENTINEL_SEVERITY[p.severity],
-                             "description": _description(p, incident)}  # fmt: skip
+    props: dict[str, Any] = {"title": title[:250], "severity": _SENTINEL_SEVERITY[severity],
+                             "description": description[:5000]}  # fmt: skip
+    ours = [{"labelName": n[:256], "labelType": "User"} for n in ("aegis", *labels)]
     body: dict[str, Any]
     try:
         current = client.incidents.get(group, name, sid).as_dict()
         keep = {k: v for k, v in current.get("properties", {}).items() if k in ("status", "owner", "classification",
-                "classificationReason", "classificationComment", "labels")}  # fmt: skip
-        body = {"etag": current.get("etag"), "properties": {**keep, **props}}
+                "classificationReason", "classificationComment")}  # fmt: skip
+        had = current.get("properties", {}).get("labels") or []
+        names = {lab.get("labelName") for lab in had}
+        merged = [*had, *[lab for lab in ours if lab["labelName"] not in names]]
+        body = {"etag": current.get("etag"), "properties": {**keep, **props, "labels": merged}}
         created = False
     except ResourceNotFoundError:
-        body = {"properties": {**props, "status": "New", "labels": [{"labelName": "aegis"}]}}
+        body = {"properties": {**props, "status": "New", "labels": ours}}
         created = True
     result = client.incidents.create_or_update(group, name, sid, SentinelIncident(body)).as_dict()
     number = result.get("properties", {}).get("incidentNumber")

@@ -1,0 +1,1 @@
+"""Delivery: the incident where the SOC already works (Microsoft Sentinel, the SOC's Teams channel)."""
