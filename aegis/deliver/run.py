@@ -19,6 +19,7 @@ import asyncio
 import html
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from msgraph.generated.models.body_type import BodyType
@@ -46,6 +47,7 @@ class DeliveryContext:
     soc_channel: Channel | None
     enrichment: Sequence[Enrichment] = ()
     previous: dict[str, Enrichment] = field(default_factory=dict)  # the last delivery, by deliverer
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def link(self, incident: Incident) -> str:
         return f"{self.console_url.rstrip('/')}/console/incidents/{incident.id}"

@@ -1,0 +1,117 @@
+"""Delivery up to the wire: the Sentinel incident (azure-mgmt-securityinsight, answered with the
+published CreateIncident example) and the SOC channel's notice (msgraph-sdk), each made once and
+updated as the incident grows, never duplicated."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from aegis.correlate.incidents import Incident, TimelineEntry
+from aegis.deliver.run import Deliveries
+from aegis.events import AiResource, Ip, Severity
+from aegis.respond.connect import Tickets
+from aegis.respond.playbooks import Channel
+from aegis.respond.tickets import sentinel_id
+from tests.test_execute import connections, example
+from tests.wire import Reply, WireServer
+
+ACCOUNT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg/providers/microsoft.cognitiveservices/accounts/oai"
+SOC = Channel(team="0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c", channel="19:soc0123@thread.tacv2")
+MESSAGES = f"/v1.0/teams/{SOC.team}/channels/{SOC.channel}/messages"
+
+
+def incident(count: int = 2, severity: Severity = Severity.HIGH) -> Incident:
+    at = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    return Incident(id="inc1", detection="ai-prompt-attack-then-exfiltration", bucket="b", group="g",
+                    title="Jailbreak then key theft <img src=x onerror=alert(1)>", severity=severity,
+                    first_seen=at, last_seen=at, entities=(AiResource(resource_id=ACCOUNT), Ip(prefix="203.0.113.0/24")),
+                    atlas=("AML.T0054",), owasp_llm=("LLM01",), event_ids=("e1",), event_count=count,
+                    timeline=(TimelineEntry(at, "e1", "k", "defender"),))  # fmt: skip
+
+
+@pytest.fixture
+def server(tmp_path):
+    with WireServer(tmp_path) as srv:
+        yield srv
+
+
+def sentinel_case(server: WireServer):
+    spec = example("microsoft-securityinsights/CreateIncident.json")
+    p = spec["parameters"]
+    workspace = (f"/subscriptions/{p['subscriptionId']}/resourceGroups/{p['resourceGroupName']}"
+                 f"/providers/Microsoft.OperationalInsights/workspaces/{p['workspaceName']}")  # fmt: skip
+    path = (f"/subscriptions/{p['subscriptionId']}/resourceGroups/{p['resourceGroupName'].lower()}/providers/"
+            f"Microsoft.OperationalInsights/workspaces/{p['workspaceName'].lower()}/providers/"
+            f"Microsoft.SecurityInsights/incidents/{sentinel_id('inc1')}")  # fmt: skip
+    conn = dataclasses.replace(connections(server), tickets=Tickets(sentinel_workspace=workspace))
+    return spec, path, Deliveries(["sentinel"], conn, "https://aegis.example", None)
+
+
+def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows(server, sqlite_store):
+    spec, path, deliveries = sentinel_case(server)
+    server.expect("GET", path, Reply(404, {"error": {"code": "NotFound", "message": "Incident not found"}}))
+    server.expect("PUT", path, Reply(201, spec["responses"]["201"]["body"]))
+    assert deliveries.run([incident()], sqlite_store) == 1
+    put = server.seen[-1].body["properties"]
+    assert (put["title"], put["severity"], put["status"]) == (incident().title, "High", "New")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in put["description"]  # the portal renders HTML: escaped
+    assert "<img" not in put["description"]
+    assert "AML.T0054 LLM Jailbreak" in put["description"]
+    assert "https://aegis.example/console/incidents/inc1" in put["description"]
+    assert [lab["labelName"] for lab in put["labels"]] == ["aegis", "AML.T0054", "LLM01"]
+    [kept] = sqlite_store.enrichment("inc1", kind="deliver")
+    assert (kept.status, kept.result["number"], kept.result["created"]) == ("ok", 3177, True)
+
+    seen = len(server.seen)
+    assert deliveries.run([incident()], sqlite_store) == 0  # redelivered, unchanged: no call at all
+    assert len(server.seen) == seen
+
+    current = spec["responses"]["200"]["body"]  # the analyst has taken it: status Active, an owner, a label
+    server.expect("GET", path, Reply(200, current))
+    server.expect("PUT", path, Reply(200, current))
+    assert deliveries.run([incident(count=5, severity=Severity.CRITICAL)], sqlite_store) == 1
+    update = server.seen[-1].body
+    assert update["etag"] == current["etag"]
+    assert update["properties"]["status"] == current["properties"]["status"]
+    assert update["properties"]["owner"] == current["properties"]["owner"]
+    assert update["properties"]["severity"] == "High"  # Sentinel's scale ends at High
+    names = [lab["labelName"] for lab in update["properties"]["labels"]]
+    assert names[: len(current["properties"]["labels"])] == [
+        lab["labelName"] for lab in current["properties"]["labels"]
+    ]
+    assert names.count("aegis") == 1
+
+
+def test_the_soc_notice_is_posted_once_then_updated_in_its_thread(server, sqlite_store):
+    deliveries = Deliveries(["teams"], connections(server), "https://aegis.example", SOC)
+    server.expect(
+        "POST", MESSAGES, Reply(201, {"id": "1700000000001", "body": {"contentType": "html", "content": "x"}})
+    )
+    assert deliveries.run([incident()], sqlite_store) == 1
+    first = server.seen[-1].body["body"]
+    assert first["contentType"] == "html"
+    assert "&lt;img src=x onerror=alert(1)&gt;" in first["content"]
+    assert deliveries.run([incident()], sqlite_store) == 0
+
+    server.expect("POST", f"{MESSAGES}/1700000000001/replies", Reply(503, {"error": {"code": "ServiceUnavailable"}}))
+    server.expect("POST", f"{MESSAGES}/1700000000001/replies", Reply(201, {"id": "r2"}))
+    deliveries = dataclasses.replace(deliveries, connections=dataclasses.replace(connections(server), retries=0))
+    assert deliveries.run([incident(count=3)], sqlite_store) == 1  # the update failed: recorded, thread kept
+    [kept] = sqlite_store.enrichment("inc1", kind="deliver")
+    assert (kept.status, kept.result["message"]) == ("error", "1700000000001")
+    assert deliveries.run([incident(count=3)], sqlite_store) == 1  # tried again, in the same thread
+    assert server.seen[-1].body["body"]["content"].startswith("Updated:")
+    assert [s.path for s in server.seen if s.method == "POST"].count(MESSAGES) == 1  # never a second notice
+
+
+def test_quiet_incidents_and_unconfigured_deliverers_send_nothing(server, sqlite_store):
+    deliveries = Deliveries(["teams"], connections(server), "https://aegis.example", SOC, min_severity="high")
+    assert deliveries.run([incident(severity=Severity.MEDIUM)], sqlite_store) == 0
+    unconfigured = Deliveries(["sentinel", "teams"], None, "https://aegis.example", None)
+    assert unconfigured.run([incident()], sqlite_store) == 1
+    assert {(d.name, d.status) for d in sqlite_store.enrichment("inc1", kind="deliver")} == {
+        ("sentinel", "skipped"), ("teams", "skipped")}  # fmt: skip
+    assert server.seen == []
