@@ -115,3 +115,31 @@ def test_quiet_incidents_and_unconfigured_deliverers_send_nothing(server, sqlite
     assert {(d.name, d.status) for d in sqlite_store.enrichment("inc1", kind="deliver")} == {
         ("sentinel", "skipped"), ("teams", "skipped")}  # fmt: skip
     assert server.seen == []
+
+
+def test_the_defender_xdr_alerts_of_the_incident_get_a_comment(server, sqlite_store):
+    from aegis.events import DefenderAlert
+
+    alert = ("/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg/providers/microsoft.security/"
+             "locations/westeurope/alerts/2516861511399999999_a1b2c3d4-0002-4e5f-8a9b-0c1d2e3f4a5b")  # fmt: skip
+    with_alert = dataclasses.replace(incident(), entities=(*incident().entities, DefenderAlert(resource_id=alert)))
+    listed = {"value": [
+        {"id": "dc2516861511399999999_a1b2", "providerAlertId": "2516861511399999999_a1b2c3d4-0002-4e5f-8a9b-0c1d2e3f4a5b",
+         "incidentId": "2547", "serviceSource": "microsoftDefenderForCloud"},
+        {"id": "dc-other", "providerAlertId": "someone-else", "incidentId": "99", "serviceSource": "microsoftDefenderForCloud"},
+    ]}  # fmt: skip
+    server.expect("GET", "/v1.0/security/alerts_v2", Reply(200, listed))
+    server.expect("POST", "/v1.0/security/alerts_v2/dc2516861511399999999_a1b2/comments",
+                  Reply(200, {"value": [{"comment": "x", "createdByDisplayName": "aegis"}]}))  # fmt: skip
+    deliveries = Deliveries(["defender_xdr"], connections(server), "https://aegis.example", None)
+    assert deliveries.run([with_alert], sqlite_store) == 1
+    [kept] = sqlite_store.enrichment("inc1", kind="deliver")
+    assert kept.status == "ok", kept.error
+    assert kept.result == {"alerts": ["dc2516861511399999999_a1b2"], "xdr_incidents": ["2547"]}
+    listing, comment = server.seen
+    assert listing.query["$filter"] == [
+        "serviceSource eq 'microsoftDefenderForCloud' and createdDateTime ge 2026-11-19T10:00:00Z"
+    ]
+    body = comment.body  # one alertComment, as documented (not the array the SDK would send)
+    assert body["@odata.type"] == "#microsoft.graph.security.alertComment"
+    assert body["comment"].startswith("Aegis: HIGH: Jailbreak then key theft")

@@ -7,6 +7,8 @@
   read-only), so they are written into the description and labels.
 - `teams`: a notice in the plan's `soc_channel`, posted once per incident; when the incident grows
   the update is a reply in the notice's thread, never a second notice.
+- `defender_xdr`: a comment on each of the incident's Defender for Cloud alerts in Defender XDR
+  (Graph security API v1.0 has comments on alerts, which show in the XDR incident holding them).
 
 A delivery is recorded per incident and deliverer with the incident version it carried, so a
 redelivered or unchanged incident is not delivered again and a grown one updates what exists.
@@ -19,19 +21,24 @@ import asyncio
 import html
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.chat_message import ChatMessage
 from msgraph.generated.models.item_body import ItemBody
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.security.alert_comment import AlertComment
+from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import Alerts_v2RequestBuilder
+from msgraph.graph_service_client import GraphServiceClient
 
 from aegis.correlate import mapping
 from aegis.correlate.incidents import SEVERITY_ORDER, Incident, views
 from aegis.enrich.base import Run, Skip, enrich, version
 from aegis.enrich.record import Enrichment, EnrichmentStore
 from aegis.errors import ConfigurationError
-from aegis.events import AiResource, Ip, ServicePrincipal, Severity, User
+from aegis.events import AiResource, DefenderAlert, Ip, ServicePrincipal, Severity, User
 from aegis.respond import connect, graph, tickets
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
@@ -120,6 +127,52 @@ def teams(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
 
     message = asyncio.run(go())
     return {"message": message, "replied": bool(thread)}
+
+
+@deliverer("defender_xdr")
+def defender_xdr(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
+    """Comment on the incident's Defender for Cloud alerts in Defender XDR (Graph security API), which
+    shows in the XDR incident they belong to: the alerts are found by their provider id among the
+    Defender for Cloud alerts created since a day before the incident."""
+    names = {e.key.rsplit("/", 1)[-1] for e in incident.entities if isinstance(e, DefenderAlert)}
+    if not names:
+        raise Skip("the incident has no Defender alert")
+    if ctx.connections is None:
+        raise Skip("no Graph connection configured")
+    conn = ctx.connections
+    since = (incident.first_seen - timedelta(days=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = "Aegis: " + " | ".join(summary(incident, ctx))
+
+    async def go() -> dict[str, Any]:
+        async with graph.http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
+            client = graph.client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries)
+            query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
+                filter=f"serviceSource eq 'microsoftDefenderForCloud' and createdDateTime ge {since}", top=500
+            )
+            found = await client.security.alerts_v2.get(
+                request_configuration=RequestConfiguration(query_parameters=query)
+            )
+            mine = [a for a in (found.value if found and found.value else []) if a.provider_alert_id in names and a.id]
+            for alert in mine:
+                await _comment(client, str(alert.id), text[:4000])
+            return {"alerts": sorted(str(a.id) for a in mine),
+                    "xdr_incidents": sorted({str(a.incident_id) for a in mine if a.incident_id})}  # fmt: skip
+
+    result = asyncio.run(go())
+    if not result["alerts"]:
+        raise Skip("none of the incident's alerts is in Defender XDR yet")
+    return result
+
+
+async def _comment(client: GraphServiceClient, alert: str, text: str) -> None:
+    """POST /security/alerts_v2/{alert}/comments with one alertComment, as documented. The SDK's own
+    `comments.post` sends a JSON array, which the service refuses ("Empty Payload. JSON content
+    expected.", msgraph-sdk-python#1168): its request is kept, with the documented body."""
+    comment = AlertComment(comment=text, odata_type="#microsoft.graph.security.alertComment")
+    builder = client.security.alerts_v2.by_alert_id(alert).comments
+    info = builder.to_post_request_information([comment])
+    info.set_content_from_parsable(client.request_adapter, "application/json", comment)
+    await client.request_adapter.send_no_response_content_async(info, {"XXX": ODataError})
 
 
 @dataclass(frozen=True)
