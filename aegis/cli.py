@@ -354,6 +354,7 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
     v = found[0]
     i = v.incident
+    plan = response.load()
     atlas, owasp = mapping.atlas_names(), mapping.owasp_names()
     lines = [
         f"{i.title}",
@@ -375,6 +376,8 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         *[line for e in kept for line in _enrichment_lines(e)],
         f"  response ({len(steps)} steps)",
         *[f"    {s.status:<18}{s.playbook} / {s.step}: {s.action} on {s.target}" for s in steps],
+        f"  recommended next steps (tier: {plan.plan.tiers[i.severity]})",
+        *[f"    {b}: {plan.playbooks[b].description.strip()}" for b in planner.playbooks_for(i, plan.plan)],
     ]
     for line in lines:
         out.print(line, markup=False, highlight=False)

@@ -152,6 +152,18 @@ def test_incidents_json_and_show(tmp_path):
     assert missing.returncode == 1
     assert "no incident nope" in missing.stderr
 
+    enriched = aegis("enrich", "--db", db)  # the local enricher on the embedded default
+    assert enriched.returncode == 0, enriched.stderr
+    assert "incident(s) enriched, 0 delivered" in enriched.stdout
+    again = orjson.loads(aegis("incidents", "--db", db, "--json").stdout)
+    kept = next(i for i in again if i["id"] == attack["id"])["enrichment"]
+    assert [(e["name"], e["status"]) for e in kept] == [("local", "ok")]
+    assert kept[0]["result"]["networks"][0]["network"] == "203.0.113.0/24"
+    shown = aegis("incidents", "show", attack["id"], "--db", db).stdout
+    assert "local         ok" in shown
+    assert "recommended next steps (tier: P1 - page on-call now)" in shown
+    assert "ai-credential-compromise: " in shown
+
 
 def test_detections_commands(tmp_path):
     assert "detection(s) valid" in aegis("detections", "validate").stdout

@@ -313,3 +313,18 @@ def test_enrichers_without_configuration_say_so():
     assert got["defender"].error == "the incident has no Defender alert"
     assert got["graph"].error == "no Graph connection configured"
     assert Token  # the offline credential used by `connections`
+
+
+def test_graph_gives_the_service_principal_and_its_owners(server):
+    from aegis.events import ServicePrincipal
+
+    sp = {"id": "5e1c0b2a-9f3d-4e6a-8b7c-1d2e3f4a5b6c", "appId": "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+          "displayName": "chat-frontend", "accountEnabled": True, "servicePrincipalType": "Application"}  # fmt: skip
+    owners = {"value": [{"@odata.type": "#microsoft.graph.user", "id": "o1", "displayName": "Owner One"}]}
+    server.expect("GET", "/v1.0/servicePrincipals/5e1c0b2a-9f3d-4e6a-8b7c-1d2e3f4a5b6c", Reply(200, sp))
+    server.expect("GET", "/v1.0/servicePrincipals/5e1c0b2a-9f3d-4e6a-8b7c-1d2e3f4a5b6c/owners", Reply(200, owners))
+    [got] = enrich(incident(ServicePrincipal(object_id=sp["id"])), ["graph"], cloud(server), budget=15)
+    assert got.status == "ok", got.error
+    [app] = got.result["service_principals"]
+    assert (app["name"], app["enabled"], app["owners"]) == ("chat-frontend", True, [{"id": "o1", "name": "Owner One"}])
+    assert got.result["users"] == []
