@@ -50,12 +50,31 @@ def sentinel_case(server: WireServer):
     return spec, path, Deliveries(["sentinel"], conn, "https://aegis.example", None)
 
 
+def evidence(server: WireServer, path: str) -> tuple[str, str]:
+    """The bookmark carrying the incident's entities and tactics, and its relation to the incident."""
+    base = path.rsplit("/incidents/", 1)[0]
+    bookmark = f"{base}/bookmarks/{sentinel_id('inc1', 'evidence')}"
+    relation = f"{path}/relations/{sentinel_id('inc1', 'evidence-relation')}"
+    server.expect("PUT", bookmark, Reply(200, {"id": bookmark, "name": bookmark.rsplit("/", 1)[-1], "properties": {}}))
+    server.expect("PUT", relation, Reply(200, {"id": relation, "properties": {"relatedResourceId": bookmark}}))
+    return bookmark, relation
+
+
 def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows(server, sqlite_store):
     spec, path, deliveries = sentinel_case(server)
     server.expect("GET", path, Reply(404, {"error": {"code": "NotFound", "message": "Incident not found"}}))
     server.expect("PUT", path, Reply(201, spec["responses"]["201"]["body"]))
+    bookmark, relation = evidence(server, path)
     assert deliveries.run([incident()], sqlite_store) == 1
-    put = server.seen[-1].body["properties"]
+    marked = next(s for s in server.seen if s.path == bookmark).body["properties"]
+    assert marked["entityMappings"] == [
+        {"entityType": "AzureResource", "fieldMappings": [{"identifier": "ResourceId", "value": ACCOUNT}]},
+        {"entityType": "IP", "fieldMappings": [{"identifier": "Address", "value": "203.0.113.0/24"}]},
+    ]
+    assert marked["tactics"] == ["PrivilegeEscalation", "DefenseEvasion"]  # AML.T0054's ATLAS tactics
+    assert marked["query"].endswith('print aegis_incident = "inc1"')
+    assert next(s for s in server.seen if s.path == relation).body == {"properties": {"relatedResourceId": bookmark}}
+    put = next(s for s in server.seen if s.path == path and s.method == "PUT").body["properties"]
     assert (put["title"], put["severity"], put["status"]) == (incident().title, "High", "New")
     assert "&lt;img src=x onerror=alert(1)&gt;" in put["description"]  # the portal renders HTML: escaped
     assert "<img" not in put["description"]
@@ -63,7 +82,12 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
     assert "https://aegis.example/console/incidents/inc1" in put["description"]
     assert [lab["labelName"] for lab in put["labels"]] == ["aegis", "AML.T0054", "LLM01"]
     [kept] = sqlite_store.enrichment("inc1", kind="deliver")
-    assert (kept.status, kept.result["number"], kept.result["created"]) == ("ok", 3177, True)
+    assert (kept.status, kept.result["number"], kept.result["created"], kept.result["entities"]) == (
+        "ok",
+        3177,
+        True,
+        2,
+    )
 
     seen = len(server.seen)
     assert deliveries.run([incident()], sqlite_store) == 0  # redelivered, unchanged: no call at all
@@ -72,8 +96,9 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
     current = spec["responses"]["200"]["body"]  # the analyst has taken it: status Active, an owner, a label
     server.expect("GET", path, Reply(200, current))
     server.expect("PUT", path, Reply(200, current))
+    evidence(server, path)
     assert deliveries.run([incident(count=5, severity=Severity.CRITICAL)], sqlite_store) == 1
-    update = server.seen[-1].body
+    update = [s for s in server.seen if s.path == path and s.method == "PUT"][-1].body
     assert update["etag"] == current["etag"]
     assert update["properties"]["status"] == current["properties"]["status"]
     assert update["properties"]["owner"] == current["properties"]["owner"]

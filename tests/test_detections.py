@@ -128,6 +128,17 @@ def test_shipped_atlas_subset_matches_the_published_data():
         assert shown == expected
 
 
+def test_shipped_atlas_tactics_match_the_published_data():
+    ref = shared_dir() / "reference/atlas"
+    with (ref / "techniques.tsv").open() as f:
+        published = {r["id"]: r["tactics"].split(",") for r in csv.DictReader(f, delimiter="\t")}
+    with (ref / "tactics.tsv").open() as f:
+        names = {r["id"]: r["name"] for r in csv.DictReader(f, delimiter="\t")}
+    assert mapping.atlas_tactic_names().items() <= names.items()
+    for tid in mapping.atlas_names():
+        assert mapping.atlas_tactics([tid]) == [names[t] for t in published[tid]], tid
+
+
 def test_shipped_owasp_ids_match_the_published_list():
     with (shared_dir() / "reference/owasp-llm-top10-2025.tsv").open() as f:
         rows = {r["id"]: r["name"] for r in csv.DictReader(f, delimiter="\t")}

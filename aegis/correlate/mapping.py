@@ -5,6 +5,7 @@ generic mapping: it still surfaces, and `mapping_of(kind).generic` says so."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,6 +35,23 @@ def atlas_names() -> dict[str, str]:
         r["id"]: f"{r['parent_name']}: {r['name']}" if r["parent_name"] else r["name"]
         for r in _tsv("atlas-techniques.tsv")
     }
+
+
+@cache
+def atlas_tactic_names() -> dict[str, str]:
+    return {r["id"]: r["name"] for r in _tsv("atlas-tactics.tsv")}
+
+
+def atlas_tactics(techniques: Iterable[str]) -> list[str]:
+    """The ATLAS tactics (names, in ATLAS order of first use) the techniques serve."""
+    of = {r["id"]: r["tactics"].split(",") for r in _tsv("atlas-techniques.tsv")}
+    names = atlas_tactic_names()
+    out: list[str] = []
+    for t in techniques:
+        for tactic in of.get(t, []):
+            if names.get(tactic) and names[tactic] not in out:
+                out.append(names[tactic])
+    return out
 
 
 @cache

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure.mgmt.securityinsight.models import AttackTactic, Bookmark, Relation
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.chat_message import ChatMessage
@@ -35,16 +36,18 @@ from msgraph.graph_service_client import GraphServiceClient
 
 from aegis.correlate import mapping
 from aegis.correlate.incidents import SEVERITY_ORDER, Incident, views
+from aegis.enrich import kql
 from aegis.enrich.base import Run, Skip, enrich, version
 from aegis.enrich.record import Enrichment, EnrichmentStore
 from aegis.errors import ConfigurationError
-from aegis.events import AiResource, DefenderAlert, Ip, ServicePrincipal, Severity, User
+from aegis.events import AiResource, DefenderAlert, Host, Ip, ServicePrincipal, Severity, User
 from aegis.respond import connect, graph, tickets
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
 from aegis.settings import Settings
 
 DELIVERERS: dict[str, Run] = {}
+SENTINEL_TACTICS = {t.value for t in AttackTactic}  # ATLAS tactics that ATT&CK (and Sentinel) also name
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,60 @@ def sentinel(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
         raise Skip("no Sentinel workspace configured (AEGIS_SENTINEL_WORKSPACE)")
     description = "<br>".join(html.escape(line) for line in summary(incident, ctx))  # the portal renders HTML
     labels = [*incident.atlas, *incident.owasp_llm]
-    return tickets.upsert_sentinel(
+    result = tickets.upsert_sentinel(
         ctx.connections, incident.id, title=incident.title, severity=incident.severity.value,
         description=description, labels=labels,
     )  # fmt: skip
+    return {**result, **_evidence_bookmark(incident, ctx, "<br>".join(html.escape(x) for x in summary(incident, ctx)))}
+
+
+def _entity_mapping(entity: object) -> dict[str, Any] | None:
+    """One of our entities as a Sentinel entity mapping (entity type and identifier fields)."""
+    fields: list[tuple[str, str]] = []
+    kind = ""
+    if isinstance(entity, Ip):
+        kind, fields = "IP", [("Address", entity.address or entity.prefix)]
+    elif isinstance(entity, User):
+        kind = "Account"
+        if entity.upn and "@" in entity.upn:
+            name, _, suffix = entity.upn.partition("@")
+            fields = [("Name", name), ("UPNSuffix", suffix)]
+        elif entity.object_id:
+            fields = [("AadUserId", entity.object_id)]
+    elif isinstance(entity, AiResource):
+        kind, fields = "AzureResource", [("ResourceId", entity.resource_id)]
+    elif isinstance(entity, Host) and entity.name:
+        kind, fields = "Host", [("HostName", entity.name)]
+    elif isinstance(entity, ServicePrincipal) and entity.app_id:
+        kind, fields = "CloudApplication", [("AppId", entity.app_id)]
+    if not fields:
+        return None
+    return {"entityType": kind, "fieldMappings": [{"identifier": k, "value": v[:256]} for k, v in fields]}
+
+
+def _evidence_bookmark(incident: Incident, ctx: DeliveryContext, notes: str) -> dict[str, Any]:
+    """The incident's entities and tactics, which Sentinel keeps read-only on incidents, carried by a
+    bookmark (where they are writable) related to the incident: PUT bookmarks/{id}, PUT
+    incidents/{id}/relations/{name}; both ids derived from the Aegis incident, so a retry updates."""
+    assert ctx.connections is not None
+    client, group, ws = tickets.sentinel_client(ctx.connections)
+    bookmark = tickets.sentinel_id(incident.id, "evidence")
+    mappings = [m for e in incident.entities[:50] if (m := _entity_mapping(e)) is not None]
+    tactics = [t.replace(" ", "") for t in mapping.atlas_tactics(incident.atlas)]
+    props = {
+        "displayName": f"Aegis evidence: {incident.title}"[:250],
+        "query": f"// Aegis incident {incident.id}: {incident.event_count} event(s) of detection {incident.detection}\n"
+                 f"print aegis_incident = {kql.literal(incident.id)}",
+        "notes": notes[:5000], "labels": ["aegis", *incident.atlas, *incident.owasp_llm],
+        "eventTime": incident.last_seen.isoformat(), "queryStartTime": incident.first_seen.isoformat(),
+        "queryEndTime": incident.last_seen.isoformat(), "entityMappings": mappings,
+        "tactics": [t for t in tactics if t in SENTINEL_TACTICS],
+    }  # fmt: skip
+    saved = client.bookmarks.create_or_update(group, ws, bookmark, Bookmark({"properties": props}))
+    relation = tickets.sentinel_id(incident.id, "evidence-relation")
+    client.incident_relations.create_or_update(group, ws, tickets.sentinel_id(incident.id), relation,
+                                               Relation({"properties": {"relatedResourceId": saved.id}}))  # fmt: skip
+    return {"bookmark": bookmark, "entities": len(mappings), "tactics": props["tactics"]}
 
 
 @deliverer("teams")

@@ -46,13 +46,25 @@ def open_ticket(p: OpenTicket, ctx: Context) -> dict[str, Any]:
     return {"sentinel": _sentinel, "servicenow": _servicenow, "jira": _jira}[p.system](p, incident, ctx.connections)
 
 
-def sentinel_id(incident: str) -> str:
-    """The Sentinel incident id of an Aegis incident: the same every time, so a retry updates it."""
-    return str(uuid.uuid5(_NAMESPACE, incident))
+def sentinel_id(incident: str, part: str = "") -> str:
+    """The Sentinel incident id of an Aegis incident (or of its `part`, a bookmark): the same every
+    time, so a retry updates it."""
+    return str(uuid.uuid5(_NAMESPACE, f"{incident}/{part}" if part else incident))
 
 
 def _sentinel(p: OpenTicket, incident: str, conn: Connections) -> dict[str, Any]:
     return upsert_sentinel(conn, incident, title=p.title, severity=p.severity, description=_description(p, incident))
+
+
+def sentinel_client(conn: Connections) -> tuple[SecurityInsightsMgmtClient, str, str]:
+    """The Sentinel client for the configured workspace: (client, resource group, workspace name)."""
+    workspace = conn.tickets.sentinel_workspace
+    if not workspace:
+        raise CannotRun("Microsoft Sentinel: set AEGIS_SENTINEL_WORKSPACE to the workspace's ARM id")
+    ws = parse_resource_id(workspace)
+    client = SecurityInsightsMgmtClient(conn.credential, ws.subscription or "", base_url=conn.arm,
+                                        api_version=SENTINEL_API, **conn.sdk_options())  # fmt: skip
+    return client, ws.resource_group or "", ws.name or ""
 
 
 def upsert_sentinel(
@@ -61,13 +73,7 @@ def upsert_sentinel(
     """Create or update the Sentinel incident of an Aegis incident (its id is `sentinel_id`): GET, then
     PUT with the etag read. An existing incident keeps its status, owner, classification and the
     labels people added; ours are added to them."""
-    workspace = conn.tickets.sentinel_workspace
-    if not workspace:
-        raise CannotRun("Microsoft Sentinel: set AEGIS_SENTINEL_WORKSPACE to the workspace's ARM id")
-    ws = parse_resource_id(workspace)
-    group, name = ws.resource_group or "", ws.name or ""
-    client = SecurityInsightsMgmtClient(conn.credential, ws.subscription or "", base_url=conn.arm,
-                                        api_version=SENTINEL_API, **conn.sdk_options())  # fmt: skip
+    client, group, name = sentinel_client(conn)
     sid = sentinel_id(incident)
     props: dict[str, Any] = {"title": title[:250], "severity": _SENTINEL_SEVERITY[severity],
                              "description": description[:5000]}  # fmt: skip
