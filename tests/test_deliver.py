@@ -142,7 +142,7 @@ def test_quiet_incidents_and_unconfigured_deliverers_send_nothing(server, sqlite
     assert server.seen == []
 
 
-def test_the_defender_xdr_alerts_of_the_incident_get_a_comment(server, sqlite_store):
+def test_the_defender_xdr_incident_holding_the_alerts_gets_a_comment(server, sqlite_store):
     from aegis.events import DefenderAlert
 
     alert = ("/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg/providers/microsoft.security/"
@@ -154,7 +154,7 @@ def test_the_defender_xdr_alerts_of_the_incident_get_a_comment(server, sqlite_st
         {"id": "dc-other", "providerAlertId": "someone-else", "incidentId": "99", "serviceSource": "microsoftDefenderForCloud"},
     ]}  # fmt: skip
     server.expect("GET", "/v1.0/security/alerts_v2", Reply(200, listed))
-    server.expect("POST", "/v1.0/security/alerts_v2/dc2516861511399999999_a1b2/comments",
+    server.expect("POST", "/v1.0/security/incidents/2547/comments",
                   Reply(200, {"value": [{"comment": "x", "createdByDisplayName": "aegis"}]}))  # fmt: skip
     deliveries = Deliveries(["defender_xdr"], connections(server), "https://aegis.example", None)
     assert deliveries.run([with_alert], sqlite_store) == 1
@@ -165,6 +165,7 @@ def test_the_defender_xdr_alerts_of_the_incident_get_a_comment(server, sqlite_st
     assert listing.query["$filter"] == [
         "serviceSource eq 'microsoftDefenderForCloud' and createdDateTime ge 2026-11-19T10:00:00Z"
     ]
-    body = comment.body  # one alertComment, as documented (not the array the SDK would send)
+    assert comment.headers["authorization"] == "Bearer test-token"
+    body = comment.body  # one alertComment, as documented
     assert body["@odata.type"] == "#microsoft.graph.security.alertComment"
     assert body["comment"].startswith("Aegis: HIGH: Jailbreak then key theft")

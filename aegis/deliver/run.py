@@ -7,8 +7,8 @@
   read-only), so they are written into the description and labels.
 - `teams`: a notice in the plan's `soc_channel`, posted once per incident; when the incident grows
   the update is a reply in the notice's thread, never a second notice.
-- `defender_xdr`: a comment on each of the incident's Defender for Cloud alerts in Defender XDR
-  (Graph security API v1.0 has comments on alerts, which show in the XDR incident holding them).
+- `defender_xdr`: a comment on the Defender XDR incident that holds the incident's Defender for Cloud
+  alerts (Graph security API), once per incident version.
 
 A delivery is recorded per incident and deliverer with the incident version it carried, so a
 redelivered or unchanged incident is not delivered again and a grown one updates what exists.
@@ -26,6 +26,8 @@ from typing import Any
 
 from azure.mgmt.securityinsight.models import AttackTactic, Bookmark, Relation
 from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_abstractions.method import Method
+from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.chat_message import ChatMessage
 from msgraph.generated.models.item_body import ItemBody
@@ -184,9 +186,9 @@ def teams(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
 
 @deliverer("defender_xdr")
 def defender_xdr(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
-    """Comment on the incident's Defender for Cloud alerts in Defender XDR (Graph security API), which
-    shows in the XDR incident they belong to: the alerts are found by their provider id among the
-    Defender for Cloud alerts created since a day before the incident."""
+    """Comment on the Defender XDR incident(s) holding the incident's Defender for Cloud alerts (Graph
+    security API): the alerts are found by their provider id among the Defender for Cloud alerts
+    created since a day before the incident (`alerts_v2`), their XDR incident gets the summary."""
     names = {e.key.rsplit("/", 1)[-1] for e in incident.entities if isinstance(e, DefenderAlert)}
     if not names:
         raise Skip("the incident has no Defender alert")
@@ -206,24 +208,25 @@ def defender_xdr(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
                 request_configuration=RequestConfiguration(query_parameters=query)
             )
             mine = [a for a in (found.value if found and found.value else []) if a.provider_alert_id in names and a.id]
-            for alert in mine:
-                await _comment(client, str(alert.id), text[:4000])
-            return {"alerts": sorted(str(a.id) for a in mine),
-                    "xdr_incidents": sorted({str(a.incident_id) for a in mine if a.incident_id})}  # fmt: skip
+            held = sorted({str(a.incident_id) for a in mine if a.incident_id})
+            for xdr_incident in held:
+                await _comment(client, xdr_incident, text[:4000])
+            return {"alerts": sorted(str(a.id) for a in mine), "xdr_incidents": held}
 
     result = asyncio.run(go())
-    if not result["alerts"]:
-        raise Skip("none of the incident's alerts is in Defender XDR yet")
+    if not result["xdr_incidents"]:
+        raise Skip("none of the incident's alerts is in a Defender XDR incident yet")
     return result
 
 
-async def _comment(client: GraphServiceClient, alert: str, text: str) -> None:
-    """POST /security/alerts_v2/{alert}/comments with one alertComment, as documented. The SDK's own
-    `comments.post` sends a JSON array, which the service refuses ("Empty Payload. JSON content
-    expected.", msgraph-sdk-python#1168): its request is kept, with the documented body."""
+async def _comment(client: GraphServiceClient, xdr_incident: str, text: str) -> None:
+    """POST /security/incidents/{id}/comments with one alertComment (Graph v1.0, permission
+    SecurityIncident.ReadWrite.All). msgraph-sdk has no builder for it, so the request is made
+    through the SDK's own adapter (its auth, retries and error mapping)."""
     comment = AlertComment(comment=text, odata_type="#microsoft.graph.security.alertComment")
-    builder = client.security.alerts_v2.by_alert_id(alert).comments
-    info = builder.to_post_request_information([comment])
+    info = RequestInformation(Method.POST, "{+baseurl}/security/incidents/{incident%2Did}/comments",
+                              {"incident%2Did": xdr_incident})  # fmt: skip
+    info.headers.try_add("Accept", "application/json")
     info.set_content_from_parsable(client.request_adapter, "application/json", comment)
     await client.request_adapter.send_no_response_content_async(info, {"XXX": ODataError})
 
