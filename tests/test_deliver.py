@@ -65,6 +65,10 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
     server.expect("GET", path, Reply(404, {"error": {"code": "NotFound", "message": "Incident not found"}}))
     server.expect("PUT", path, Reply(201, spec["responses"]["201"]["body"]))
     bookmark, relation = evidence(server, path)
+    from aegis.enrich.record import Enrichment
+
+    found = {"alerts": [{"id": "a", "techniques": ["T1548", "T1078.004", "not-a-technique"]}]}
+    sqlite_store.save_enrichment("inc1", [Enrichment("defender", "ok", found, None, datetime.now(UTC), 5, "v")])
     assert deliveries.run([incident()], sqlite_store) == 1
     marked = next(s for s in server.seen if s.path == bookmark).body["properties"]
     assert marked["entityMappings"] == [
@@ -72,6 +76,7 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
         {"entityType": "IP", "fieldMappings": [{"identifier": "Address", "value": "203.0.113.0/24"}]},
     ]
     assert marked["tactics"] == ["PrivilegeEscalation", "DefenseEvasion"]  # AML.T0054's ATLAS tactics
+    assert marked["techniques"] == ["T1078", "T1548"]  # ATT&CK, from the Defender alerts the enricher read
     assert marked["query"].endswith('print aegis_incident = "inc1"')
     assert next(s for s in server.seen if s.path == relation).body == {"properties": {"relatedResourceId": bookmark}}
     put = next(s for s in server.seen if s.path == path and s.method == "PUT").body["properties"]

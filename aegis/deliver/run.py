@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -132,6 +133,13 @@ def _entity_mapping(entity: object) -> dict[str, Any] | None:
     return {"entityType": kind, "fieldMappings": [{"identifier": k, "value": v[:256]} for k, v in fields]}
 
 
+def _attack_techniques(ctx: DeliveryContext) -> list[str]:
+    """ATT&CK technique ids (parents) of the incident's Defender alerts, as the defender enricher found them."""
+    found = {str(t).split(".")[0] for e in ctx.enrichment if e.name == "defender" and e.status == "ok"
+             for alert in e.result.get("alerts", []) for t in alert.get("techniques") or []}  # fmt: skip
+    return sorted(t for t in found if re.fullmatch(r"T\d{4}", t))
+
+
 def _evidence_bookmark(incident: Incident, ctx: DeliveryContext, notes: str) -> dict[str, Any]:
     """The incident's entities and tactics, which Sentinel keeps read-only on incidents, carried by a
     bookmark (where they are writable) related to the incident: PUT bookmarks/{id}, PUT
@@ -148,7 +156,7 @@ def _evidence_bookmark(incident: Incident, ctx: DeliveryContext, notes: str) -> 
         "notes": notes[:5000], "labels": ["aegis", *incident.atlas, *incident.owasp_llm],
         "eventTime": incident.last_seen.isoformat(), "queryStartTime": incident.first_seen.isoformat(),
         "queryEndTime": incident.last_seen.isoformat(), "entityMappings": mappings,
-        "tactics": [t for t in tactics if t in SENTINEL_TACTICS],
+        "tactics": [t for t in tactics if t in SENTINEL_TACTICS], "techniques": _attack_techniques(ctx),
     }  # fmt: skip
     saved = client.bookmarks.create_or_update(group, ws, bookmark, Bookmark({"properties": props}))
     relation = tickets.sentinel_id(incident.id, "evidence-relation")
