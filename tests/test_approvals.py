@@ -20,7 +20,7 @@ from aegis.correlate.incidents import Incident, TimelineEntry
 from aegis.events import AiResource, Severity, User
 from aegis.respond import playbooks
 from aegis.respond.record import DecisionRefused, Responder
-from tests.test_execute import Token
+from tests.test_execute import connections
 from tests.wire import Reply, WireServer
 
 TEAM, CHANNEL = "0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c", "19:oncall0123@thread.tacv2"
@@ -309,7 +309,7 @@ def server(tmp_path):
 
 
 def teams(server: WireServer) -> Teams:
-    return Teams(Token(), base_url=server.url + "/v1.0", ca_file=str(server.ca_file), timeout=2.0, retries=0)
+    return Teams(dataclasses.replace(connections(server), retries=0))
 
 
 def chat_message(mid: str) -> dict:

@@ -68,7 +68,7 @@ class Sweeper:
         cls, response: Response, store: ResponseStore, incidents: Callable[[], list[Incident]], cfg: Settings
     ) -> Sweeper:
         """With Teams cards when the plan names an on-call channel (Graph through the settings' credential)."""
-        teams = Teams.from_connections(connect.from_settings(cfg)) if response.plan.on_call else None
+        teams = Teams(connect.from_settings(cfg)) if response.plan.on_call else None
         return cls(response, store, incidents=incidents, teams=teams, console_url=cfg.console_url)
 
     def run(self) -> SweepCounts:

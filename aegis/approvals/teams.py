@@ -15,7 +15,6 @@ here must act for a user (a service account), not the app's managed identity (in
 
 from __future__ import annotations
 
-import asyncio
 import html
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from azure.core.credentials import TokenCredential
 from msgraph.generated.groups.item.members.graph_user.graph_user_request_builder import GraphUserRequestBuilder
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.chat_message import ChatMessage
@@ -94,25 +92,10 @@ def _message(content: dict[str, Any]) -> ChatMessage:
 class Teams:
     """Posts and updates approval cards; each call opens a Graph client on its own event loop."""
 
-    credential: TokenCredential
-    base_url: str = graph.GRAPH
-    ca_file: str | None = None
-    timeout: float = 30.0
-    retries: int = 3
-
-    @classmethod
-    def from_connections(cls, conn: Connections) -> Teams:
-        return cls(
-            conn.credential, base_url=conn.graph, ca_file=conn.ca_file, timeout=conn.timeout, retries=conn.retries
-        )
+    conn: Connections
 
     def _run(self, work: Callable[[GraphServiceClient], Awaitable[T]]) -> T:
-        async def go() -> T:
-            async with graph.http_client(ca_file=self.ca_file, timeout=self.timeout) as http:
-                client = graph.client(self.credential, base_url=self.base_url, http_client_=http, retries=self.retries)
-                return await work(client)
-
-        return asyncio.run(go())
+        return graph.using(self.conn, work)
 
     def post_card(self, where: Channel, content: dict[str, Any]) -> str:
         """POST /teams/{team}/channels/{channel}/messages with the card; the message id."""

@@ -17,7 +17,6 @@ Incidents below `AEGIS_DELIVER_MIN_SEVERITY` are not delivered.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -177,18 +176,16 @@ def teams(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
         lines = ["Updated:", *lines]
     content = "<br>".join(html.escape(line) for line in lines)
 
-    async def go() -> str | None:
-        async with graph.http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
-            client = graph.client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries)
-            messages = client.teams.by_team_id(where.team).channels.by_channel_id(where.channel).messages
-            message = ChatMessage(body=ItemBody(content_type=BodyType.Html, content=content))
-            if thread:
-                await messages.by_chat_message_id(str(thread)).replies.post(message)
-                return str(thread)
-            sent = await messages.post(message)
-            return sent.id if sent else None
+    async def work(client: GraphServiceClient) -> str | None:
+        messages = client.teams.by_team_id(where.team).channels.by_channel_id(where.channel).messages
+        message = ChatMessage(body=ItemBody(content_type=BodyType.Html, content=content))
+        if thread:
+            await messages.by_chat_message_id(str(thread)).replies.post(message)
+            return str(thread)
+        sent = await messages.post(message)
+        return sent.id if sent else None
 
-    message = asyncio.run(go())
+    message = graph.using(conn, work)
     return {"message": message, "replied": bool(thread)}
 
 
@@ -206,22 +203,18 @@ def defender_xdr(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
     since = (incident.first_seen - timedelta(days=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     text = "Aegis: " + " | ".join(summary(incident, ctx))
 
-    async def go() -> dict[str, Any]:
-        async with graph.http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
-            client = graph.client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries)
-            query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
-                filter=f"serviceSource eq 'microsoftDefenderForCloud' and createdDateTime ge {since}", top=500
-            )
-            found = await client.security.alerts_v2.get(
-                request_configuration=RequestConfiguration(query_parameters=query)
-            )
-            mine = [a for a in (found.value if found and found.value else []) if a.provider_alert_id in names and a.id]
-            held = sorted({str(a.incident_id) for a in mine if a.incident_id})
-            for xdr_incident in held:
-                await _comment(client, xdr_incident, text[:4000])
-            return {"alerts": sorted(str(a.id) for a in mine), "xdr_incidents": held}
+    async def work(client: GraphServiceClient) -> dict[str, Any]:
+        query = Alerts_v2RequestBuilder.Alerts_v2RequestBuilderGetQueryParameters(
+            filter=f"serviceSource eq 'microsoftDefenderForCloud' and createdDateTime ge {since}", top=500
+        )
+        found = await client.security.alerts_v2.get(request_configuration=RequestConfiguration(query_parameters=query))
+        mine = [a for a in (found.value if found and found.value else []) if a.provider_alert_id in names and a.id]
+        held = sorted({str(a.incident_id) for a in mine if a.incident_id})
+        for xdr_incident in held:
+            await _comment(client, xdr_incident, text[:4000])
+        return {"alerts": sorted(str(a.id) for a in mine), "xdr_incidents": held}
 
-    result = asyncio.run(go())
+    result = graph.using(conn, work)
     if not result["xdr_incidents"]:
         raise Skip("none of the incident's alerts is in a Defender XDR incident yet")
     return result

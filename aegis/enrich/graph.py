@@ -7,7 +7,6 @@ Service principals: the application, whether it is enabled, and its owners. Grap
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -34,18 +33,13 @@ def graph_context(incident: Incident, ctx: Context) -> dict[str, Any]:
         raise Skip("no user or service principal in the incident")
     if ctx.connections is None:
         raise Skip("no Graph connection configured")
-    conn = ctx.connections
 
-    async def go() -> dict[str, Any]:
-        async with graph.http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
-            client = graph.client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries)
-            found_users = [await _answer(_user(client, u), u) for u in users]
-            found_apps = [
-                await _answer(_service_principal(client, oid, app), oid or app) for oid, app in apps[:MAX_EACH]
-            ]
-            return {"users": found_users, "service_principals": found_apps}
+    async def work(client: GraphServiceClient) -> dict[str, Any]:
+        found_users = [await _answer(_user(client, u), u) for u in users]
+        found_apps = [await _answer(_service_principal(client, oid, app), oid or app) for oid, app in apps[:MAX_EACH]]
+        return {"users": found_users, "service_principals": found_apps}
 
-    return asyncio.run(go())
+    return graph.using(ctx.connections, work)
 
 
 async def _answer(work: Any, key: str) -> dict[str, Any]:

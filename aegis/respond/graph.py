@@ -10,7 +10,7 @@ import asyncio
 import html
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,7 +27,7 @@ from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
 from aegis.respond.actions import DisableUser, EnableUser, Notify, RevokeSessions
-from aegis.respond.connect import Context
+from aegis.respond.connect import Connections, Context
 
 GRAPH = "https://graph.microsoft.com/v1.0"
 SCOPE = "https://graph.microsoft.com/.default"
@@ -76,19 +76,23 @@ async def post_message(graph: GraphServiceClient, p: Notify) -> dict[str, Any]:
 
 
 GraphCall = Callable[[GraphServiceClient, Any], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+
+
+def using(conn: Connections, work: Callable[[GraphServiceClient], Awaitable[T]]) -> T:
+    """Run `work` with a Graph client for `conn`, on this thread's own event loop; the client is closed after."""
+
+    async def go() -> T:
+        async with http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
+            return await work(client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries))
+
+    return asyncio.run(go())
 
 
 def run(call: GraphCall) -> Callable[[Any, Context], dict[str, Any]]:
-    """An executor runner for a Graph call: a client on this thread's own event loop, closed after."""
+    """An executor runner for a Graph call."""
 
     def runner(p: Any, ctx: Context) -> dict[str, Any]:
-        conn = ctx.connections
-
-        async def go() -> dict[str, Any]:
-            async with http_client(ca_file=conn.ca_file, timeout=conn.timeout) as http:
-                graph = client(conn.credential, base_url=conn.graph, http_client_=http, retries=conn.retries)
-                return await call(graph, p)
-
-        return asyncio.run(go())
+        return using(ctx.connections, lambda graph: call(graph, p))
 
     return runner
