@@ -95,7 +95,7 @@ def enrich(
             out.append(Enrichment(name, "skipped", {}, str(exc), at, 0, v))
         except Exception as exc:
             log.warning("enrichment_failed", name=name, incident=incident.id, error=type(exc).__name__)
-            out.append(Enrichment(name, "error", {}, _error(exc), at, 0, v))
+            out.append(Enrichment(name, "error", {}, error_text(exc), at, 0, v))
     return out
 
 
@@ -112,7 +112,8 @@ def _bounded(result: dict[str, Any]) -> dict[str, Any]:
     return {"truncated": True, "size": len(doc), "keys": sorted(result)[:50]}
 
 
-def _error(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """One redacted line saying what went wrong (kept with the results: no secrets)."""
     return redact(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from aegis.correlate.incidents import Incident
-from aegis.enrich.base import Context, Skip, enricher
+from aegis.enrich.base import Context, Skip, enricher, error_text
 from aegis.events import DefenderAlert
 from aegis.respond.defender import alerts
 
@@ -27,7 +27,7 @@ def defender(incident: Incident, ctx: Context) -> dict[str, Any]:
         try:
             a = getattr(ops, f"get_{level}_level")(**where)
         except Exception as exc:
-            found.append({"id": alert_id, "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"})
+            found.append({"id": alert_id, "error": error_text(exc)})
             continue
         found.append({
             "id": alert_id, "name": a.alert_display_name, "type": a.alert_type, "status": a.status,

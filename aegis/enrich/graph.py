@@ -16,7 +16,7 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 from msgraph.graph_service_client import GraphServiceClient
 
 from aegis.correlate.incidents import Incident
-from aegis.enrich.base import Context, Skip, enricher
+from aegis.enrich.base import Context, Skip, enricher, error_text
 from aegis.events import ServicePrincipal, User
 from aegis.respond import graph
 
@@ -46,7 +46,7 @@ async def _answer(work: Any, key: str) -> dict[str, Any]:
     try:
         return await work  # type: ignore[no-any-return]
     except Exception as exc:
-        return {"id": key, "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"}
+        return {"id": key, "error": error_text(exc)}
 
 
 async def _user(client: GraphServiceClient, key: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQue
 
 from aegis.correlate.incidents import Incident
 from aegis.enrich import kql
-from aegis.enrich.base import Context, Skip, enricher, window
+from aegis.enrich.base import Context, Skip, enricher, error_text, window
 from aegis.events import AiResource, Ip, User
 
 LOGS = "https://api.loganalytics.io"
@@ -59,7 +59,7 @@ def log_analytics(incident: Incident, ctx: Context) -> dict[str, Any]:
             except kql.UnsafeValue as exc:
                 answer["error"] = str(exc)
             except Exception as exc:
-                answer["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+                answer["error"] = error_text(exc)
             else:
                 if result.status == LogsQueryStatus.PARTIAL and isinstance(result, LogsQueryPartialResult):
                     tables, answer["partial"] = result.partial_data, str(result.partial_error)[:300]
