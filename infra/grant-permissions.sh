@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# What ARM cannot grant, done with the Azure CLI by someone who may consent for the tenant
+# (Privileged Role Administrator or Global Administrator):
+#   1. the Entra ID app registration people sign in to the console with (App Service Authentication),
+#      with the app roles Aegis.Approver and Aegis.Reader: assign people or groups to them;
+#   2. the application permissions of the app's managed identity on Microsoft Graph and on Defender for
+#      Endpoint: app-role assignments on its service principal, each the least an action needs.
+# Idempotent: what exists is left as it is.
+#   infra/grant-permissions.sh create-app                 # prints AEGIS_AUTH_CLIENT_ID for `azd env set`
+#   infra/grant-permissions.sh grant <principal id>       # after `azd provision` (output AEGIS_MANAGED_IDENTITY_PRINCIPAL_ID)
+set -euo pipefail
+
+GRAPH_APP=00000003-0000-0000-c000-000000000000   # Microsoft Graph
+MDE_APP=fc780465-2017-40d4-a0c5-307022471b92     # WindowsDefenderATP (Defender for Endpoint API)
+
+# Graph application permissions and what needs each:
+GRAPH_PERMISSIONS=(
+  User.RevokeSessions.All          # revoke_sessions
+  User.EnableDisableAccount.All    # disable_user, enable_user
+  User.Read.All                    # disable_user / enable_user by UPN; the graph enricher (users, managers)
+  Application.Read.All             # the graph enricher (service principals, owners)
+  GroupMember.Read.All             # escalation: @mention the on-call group's members
+  SecurityAlert.Read.All           # defender_xdr delivery: find the XDR alerts of an incident
+  SecurityIncident.ReadWrite.All   # defender_xdr delivery: comment on the XDR incident
+)
+# Defender for Endpoint application permissions:
+MDE_PERMISSIONS=(
+  Machine.Isolate                  # isolate_endpoint, release_endpoint
+  Machine.Read.All                 # isolate_endpoint by host name (machine lookup)
+)
+# Delegated only (Graph has no application permission to post in a channel): ChannelMessage.Send and
+# ChannelMessage.ReadWrite for the approval cards, escalations and SOC notices. Grant them to the
+# service account whose credential posts (see infra/README.md), not to the managed identity.
+
+create_app() {
+  local name=${1:-aegis-console} id
+  id=$(az ad app list --display-name "$name" --query "[0].appId" -o tsv)
+  if [ -z "$id" ]; then
+    local roles
+    roles=$(cat <<JSON
+[{"allowedMemberTypes":["User","Application"],"displayName":"Aegis approver","description":"Approve or deny disruptive response steps","isEnabled":true,"value":"Aegis.Approver","id":"$(uuidgen)"},
+ {"allowedMemberTypes":["User","Application"],"displayName":"Aegis reader","description":"Read incidents, approvals and the audit log","isEnabled":true,"value":"Aegis.Reader","id":"$(uuidgen)"}]
+JSON
+)
+    id=$(az ad app create --display-name "$name" --sign-in-audience AzureADMyOrg \
+      --enable-id-token-issuance true --app-roles "$roles" --query appId -o tsv)
+    az ad app update --id "$id" --identifier-uris "api://$id"
+    az ad sp create --id "$id" >/dev/null
+  fi
+  echo "AEGIS_AUTH_CLIENT_ID=$id   # azd env set AEGIS_AUTH_CLIENT_ID $id"
+}
+
+grant() {  # principal id, resource app id, permission
+  local principal=$1 resource sp role
+  resource=$2
+  sp=$(az ad sp show --id "$resource" --query id -o tsv)
+  role=$(az ad sp show --id "$resource" --query "appRoles[?value=='$3'].id | [0]" -o tsv)
+  [ -n "$role" ] || { echo "grant-permissions: $3 is not an application permission of $resource" >&2; return 1; }
+  if az rest --method GET --uri "https://graph.microsoft.com/v1.0/servicePrincipals/$principal/appRoleAssignments" \
+       --query "value[?appRoleId=='$role' && resourceId=='$sp'] | [0].id" -o tsv | grep -q .; then
+    echo "already granted: $3"
+    return 0
+  fi
+  az rest --method POST --uri "https://graph.microsoft.com/v1.0/servicePrincipals/$principal/appRoleAssignments" \
+    --headers "Content-Type=application/json" \
+    --body "{\"principalId\": \"$principal\", \"resourceId\": \"$sp\", \"appRoleId\": \"$role\"}" >/dev/null
+  echo "granted: $3"
+}
+
+case "${1:-}" in
+  create-app) create_app "${2:-}" ;;
+  grant)
+    principal=${2:?usage: grant-permissions.sh grant <principal id of the managed identity>}
+    for p in "${GRAPH_PERMISSIONS[@]}"; do grant "$principal" "$GRAPH_APP" "$p"; done
+    for p in "${MDE_PERMISSIONS[@]}"; do grant "$principal" "$MDE_APP" "$p"; done
+    ;;
+  *) echo "usage: $0 create-app [name] | grant <managed identity principal id>" >&2; exit 2 ;;
+esac

@@ -1,0 +1,152 @@
+// Aegis: the whole pipeline in one deployment (`azd up`). Subscription scope: the resource group,
+// the pipeline in it, and the subscription-wide roles the response needs.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(40)
+@description('Environment name (azd): names every resource.')
+param environmentName string
+
+@description('Region for all resources.')
+param location string
+
+@description('Client id of the Entra ID app registration people sign in to (app roles Aegis.Approver, Aegis.Reader): infra/grant-permissions.sh creates it.')
+param authClientId string
+
+@description('ARM ids of the AI accounts (Azure OpenAI, AI Foundry, AI services) whose resource logs go to the pipeline.')
+param aiAccountIds array = []
+
+@description('Optional: the ARM id of an existing Microsoft Sentinel workspace (tickets and delivery).')
+param sentinelWorkspaceId string = ''
+
+@description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
+param deliverers string = ''
+
+@description('Grant Cognitive Services Contributor on the whole subscription (containment, key rotation).')
+param grantAiContributor bool = true
+
+var token = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName, application: 'aegis' }
+var defenderHub = 'defender-alerts'
+var diagnosticsHub = 'ai-diagnostics'
+var consumerGroup = 'aegis'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  scope: rg
+  name: 'identity'
+  params: { name: 'id-aegis-${token}', location: location, tags: tags }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  scope: rg
+  name: 'monitoring'
+  params: { workspaceName: 'log-aegis-${token}', appInsightsName: 'appi-aegis-${token}', location: location, tags: tags }
+}
+
+module storage 'modules/storage.bicep' = {
+  scope: rg
+  name: 'storage'
+  params: { name: 'staegis${take(token, 16)}', location: location, tags: tags }
+}
+
+module eventhubs 'modules/eventhubs.bicep' = {
+  scope: rg
+  name: 'eventhubs'
+  params: {
+    name: 'evhns-aegis-${token}'
+    location: location
+    tags: tags
+    defenderHub: defenderHub
+    diagnosticsHub: diagnosticsHub
+    consumerGroup: consumerGroup
+  }
+}
+
+module vault 'modules/keyvault.bicep' = {
+  scope: rg
+  name: 'keyvault'
+  params: { name: 'kv-aegis-${take(token, 13)}', location: location, tags: tags }
+}
+
+module app 'modules/functionapp.bicep' = {
+  scope: rg
+  name: 'functionapp'
+  params: {
+    name: 'func-aegis-${token}'
+    planName: 'plan-aegis-${token}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    storageTableEndpoint: storage.outputs.tableEndpoint
+    storageQueueEndpoint: storage.outputs.queueEndpoint
+    deploymentContainerUrl: storage.outputs.deploymentContainerUrl
+    eventHubNamespace: eventhubs.outputs.fullyQualifiedNamespace
+    defenderHub: defenderHub
+    diagnosticsHub: diagnosticsHub
+    consumerGroup: consumerGroup
+    appInsightsConnectionString: monitoring.outputs.appInsightsConnectionString
+    authClientId: authClientId
+    logAnalyticsWorkspaceGuid: monitoring.outputs.workspaceCustomerId
+    sentinelWorkspaceId: sentinelWorkspaceId
+    deliverers: deliverers
+  }
+}
+
+module roles 'modules/roles.bicep' = {
+  scope: rg
+  name: 'roles'
+  params: {
+    principalId: identity.outputs.principalId
+    storageName: storage.outputs.name
+    eventHubNamespaceName: eventhubs.outputs.name
+    keyVaultName: vault.outputs.name
+    workspaceName: 'log-aegis-${token}'
+    appInsightsName: 'appi-aegis-${token}'
+  }
+  dependsOn: [monitoring]
+}
+
+module subscriptionRoles 'modules/subscription-roles.bicep' = {
+  name: 'subscription-roles'
+  params: { principalId: identity.outputs.principalId, grantAiContributor: grantAiContributor }
+}
+
+module sentinelRoles 'modules/sentinel-roles.bicep' = if (!empty(sentinelWorkspaceId)) {
+  scope: resourceGroup(split(sentinelWorkspaceId, '/')[2], split(sentinelWorkspaceId, '/')[4])
+  name: 'sentinel-roles'
+  params: { workspaceName: last(split(sentinelWorkspaceId, '/')), principalId: identity.outputs.principalId }
+}
+
+module export 'modules/security-export.bicep' = {
+  scope: rg
+  name: 'security-export'
+  params: {
+    name: 'aegis-alerts-export'
+    location: location
+    tags: tags
+    alertsHubId: eventhubs.outputs.defenderHubId
+    sendRuleId: eventhubs.outputs.sendRuleId
+  }
+}
+
+module diagnostics 'modules/ai-diagnostics.bicep' = [for (account, i) in aiAccountIds: {
+  scope: resourceGroup(split(account, '/')[2], split(account, '/')[4])
+  name: 'ai-diagnostics-${i}'
+  params: { accountName: last(split(account, '/')), hubName: diagnosticsHub, sendRuleId: eventhubs.outputs.sendRuleId }
+}]
+
+output AZURE_LOCATION string = location
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = app.outputs.name
+output AEGIS_CONSOLE_URL string = app.outputs.url
+output AEGIS_EVENTHUB_NAMESPACE string = eventhubs.outputs.fullyQualifiedNamespace
+output AEGIS_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output AEGIS_KEY_VAULT_URI string = vault.outputs.uri

@@ -1,0 +1,145 @@
+// The Function App on Flex Consumption (Python), running as the user-assigned identity with
+// identity-based connections only (no keys, no connection strings), behind App Service
+// Authentication with Entra ID (the console and the approvals API need a signed-in person).
+param name string
+param planName string
+param location string
+param tags object = {}
+param identityId string
+param identityClientId string
+param storageBlobEndpoint string
+param storageTableEndpoint string
+param storageQueueEndpoint string
+param deploymentContainerUrl string
+param eventHubNamespace string // <name>.servicebus.windows.net
+param defenderHub string
+param diagnosticsHub string
+param consumerGroup string
+param appInsightsConnectionString string
+@description('Client id of the Entra ID app registration users sign in to (it defines the Aegis.Approver and Aegis.Reader app roles).')
+param authClientId string
+param tenantId string = subscription().tenantId
+@description('Optional: the Log Analytics workspace id (GUID) the log_analytics enricher queries.')
+param logAnalyticsWorkspaceGuid string = ''
+@description('Optional: the ARM id of the Microsoft Sentinel workspace (tickets and delivery).')
+param sentinelWorkspaceId string = ''
+@description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
+param deliverers string = ''
+param maximumInstanceCount int = 40
+param instanceMemoryMB int = 2048
+
+var consoleUrl = 'https://${name}.azurewebsites.net'
+
+// Every setting the app reads (aegis/settings.py, the Functions host). tests/test_infra.py fails if
+// the code reads one that is not here, or if one here is read by nothing.
+var settings = {
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  AzureWebJobsStorage__blobServiceUri: storageBlobEndpoint
+  AzureWebJobsStorage__queueServiceUri: storageQueueEndpoint
+  AzureWebJobsStorage__tableServiceUri: storageTableEndpoint
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  AEGIS_EVENTHUB__fullyQualifiedNamespace: eventHubNamespace
+  AEGIS_EVENTHUB__credential: 'managedidentity'
+  AEGIS_EVENTHUB__clientId: identityClientId
+  AEGIS_DEFENDER_HUB: defenderHub
+  AEGIS_DIAGNOSTICS_HUB: diagnosticsHub
+  AEGIS_CONSUMER_GROUP: consumerGroup
+  AEGIS_STORE: 'table'
+  AEGIS_TABLE_ENDPOINT: storageTableEndpoint
+  AEGIS_BLOB_ENDPOINT: storageBlobEndpoint
+  AEGIS_MANAGED_IDENTITY_CLIENT_ID: identityClientId
+  AEGIS_LATENESS: 'PT1H'
+  AEGIS_MAX_BODY_BYTES: '1048576'
+  AEGIS_MAX_DEPTH: '64'
+  AEGIS_ARM_ENDPOINT: environment().resourceManager
+  AEGIS_GRAPH_ENDPOINT: 'https://graph.microsoft.com/v1.0'
+  AEGIS_MDE_ENDPOINT: 'https://api.security.microsoft.com'
+  AEGIS_LOGS_ENDPOINT: 'https://api.loganalytics.io'
+  AEGIS_ENRICHERS: empty(logAnalyticsWorkspaceGuid) ? 'defender,graph' : 'log_analytics,defender,graph'
+  AEGIS_ENRICH_BUDGET: '20'
+  AEGIS_DELIVERERS: deliverers
+  AEGIS_DELIVER_MIN_SEVERITY: 'medium'
+  AEGIS_CONSOLE_URL: consoleUrl
+  AEGIS_LOG_FORMAT: 'json'
+  AEGIS_LOG_LEVEL: 'INFO'
+}
+var optional = union(
+  empty(logAnalyticsWorkspaceGuid) ? {} : { AEGIS_LOG_ANALYTICS_WORKSPACE: logAnalyticsWorkspaceGuid },
+  empty(sentinelWorkspaceId) ? {} : { AEGIS_SENTINEL_WORKSPACE: sentinelWorkspaceId }
+)
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: { name: 'FC1', tier: 'FlexConsumption' }
+  properties: { reserved: true }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': 'aegis' })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identityId}': {} }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertMode: 'Optional'
+    keyVaultReferenceIdentity: identityId
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: deploymentContainerUrl
+          authentication: { type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identityId }
+        }
+      }
+      scaleAndConcurrency: { maximumInstanceCount: maximumInstanceCount, instanceMemoryMB: instanceMemoryMB }
+      runtime: { name: 'python', version: '3.11' }
+    }
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: [for s in items(union(settings, optional)): { name: s.key, value: s.value }]
+    }
+  }
+}
+
+// App Service Authentication: sign-in with Entra ID in front of every route. The app believes the
+// principal header only while this is on (WEBSITE_AUTH_ENABLED), and authorizes by app role.
+resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: site
+  name: 'authsettingsV2'
+  properties: {
+    platform: { enabled: true }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenantId}/v2.0'
+        }
+        validation: { allowedAudiences: ['api://${authClientId}'] }
+      }
+    }
+    login: { tokenStore: { enabled: false } }
+    httpSettings: { requireHttps: true }
+  }
+}
+
+output id string = site.id
+output name string = site.name
+output url string = consoleUrl

@@ -1,0 +1,115 @@
+"""infra/ checked offline: every Bicep file parses (pycep-parser; no Bicep compiler can be installed
+here), the app settings infra provides are exactly the ones the code reads, and every permission an
+action declares is granted by a role assignment or by the permissions script."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aegis.respond.actions import ACTIONS
+from aegis.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+BICEP = sorted(INFRA.rglob("*.bicep"))
+
+# Settings the code reads that a cloud deployment does not set, and why.
+NOT_DEPLOYED = {
+    "AEGIS_DB": "the SQLite file of the embedded default (the cloud store is Table Storage)",
+    "AEGIS_STORAGE_CONNECTION_STRING": "Azurite and development only: the cloud uses identity-based endpoints",
+    "AEGIS_SERVICENOW_INSTANCE": "optional ticket system: set with its Key Vault references when used",
+    "AEGIS_SERVICENOW_USER": "optional ticket system",
+    "AEGIS_SERVICENOW_PASSWORD": "optional ticket system (a Key Vault reference, never a value)",
+    "AEGIS_JIRA_SITE": "optional ticket system",
+    "AEGIS_JIRA_USER": "optional ticket system",
+    "AEGIS_JIRA_TOKEN": "optional ticket system (a Key Vault reference, never a value)",
+    "AEGIS_JIRA_PROJECT": "optional ticket system",
+}
+# Read by the Functions host and its extensions, not by aegis/settings.py.
+HOST_SETTINGS = {
+    "AzureWebJobsStorage__credential", "AzureWebJobsStorage__clientId", "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    "AEGIS_EVENTHUB__fullyQualifiedNamespace", "AEGIS_EVENTHUB__credential", "AEGIS_EVENTHUB__clientId",
+}  # fmt: skip
+# Azure built-in roles an action may name, and their ids (role definitions are global).
+AZURE_ROLES = {
+    "Cognitive Services Contributor": "25fbc0a9-bd7c-42a3-aa1a-3b75d497ee68",
+    "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    "Microsoft Sentinel Responder": "3e150937-b8fe-4cfb-8069-0eaf05ecd056",
+    "Security Admin": "fb1c8493-542b-48eb-b624-b4c8fea62acd",
+}
+
+
+def parse(path: Path) -> dict:
+    pycep = pytest.importorskip("pycep", reason="pycep-parser is a dev dependency (make test installs it)")
+    return pycep.BicepParser().parse(file_path=path)
+
+
+def test_every_bicep_file_parses():
+    assert len(BICEP) >= 10
+    for path in BICEP:
+        parsed = parse(path)
+        assert parsed.get("resources") or parsed.get("modules"), path
+
+
+def test_a_broken_bicep_file_is_refused(tmp_path):
+    broken = tmp_path / "broken.bicep"
+    broken.write_text(
+        "param name string\nresource a 'Microsoft.Storage/storageAccounts@2023-05-01' = {\n  name: name\n"
+    )
+    with pytest.raises(Exception):  # noqa: B017, PT011  (the parser's own error type)
+        parse(broken)
+
+
+def provided_settings() -> set[str]:
+    variables = parse(INFRA / "modules" / "functionapp.bicep")["variables"]
+    keys = set(variables["settings"]["value"])
+    for arg in variables["optional"]["value"]["function"]["parameters"].values():
+        keys |= set(arg["operator"]["operands"]["false_value"])
+    return keys
+
+
+def test_infra_provides_every_setting_the_code_reads_and_nothing_else():
+    read = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | HOST_SETTINGS
+    provided = provided_settings()
+    missing = read - provided - set(NOT_DEPLOYED)
+    assert not missing, f"the code reads settings infra does not set: {sorted(missing)}"
+    unread = provided - read
+    assert not unread, f"infra sets settings nothing reads: {sorted(unread)}"
+    assert not (provided & set(NOT_DEPLOYED)), "a setting listed as not deployed is set by infra"
+
+
+def role_ids_assigned() -> set[str]:
+    text = "\n".join(p.read_text() for p in (INFRA / "modules").glob("*roles*.bicep"))
+    return set(re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", text))
+
+
+def test_every_permission_an_action_declares_is_granted():
+    script = (INFRA / "grant-permissions.sh").read_text()
+    assigned = role_ids_assigned()
+    for name, spec in ACTIONS.items():
+        text = spec.permission
+        for role in re.findall(r"Azure role ([A-Z][A-Za-z ]+?)(?= \(| on |;|$)", text):
+            assert role in AZURE_ROLES, f"{name}: unknown Azure role {role!r}: add it to AZURE_ROLES and to infra"
+        for role, role_id in AZURE_ROLES.items():
+            if role in text:
+                assert role_id in assigned, f"{name} needs {role}: no role assignment in infra/modules"
+        for permission in re.findall(r"\b[A-Z][A-Za-z]+(?:\.[A-Z][A-Za-z]+)+\b", text):
+            if permission.startswith("Microsoft."):  # an ARM operation, covered by the role above
+                continue
+            assert re.search(rf"\b{re.escape(permission)}\b", script), (
+                f"{name} needs {permission}: not in grant-permissions.sh"
+            )
+
+
+def test_storage_allows_no_shared_keys_and_key_vault_keeps_purge_protection():
+    storage = parse(INFRA / "modules" / "storage.bicep")["resources"]["account"]["config"]["properties"]
+    assert storage["allowSharedKeyAccess"] is False
+    assert storage["allowBlobPublicAccess"] is False
+    vault = parse(INFRA / "modules" / "keyvault.bicep")["resources"]["vault"]["config"]["properties"]
+    assert vault["enableRbacAuthorization"] is True
+    assert vault["enablePurgeProtection"] is True
