@@ -6,16 +6,18 @@ PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 AZURITE := node_modules/.bin/azurite
+CHECKOV := .venv-checkov/.installed
 
 .PHONY: demo test lint unit bench clean
 
 demo: $(RUNTIME)  ## replay the bundled samples/ on the embedded default (SQLite) and summarize
 	$(BIN)/aegis demo
 
-test: $(DEV) $(AZURITE)  ## lint, type-check, and run the whole suite with Azurite and headless Chromium
+test: $(DEV) $(AZURITE) $(CHECKOV)  ## lint, type-check, scan infra/, and run the whole suite with Azurite and headless Chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	.venv-checkov/bin/checkov -d infra --framework bicep --skip-download --compact --quiet
 	scripts/ensure-chromium.sh
 	scripts/with-azurite.sh $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -38,9 +40,14 @@ $(DEV): $(RUNTIME) requirements-dev.txt
 	$(PIP) install -r requirements-dev.txt
 	touch $@
 
+$(CHECKOV): requirements-infra.txt  # its own environment: checkov pins an older pycep-parser than the tests use
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip --quiet --disable-pip-version-check install -r requirements-infra.txt
+	touch $@
+
 $(AZURITE): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis aegis.egg-info
+	rm -rf $(VENV) .venv-checkov node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis aegis.egg-info

@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import getpass
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -53,6 +54,9 @@ BATCH = 500
 PROGRESS_FROM_BYTES = 2_000_000
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SERVE_PORT = 8765
+NAMESPACE = re.compile(
+    r"[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9]\.servicebus\.(windows\.net|usgovcloudapi\.net|chinacloudapi\.cn)"
+)
 DEMO_DB = Path("aegis-demo.db")  # `aegis demo` starts it afresh each time
 
 DbOption = Annotated[
@@ -604,6 +608,30 @@ def enrich_cmd(db: DbOption = None) -> None:
     out.print(
         f"{enriched} incident(s) enriched, {delivered} delivered (`aegis incidents show ID` shows what was found)"
     )
+
+
+@app.command("send")
+def send_cmd(
+    namespace: Annotated[str, typer.Option(help="The deployed Event Hubs namespace: NAME.servicebus.windows.net.")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders of bodies [default: samples/].")] = None,
+    defender_hub: Annotated[str, typer.Option(help="Hub for Defender alerts.")] = "defender-alerts",
+    diagnostics_hub: Annotated[str, typer.Option(help="Hub for diagnostic-log envelopes.")] = "ai-diagnostics",
+) -> None:
+    """Post-deploy smoke test: send the bundled samples (or PATHS) to the deployed hubs with your Azure
+    login (DefaultAzureCredential; you need Azure Event Hubs Data Sender on the namespace)."""
+    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
+
+    from aegis import send  # noqa: PLC0415
+
+    if not re.fullmatch(
+        r"[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9]\.servicebus\.(windows\.net|usgovcloudapi\.net|chinacloudapi\.cn)",
+        namespace,
+    ):
+        raise AegisError(f"--namespace {namespace!r}: give the namespace's host name, NAME.servicebus.windows.net")
+    files = replay.collect(paths or [SAMPLES])
+    bodies = [m.body for f in files for m in replay.messages(f, "send")]
+    sent = send.send(namespace, DefaultAzureCredential(), bodies, send.Hubs(defender_hub, diagnostics_hub))
+    out.print(", ".join(f"{n} message(s) to {hub}" for hub, n in sent.items()) + f" on {namespace}")
 
 
 @app.command("serve")

@@ -7,6 +7,9 @@ param tags object = {}
 param deploymentContainer string = 'app-package'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35: without virtual network integration (a later increment) the Flex Consumption app reaches it over its public endpoint; access is Entra ID + RBAC only
+  // checkov:skip=CKV_AZURE_59: without virtual network integration (a later increment) the Flex Consumption app reaches it over its public endpoint; access is Entra ID + RBAC only (blob public access is off)
+  // checkov:skip=CKV_AZURE_206: zone-redundant (ZRS) pipeline state; geo-replication of transient state is not worth its cost
   name: name
   location: location
   tags: tags
