@@ -22,6 +22,13 @@ param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
 
+@description('Optional ticket systems (open_ticket): sites and accounts; put the secrets in the Key Vault as servicenow-password / jira-token.')
+param servicenowInstance string = ''
+param servicenowUser string = ''
+param jiraSite string = ''
+param jiraUser string = ''
+param jiraProject string = ''
+
 @description('Grant Cognitive Services Contributor on the whole subscription (containment, key rotation).')
 param grantAiContributor bool = true
 
@@ -97,6 +104,12 @@ module app 'modules/functionapp.bicep' = {
     logAnalyticsWorkspaceGuid: monitoring.outputs.workspaceCustomerId
     sentinelWorkspaceId: sentinelWorkspaceId
     deliverers: deliverers
+    keyVaultName: vault.outputs.name
+    servicenowInstance: servicenowInstance
+    servicenowUser: servicenowUser
+    jiraSite: jiraSite
+    jiraUser: jiraUser
+    jiraProject: jiraProject
   }
 }
 

@@ -20,13 +20,6 @@ BICEP = sorted(INFRA.rglob("*.bicep"))
 NOT_DEPLOYED = {
     "AEGIS_DB": "the SQLite file of the embedded default (the cloud store is Table Storage)",
     "AEGIS_STORAGE_CONNECTION_STRING": "Azurite and development only: the cloud uses identity-based endpoints",
-    "AEGIS_SERVICENOW_INSTANCE": "optional ticket system: set with its Key Vault references when used",
-    "AEGIS_SERVICENOW_USER": "optional ticket system",
-    "AEGIS_SERVICENOW_PASSWORD": "optional ticket system (a Key Vault reference, never a value)",
-    "AEGIS_JIRA_SITE": "optional ticket system",
-    "AEGIS_JIRA_USER": "optional ticket system",
-    "AEGIS_JIRA_TOKEN": "optional ticket system (a Key Vault reference, never a value)",
-    "AEGIS_JIRA_PROJECT": "optional ticket system",
 }
 # Read by the Functions host and its extensions, not by aegis/settings.py.
 HOST_SETTINGS = {
@@ -68,9 +61,17 @@ def test_a_broken_bicep_file_is_refused(tmp_path):
 def provided_settings() -> set[str]:
     variables = parse(INFRA / "modules" / "functionapp.bicep")["variables"]
     keys = set(variables["settings"]["value"])
-    for arg in variables["optional"]["value"]["function"]["parameters"].values():
+    for arg in variables["optional"]["value"]["function"]["parameters"].values():  # set when their parameter is
         keys |= set(arg["operator"]["operands"]["false_value"])
     return keys
+
+
+def test_secrets_reach_the_app_only_as_key_vault_references():
+    variables = parse(INFRA / "modules" / "functionapp.bicep")["variables"]
+    for arg in variables["optional"]["value"]["function"]["parameters"].values():
+        for key, value in arg["operator"]["operands"]["false_value"].items():
+            if key.endswith(("_PASSWORD", "_TOKEN")):
+                assert str(value).startswith("@Microsoft.KeyVault(VaultName="), key
 
 
 def test_infra_provides_every_setting_the_code_reads_and_nothing_else():

@@ -25,6 +25,13 @@ param logAnalyticsWorkspaceGuid string = ''
 param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
+@description('Optional ticket systems: their sites and accounts; the secrets stay in Key Vault (servicenow-password, jira-token) and reach the app as Key Vault references.')
+param keyVaultName string = ''
+param servicenowInstance string = ''
+param servicenowUser string = ''
+param jiraSite string = ''
+param jiraUser string = ''
+param jiraProject string = ''
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 
@@ -67,7 +74,18 @@ var settings = {
 }
 var optional = union(
   empty(logAnalyticsWorkspaceGuid) ? {} : { AEGIS_LOG_ANALYTICS_WORKSPACE: logAnalyticsWorkspaceGuid },
-  empty(sentinelWorkspaceId) ? {} : { AEGIS_SENTINEL_WORKSPACE: sentinelWorkspaceId }
+  empty(sentinelWorkspaceId) ? {} : { AEGIS_SENTINEL_WORKSPACE: sentinelWorkspaceId },
+  empty(servicenowInstance) ? {} : {
+    AEGIS_SERVICENOW_INSTANCE: servicenowInstance
+    AEGIS_SERVICENOW_USER: servicenowUser
+    AEGIS_SERVICENOW_PASSWORD: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=servicenow-password)'
+  },
+  empty(jiraSite) ? {} : {
+    AEGIS_JIRA_SITE: jiraSite
+    AEGIS_JIRA_USER: jiraUser
+    AEGIS_JIRA_PROJECT: jiraProject
+    AEGIS_JIRA_TOKEN: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=jira-token)'
+  }
 )
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
