@@ -117,6 +117,11 @@ def _replay(cfg: settings.Settings, store: Store, files: list[Path], hub: str, p
     return total
 
 
+def _print_json(doc: object) -> None:
+    """`--json` output: indented JSON on stdout, as bytes (no encoding step between orjson and the pipe)."""
+    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+
+
 def _where(cfg: settings.Settings) -> str:
     return str(cfg.db) if cfg.store == "sqlite" else "Azure Table Storage"
 
@@ -159,7 +164,7 @@ def events_cmd(db: DbOption = None, as_json: JsonOption = False, limit: LimitOpt
     with _store(db, must_exist=True) as (_, store):
         events = store.events(limit=limit)
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps([e.to_dict() for e in events], option=orjson.OPT_INDENT_2) + b"\n")
+        _print_json([e.to_dict() for e in events])
         return
     table = Table("time (UTC)", "source", "kind", "resource", "sev", "entities", box=None)
     table.columns[0].no_wrap = True
@@ -187,7 +192,7 @@ def deadletters_cmd(db: DbOption = None, as_json: JsonOption = False, limit: Lim
                 except UnicodeDecodeError:
                     text = None
                 rows.append({**d.to_dict(), "body": text, "body_base64": base64.b64encode(body).decode()})
-            sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+            _print_json(rows)
             return
     table = Table("received (UTC)", "hub", "where", "reason", box=None)
     for d in dls:
@@ -331,7 +336,7 @@ def incidents_cmd(
             )
         rows = [{**v.summary(), "response": by_incident.get(v.incident.id, []),
                  "enrichment": [e.summary() for e in kept[v.incident.id]]} for v in listed]  # fmt: skip
-        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+        _print_json(rows)
         return
     _incident_table(listed)
     out.print(f"{len(listed)} incident(s)")
@@ -512,7 +517,7 @@ def playbooks_plan(
         raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
     steps = planner.plan(found[0], loaded)
     if as_json:
-        typer.echo(orjson.dumps([dataclasses.asdict(s) for s in steps], option=orjson.OPT_INDENT_2).decode())
+        _print_json([dataclasses.asdict(s) for s in steps])
         return
     if not steps:
         out.print(f"No playbook applies to {incident_id} under the response plan.")
@@ -555,7 +560,7 @@ def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
         waiting = _response_store(store).steps(status=["awaiting_approval"])
     if as_json:
         rows = [{**st.summary(), "would_call": call(st.action, st.params)} for st in waiting]
-        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+        _print_json(rows)
         return
     for st in waiting:
         out.print(escape(f"{st.key}  {st.action} on {st.target}  ({len(st.approvers)} of {st.approvals} approvals)"))
@@ -661,9 +666,7 @@ def serve_cmd(
         def run_now(step: StepRecord) -> None:
             executor.run([step.incident])
 
-        console = web.Console(incidents=store.incidents, store=steps_store, response=loaded,
-                              identify=web.local_identity(name, loaded), after_approval=run_now,
-                              enrichment=store.enrichment if isinstance(store, EnrichmentStore) else None)  # fmt: skip
+        console = web.Console.over(store, loaded, web.local_identity(name, loaded), after_approval=run_now)
         err.print(f"Aegis console for {name} on http://127.0.0.1:{port}/console ({_where(cfg)}); Ctrl-C stops it")
         try:
             uvicorn.run(web.create_app(console), host="127.0.0.1", port=port, log_level="warning")
@@ -677,7 +680,7 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
     with _store(db, must_exist=True) as (_, store):
         entries = _response_store(store).audit_log()
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps([a.summary() for a in entries], option=orjson.OPT_INDENT_2) + b"\n")
+        _print_json([a.summary() for a in entries])
         return
     for a in entries:
         out.print(
@@ -694,7 +697,7 @@ def _response_store(store: object) -> ResponseStore:
 @playbooks_app.command("schema")
 def playbooks_schema() -> None:
     """JSON Schemas of playbook and plan files (generated from the action registry)."""
-    typer.echo(orjson.dumps(response.schema(), option=orjson.OPT_INDENT_2).decode())
+    _print_json(response.schema())
 
 
 def main() -> None:

@@ -68,21 +68,13 @@ def response_store() -> ResponseStore:
 def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
-    store = pipeline().store
-    console = web.Console(incidents=store_incidents, store=response_store(), response=playbooks.load(),
-                          identify=web.easy_auth_identity,
-                          enrichment=store.enrichment if isinstance(store, EnrichmentStore) else None)  # fmt: skip
-    return web.create_app(console)
-
-
-def store_incidents() -> list[Incident]:
-    return pipeline().store.incidents()
+    return web.create_app(web.Console.over(pipeline().store, playbooks.load(), web.easy_auth_identity))
 
 
 def sweep() -> SweepCounts:
     """The approvals timer: expire, escalate, post and update Teams cards."""
     store = response_store()
-    return Sweeper.from_settings(playbooks.load(), store, store_incidents, settings.get()).run()
+    return Sweeper.from_settings(playbooks.load(), store, pipeline().store.incidents, settings.get()).run()
 
 
 def enrich_run() -> tuple[int, int]:

@@ -41,11 +41,12 @@ from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.timeline import chart
 from aegis.correlate import mapping
 from aegis.correlate.incidents import Incident, View, views
-from aegis.enrich.record import Enrichment
-from aegis.errors import AegisError, InputNotFound
+from aegis.enrich.record import Enrichment, EnrichmentStore
+from aegis.errors import AegisError, ConfigurationError, InputNotFound
 from aegis.respond import planner
 from aegis.respond.playbooks import Response as Plan
 from aegis.respond.record import DecisionRefused, Responder, ResponseStore, StepRecord, call
+from aegis.store import Store
 
 log = structlog.get_logger("aegis.console")
 HERE = Path(__file__).resolve().parent
@@ -73,6 +74,19 @@ class Console:
     after_approval: Callable[[StepRecord], None] | None = None  # execute mode: run the approved step
     enrichment: Callable[[str], list[Enrichment]] | None = None  # what the enrichers found, by incident
     title: str = "Aegis"
+
+    @classmethod
+    def over(
+        cls, store: Store, response: Plan, identify: Callable[[Request], Principal], *,
+        after_approval: Callable[[StepRecord], None] | None = None,
+    ) -> Console:  # fmt: skip
+        """The console over one store: its incidents, response records and, if kept, enrichment."""
+        if not isinstance(store, ResponseStore):
+            raise ConfigurationError(
+                "this store keeps no response records: the console needs AEGIS_STORE=sqlite or table"
+            )
+        enrichment = store.enrichment if isinstance(store, EnrichmentStore) else None
+        return cls(store.incidents, store, response, identify, after_approval, enrichment)
 
     # --- helpers ---
 
