@@ -90,8 +90,9 @@ def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
     if not isinstance(store, EnrichmentStore):
         raise ConfigurationError(f"the {cfg.store} store keeps no enrichment")
     enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)))
-    enriched = enrichers.run(store.incidents(), store)
-    delivered = Deliveries.from_settings(cfg, playbooks.load().plan.soc_channel).run(store.incidents(), store)
+    incidents = store.incidents()  # read once: enrichment does not change them
+    enriched = enrichers.run(incidents, store)
+    delivered = Deliveries.from_settings(cfg, playbooks.load().plan.soc_channel).run(incidents, store)
     return enriched, delivered
 
 

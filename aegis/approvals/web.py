@@ -265,12 +265,10 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 def _same_origin(request: Request) -> None:
     """Refuse a decision posted from another site (with the token check, CSRF is closed twice)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in {"same-origin", "none"}:
-        raise HTTPException(403, "decisions are taken only from the console's own pages")
+    site = request.headers.get("sec-fetch-site", "same-origin")
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise HTTPException(403, "decisions are taken only from the console's own pages")
-    if origin == "null":
+    foreign = origin is not None and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host", ""))
+    if site not in {"same-origin", "none"} or foreign:
         raise HTTPException(403, "decisions are taken only from the console's own pages")
 
 

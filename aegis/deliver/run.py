@@ -95,17 +95,22 @@ def summary(incident: Incident, ctx: DeliveryContext) -> list[str]:
     return lines
 
 
+def _html(lines: Sequence[str]) -> str:
+    """Plain lines as HTML: each escaped (incident fields are attacker-controlled), one per line."""
+    return "<br>".join(html.escape(line) for line in lines)
+
+
 @deliverer("sentinel")
 def sentinel(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
     if ctx.connections is None or not ctx.connections.tickets.sentinel_workspace:
         raise Skip("no Sentinel workspace configured (AEGIS_SENTINEL_WORKSPACE)")
-    description = "<br>".join(html.escape(line) for line in summary(incident, ctx))  # the portal renders HTML
+    description = _html(summary(incident, ctx))  # the portal renders HTML
     labels = [*incident.atlas, *incident.owasp_llm]
     result = tickets.upsert_sentinel(
         ctx.connections, incident.id, title=incident.title, severity=incident.severity.value,
         description=description, labels=labels,
     )  # fmt: skip
-    return {**result, **_evidence_bookmark(incident, ctx, "<br>".join(html.escape(x) for x in summary(incident, ctx)))}
+    return {**result, **_evidence_bookmark(incident, ctx, description)}
 
 
 def _entity_mapping(entity: object) -> dict[str, Any] | None:
@@ -174,7 +179,7 @@ def teams(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
     lines = summary(incident, ctx)
     if thread:
         lines = ["Updated:", *lines]
-    content = "<br>".join(html.escape(line) for line in lines)
+    content = _html(lines)
 
     async def work(client: GraphServiceClient) -> str | None:
         messages = client.teams.by_team_id(where.team).channels.by_channel_id(where.channel).messages

@@ -166,7 +166,8 @@ class Responder:
         if not records:
             return 0
         new = self.store.add_steps(records, audit)
-        self._supersede(incident.id, planned, now)
+        if new:  # a parameter change always records a new step (its key is the parameters' digest)
+            self._supersede(incident.id, planned, now)
         return new
 
     def _supersede(self, incident: str, planned: Sequence[PlannedStep], now: datetime) -> None:
