@@ -24,7 +24,7 @@ from aegis.approvals.teams import Teams, card
 from aegis.correlate.incidents import Incident
 from aegis.respond import connect
 from aegis.respond.playbooks import Channel, Response
-from aegis.respond.record import PIPELINE, AuditEntry, Responder, ResponseStore, StepRecord
+from aegis.respond.record import AuditEntry, Responder, ResponseStore, StepRecord
 from aegis.settings import Settings
 
 log = structlog.get_logger("aegis.approvals")
@@ -101,7 +101,7 @@ class Sweeper:
                     counts.errors += 1
                     log.warning("escalation_failed", step=step.key, error=type(exc).__name__)
                     break
-            entry = AuditEntry(now, PIPELINE, "escalated", step.key, step.action, step.target, f"to {who}")
+            entry = AuditEntry.about(step, "escalated", f"to {who}", now)
             written = step.next(escalated=level + 1)
             if not self.store.replace_step(written, audit=[entry]):
                 break  # decided meanwhile: the next run looks again
@@ -136,8 +136,11 @@ class Sweeper:
         """Write the card's id and the status it shows over the step's revision; if the step was
         decided meanwhile, over the new one (the next run then updates the card)."""
         shows, now = step.status, self.clock()
-        audit = [AuditEntry(now, PIPELINE, "notified", step.key, step.action, step.target,
-                            f"approval card {message} in the on-call channel")] if posted else []  # fmt: skip
+        audit = (
+            [AuditEntry.about(step, "notified", f"approval card {message} in the on-call channel", now)]
+            if posted
+            else []
+        )
         for _ in range(3):
             if self.store.replace_step(step.next(card=message, card_shows=shows), audit=audit):
                 return

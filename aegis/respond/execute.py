@@ -36,7 +36,7 @@ from aegis.respond import cognitive, connect, defender, graph, mde, planner, tic
 from aegis.respond.actions import ACTIONS
 from aegis.respond.connect import CannotRun, Connections, Context
 from aegis.respond.playbooks import Response
-from aegis.respond.record import PIPELINE, AuditEntry, Responder, ResponseStore, StepRecord, call
+from aegis.respond.record import AuditEntry, Responder, ResponseStore, StepRecord, call
 from aegis.settings import Settings
 
 log = structlog.get_logger("aegis.respond")
@@ -222,5 +222,4 @@ class Executor:
         return None
 
     def _write(self, step: StepRecord, event: str, detail: str, now: datetime) -> bool:
-        entry = AuditEntry(now, PIPELINE, event, step.key, step.action, step.target, detail)
-        return self.store.replace_step(step, audit=[entry])
+        return self.store.replace_step(step, audit=[AuditEntry.about(step, event, detail, now)])

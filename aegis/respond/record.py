@@ -93,6 +93,11 @@ class AuditEntry:
     detail: str
 
     @classmethod
+    def about(cls, step: PlannedStep, event: str, detail: str, now: datetime, actor: str = PIPELINE) -> AuditEntry:
+        """An entry about `step`: who (the pipeline unless a person), what happened, the detail."""
+        return cls(now, actor, event, step.key, step.action, step.target, detail)
+
+    @classmethod
     def from_json(cls, doc: bytes | str) -> AuditEntry:
         d = orjson.loads(doc)
         return cls(**{**d, "time": datetime.fromisoformat(d["time"])})
@@ -160,9 +165,9 @@ class Responder:
             expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
             records.append(StepRecord.of(p, requested_by=requester, created=now, expires=expires))
             event = "refused" if p.status == "refused" else "planned"
-            audit.append(AuditEntry(now, requester, event, p.key, p.action, p.target, p.reason or p.status))
+            audit.append(AuditEntry.about(p, event, p.reason or p.status, now, requester))
             if p.status == "dry_run":
-                audit.append(AuditEntry(now, requester, "dry_run", p.key, p.action, p.target, call(p.action, p.params)))
+                audit.append(AuditEntry.about(p, "dry_run", call(p.action, p.params), now, requester))
         if not records:
             return 0
         new = self.store.add_steps(records, audit)
@@ -178,7 +183,7 @@ class Responder:
             key = current.get((old.playbook, old.step, old.target))
             if key is not None and key != old.key:
                 reason = f"the parameters changed: step {key} replaces it"
-                entry = AuditEntry(now, PIPELINE, "superseded", old.key, old.action, old.target, reason)
+                entry = AuditEntry.about(old, "superseded", reason, now)
                 self.store.replace_step(old.next(status="superseded", reason=reason), audit=[entry])
 
     def decide(
@@ -208,16 +213,14 @@ class Responder:
             dry = self.response.plan.mode == "dry_run"
             status = "awaiting_approval" if not done else "dry_run" if dry else "approved"
             new = step.next(approvers=approvers, status=status)
-            audit = [AuditEntry(now, person, "approved", key, step.action, step.target,
-                                f"approval {len(approvers)} of {step.approvals}")]  # fmt: skip
+            audit = [AuditEntry.about(step, "approved", f"approval {len(approvers)} of {step.approvals}", now, person)]
             if done and dry:
-                audit.append(AuditEntry(now, PIPELINE, "dry_run", key, step.action, step.target,
-                                        call(step.action, step.params)))  # fmt: skip
+                audit.append(AuditEntry.about(step, "dry_run", call(step.action, step.params), now))
         else:
             if not reason.strip():
                 raise DecisionRefused("a denial needs a reason")
             new = step.next(status="denied", reason=reason.strip()[:500])
-            audit = [AuditEntry(now, person, "denied", key, step.action, step.target, new.reason or "")]
+            audit = [AuditEntry.about(step, "denied", new.reason or "", now, person)]
         if not self.store.replace_step(new, audit=audit):
             raise DecisionRefused(f"step {key} was decided by someone else at the same moment: look again")
         return new
@@ -225,7 +228,7 @@ class Responder:
     def expire(self, step: StepRecord, now: datetime) -> StepRecord:
         """Record that a step waited past its expiry: it will never run (expiry is never approval)."""
         expired = step.next(status="expired", reason=f"no decision by {_iso(step.expires)}")
-        entry = AuditEntry(now, PIPELINE, "expired", step.key, step.action, step.target, expired.reason or "")
+        entry = AuditEntry.about(step, "expired", expired.reason or "", now)
         self.store.replace_step(expired, audit=[entry])
         return expired
 
