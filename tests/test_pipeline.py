@@ -4,6 +4,7 @@ messages = with events + ignored + dead-lettered under generated hostile input."
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +71,32 @@ def test_replaying_a_batch_twice_stores_nothing_new():
     assert (second.new_events, second.duplicates, second.new_dead_letters) == (0, 26, 0)
     assert len(p.store.events()) == 26
     assert len(p.store.dead_letters()) == 1
+
+
+def test_the_cycle_collector_is_paused_during_a_batch_and_restored_after(monkeypatch):
+    seen: list[bool] = []
+    p = make_pipeline()
+    original = p.store.save
+    monkeypatch.setattr(p.store, "save", lambda *a: (seen.append(gc.isenabled()), original(*a))[1])
+    assert gc.isenabled()
+    p.process([msg(ENVELOPE)])
+    assert seen == [False]
+    assert gc.isenabled()
+
+    def failing(*a: Any) -> None:
+        raise RuntimeError("store down")
+
+    monkeypatch.setattr(p.store, "save", failing)
+    with pytest.raises(RuntimeError):
+        p.process([msg(ENVELOPE)])
+    assert gc.isenabled()  # restored whatever happened
+    gc.disable()  # a caller that manages the collector itself keeps it as it set it
+    try:
+        monkeypatch.setattr(p.store, "save", original)
+        p.process([msg(ALERT)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_same_event_twice_in_one_batch_is_one_event():

@@ -267,6 +267,7 @@ class State:
     stored: set[int] = field(default_factory=set)  # pane chunks in the store
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
+    entities_json: orjson.Fragment | None = None  # `entities` serialized, until they change
 
     @classmethod
     def new(cls, d: Detection, group: str, lateness_us: int) -> State:
@@ -288,7 +289,7 @@ class State:
             {
                 "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
                 "final_before": self.final_before, "watermark": self.watermark, "applied": self.applied,
-                "entities": self.entities, "group_refs": self.group_refs,
+                "entities": self._entities_json(), "group_refs": self.group_refs,
                 "carry": self.carry.dump() if self.carry else None, "live": self.live,
                 "triggers": sorted(self.triggers.items()),
             }
@@ -302,6 +303,11 @@ class State:
         self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
         return head, chunks, dropped
+
+    def _entities_json(self) -> orjson.Fragment:
+        if self.entities_json is None:
+            self.entities_json = orjson.Fragment(orjson.dumps(self.entities))
+        return self.entities_json
 
     # --- one batch ---
 
@@ -339,40 +345,43 @@ class State:
                 "upsert": upsert, "delete": delete}  # fmt: skip
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
-        changed = False
-        self.touched = []
         applied, seen = dict(self.applied), self.applied
         values_cap = int(d.threshold) if d.kind == "value_count" and d.threshold else 0
         group_parts = set(self.group.split("|"))
         steps = len(d.predicates)
+        panes, entities, pane_us, final_before = self.panes, self.entities, self.pane_us, self.final_before
+        lo = hi = None
         for m in matches:
             f = facts.of(m.event)
             if f.position is not None and f.sequence <= seen.get(f.position, -1):
                 continue  # this bucket already merged that Event Hubs position
-            index = f.time // self.pane_us
-            if self.final_before is not None and index < self.final_before:
+            index = f.time // pane_us
+            if final_before is not None and index < final_before:
                 c.too_late += 1
                 continue
-            if f.position is not None:
-                applied[f.position] = max(applied.get(f.position, -1), f.sequence)
-            if not self.entities.keys() >= f.refs:
+            if f.position is not None and f.sequence > applied.get(f.position, -1):
+                applied[f.position] = f.sequence
+            if not entities.keys() >= f.refs:
                 for ref, entity in f.entities:
-                    if ref not in self.entities:
-                        self.entities[ref] = entity
+                    if ref not in entities:
+                        entities[ref] = entity
+                        self.entities_json = None
                         if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
                             self.group_refs = sorted({*self.group_refs, ref})
-            pane = self.panes.get(index)
+            pane = panes.get(index)
             if pane is None:
-                pane = self.panes[index] = Pane(index, steps)
+                pane = panes[index] = Pane(index, steps)
             if pane.add(f, m.steps, m.value, values_cap):
                 self.dirty.add(index // PANES_PER_CHUNK)
-                self.touched = (
-                    [min(self.touched[0], index), max(self.touched[1], index)] if self.touched else [index] * 2
-                )
-                changed = True
+                lo = index if lo is None else min(lo, index)
+                hi = index if hi is None else max(hi, index)
                 self.watermark = max(self.watermark, f.time)
         self.applied = applied
-        return changed
+        if lo is None or hi is None:
+            self.touched = []
+            return False
+        self.touched = [lo, hi]
+        return True
 
     def _segments(self, d: Detection, triggers: list[Trigger]) -> list[_Segment]:
         suppress = d.suppress_for // _US
@@ -514,7 +523,9 @@ class State:
         if self.carry:
             used.update(self.carry.summary.entities)
             used.update(self.carry.tail.entities)
-        self.entities = {r: e for r, e in self.entities.items() if r in used}
+        if not self.entities.keys() <= used:
+            self.entities = {r: e for r, e in self.entities.items() if r in used}
+            self.entities_json = None
 
 
 def _entity(raw: Entity | dict[str, Any]) -> Entity:
