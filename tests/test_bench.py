@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from aegis.correlate import detections
-from bench.e2e import Run, run_aegis, run_duckdb
+from bench.e2e import Run, run_aegis, run_duckdb, run_floor
 from bench.generate import BodyGenerator
 
 DETECTIONS = detections.load().detections
@@ -47,3 +47,16 @@ def test_the_sql_peer_agrees_on_every_detection_test_case(tmp_path, detection):
         assert len(ours) == case.expect.incidents or case.expect.incidents > 1
         peer.close()
         store.close()
+
+
+def test_the_floor_stores_one_row_per_item_the_pipeline_turns_into_an_event(tmp_path):
+    """The floor's rate is comparable only if it counts what the pipeline counts: one per item."""
+    from aegis.pipeline import Message
+
+    bodies = BodyGenerator(7, accounts=2, callers=4).bodies(40)
+    messages = [Message(b, hub="t", partition="0", sequence_number=n) for n, b in enumerate(bodies)]
+    floor, ours = Run(messages, 9, float("inf")), Run(messages, 9, float("inf"))
+    run_floor(floor, tmp_path, DETECTIONS)
+    run_aegis(ours, tmp_path, DETECTIONS)
+    assert floor.complete
+    assert floor.events == ours.events == 20 + 20 * 25
