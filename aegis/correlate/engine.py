@@ -159,7 +159,7 @@ class Correlator:
     def _match(
         d: Detection, events: Sequence[Event], out: dict[str, tuple[Detection, str, list[Match]]], c: CorrelationCounts
     ) -> None:
-        value_of, predicates = d.value_getter, d.predicates
+        value_of, predicates, getters = d.value_getter, d.predicates, d.group_getters
         for e in events:
             steps = [i for i, predicate in enumerate(predicates) if predicate(e)]
             if not steps:
@@ -168,10 +168,14 @@ class Correlator:
             if value_of is not None:
                 values = value_of(e)
                 value = values[0] if values else None
-            for parts in itertools.product(*(g(e) for g in d.group_getters)):
-                group = "|".join(str(p) for p in parts)
+            match = Match(e, steps, value)
+            for parts in itertools.product(*[g(e) for g in getters]):
+                group = "|".join(map(str, parts))
                 key = bucket_key(d.id, group)
-                out.setdefault(key, (d, group, []))[2].append(Match(e, steps, value))
+                entry = out.get(key)
+                if entry is None:
+                    entry = out[key] = (d, group, [])
+                entry[2].append(match)
                 c.matches += 1
 
 
@@ -294,10 +298,10 @@ class State:
                 "triggers": sorted(self.triggers.items()),
             }
         )  # fmt: skip
-        by_chunk: dict[int, list[Pane]] = {n: [] for n in self.dirty}
-        for i in sorted(self.panes):
-            if i // PANES_PER_CHUNK in by_chunk:
-                by_chunk[i // PANES_PER_CHUNK].append(self.panes[i])
+        by_chunk = {
+            n: [p for i in range(n * PANES_PER_CHUNK, (n + 1) * PANES_PER_CHUNK) if (p := self.panes.get(i))]
+            for n in self.dirty
+        }
         chunks = {n: orjson.dumps([p.dump() for p in panes]) for n, panes in by_chunk.items() if panes}
         dropped = [n for n, panes in by_chunk.items() if not panes and n in self.stored]
         self.stored = (self.stored | chunks.keys()) - set(dropped)
