@@ -105,7 +105,7 @@ class SqliteStore:
             self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA cache_size=-65536")
+            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: bucket state is rewritten every batch
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             old = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone()
             if old and version < SCHEMA_VERSION:
