@@ -545,7 +545,7 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
               "(`aegis approvals list`)")  # fmt: skip
     if loaded.plan.mode == "execute":
-        out.print("executed: " + ", ".join(f"{k} {v}" for k, v in ran.as_dict().items()))
+        out.print("executed: " + ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(ran).items()))
 
 
 approvals_app = typer.Typer(help="Steps that wait for on-call approval.", no_args_is_help=True)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
@@ -71,9 +70,6 @@ class Counts:
                     self.by_normalizer[k] = self.by_normalizer.get(k, 0) + v
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class Pipeline:

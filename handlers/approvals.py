@@ -12,6 +12,7 @@ and keeps the Teams cards up to date.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from functools import lru_cache
 
 import azure.functions as func
@@ -42,4 +43,4 @@ async def console(req: func.HttpRequest, context: func.Context) -> func.HttpResp
 @bp.timer_trigger(arg_name="timer", schedule="30 * * * * *", run_on_startup=False, use_monitor=True)
 def approvals_timer(timer: func.TimerRequest) -> None:
     counts = runtime.sweep()
-    log.info("approvals_run", **counts.as_dict())
+    log.info("approvals_run", **asdict(counts))

@@ -6,6 +6,8 @@ claimed before it runs, so overlapping timer runs on several instances make each
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import azure.functions as func
 import structlog
 
@@ -19,4 +21,4 @@ log = structlog.get_logger("aegis.respond")
 def respond_timer(timer: func.TimerRequest) -> None:
     counts = runtime.executor_run()
     if counts is not None:
-        log.info("response_run", **counts.as_dict())
+        log.info("response_run", **asdict(counts))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -614,7 +615,7 @@ def test_a_step_awaiting_approval_holds_back_the_later_steps_and_expires(tmp_pat
 
 def test_dry_run_mode_executes_nothing(tmp_path, server):
     resp, store, clock = graph_case(tmp_path, ticket_steps("local"), mode="dry_run")
-    assert executor(resp, store, server, clock).run().as_dict() == dict.fromkeys(
+    assert asdict(executor(resp, store, server, clock).run()) == dict.fromkeys(
         ("succeeded", "failed", "retrying", "refused", "skipped", "expired", "waiting"), 0
     )
     assert store.steps()[0].status == "dry_run"

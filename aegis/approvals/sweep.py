@@ -14,7 +14,7 @@ Runs in dry-run plans as well: approvals matter before anything is executed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -43,9 +43,6 @@ class SweepCounts:
     cards_posted: int = 0
     cards_updated: int = 0
     errors: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class Sweeper:

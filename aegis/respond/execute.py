@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,9 +68,6 @@ class RunCounts:
     skipped: int = 0
     expired: int = 0
     waiting: int = 0  # playbooks held back by a step awaiting approval
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
