@@ -647,10 +647,18 @@ def serve_cmd(
         str | None, typer.Option("--as", help="Who you are in the records [default: your login].")
     ] = None,
     folder: FolderOption = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Another Host name to answer besides 127.0.0.1, localhost and ::1 (a tunnel's), repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """The console and the approvals API on http://127.0.0.1:PORT for you alone: you are the
     approver (the Functions app signs people in with Entra ID instead). In `mode: execute` an
-    approved step runs at once, with its playbook's steps after it."""
+    approved step runs at once, with its playbook's steps after it. Requests naming any other Host
+    are refused (400), so a web page cannot reach the console through DNS rebinding."""
     import uvicorn  # noqa: PLC0415  (only this command needs the server)
 
     from aegis.approvals import web  # noqa: PLC0415
@@ -669,7 +677,8 @@ def serve_cmd(
         console = web.Console.over(store, loaded, web.local_identity(name, loaded), after_approval=run_now)
         err.print(f"Aegis console for {name} on http://127.0.0.1:{port}/console ({_where(cfg)}); Ctrl-C stops it")
         try:
-            uvicorn.run(web.create_app(console), host="127.0.0.1", port=port, log_level="warning")
+            hosts = [*web.LOOPBACK_HOSTS, *(h.strip().lower() for h in allow_host or [] if h.strip())]
+            uvicorn.run(web.create_app(console, allowed_hosts=hosts), host="127.0.0.1", port=port, log_level="warning")
         except SystemExit as exc:  # uvicorn exits when it cannot bind
             raise AegisError(f"cannot serve on 127.0.0.1:{port} (in use?): pick another with --port") from exc
 

@@ -31,7 +31,9 @@ class Limits:
     max_body_bytes: int = 1_048_576  # Event Hubs Standard/Premium message limit is 1 MB
     max_depth: int = 64
     max_items: int = 10_000
-    max_ahead: timedelta = timedelta(hours=1)  # how far past its receive time an event's time may be
+    # how far an event's time may be after its message was enqueued (received, when that is unknown):
+    # clocks drift by seconds, not an hour; a time further ahead is forged or broken
+    max_skew: timedelta = timedelta(minutes=5)
 
 
 def decode(body: bytes, limits: Limits) -> Any:

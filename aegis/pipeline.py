@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -30,6 +30,7 @@ from aegis.decode import Limits, decode, items, kind_of
 from aegis.errors import MalformedInput
 from aegis.events import DeadLetter, Event, Evidence
 from aegis.normalize import Ignored
+from aegis.normalize.registry import HubKind
 from aegis.store import Store
 
 log = structlog.get_logger("aegis.pipeline")
@@ -80,9 +81,14 @@ class Pipeline:
         limits: Limits | None = None,
         correlator: Correlator | None = None,
         respond: Callable[[list[Incident]], None] | None = None,
+        hubs: Mapping[str, HubKind] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        # hub name → what it carries: an item of the other kind on a hub named here is dead-lettered
+        # (anyone holding one hub's Send key must not pass as the other source); other hub names, such
+        # as `aegis replay`'s, take both
+        self.hubs = dict(hubs or {})
         self.limits = limits or Limits()
         self.correlator = correlator
         self.respond = respond  # given the incidents a batch created or changed (the response plan)
@@ -155,6 +161,10 @@ class Pipeline:
 
         produced: list[Event] = []
         failed: list[DeadLetter] = []
+        # Event Hubs stamps the enqueue time; an event cannot have happened after it (beyond clock skew)
+        arrived = (
+            (min(message.enqueued_time, received), "enqueued") if message.enqueued_time else (received, "received")
+        )
         for pointer, item in pairs:
             if not isinstance(item, dict):
                 failed.append(dead(f"item is {kind_of(item)}, not an object", pointer))
@@ -163,18 +173,19 @@ class Pipeline:
             if chosen is None:
                 failed.append(dead("unrecognized item: not a Defender alert, export message or log record", pointer))
                 continue
+            carries = self.hubs.get(message.hub)
+            if carries is not None and chosen.hub != carries:
+                failed.append(dead(f"wrong hub: {chosen.name} items arrive on the {chosen.hub} hub, and "
+                                   f"{message.hub} is the {carries} hub", pointer, chosen.name))  # fmt: skip
+                continue
             evidence = Evidence(
                 digest, pointer, message.hub, message.partition, message.sequence_number, message.offset,
                 message.enqueued_time,
             )  # fmt: skip
             try:
                 made = chosen.normalize(item, evidence)
-                ahead = [e for e in made if e.time > received + self.limits.max_ahead]
-                if ahead:  # a forged or skewed time would move event-time windows and expiry forward
-                    raise MalformedInput(
-                        f"event time {ahead[0].time.isoformat()} is more than {self.limits.max_ahead} after "
-                        f"it was received ({received.isoformat()})"
-                    )
+                for e in made:
+                    _check_time(e, arrived, self.limits.max_skew)
                 produced += made
             except Ignored:
                 pass
@@ -202,6 +213,27 @@ def cycle_collector_paused() -> Iterator[None]:
     finally:
         gc.enable()
         gc.collect(0)
+
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # no Azure log or alert is older: an earlier time is broken
+
+
+def _check_time(e: Event, arrived: tuple[datetime, str], skew: timedelta) -> None:
+    """A forged or broken time would move event-time windows and expiry forward (or back before
+    anything Azure wrote): such an item is malformed."""
+    when, how = arrived
+    if e.time > when + skew:
+        raise MalformedInput(
+            f"event time {e.time.isoformat()} is more than {_duration(skew)} after the message was "
+            f"{how} ({when.isoformat()}): a forged or broken clock"
+        )
+    if e.time < EARLIEST:
+        raise MalformedInput(f"event time {e.time.isoformat()} is before {EARLIEST.year}: not a real Azure time")
+
+
+def _duration(t: timedelta) -> str:
+    seconds = int(t.total_seconds())
+    return f"{seconds // 60} min" if seconds % 60 == 0 and seconds >= 60 else f"{seconds} s"
 
 
 def _dead_letter_id(message: Message, digest: str, pointer: str) -> str:

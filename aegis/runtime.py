@@ -32,7 +32,7 @@ def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = Fals
     loaded = detections.load().detections
     correlator = Correlator(loaded, store, lateness=cfg.lateness)
     hook = responder(cfg, store, [d.id for d in loaded]) if respond else None
-    return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook)
+    return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs)
 
 
 def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Callable[[list[Incident]], None] | None:

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger message bodies are dead-lettered.")
     max_depth: int = Field(64, gt=1, le=512, description="Deeper JSON nesting is dead-lettered.")
 
+    max_clock_skew: timedelta = Field(
+        timedelta(minutes=5),
+        ge=timedelta(0),
+        le=timedelta(hours=1),
+        description="Events dated more than this after their message was enqueued are dead-lettered (forged clocks).",
+    )
     lateness: timedelta = Field(
         timedelta(hours=1), description="How late (in event time) an event may arrive and still correlate."
     )
@@ -99,6 +105,15 @@ class Settings(BaseSettings):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _two_hubs(self) -> Settings:
+        if self.defender_hub == self.diagnostics_hub:
+            raise ValueError(
+                f"{ENV_PREFIX}DEFENDER_HUB and {ENV_PREFIX}DIAGNOSTICS_HUB are both {self.defender_hub!r}: alerts and "
+                "diagnostic logs need a hub each (what a hub may carry is checked by its name)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _store_settings(self) -> Settings:
         if self.store == "table" and self.storage_connection_string is None:
             missing = [
@@ -113,7 +128,12 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_body_bytes=self.max_body_bytes, max_depth=self.max_depth)
+        return Limits(max_body_bytes=self.max_body_bytes, max_depth=self.max_depth, max_skew=self.max_clock_skew)
+
+    @property
+    def hubs(self) -> dict[str, Literal["alerts", "diagnostics"]]:
+        """What each configured hub carries: Defender alerts, or diagnostic-settings records."""
+        return {self.defender_hub: "alerts", self.diagnostics_hub: "diagnostics"}
 
     @property
     def in_azure(self) -> bool:

@@ -23,14 +23,21 @@ pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$workdir"; }
 trap cleanup EXIT
 
-for _ in $(seq 1 100); do
-  if port_busy 10000 && port_busy 10001 && port_busy 10002; then break; fi
+# A loaded two-core machine can take many seconds to start Node: wait up to AZURITE_START_SECONDS
+# (default 60) for all three ports, and stop early if Azurite exits.
+wait_seconds=${AZURITE_START_SECONDS:-60}
+case "$wait_seconds" in ''|*[!0-9]*) echo "with-azurite: AZURITE_START_SECONDS must be a whole number of seconds, not '$wait_seconds'" >&2; exit 2 ;; esac
+deadline=$((SECONDS + wait_seconds))
+until port_busy 10000 && port_busy 10001 && port_busy 10002; do
   if ! kill -0 "$pid" 2>/dev/null; then
     echo "with-azurite: Azurite exited at start:" >&2; cat "$workdir/azurite.log" >&2; exit 1
   fi
-  sleep 0.1
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "with-azurite: Azurite did not open ports 10000-10002 within ${wait_seconds} s (set AZURITE_START_SECONDS to wait longer):" >&2
+    cat "$workdir/azurite.log" >&2; exit 1
+  fi
+  sleep 0.2
 done
-port_busy 10002 || { echo "with-azurite: Azurite did not open its ports within 10 s" >&2; exit 1; }
 
 export AEGIS_TEST_STORAGE="UseDevelopmentStorage=true"
 "$@"

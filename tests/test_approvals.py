@@ -160,6 +160,9 @@ def principal(**kw) -> dict[str, str]:
     return {"x-ms-client-principal": identity.encode_easy_auth(**kw)}
 
 
+AUTH_ON = {"WEBSITE_AUTH_ENABLED": "True"}  # what the platform sets when App Service Authentication is on
+
+
 def test_the_app_service_principal_gives_the_sign_in_name_roles_and_groups():
     p = identity.from_easy_auth(
         principal(
@@ -168,7 +171,7 @@ def test_the_app_service_principal_gives_the_sign_in_name_roles_and_groups():
             roles=("Aegis.Approver",),
             groups=(ONCALL.upper(),),
         ),
-        environ={},
+        environ=AUTH_ON,
     )
     assert (p.name, p.roles, p.groups) == ("alice@contoso.com", {"Aegis.Approver"}, {ONCALL})
 
@@ -176,23 +179,24 @@ def test_the_app_service_principal_gives_the_sign_in_name_roles_and_groups():
 @pytest.mark.parametrize(
     ("headers", "environ", "why"),
     [
-        ({}, {}, "not signed in"),
-        ({"x-ms-client-principal": "not base64!"}, {}, "not valid"),
-        ({"x-ms-client-principal": base64.b64encode(b"[1, 2]").decode()}, {}, "not valid"),
+        ({}, AUTH_ON, "not signed in"),
+        ({"x-ms-client-principal": "not base64!"}, AUTH_ON, "not valid"),
+        ({"x-ms-client-principal": base64.b64encode(b"[1, 2]").decode()}, AUTH_ON, "not valid"),
         (
             {"x-ms-client-principal": base64.b64encode(orjson.dumps({"auth_typ": "github", "claims": []})).decode()},
-            {},
+            AUTH_ON,
             "Entra ID",
         ),
         (
             {"x-ms-client-principal": base64.b64encode(orjson.dumps({"auth_typ": "aad", "claims": []})).decode()},
-            {},
+            AUTH_ON,
             "names no user",
         ),
-        ({"x-ms-client-principal": "A" * 40_000}, {}, "too large"),
-        # in Azure with App Service Authentication off, anyone could send the header: believe none
-        (principal(name="a@b.c", oid="1"), {"WEBSITE_INSTANCE_ID": "x"}, "Authentication is off"),
-        (principal(name="a@b.c", oid="1"), {"WEBSITE_INSTANCE_ID": "x", "WEBSITE_AUTH_ENABLED": "False"}, "is off"),
+        ({"x-ms-client-principal": "A" * 40_000}, AUTH_ON, "too large"),
+        # with App Service Authentication off, or not known to be on, anyone could send the header: believe none
+        (principal(name="a@b.c", oid="1"), {"WEBSITE_INSTANCE_ID": "x"}, "not known to be on"),
+        (principal(name="a@b.c", oid="1"), {"WEBSITE_INSTANCE_ID": "x", "WEBSITE_AUTH_ENABLED": "False"}, "not true"),
+        (principal(name="a@b.c", oid="1"), {}, "not known to be on"),  # `func start`, a container: no Azure variables
     ],
 )
 def test_no_believable_principal_is_not_signed_in(headers, environ, why):

@@ -29,6 +29,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from handlers import approvals
 
     monkeypatch.setenv("AEGIS_DB", str(tmp_path / "console.db"))
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")  # App Service Authentication on, as deployed
     for cached in (settings.get, runtime.pipeline, approvals._asgi):
         cached.cache_clear()
     runtime.pipeline().process([Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))])
@@ -90,7 +91,9 @@ def test_no_principal_is_401_no_role_is_403(app):
     assert "may not decide" in json.loads(refused.get_body())["error"]
 
 
-def test_in_azure_the_principal_counts_only_with_app_service_authentication_on(app, monkeypatch):
+def test_the_principal_counts_only_where_app_service_authentication_is_known_to_be_on(app, monkeypatch):
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
+    assert api(app, "GET", "/api/approvals", READER).status_code == 401  # `func start`, a container: no platform
     monkeypatch.setenv("WEBSITE_INSTANCE_ID", "instance-1")
     assert api(app, "GET", "/api/approvals", READER).status_code == 401  # a forged header would pass otherwise
     monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
@@ -123,14 +126,9 @@ def test_approve_binds_to_the_digest_and_a_replayed_decision_changes_nothing(app
     assert got["would_call"] == step["would_call"]
 
 
-def test_two_approvals_need_two_people_and_the_requester_never_counts(app):
+def test_two_approvals_need_two_people_compared_by_object_id(app):
     step = next(s for s in pending(app) if s["approvals_needed"] == 2)
     url = f"/api/approvals/{step['id']}/approve"
-    aegis = api(
-        app, "POST", url, {"name": "aegis", "oid": "p", "roles": ("Aegis.Approver",)}, {"digest": step["digest"]}
-    )
-    assert aegis.status_code == 409
-    assert "requested this step" in aegis.get_body().decode()
     assert (
         json.loads(api(app, "POST", url, APPROVER, {"digest": step["digest"]}).get_body())["status"]
         == "awaiting_approval"
@@ -138,7 +136,28 @@ def test_two_approvals_need_two_people_and_the_requester_never_counts(app):
     twice = api(app, "POST", url, APPROVER, {"digest": step["digest"]})
     assert twice.status_code == 409
     assert "already approved" in twice.get_body().decode()
-    assert json.loads(api(app, "POST", url, SECOND, {"digest": step["digest"]}).get_body())["status"] == "dry_run"
+    # the same object id under another sign-in name (a guest account, an alias) is still the same person
+    alias = {**APPROVER, "name": "alice.alias@fabrikam.com"}
+    assert alias["oid"] == APPROVER["oid"]
+    again = api(app, "POST", url, alias, {"digest": step["digest"]})
+    assert again.status_code == 409
+    assert "already approved" in again.get_body().decode()
+    # a person who merely calls themselves "aegis" is not the pipeline, and not the requester either
+    done = api(app, "POST", url, {**SECOND, "name": "aegis"}, {"digest": step["digest"]})
+    assert json.loads(done.get_body())["status"] == "dry_run"
+    audit = runtime.pipeline().store.audit_log()
+    actors = [a.actor for a in audit if a.step == step["id"] and a.event == "approved"]
+    assert actors == [f"{APPROVER['name']} ({APPROVER['oid']})", f"aegis ({SECOND['oid']})"]
+
+
+def test_only_approve_and_deny_are_verbs_and_nothing_else_is_recorded(app):
+    step = pending(app)[0]
+    before = len(runtime.pipeline().store.audit_log())
+    for verb in ("approved", "APPROVE", "denyx", "reject"):
+        answer = api(app, "POST", f"/api/approvals/{step['id']}/{verb}", APPROVER, {"digest": step["digest"]})
+        assert answer.status_code == 400, verb
+    assert len(runtime.pipeline().store.audit_log()) == before
+    assert next(s for s in pending(app) if s["id"] == step["id"])["status"] == "awaiting_approval"
 
 
 def test_deny_needs_a_reason_and_an_unknown_step_is_404(app):

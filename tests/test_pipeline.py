@@ -297,6 +297,8 @@ def test_an_event_dated_past_its_receive_time_is_dead_lettered_not_correlated():
     assert (counts.events, counts.dead_letters) == (1, 1)
     [dead] = p.store.dead_letters()
     assert dead.pointer == "/records/1"
-    assert "after it was received" in dead.reason
-    soon = {**record, "time": "2026-11-25T12:30:00Z"}  # a skewed clock within the hour is fine
+    assert "after the message was received" in dead.reason
+    soon = {**record, "time": "2026-11-25T12:04:00Z"}  # a clock minutes ahead is skew, and fine
     assert make_pipeline().process([msg(orjson.dumps({"records": [soon]}))]).events == 1
+    forged = {**record, "time": "2026-11-25T12:59:00Z"}  # 59 minutes ahead is not (the old bound was an hour)
+    assert make_pipeline().process([msg(orjson.dumps({"records": [forged]}))]).dead_letters == 1

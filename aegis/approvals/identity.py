@@ -3,13 +3,15 @@
 In Azure the console and the approvals API sit behind App Service Authentication (Entra ID): the
 platform signs the person in and passes the claims in the `X-MS-CLIENT-PRINCIPAL` header (base64
 JSON), which it strips from outside requests. That holds only while authentication is switched on,
-so in Azure the header is believed only if the platform says it is (`WEBSITE_AUTH_ENABLED`); with
-authentication off every request is refused rather than trusting a header anyone could send.
+so the header is believed only where the platform says authentication is on (`WEBSITE_AUTH_ENABLED`
+is true): anywhere else (authentication off, `func start`, a container) every request is refused
+rather than trusting a header anyone could send.
 
 `aegis serve` runs on 127.0.0.1 for the person who started it: that person is the principal.
 
 Authorization follows the response plan's `access`: app roles or groups may decide; reader roles
-may look. People are named by their sign-in name (lower case), as in the step records.
+may look. People are compared by their Entra object id (`oid`), never by the name they show: one
+person under two sign-in names is still one approver. Names are for display.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ class Principal:
 
 def from_easy_auth(headers: Mapping[str, str], *, environ: Mapping[str, str] = os.environ) -> Principal:
     """The person App Service Authentication signed in, from the request's headers."""
-    if "WEBSITE_INSTANCE_ID" in environ and environ.get("WEBSITE_AUTH_ENABLED", "").lower() != "true":
-        raise NotSignedIn("App Service Authentication is off for this app: turn it on (Entra ID) to use the console")
+    if environ.get("WEBSITE_AUTH_ENABLED", "").lower() != "true":  # not known to be on: `func start`, containers
+        raise NotSignedIn(
+            "App Service Authentication is not known to be on for this app (WEBSITE_AUTH_ENABLED is not true): "
+            "turn it on (Entra ID) to use the console; no decision is taken on a header anyone could send"
+        )
     raw = headers.get(HEADER) or headers.get(HEADER.upper())
     if not raw:
         raise NotSignedIn("not signed in (no client principal from App Service Authentication)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -130,7 +131,7 @@ class Console:
 
     def _decide(self, key: str, who: Principal, *, approve: bool, digest: str, reason: str) -> StepRecord:
         try:
-            step = Responder(self.response, self.store).decide(key, who.name, approve=approve, reason=reason,
+            step = Responder(self.response, self.store).decide(key, who.name, who.id, approve=approve, reason=reason,
                                                                digest=digest)  # fmt: skip
         except DecisionRefused as exc:
             log.warning("decision_refused", step=key, person=who.name, reason=str(exc))
@@ -175,7 +176,7 @@ class Console:
         if not found:
             raise HTTPException(404, "no such incident")
         try:
-            steps = Responder(self.response, self.store).request(found[0], fields.get("playbook", ""), who.name)
+            steps = Responder(self.response, self.store).request(found[0], fields.get("playbook", ""), who.name, who.id)
         except InputNotFound as exc:
             raise HTTPException(400, str(exc)) from None
         log.info("playbook_requested", incident=incident_id, person=who.name, steps=len(steps))
@@ -228,6 +229,8 @@ class Console:
         return _json(_api_step(self._step(request.path_params["key"])))
 
     async def api_decide(self, request: Request) -> Response:
+        if request.path_params["verb"] not in {"approve", "deny"}:  # before anything is read or recorded
+            raise HTTPException(400, "the decision is /approve or /deny")
         who = self._who(request, decide=True)
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise HTTPException(415, "send the decision as application/json")
@@ -241,10 +244,10 @@ class Console:
         if not isinstance(body, dict) or not isinstance(body.get("digest"), str):
             raise HTTPException(400, 'send {"digest": "<the step\'s digest>", "reason": "..."}')
         reason = body.get("reason", "")
-        key, verb = request.path_params["key"], request.path_params["verb"]
+        key = request.path_params["key"]
         self._step(key)
         try:
-            step = self._decide(key, who, approve=verb == "approve", digest=body["digest"],
+            step = self._decide(key, who, approve=request.path_params["verb"] == "approve", digest=body["digest"],
                                 reason=reason if isinstance(reason, str) else "")  # fmt: skip
         except DecisionRefused as exc:
             return _json({"error": str(exc)}, status=409)
@@ -272,7 +275,13 @@ def _same_origin(request: Request) -> None:
         raise HTTPException(403, "decisions are taken only from the console's own pages")
 
 
-def create_app(console: Console) -> Starlette:
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) -> Starlette:
+    """The ASGI app. `allowed_hosts`: the Host names it answers (`aegis serve`: loopback, so that a
+    page on another site cannot reach it through DNS rebinding); None answers any (the Functions
+    host, whose front end routes only the app's own names)."""
     c = console
 
     async def errors(request: Request, exc: Exception) -> Response:
@@ -312,7 +321,8 @@ def create_app(console: Console) -> Starlette:
             Route("/api/approvals/{key}/{verb:str}", c.api_decide, methods=["POST"]),
         ],
         exception_handlers={HTTPException: errors, AegisError: errors},
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders)]
+        + ([Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts is not None else []),
     )
 
     return app

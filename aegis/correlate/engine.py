@@ -7,8 +7,12 @@ merged, evaluated by the detection's kind (`kinds.py`) and written back with opt
 concurrency (SQLite version / Table ETag), with only the incidents that changed. A conflict
 (another instance wrote the bucket since it was read) re-reads and re-merges that bucket.
 
-Event time and lateness. The bucket's watermark is the latest event time it has seen. Triggers at
-panes older than `watermark - lateness` can no longer change: they are final, the panes only they
+Event time and lateness. A bucket keeps a watermark per event source (Defender alerts, resource
+logs, activity log, sign-ins): the latest event time it has seen from that source. Its finality
+follows the slowest of them (and of the detection's declared sources not yet seen, up to the
+panes a bucket can keep), so one source running ahead (an alerts-only instance, a lagging
+diagnostics hub) never makes another source's events too late. Triggers at panes older than
+`slowest watermark - lateness` can no longer change: they are final, the panes only they
 needed are dropped, and an event that old is counted as too late. Within the lateness the result
 does not depend on arrival order. The incident that may still grow past the dropped panes keeps
 a bounded summary of them (`carry`), so a campaign that lasts for days stays one incident with
@@ -260,7 +264,7 @@ class State:
     pane_us: int
     width: int
     final_before: int | None  # pane index: triggers before it are final; events before it too late
-    watermark: int  # µs
+    watermarks: dict[str, int]  # event source → the newest event time merged from it, µs
     applied: dict[str, int]  # "hub/partition" → highest sequence number merged
     panes: dict[int, Pane]
     entities: dict[str, Entity | dict[str, Any]]  # by reference; as stored until an incident needs them
@@ -276,13 +280,13 @@ class State:
     @classmethod
     def new(cls, d: Detection, group: str, lateness_us: int) -> State:
         pane, width = geometry(d, lateness_us)
-        return cls(d.id, group, pane, width, None, NONE, {}, {}, {}, [], None, {})
+        return cls(d.id, group, pane, width, None, {}, {}, {}, {}, [], None, {})
 
     @classmethod
     def load(cls, doc: dict[str, Any], chunks: Mapping[int, bytes]) -> State:
         panes = {raw[0]: Pane.load(raw) for chunk in chunks.values() for raw in orjson.loads(chunk)}
         return cls(
-            doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], doc["watermark"],
+            doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], _watermarks(doc),
             doc["applied"], panes, doc["entities"], doc["group_refs"],
             Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"], dict(doc["triggers"]), set(chunks),
         )  # fmt: skip
@@ -292,7 +296,7 @@ class State:
         head = orjson.dumps(
             {
                 "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
-                "final_before": self.final_before, "watermark": self.watermark, "applied": self.applied,
+                "final_before": self.final_before, "watermarks": self.watermarks, "applied": self.applied,
                 "entities": self._entities_json(), "group_refs": self.group_refs,
                 "carry": self.carry.dump() if self.carry else None, "live": self.live,
                 "triggers": sorted(self.triggers.items()),
@@ -307,6 +311,22 @@ class State:
         self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
         return head, chunks, dropped
+
+    @property
+    def watermark(self) -> int:
+        """The newest event time merged from any source (what expiry measures idleness by)."""
+        return max(self.watermarks.values(), default=NONE)
+
+    def _final_before(self, d: Detection, lateness_us: int) -> int:
+        """The first pane that is not final: the slowest source's watermark minus the lateness. A
+        source the detection declares but this bucket has not seen yet holds finality back too, as
+        far as the panes a bucket keeps allow (`MAX_PANES`): then the leader's lateness decides."""
+        leader = self.watermark
+        slowest = min(self.watermarks.values(), default=NONE)
+        if d.sources is not None and not d.sources <= self.watermarks.keys():
+            slowest = NONE
+        held = leader // self.pane_us - MAX_PANES + self.width  # finality no later than this keeps ≤ MAX_PANES panes
+        return max((slowest - lateness_us) // self.pane_us, held)
 
     def _entities_json(self) -> orjson.Fragment:
         if self.entities_json is None:
@@ -354,6 +374,7 @@ class State:
         group_parts = set(self.group.split("|"))
         steps = len(d.predicates)
         panes, entities, pane_us, final_before = self.panes, self.entities, self.pane_us, self.final_before
+        watermarks = self.watermarks
         lo = hi = None
         for m in matches:
             f = facts.of(m.event)
@@ -379,7 +400,9 @@ class State:
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
                 hi = index if hi is None else max(hi, index)
-                self.watermark = max(self.watermark, f.time)
+                source = f.sample[1]
+                if f.time > watermarks.get(source, NONE):
+                    watermarks[source] = f.time
         self.applied = applied
         if lo is None or hi is None:
             self.touched = []
@@ -486,7 +509,7 @@ class State:
         The last segment with a final trigger becomes the carry (only it can be continued by a later
         trigger); dropped panes it spans are folded into its summary, or into its tail if they come
         after its last final trigger."""
-        final_before = (self.watermark - lateness_us) // self.pane_us
+        final_before = self._final_before(d, lateness_us)
         if self.final_before is not None and final_before <= self.final_before:
             return
         self.final_before = final_before
@@ -530,6 +553,12 @@ class State:
         if not self.entities.keys() <= used:
             self.entities = {r: e for r, e in self.entities.items() if r in used}
             self.entities_json = None
+
+
+def _watermarks(doc: dict[str, Any]) -> dict[str, int]:
+    if "watermarks" in doc:
+        return dict(doc["watermarks"])
+    return {"*": doc["watermark"]} if doc.get("watermark", NONE) != NONE else {}  # a head written before sources
 
 
 def _entity(raw: Entity | dict[str, Any]) -> Entity:

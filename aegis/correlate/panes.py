@@ -27,6 +27,7 @@ PANE_SAMPLES = 2
 PANE_KINDS = 8
 PANE_ENTITIES = 16
 NONE = -1
+MAX_SUM = 1e18  # a pane's sum saturates here (normalized numbers are at most 2**53, never negative or NaN)
 
 # (time µs, event id, step, kind, source, title)
 Sample = tuple[int, str, int, str, str, str | None]
@@ -109,8 +110,8 @@ class Pane:
                 if len(samples) > PANE_SAMPLES:
                     samples.pop()
         if value is not None:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.total += value
+            if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_SUM:
+                self.total = min(self.total + value, MAX_SUM)  # saturates: a sum can never overflow or go back
             if values_cap:
                 if self.values is _NO_VALUES:
                     self.values = set()
@@ -145,6 +146,8 @@ class Pane:
         (p.index, p.events, p.counts, p.first, p.last, p.total, values, p.severity, kinds, ids, samples,
          entities) = raw  # fmt: skip
         p.values, p.kinds, p.entities = set(values), set(kinds), set(entities)
+        if not isinstance(p.total, int | float) or not 0 <= p.total <= MAX_SUM:  # NaN too: state from before the bound
+            p.total = 0.0
         p.ids = None if ids is None else set(ids)
         p.samples = [tuple(x) for x in samples]
         p._json = None

@@ -161,7 +161,8 @@ def export_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     return [_alert(item, EXPORT, "defender.alert.export", evidence)]
 
 
-@normalizer("defender.alert.activity_log", source=Source.DEFENDER, accepts=_is_activity_log_alert)
+# an activity-log record: it reaches Aegis through the activity log's diagnostic setting
+@normalizer("defender.alert.activity_log", source=Source.DEFENDER, accepts=_is_activity_log_alert, hub="diagnostics")
 def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """A Defender alert as the activity-log event "Activate Alert" (Security category)."""
     props = f.obj(item, "properties")
@@ -220,6 +221,7 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: Def
     if arm is not None:
         entities.append(arm)
 
+    refused: list[str] = []
     attributes: dict[str, Any] = {
         "intent": _first_of_list_text(p.get(n.intent)),
         "status": f.text(p, n.status),
@@ -233,8 +235,11 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: Def
         "end_time": _end_time(p, n),
     }
     for key, value in list(extended.items())[:MAX_EXTENDED]:
-        if isinstance(key, str) and isinstance(value, (str, int, float, bool)):
+        if isinstance(value, str | bool):
             attributes[f"ext.{key[:64]}"] = value[: f.MAX_TEXT] if isinstance(value, str) else value
+        elif isinstance(value, int | float):  # a number out of bounds is left out, like any other refused field
+            attributes[f"ext.{key[:64]}"] = f.number(extended, key, refused=refused)
+    attributes["refused"] = ",".join(refused) or None
 
     return Event(
         id=alert_id,

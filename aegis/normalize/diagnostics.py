@@ -115,7 +115,8 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         entities.append(UserAgent(value=ua))
     status = _dict(props.get("status"))
     location = _dict(props.get("location"))
-    error_code = f.number(status, "errorCode")
+    refused: list[str] = []
+    error_code = f.number(status, "errorCode", refused=refused)
     attributes = {
         "category": item.get("category"),
         "operation": f.text(item, "operationName"),
@@ -132,6 +133,7 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "risk_state": f.text(props, "riskState"),
         "country": f.text(location, "countryOrRegion"),
         "correlation_id": f.text(item, "correlationId"),
+        "refused": ",".join(refused) or None,
     }
     return [
         _event(
@@ -168,18 +170,21 @@ def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         name = claims.get(_CLAIM_NAME) if isinstance(claims.get(_CLAIM_NAME), str) else None
         entities.append(User(upn=upn.strip().lower()[:256] if upn else None, object_id=object_id, name=name))
     props = f.obj(item, "properties")
+    refused: list[str] = []
+    status_code = props.get("statusCode")
     attributes = {
         "category": item.get("category"),
         "operation": _operation(item),
         "result_type": f.text(item, "resultType"),
         "result_signature": f.text(item, "resultSignature"),
-        "http_status": f.number(props, "statusCode") if isinstance(props.get("statusCode"), int) else None,
-        "status_code": f.text(props, "statusCode") if isinstance(props.get("statusCode"), str) else None,
+        "http_status": f.number(props, "statusCode", refused=refused) if isinstance(status_code, int) else None,
+        "status_code": f.text(props, "statusCode") if isinstance(status_code, str) else None,
         "level": f.text(item, "level"),
         "role": f.text(evidence_block, "role"),
         "authorization_action": f.text(authz, "action"),
         "authorization_scope": f.text(authz, "scope"),
         "correlation_id": f.text(item, "correlationId"),
+        "refused": ",".join(refused) or None,
     }
     return [
         _event(
@@ -219,16 +224,25 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     ua = f.text(props, "userAgent") or f.text(item, "userAgent")
     if ua:
         entities.append(UserAgent(value=ua))
-    signature = f.number(item, "resultSignature")
+    refused: list[str] = []
+    # resultSignature is an HTTP status (a number, or numeric text) or a word ("Succeeded")
+    raw_signature = item.get("resultSignature")
+    signature, signature_text = None, None
+    if isinstance(raw_signature, int | float | list) or f.is_numeric_text(raw_signature):
+        signature = f.number(item, "resultSignature", refused=refused)
+    elif isinstance(raw_signature, str):
+        signature_text = f.text(item, "resultSignature")
+    elif raw_signature is not None:
+        refused.append("resultSignature")
     attributes: dict[str, Any] = {
         "category": item.get("category", item.get("type")),
         "operation": f.text(item, "operationName"),
-        "http_status": int(signature) if isinstance(signature, (int, float)) else None,
-        "result_signature": None if isinstance(signature, (int, float)) else f.text(item, "resultSignature"),
+        "http_status": int(signature) if signature is not None else None,
+        "result_signature": signature_text,
         "result_type": f.text(item, "resultType"),
-        "duration_ms": f.number(item, "durationMs"),
-        "request_bytes": f.number(props, "requestLength"),
-        "response_bytes": f.number(props, "responseLength"),
+        "duration_ms": f.number(item, "durationMs", refused=refused, minimum=0),
+        "request_bytes": f.number(props, "requestLength", refused=refused, minimum=0),
+        "response_bytes": f.number(props, "responseLength", refused=refused, minimum=0),
         "stream_type": f.text(props, "streamType"),
         "api_name": f.text(props, "apiName"),
         "correlation_id": f.text(item, "correlationId"),
@@ -238,7 +252,12 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     for key, _value in props.items():
         name = _TOKEN_FIELDS.get(f.compact_key(key)) if isinstance(key, str) else None
         if name:
-            attributes[name] = f.number(props, key)
+            attributes[name] = f.number(props, key, refused=refused, minimum=0)
+    if "total_tokens" not in attributes and {"prompt_tokens", "completion_tokens"} & attributes.keys():
+        parts = [attributes.get("prompt_tokens"), attributes.get("completion_tokens")]
+        if any(p is not None for p in parts):
+            attributes["total_tokens"] = min(sum(p for p in parts if p is not None), f.MAX_NUMBER)
+    attributes["refused"] = ",".join(refused) or None
     return [
         _event(
             item,

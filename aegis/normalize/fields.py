@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -42,22 +43,67 @@ def text(d: dict[str, Any], key: str, *, limit: int = MAX_TEXT, required: bool =
     return value[:limit] or None
 
 
-def number(d: dict[str, Any], key: str) -> int | float | None:
-    """A numeric field; Azure writes some (`resultSignature`, `durationMs`) as strings too."""
+# Numbers an event may carry: exact in a double and in SQLite's and Table Storage's 64-bit integers,
+# and far above any real byte, token or millisecond count.
+MAX_NUMBER = 2**53 - 1
+
+
+def number(
+    d: dict[str, Any], key: str, *, refused: list[str] | None = None, minimum: float = -MAX_NUMBER
+) -> int | float | None:
+    """A numeric field, bounded and finite. Azure writes some (`resultSignature`, `durationMs`) as
+    numeric strings, and some counters as single-element arrays (`[42]`): both are read as numbers.
+
+    A value that is not finite, outside [`minimum`, MAX_NUMBER] or not a number at all is refused:
+    with a `refused` list the field is left out and its name appended there (the record is kept
+    without it, and the event says which fields were refused); without one the record is malformed.
+    """
     value = d.get(key)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
     if value is None or value == "" or isinstance(value, bool):
         return None
+    problem = None
+    parsed: int | float | None = None
     if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    raise MalformedInput(f"'{key}' is {kind_of(value)}, not a number")
+        parsed = value
+    elif isinstance(value, str):
+        parsed = _numeric_text(value.strip())
+        if parsed is None:
+            problem = "not a number"
+    else:
+        problem = f"{kind_of(value)}, not a number"
+    if parsed is not None:
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            problem = "not a finite number"
+        elif not minimum <= parsed <= MAX_NUMBER:
+            problem = f"out of range ({_fmt(minimum)} to {MAX_NUMBER})"
+    if problem is None:
+        return parsed
+    if refused is None:
+        raise MalformedInput(f"'{key}' is {problem}")
+    refused.append(key[:64])
+    return None
+
+
+_NUMERIC = re.compile(r"^[+-]?(\d{1,400}(\.\d{0,400})?|\.\d{1,400})([eE][+-]?\d{1,5})?$")
+
+
+def is_numeric_text(value: object) -> bool:
+    return isinstance(value, str) and _NUMERIC.match(value.strip()) is not None
+
+
+def _numeric_text(text: str) -> int | float | None:
+    """A number written as text in decimal (not `inf`, `nan`, `0x10` or `1_000`, which Python reads too)."""
+    if not _NUMERIC.match(text):
+        return None
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    return float(text)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
 
 
 def obj(d: dict[str, Any], key: str) -> dict[str, Any]:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aegis.events import Event, Evidence, Source
 
 NormalizeFn = Callable[[dict[str, Any], Evidence], list[Event]]
+HubKind = Literal["alerts", "diagnostics"]  # the hub an item of this shape arrives on in a deployment
 AcceptsFn = Callable[[dict[str, Any]], bool]
 
 
@@ -37,19 +38,24 @@ class Normalizer:
     accepts: AcceptsFn
     normalize: NormalizeFn
     description: str
+    hub: HubKind  # Defender's continuous export goes to the alerts hub; diagnostic settings to the other
 
 
 REGISTRY: dict[str, Normalizer] = {}
 
 
-def normalizer(name: str, *, source: Source, accepts: AcceptsFn) -> Callable[[NormalizeFn], NormalizeFn]:
-    """Register a normalizer function. A duplicate name fails at import."""
+def normalizer(
+    name: str, *, source: Source, accepts: AcceptsFn, hub: HubKind | None = None
+) -> Callable[[NormalizeFn], NormalizeFn]:
+    """Register a normalizer function. A duplicate name fails at import. `hub` says which hub its
+    shape arrives on (default: the alerts hub for Defender shapes, the diagnostics hub for logs)."""
 
     def register(fn: NormalizeFn) -> NormalizeFn:
         if name in REGISTRY:
             raise ValueError(f"normalizer {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        REGISTRY[name] = Normalizer(name, source, accepts, fn, doc[0] if doc else "")
+        kind = hub or ("alerts" if source is Source.DEFENDER else "diagnostics")
+        REGISTRY[name] = Normalizer(name, source, accepts, fn, doc[0] if doc else "", kind)
         return fn
 
     return register

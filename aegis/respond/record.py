@@ -42,7 +42,9 @@ class StepRecord(PlannedStep):
     requested_by: str
     created: datetime
     expires: datetime | None
-    approvers: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()  # names, for display
+    approver_ids: tuple[str, ...] = ()  # Entra object ids (a local name for `aegis serve` and the CLI): who counted
+    requested_by_id: str = ""  # the requester's object id ("" for the pipeline, which never approves)
     revision: int = 0  # +1 on every write: the store writes a step only over the revision it was read at
     started: datetime | None = None  # when the executor claimed it (recorded before the call)
     attempts: int = 0
@@ -60,16 +62,26 @@ class StepRecord(PlannedStep):
     def from_json(cls, doc: bytes | str) -> StepRecord:
         d = orjson.loads(doc)
         times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
-        return cls(**{**d, **times, "approvers": tuple(d["approvers"])})
+        ids = {"approver_ids": tuple(d.get("approver_ids") or d["approvers"])}
+        return cls(**{**d, **times, **ids, "approvers": tuple(d["approvers"])})
 
     def next(self, **changes: Any) -> StepRecord:
         """This step changed, one revision on (what `ResponseStore.replace_step` writes)."""
         return replace(self, revision=self.revision + 1, **changes)
 
     @classmethod
-    def of(cls, p: PlannedStep, *, requested_by: str, created: datetime, expires: datetime | None) -> StepRecord:
+    def of(
+        cls,
+        p: PlannedStep,
+        *,
+        requested_by: str,
+        created: datetime,
+        expires: datetime | None,
+        requested_by_id: str = "",
+    ) -> StepRecord:
         planned = {f.name: getattr(p, f.name) for f in fields(PlannedStep)}
-        return cls(**planned, requested_by=requested_by, created=created, expires=expires)
+        return cls(**planned, requested_by=requested_by, created=created, expires=expires,
+                   requested_by_id=requested_by_id)  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -149,21 +161,24 @@ class Responder:
         """Record the plan's steps for these incidents; return how many steps were new."""
         return sum(self._record(incident, planner.plan(incident, self.response), PIPELINE) for incident in incidents)
 
-    def request(self, incident: Incident, playbook: str, person: str) -> list[StepRecord]:
+    def request(self, incident: Incident, playbook: str, person: str, person_id: str | None = None) -> list[StepRecord]:
         """A person asks for a playbook on an incident (one the plan did not choose, or again): its
         steps are recorded with that person as the requester, who therefore cannot approve them."""
         if playbook not in self.response.playbooks:
             raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
         planned = planner.plan(incident, self.response, playbooks=[playbook])
-        self._record(incident, planned, _person(person))
+        self._record(incident, planned, _person(person), _person(person_id) if person_id else _person(person))
         return [s for p in planned if (s := self.store.step(p.key)) is not None]
 
-    def _record(self, incident: Incident, planned: Sequence[PlannedStep], requester: str) -> int:
+    def _record(
+        self, incident: Incident, planned: Sequence[PlannedStep], requester: str, requester_id: str = ""
+    ) -> int:
         now = self.clock()
         records, audit = [], []
         for p in planned:
             expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
-            records.append(StepRecord.of(p, requested_by=requester, created=now, expires=expires))
+            records.append(StepRecord.of(p, requested_by=requester, created=now, expires=expires,
+                                         requested_by_id=requester_id))  # fmt: skip
             event = "refused" if p.status == "refused" else "planned"
             audit.append(AuditEntry.about(p, event, p.reason or p.status, now, requester))
             if p.status == "dry_run":
@@ -187,15 +202,26 @@ class Responder:
                 self.store.replace_step(old.next(status="superseded", reason=reason), audit=[entry])
 
     def decide(
-        self, key: str, person: str, *, approve: bool, reason: str = "", digest: str | None = None
+        self,
+        key: str,
+        person: str,
+        person_id: str | None = None,
+        *,
+        approve: bool,
+        reason: str = "",
+        digest: str | None = None,
     ) -> StepRecord:
-        """Approve or deny step `key` as `person`. `digest`, when given, is the digest of the
-        parameters the person was shown: a step whose parameters differ is not decided."""
+        """Approve or deny step `key` as `person` (a display name) whose identity is `person_id`
+        (the Entra object id; the CLI and `aegis serve` name people locally, by name). People are
+        compared by identity, so one object id under two names counts once. `digest`, when given,
+        is the digest of the parameters the person was shown: a step whose parameters differ is not
+        decided."""
         step = self.store.step(key)
         if step is None:
             raise InputNotFound(f"no step {key}: `aegis approvals list` shows the pending ones")
         now = self.clock()
         person = _person(person)
+        who = _person(person_id) if person_id else person
         if digest is not None and digest != step.digest:
             raise DecisionRefused(f"step {key} has other parameters than the ones you saw: look again")
         if step.status != "awaiting_approval":
@@ -203,24 +229,25 @@ class Responder:
         if step.expires is not None and now > step.expires:
             self.expire(step, now)
             raise DecisionRefused(f"step {key} expired at {_iso(step.expires)}: it will not run")
-        if person == step.requested_by:
+        if who == (step.requested_by_id or step.requested_by):
             raise DecisionRefused(f"{person} requested this step and cannot decide it")
-        if person in step.approvers:
+        if who in step.approver_ids:
             raise DecisionRefused(f"{person} already approved this step; another person must")
         if approve:
-            approvers = (*step.approvers, person)
-            done = len(approvers) >= step.approvals
+            approvers, ids = (*step.approvers, person), (*step.approver_ids, who)
+            done = len(ids) >= step.approvals
             dry = self.response.plan.mode == "dry_run"
             status = "awaiting_approval" if not done else "dry_run" if dry else "approved"
-            new = step.next(approvers=approvers, status=status)
-            audit = [AuditEntry.about(step, "approved", f"approval {len(approvers)} of {step.approvals}", now, person)]
+            new = step.next(approvers=approvers, approver_ids=ids, status=status)
+            actor = _actor(person, who)
+            audit = [AuditEntry.about(step, "approved", f"approval {len(ids)} of {step.approvals}", now, actor)]
             if done and dry:
                 audit.append(AuditEntry.about(step, "dry_run", call(step.action, step.params), now))
         else:
             if not reason.strip():
                 raise DecisionRefused("a denial needs a reason")
             new = step.next(status="denied", reason=reason.strip()[:500])
-            audit = [AuditEntry.about(step, "denied", new.reason or "", now, person)]
+            audit = [AuditEntry.about(step, "denied", new.reason or "", now, _actor(person, who))]
         if not self.store.replace_step(new, audit=audit):
             raise DecisionRefused(f"step {key} was decided by someone else at the same moment: look again")
         return new
@@ -245,6 +272,11 @@ def digest(params: dict[str, Any]) -> str:
 def _person(name: str) -> str:
     """People are compared by their sign-in name, case-insensitively."""
     return name.strip().lower()
+
+
+def _actor(name: str, identity: str) -> str:
+    """How the audit log names a person: the name shown, and the object id that counted."""
+    return name if identity == name else f"{name} ({identity})"
 
 
 def sortable(t: datetime) -> str:

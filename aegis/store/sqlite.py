@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,9 @@ class SqliteStore:
                 yield cur
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                    with suppress(sqlite3.Error):  # the cause, not a failed rollback, is what to report
+                        cur.execute("ROLLBACK")
                 raise
 
     def save(
@@ -334,14 +336,26 @@ def _rows_in(cur: sqlite3.Cursor, query: str, keys: Sequence[str]) -> list[tuple
     return rows
 
 
+# Faults that a retry of the batch may outlive: another writer holds the lock, the disk is full or
+# failing, the file was made read-only or cannot be opened (a volume remounted). By SQLite's result
+# code (`sqlite_errorname`, extended codes included), not by the wording of its message.
+_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+_CAUSES = {
+    "SQLITE_BUSY": "busy (another writer holds the lock)", "SQLITE_LOCKED": "locked",
+    "SQLITE_FULL": "full (no space left on the disk)", "SQLITE_IOERR": "failing (disk I/O error)",
+    "SQLITE_READONLY": "read-only", "SQLITE_CANTOPEN": "not openable",
+}  # fmt: skip
+
+
 @contextmanager
 def _translate(path: Path) -> Iterator[None]:
-    """sqlite3 errors → the store's exceptions: busy or locked is transient, the rest is not."""
+    """sqlite3 errors → the store's exceptions, naming the real cause: the faults in `_TRANSIENT`
+    are `StoreUnavailable` (the trigger retries the batch), the rest `StoreError`."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        if any(word in str(exc).lower() for word in ("locked", "busy", "disk i/o")):
-            raise StoreUnavailable(f"database {path} is busy: {exc}") from exc
-        raise StoreError(f"database {path}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"database {path}: {exc}") from exc
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        base = next((t for t in _TRANSIENT if name.startswith(t)), None)
+        if base is not None:
+            raise StoreUnavailable(f"database {path} is {_CAUSES[base]}: {exc} ({name})") from exc
+        raise StoreError(f"database {path}: {exc}" + (f" ({name})" if name else "")) from exc

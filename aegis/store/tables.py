@@ -467,8 +467,22 @@ def _translate() -> Iterator[None]:
         raise StoreUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
     except HttpResponseError as exc:
         status = exc.status_code or 0
+        cause = _cause(exc)
         if status in (408, 429) or status >= 500:
-            raise StoreUnavailable(f"storage answered {status}") from exc
-        raise StoreError(f"storage answered {status}: {exc.reason}") from exc
+            raise StoreUnavailable(
+                f"storage answered {status}{cause} (throttled or failing; the batch is retried)"
+            ) from exc
+        raise StoreError(f"storage answered {status}{cause}") from exc
     except AzureError as exc:
         raise StoreError(f"storage error: {type(exc).__name__}") from exc
+
+
+def _cause(exc: HttpResponseError) -> str:
+    """What the service said: its error code (`ServerBusy`, `OperationTimedOut`, ...) and how long it
+    asked to wait (`Retry-After`), from the response the SDK kept after its own retries."""
+    response: Any = exc.response
+    headers = response.headers if response is not None else {}
+    code = getattr(exc, "error_code", None) or headers.get("x-ms-error-code") or (exc.reason or "")
+    code = getattr(code, "value", code)  # the SDKs give an enum (TableErrorCode.SERVER_BUSY → "ServerBusy")
+    after = headers.get("Retry-After") or headers.get("retry-after")
+    return (f" {str(code)[:80]}" if code else "") + (f", retry after {str(after)[:20]} s" if after else "")

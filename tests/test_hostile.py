@@ -1,0 +1,311 @@
+"""Hostile input: values, hubs, clocks and requests shaped by an attacker (issue 14).
+
+Each test is an attack that worked on an earlier main, replayed against the real pipeline, store
+and app; what it asserts is what the attacker must not get."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import pytest
+
+from aegis.correlate import detections
+from aegis.correlate.engine import Correlator
+from aegis.correlate.panes import MAX_SUM, Fact, Pane
+from aegis.errors import StoreUnavailable
+from aegis.normalize import fields
+from aegis.pipeline import Message, Pipeline
+from aegis.store import SqliteStore
+from tests.conftest import SAMPLES
+
+NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+HUBS = {"defender-alerts": "alerts", "ai-diagnostics": "diagnostics"}
+RECORD = orjson.loads((SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_bytes())["records"][0]
+ACTIVITY = orjson.loads((SAMPLES / "diagnostics" / "04-activity-keys.json").read_bytes())["records"][0]
+ALERT = orjson.loads((SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes())
+
+
+def pipeline(*, ids: list[str] | None = None, clock: datetime = NOW, lateness: timedelta = timedelta(hours=1)):
+    store = SqliteStore(":memory:")
+    found = [d for d in detections.load().detections if ids is None or d.id in ids]
+    return Pipeline(store, correlator=Correlator(found, store, lateness=lateness), hubs=HUBS, clock=lambda: clock)  # type: ignore[arg-type]
+
+
+def record(at: datetime, **changes: Any) -> dict[str, Any]:
+    r = copy.deepcopy(RECORD)
+    r["time"] = at.isoformat().replace("+00:00", "Z")
+    props = changes.pop("properties", {})
+    r.update(changes)
+    r["properties"].update(props)
+    return r
+
+
+def envelope(*records: dict[str, Any], hub: str = "ai-diagnostics", enqueued: datetime | None = None) -> Message:
+    return Message(orjson.dumps({"records": list(records)}), hub=hub, enqueued_time=enqueued)
+
+
+# --- 1. bounded values --------------------------------------------------------------------------------
+
+POISON = ["18446744073709551616", 1.5e308, "inf", "-inf", "nan", "NaN", "1e400", -5, "0x10", "1_000", [1, 2], {"a": 1}]
+
+
+@pytest.mark.parametrize("poison", POISON, ids=repr)
+def test_a_poison_number_is_refused_as_a_field_and_the_batch_and_its_neighbours_survive(poison):
+    p = pipeline(ids=["ai-denial-of-wallet-resource"])
+    good = [record(NOW - timedelta(minutes=30) + timedelta(seconds=i), properties={"requestLength": 300_000})
+            for i in range(20)]  # fmt: skip
+    bad = record(NOW - timedelta(minutes=20), durationMs=poison, resultSignature=poison,
+                 properties={"requestLength": poison, "promptTokens": poison})  # fmt: skip
+    counts = p.process([envelope(*good[:10], bad, *good[10:])])
+    assert (counts.events, counts.new_events, counts.dead_letters) == (21, 21, 0)
+    [stored] = [e for e in p.store.events() if e.attributes.get("refused")]
+    assert {"durationMs", "requestLength", "promptTokens"} <= set(str(stored.attributes["refused"]).split(","))
+    assert "request_bytes" not in stored.attributes
+    assert "duration_ms" not in stored.attributes
+    # the denial of wallet still fires on the good records, and later batches on that account still work
+    [incident] = p.store.incidents()
+    later = p.process([envelope(record(NOW - timedelta(minutes=10), properties={"requestLength": 10}))])
+    assert later.events == 1
+    assert p.store.incidents()[0].id == incident.id
+
+
+def test_numbers_azure_writes_as_text_or_single_element_arrays_are_read():
+    got = {"a": "42", "b": [7], "c": " 3.5 ", "d": 2**53 - 1}
+    assert [fields.number(got, k) for k in "abcd"] == [42, 7, 3.5, 2**53 - 1]
+    refused: list[str] = []
+    assert fields.number({"x": 2**53}, "x", refused=refused) is None
+    assert fields.number({"y": -1}, "y", refused=refused, minimum=0) is None
+    assert refused == ["x", "y"]
+    with pytest.raises(Exception, match="out of range"):
+        fields.number({"z": "18446744073709551616"}, "z")  # without a refused list: the record is malformed
+
+
+def test_total_tokens_are_derived_from_prompt_and_completion():
+    p = pipeline(ids=[])
+    r = record(NOW - timedelta(minutes=1), properties={"promptTokens": [120], "completionTokens": "30"})
+    p.process([envelope(r)])
+    [e] = p.store.events()
+    assert (e.attributes["prompt_tokens"], e.attributes["completion_tokens"], e.attributes["total_tokens"]) == (
+        120,
+        30,
+        150,
+    )
+
+
+def test_a_pane_sum_saturates_and_ignores_what_is_not_a_non_negative_finite_number():
+    pane = Pane(0, 1)
+
+    def fact(i: int) -> Fact:
+        return Fact(str(i), str(i), i, None, -1, -1, None, ("k", "resource_log", None), frozenset(), [])
+
+    for i, value in enumerate([9e17, 9e17, float("inf"), float("nan"), -1e18, True, "5"]):
+        pane.add(fact(i), [0], value, 0)
+    assert pane.total == MAX_SUM
+    assert Pane.load(orjson.loads(orjson.dumps(pane.dump()))).total == MAX_SUM
+
+
+# --- 3. provenance: each hub carries what it is configured to carry --------------------------------------
+
+
+def test_an_alert_on_the_diagnostics_hub_and_logs_on_the_alerts_hub_are_wrong_hub_dead_letters():
+    p = pipeline(ids=["defender-ai-alert"])
+    counts = p.process(
+        [
+            Message(orjson.dumps(ALERT), hub="ai-diagnostics"),
+            envelope(record(NOW - timedelta(minutes=1)), hub="defender-alerts"),
+        ]
+    )
+    assert (counts.events, counts.dead_lettered, counts.incident_updates) == (0, 2, 0)
+    reasons = sorted(d.reason for d in p.store.dead_letters())
+    assert all(r.startswith("wrong hub") for r in reasons)
+    assert "defender.alert.arm items arrive on the alerts hub" in reasons[0]
+    # the same bodies on their own hubs are taken
+    ok = p.process([Message(orjson.dumps(ALERT), hub="defender-alerts"), envelope(record(NOW - timedelta(minutes=1)))])
+    assert (ok.events, ok.dead_lettered) == (2, 0)
+
+
+def test_the_activity_log_form_of_a_defender_alert_belongs_on_the_diagnostics_hub():
+    from aegis.normalize import REGISTRY
+
+    assert REGISTRY["defender.alert.activity_log"].hub == "diagnostics"
+    assert {n.hub for name, n in REGISTRY.items() if name.startswith("diagnostics.")} == {"diagnostics"}
+    assert REGISTRY["defender.alert.export"].hub == "alerts"
+
+
+# --- 6. time bounds that cannot be gamed ------------------------------------------------------------------
+
+
+def brute_force(start: datetime) -> list[dict[str, Any]]:
+    denied = [record(start + timedelta(seconds=7 * i), resultSignature="401") for i in range(8)]
+    return [*denied, record(start + timedelta(minutes=2), resultSignature="200")]
+
+
+def test_a_record_dated_in_the_future_is_dead_lettered_and_cannot_blind_the_brute_force_after_it():
+    p = pipeline(ids=["ai-key-brute-force"])
+    forged = record(NOW + timedelta(minutes=59), resultSignature="200")
+    first = p.process([envelope(forged, enqueued=NOW)])
+    assert first.dead_letters == 1
+    assert "after the message was enqueued" in p.store.dead_letters()[0].reason
+    later = NOW + timedelta(minutes=3)
+    p.clock = lambda: later
+    p.process([envelope(*brute_force(NOW - timedelta(minutes=2)), enqueued=later)])
+    [incident] = p.store.incidents()
+    assert incident.detection == "ai-key-brute-force"
+    assert incident.event_count == 9
+
+
+def test_the_enqueue_time_bounds_event_times_and_skew_of_minutes_is_accepted():
+    p = pipeline(ids=[])
+    enqueued = NOW - timedelta(minutes=30)  # a backlog: received now, enqueued half an hour ago
+    assert p.process([envelope(record(enqueued + timedelta(minutes=4)), enqueued=enqueued)]).events == 1
+    assert p.process([envelope(record(enqueued + timedelta(minutes=6)), enqueued=enqueued)]).dead_letters == 1
+    assert p.process([envelope(record(datetime(1999, 12, 31, tzinfo=UTC)))]).dead_letters == 1
+
+
+def alert_at(at: datetime, n: int) -> dict[str, Any]:
+    a = copy.deepcopy(ALERT)
+    a["properties"]["systemAlertId"] = f"2517000000000000000_{n:08d}-0000-4000-8000-000000000000"
+    a["properties"]["alertType"] = "AI.Azure_AccessFromSuspiciousIP"
+    for key in ("startTimeUtc", "timeGeneratedUtc", "endTimeUtc"):
+        a["properties"][key] = at.isoformat().replace("+00:00", "Z")
+    a["id"] = a["id"].rsplit("/", 1)[0] + f"/{n}"
+    return a
+
+
+def listkeys_at(at: datetime, n: int) -> dict[str, Any]:
+    r = copy.deepcopy(ACTIVITY)
+    r["time"] = at.isoformat().replace("+00:00", "Z")
+    r["correlationId"] = f"00000000-0000-4000-8000-{n:012d}"
+    return r
+
+
+def test_alerts_processed_hours_before_their_logs_give_the_same_incidents_as_in_order():
+    """An alerts-only instance runs ahead of a lagging diagnostics hub: the logs are not too late."""
+    t0 = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    alerts = [alert_at(t0 + timedelta(minutes=50 * i), i) for i in range(5)]  # over more than three hours
+    logs = [listkeys_at(t0 + timedelta(minutes=50 * i + 10), i) for i in range(5)]
+
+    def run(order: list[Message]) -> list[tuple[str, int]]:
+        p = pipeline(ids=["ai-control-plane-tampering"], clock=NOW)
+        for m in order:
+            p.process([m])
+        return sorted((i.id, i.event_count) for i in p.store.incidents())
+
+    alert_msgs = [Message(orjson.dumps(a), hub="defender-alerts") for a in alerts]
+    log_msgs = [envelope(r) for r in logs]
+    in_order = run([m for pair in zip(alert_msgs, log_msgs, strict=True) for m in pair])
+    assert sum(n for _, n in in_order) == 10
+    assert run(alert_msgs + log_msgs) == in_order
+
+
+# --- 7. approvals: the local console answers loopback Host names only -----------------------------------
+
+
+def test_aegis_serve_refuses_a_dns_rebinding_host_and_answers_loopback(tmp_path):
+    import asyncio
+
+    import httpx
+
+    from aegis.approvals import web
+    from aegis.respond import playbooks
+
+    loaded = playbooks.load()
+    store = SqliteStore(tmp_path / "c.db")
+    console = web.Console.over(store, loaded, web.local_identity("me@example.com", loaded))
+    app = web.create_app(console, allowed_hosts=list(web.LOOPBACK_HOSTS))
+    evil = {"host": "evil.example:8765", "origin": "http://evil.example:8765"}
+
+    async def statuses() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as client:
+            return [
+                (await client.get("/console")).status_code,
+                (await client.get("/console", headers={"host": "localhost:8765"})).status_code,
+                (await client.get("/console", headers=evil)).status_code,
+                (await client.post("/api/approvals/x/approve", headers=evil, json={"digest": "d"})).status_code,
+            ]
+
+    assert asyncio.run(statuses()) == [200, 200, 400, 400]
+
+
+# --- 8. store faults tell the truth -------------------------------------------------------------------------
+
+
+def a_batch() -> list[Message]:
+    return [envelope(*(record(NOW - timedelta(seconds=i)) for i in range(50)))]
+
+
+def test_a_full_disk_is_transient_and_says_so(tmp_path):
+    p = Pipeline(SqliteStore(tmp_path / "full.db"), hubs=HUBS, clock=lambda: NOW)  # type: ignore[arg-type]
+    assert isinstance(p.store, SqliteStore)
+    pages = p.store._db.execute("PRAGMA page_count").fetchone()[0]
+    p.store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    with pytest.raises(StoreUnavailable, match=r"full \(no space left on the disk\).*SQLITE_FULL"):
+        p.process(a_batch())
+    p.store._db.execute("PRAGMA max_page_count = 1073741823")  # space again: the retried batch goes through
+    assert p.process(a_batch()).new_events == 50
+
+
+def test_a_read_only_database_is_transient_and_says_so(tmp_path):
+    store = SqliteStore(tmp_path / "ro.db")
+    store._db.execute("PRAGMA query_only = ON")
+    with pytest.raises(StoreUnavailable, match="read-only"):
+        Pipeline(store, clock=lambda: NOW).process(a_batch())
+
+
+def test_a_locked_database_is_transient_and_says_so(tmp_path):
+    store = SqliteStore(tmp_path / "locked.db")
+    store._db.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match=r"busy \(another writer holds the lock\)"):
+            Pipeline(store, clock=lambda: NOW).process(a_batch())
+    finally:
+        other.execute("ROLLBACK")
+
+
+class _Throttling(BaseHTTPRequestHandler):
+    """Table and Blob storage throttling every request, as the service documents (503 ServerBusy)."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        body = b'{"odata.error":{"code":"ServerBusy","message":{"value":"The server is busy."}}}'
+        self.send_response(503)
+        for k, v in {"Retry-After": "7", "x-ms-error-code": "ServerBusy", "content-type": "application/json"}.items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer  # noqa: N815 (the names http.server calls)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_table_storage_throttling_is_transient_and_names_the_code_and_the_wait():
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+
+    from aegis.store.tables import TableStore
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/devstoreaccount1"
+        conn = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;TableEndpoint={base};BlobEndpoint={base}"
+        with pytest.raises(StoreUnavailable, match=r"503 ServerBusy, retry after 7 s"):
+            TableStore(
+                TableServiceClient.from_connection_string(conn, retry_total=0),
+                BlobServiceClient.from_connection_string(conn, retry_total=0),
+            )
+    finally:
+        server.shutdown()
