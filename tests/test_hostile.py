@@ -309,3 +309,97 @@ def test_table_storage_throttling_is_transient_and_names_the_code_and_the_wait()
             )
     finally:
         server.shutdown()
+        server.server_close()
+
+
+# --- 4. protected assets that hold ----------------------------------------------------------------------
+
+BREAK_GLASS_OID = "0b0b0b0b-1111-4222-8333-444444444444"
+ACCOUNT_IN_RG = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg-identity/providers/microsoft.cognitiveservices/accounts/oai-id"
+VM7 = "/subscriptions/s1/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm7"
+
+
+def plan_for(entities: tuple[Any, ...], detection: str, folder=None, playbooks_: list[str] | None = None):
+    from aegis.correlate.incidents import Incident
+    from aegis.events import Severity
+    from aegis.respond import playbooks
+    from aegis.respond.planner import plan
+
+    incident = Incident(
+        id="i1", detection=detection, bucket="b", group="g", title="t", severity=Severity.HIGH,
+        first_seen=NOW, last_seen=NOW, entities=entities, atlas=(), owasp_llm=(), event_ids=("e1",),
+        event_count=1, timeline=(),
+    )  # fmt: skip
+    return plan(incident, playbooks.load(folder), playbooks=playbooks_)
+
+
+def test_a_break_glass_user_named_by_object_id_in_an_alert_is_protected_through_the_upn_it_is_paired_with():
+    """The attack: an alert whose account entity carries the break-glass user's object id. The plan
+    lists the UPN; the step targets the object id; the pairing in the alert protects it."""
+    a = copy.deepcopy(ALERT)
+    account = next(e for e in a["properties"]["entities"] if e["type"] == "account")
+    account.update(name="breakglass-01", upnSuffix="contoso.com", aadUserId=BREAK_GLASS_OID)
+    p = pipeline(ids=[])
+    p.process([Message(orjson.dumps(a), hub="defender-alerts")])
+    [event] = p.store.events()
+    steps = plan_for(event.entities, "ai-prompt-attack-then-exfiltration")
+    targeted = [s for s in steps if s.action in {"revoke_sessions", "disable_user"} and BREAK_GLASS_OID in s.target]
+    assert {s.action for s in targeted} == {"revoke_sessions", "disable_user"}
+    assert {s.status for s in targeted} == {"refused"}
+    assert all("(as breakglass-01@contoso.com)" in (s.reason or "") for s in targeted)
+
+
+def test_users_hosts_and_resource_groups_listed_by_any_identifier_are_protected(tmp_path):
+    import shutil
+
+    from aegis.events import AiResource, Host, User
+    from aegis.respond import playbooks
+
+    folder = tmp_path / "playbooks"
+    shutil.copytree(playbooks.PLAYBOOKS_DIR, folder)
+    plan_file = folder / playbooks.PLAN_FILE
+    text = plan_file.read_text()
+    text = text.replace("  users: [breakglass-01@contoso.com,", f"  users: [{BREAK_GLASS_OID},", 1)
+    text = text.replace("  hosts: [dc01.contoso.local,", f"  hosts: [{VM7}, dc01.contoso.local,", 1)
+    text = text.replace("  resource_groups: [", "  resource_groups: [/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroups/rg-identity, ", 1)  # fmt: skip
+    plan_file.write_text(text)
+    entities = (
+        User(object_id=BREAK_GLASS_OID),
+        Host(name="DC01", mde_machine_id="a" * 40),  # the short name of a protected FQDN
+        Host(name="web7", azure_id=VM7, mde_machine_id="b" * 40),  # protected by its Azure VM id
+        Host(name="app3", mde_machine_id="c" * 40),  # not protected
+        AiResource(resource_id=ACCOUNT_IN_RG),
+    )
+    steps = plan_for(
+        entities, "ai-endpoint-involvement", folder, ["ai-endpoint-compromise", "ai-credential-compromise"]
+    )
+    status = {s.target: s.status for s in steps if s.action in {"isolate_endpoint", "disable_user"}}
+    assert status == {
+        "machine:" + "a" * 40: "refused",
+        "machine:" + "b" * 40: "refused",
+        "machine:" + "c" * 40: "awaiting_approval",
+        f"user:{BREAK_GLASS_OID}": "refused",
+    }
+    contain = [s for s in steps if s.action == "contain_ai_resource"]
+    assert contain
+    assert all(s.status == "refused" and "resource group" in (s.reason or "") for s in contain)
+
+
+def test_a_step_whose_target_became_protected_through_an_alias_is_refused_at_execution(tmp_path):
+    """Checked again just before the call, against the aliases recorded with the step."""
+    from aegis.events import User
+    from aegis.respond import planner
+
+    steps = plan_for(
+        (User(upn="breakglass-02@contoso.com", object_id=BREAK_GLASS_OID),), "x", None, ["ai-prompt-attack-user"]
+    )
+    [step] = steps
+    assert step.status == "refused"
+    assert "breakglass-02@contoso.com" in step.aliases
+    from aegis.respond.actions import ACTIONS
+
+    params = ACTIONS[step.action].params.model_validate(step.params)
+    from aegis.respond import playbooks
+
+    assert planner.protected(params, playbooks.load().plan) is None  # the object id alone is not listed
+    assert planner.protected(params, playbooks.load().plan, step.aliases) is not None  # with its alias it is

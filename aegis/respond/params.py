@@ -92,7 +92,26 @@ def _secret_uri(value: str) -> str:
     return value.strip().rstrip("/")
 
 
+def _host_ref(value: str) -> str:
+    """A host as a protected-assets list names it: an MDE machine id, an Azure VM id, or a host name."""
+    for parse in (_machine, _arm_id, _host):
+        try:
+            return parse(value)
+        except ValueError:
+            continue
+    raise ValueError("not a host name, Defender for Endpoint machine id or Azure resource id")
+
+
+def _resource_group(value: str) -> str:
+    rid = _arm_id(value)
+    if rid.count("/") != 4 or not rid.startswith("/subscriptions/") or "/resourcegroups/" not in rid:
+        raise ValueError("not a resource group id (/subscriptions/S/resourceGroups/G)")
+    return rid
+
+
 AccountId = Annotated[str, AfterValidator(_account)]
+HostRef = Annotated[str, AfterValidator(_host_ref)]
+ResourceGroupId = Annotated[str, AfterValidator(_resource_group)]
 ResourceIdStr = Annotated[str, AfterValidator(_arm_id)]
 SubscriptionId = Annotated[str, AfterValidator(_subscription)]
 Guid = Annotated[str, AfterValidator(_guid)]

@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from aegis.correlate.incidents import SEVERITY_ORDER, Incident
-from aegis.events import ENTITY_TYPES, Entity
+from aegis.events import ENTITY_TYPES, Entity, Host, User
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS, Params
 from aegis.respond.playbooks import Playbook, Response, ResponsePlan, Step
@@ -36,12 +36,16 @@ class PlannedStep:
     approvals: int
     status: str  # dry_run | awaiting_approval | approved | refused (a recorded step moves on: record.py)
     reason: str | None
+    # every other identifier the incident gives the step's target (a user's UPN and object id, a host's
+    # names, machine id and VM id): protected assets are checked against all of them, here and at execution
+    aliases: tuple[str, ...]
 
 
 def plan(incident: Incident, response: Response, *, playbooks: list[str] | None = None) -> list[PlannedStep]:
     """The steps of every playbook the plan's triggers select for this incident (or of `playbooks`), in order."""
     out: list[PlannedStep] = []
     context = incident_context(incident)
+    context["_aliases"] = aliases_of(incident)
     for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
         book = response.playbooks[name]
         for step in book.steps:
@@ -92,7 +96,30 @@ def _item(x: Entity | str) -> dict[str, Any]:
     if isinstance(x, str):
         return {"item": x}
     values = {f"item.{f.name}": getattr(x, f.name) for f in dc_fields(x) if f.name != "type"}
-    return {"item": x.key, "item.key": x.key, **values}
+    return {"item": x.key, "item.key": x.key, "_item": x, **values}
+
+
+def identifiers(e: Entity) -> set[str]:
+    """The ways a plan or a parameter may name this user or host (lower case)."""
+    if isinstance(e, User):
+        found = [e.upn, e.object_id]
+    elif isinstance(e, Host):
+        name = (e.name or "").lower()
+        found = [name, name.split(".")[0], e.azure_id, e.mde_machine_id]
+    else:
+        found = []
+    return {v.lower() for v in found if v}
+
+
+def aliases_of(incident: Incident) -> dict[str, frozenset[str]]:
+    """identifier → every identifier of the users and hosts that carry it in this incident: an alert
+    that pairs a UPN with an object id makes them one person for the protected-assets check."""
+    out: dict[str, frozenset[str]] = {}
+    for e in incident.entities:
+        ids = identifiers(e)
+        for i in ids:
+            out[i] = out.get(i, frozenset()) | ids
+    return out
 
 
 def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan) -> PlannedStep:
@@ -105,9 +132,13 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     except ValidationError as exc:
         shown = {k: v for k, v in raw.items() if v is not None}
         return PlannedStep(_key(base, shown), **base, target="", params=shown, approvals=approvals,
-                           status="refused", reason=f"parameters: {describe(exc)}")  # fmt: skip
+                           status="refused", reason=f"parameters: {describe(exc)}", aliases=())  # fmt: skip
     values = params.model_dump(mode="json")
-    reason = protected(params, plan_)
+    known: dict[str, frozenset[str]] = context.get("_aliases", {})
+    named = identifiers(context["_item"]) if isinstance(context.get("_item"), Entity) else set()
+    named |= {str(v).lower() for k, v in values.items() if k in _TARGET_FIELDS and v}
+    aliases = tuple(sorted(set().union(named, *(known.get(i, ()) for i in named))))
+    reason = protected(params, plan_, aliases)
     if reason:
         status = "refused"
     elif approvals:
@@ -115,25 +146,43 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     else:
         status = "dry_run" if plan_.mode == "dry_run" else "approved"  # approved by the plan itself
     return PlannedStep(_key(base, values), **base, target=params.target, params=values, approvals=approvals,
-                       status=status, reason=reason)  # fmt: skip
+                       status=status, reason=reason, aliases=aliases)  # fmt: skip
 
 
-def protected(params: Params, plan_: ResponsePlan) -> str | None:
-    """Why the plan forbids this target, if it does."""
+_TARGET_FIELDS = ("user", "machine_id", "host_name")
+
+
+def protected(params: Params, plan_: ResponsePlan, aliases: tuple[str, ...] = ()) -> str | None:
+    """Why the plan forbids this target, if it does: its parameters and every alias the incident
+    gave the target are checked against the protected users, hosts, resources, groups and subscriptions."""
     p = plan_.protected
     values = params.model_dump()
-    user = values.get("user")
-    if isinstance(user, str) and user in p.users:
-        return f"user {user} is protected by the response plan"
+    names = {str(values[k]).lower() for k in _TARGET_FIELDS if values.get(k)} | set(aliases)
+    if "user" in values:
+        hit = sorted(names & {u.lower() for u in p.users})
+        if hit:
+            return f"user {values['user']} is protected by the response plan" + _as(hit[0], values["user"])
+    if "machine_id" in values or "host_name" in values:
+        # a protected FQDN protects its short (NetBIOS) name too: Defender names hosts either way
+        listed = {h.lower() for h in p.hosts} | {h.lower().split(".")[0] for h in p.hosts if not h.startswith("/")}
+        hit = sorted(names & listed)
+        if hit:
+            return f"host {params.target} is protected by the response plan" + _as(hit[0], params.target)
     for name in ("account", "alert"):
         rid = values.get(name)
         if isinstance(rid, str):
             if any(rid == r or rid.startswith(r + "/") for r in p.resources):
                 return f"{rid} is protected by the response plan"
+            if any(rid.startswith(g + "/") for g in p.resource_groups):
+                return f"{rid} is in a resource group protected by the response plan"
             parts = rid.split("/")
             if len(parts) > 2 and parts[2] in p.subscriptions:
                 return f"subscription {parts[2]} is protected by the response plan"
     return None
+
+
+def _as(alias: str, target: str) -> str:
+    return "" if target.lower().endswith(alias) else f" (as {alias})"
 
 
 def _key(base: dict[str, str], params: dict[str, Any]) -> str:

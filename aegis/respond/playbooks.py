@@ -19,7 +19,7 @@ from aegis.errors import AegisError
 from aegis.events import Severity
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS
-from aegis.respond.params import Guid, ResourceIdStr, TeamsChannel, UserRef
+from aegis.respond.params import Guid, HostRef, ResourceGroupId, ResourceIdStr, TeamsChannel, UserRef
 from aegis.yamlfiles import describe, load_model
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "playbooks"
@@ -112,8 +112,20 @@ class RateLimit(_Strict):
 
 
 class Protected(_Strict):
-    users: list[UserRef] = Field(default_factory=list, description="break-glass and other untouchable accounts")
+    """What no playbook may touch, checked when a step is planned and again just before it runs."""
+
+    users: list[UserRef] = Field(
+        default_factory=list,
+        description="break-glass and other untouchable accounts, by UPN or Entra object id (an incident that "
+        "pairs a listed UPN with an object id protects that object id too)",
+    )
+    hosts: list[HostRef] = Field(
+        default_factory=list, description="hosts by name, Defender for Endpoint machine id or Azure VM resource id"
+    )
     resources: list[ResourceIdStr] = Field(default_factory=list)
+    resource_groups: list[ResourceGroupId] = Field(
+        default_factory=list, description="/subscriptions/S/resourceGroups/G: everything in them"
+    )
     subscriptions: list[Guid] = Field(default_factory=list)
 
 

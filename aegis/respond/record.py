@@ -62,7 +62,7 @@ class StepRecord(PlannedStep):
     def from_json(cls, doc: bytes | str) -> StepRecord:
         d = orjson.loads(doc)
         times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
-        ids = {"approver_ids": tuple(d.get("approver_ids") or d["approvers"])}
+        ids = {"approver_ids": tuple(d.get("approver_ids") or d["approvers"]), "aliases": tuple(d.get("aliases", ()))}
         return cls(**{**d, **times, **ids, "approvers": tuple(d["approvers"])})
 
     def next(self, **changes: Any) -> StepRecord:
