@@ -137,8 +137,14 @@ def _print_counts(c: Counts, files: int, where: str) -> None:
         ("dead letters", c.dead_letters, f"{c.new_dead_letters} new"),
         ("detection hits", c.matches, f"{c.incident_updates} incident updates; see `aegis incidents`"),
     ]
+    if c.late:
+        rows.append(("too late", c.late, "older than the allowed lateness: not correlated (AEGIS_LATENESS)"))
     for label, value, note in rows:
         out.print(f"  {label:<16}{value:>7}   {note}".rstrip())
+    for detection, n in sorted(c.detection_errors.items()):
+        err.print(
+            escape(f"detection {detection} failed in {n} batch(es) and changed nothing: {c.error_reasons[detection]}")
+        )
 
 
 @app.command("replay")

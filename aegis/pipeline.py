@@ -63,14 +63,20 @@ class Counts:
     matches: int = 0
     incident_updates: int = 0
     late: int = 0
+    detection_errors: dict[str, int] = field(default_factory=dict)  # detection id → failures (its state unchanged)
+    error_reasons: dict[str, str] = field(default_factory=dict)  # detection id → the first reason
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
-            if f.name == "by_normalizer":
-                for k, v in other.by_normalizer.items():
-                    self.by_normalizer[k] = self.by_normalizer.get(k, 0) + v
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "error_reasons":
+                for k, v in theirs.items():
+                    mine.setdefault(k, v)
+            elif isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
             else:
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+                setattr(self, f.name, mine + theirs)
 
 
 class Pipeline:
@@ -130,6 +136,8 @@ class Pipeline:
             counts.matches = correlated.matches
             counts.incident_updates = correlated.incidents
             counts.late = correlated.too_late
+            counts.detection_errors = {d: n for d, (n, _) in correlated.errors.items()}
+            counts.error_reasons = {d: reason for d, (_, reason) in correlated.errors.items()}
             if self.respond is not None and correlated.changed:
                 self.respond(correlated.changed)
         return counts

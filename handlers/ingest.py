@@ -61,6 +61,9 @@ def ingest(hub: str, events: list[func.EventHubEvent]) -> None:
             new_events=counts.new_events,
             ignored=counts.ignored,
             dead_lettered=counts.dead_lettered,
+            incident_updates=counts.incident_updates,
+            too_late=counts.late,
+            detection_errors=counts.detection_errors or None,
         )
 
 

@@ -66,8 +66,17 @@ class CorrelationCounts:
     too_late: int = 0
     conflicts: int = 0
     expired: int = 0
-    errors: list[str] = field(default_factory=list)
+    # detection id → (how many times it failed in this batch, the first reason): a failed detection
+    # changes nothing of its state in the batch, and the others go on
+    errors: dict[str, tuple[int, str]] = field(default_factory=dict)
     changed: list[Incident] = field(default_factory=list)  # incidents new or changed, as committed
+
+    def failed(self, detection: str, exc: BaseException, where: str) -> None:
+        n, reason = self.errors.get(detection, (0, f"{where}: {type(exc).__name__}: {str(exc)[:200]}"))
+        self.errors[detection] = (n + 1, reason)
+        if n == 0:
+            log.error("detection_failed", detection=detection, where=where, error=type(exc).__name__,
+                      reason=str(exc)[:200])  # fmt: skip
 
 
 class Match(NamedTuple):
@@ -98,11 +107,15 @@ class Correlator:
             by_source.setdefault(e.source.value, []).append(e)
         for d in self.detections.values():
             candidates = events if d.sources is None else [e for s in d.sources for e in by_source.get(s, ())]
+            found: dict[str, tuple[Detection, str, list[Match]]] = {}
+            matched = counts.matches
             try:
-                self._match(d, candidates, additions, counts)
-            except Exception as exc:  # a detection bug is reported, never fatal for the others
-                log.error("detection_failed", detection=d.id, error=type(exc).__name__)
-                counts.errors.append(f"{d.id}: {type(exc).__name__}")
+                self._match(d, candidates, found, counts)
+            except Exception as exc:  # a detection bug is reported, never fatal for the others: no partial matches
+                counts.matches = matched
+                counts.failed(d.id, exc, "matching")
+                continue
+            additions.update(found)
         if not additions:
             return counts
         try:
@@ -129,19 +142,32 @@ class Correlator:
         for _ in range(MAX_CONFLICT_RETRIES):
             known = {k: self._cache[k][0] for k in pending if k in self._cache}
             loaded = self.store.load_buckets(list(pending), known)
-            writes, states = [], {}
+            writes, states, failed = [], {}, set()
             for key, (d, group, matches) in pending.items():
+                if d.id in failed:
+                    continue
                 bucket = loaded.get(key)
-                if bucket is None:
-                    state = State.new(d, group, self.lateness_us)
-                elif bucket.doc is None:
-                    state = self._cache[key][1]
-                else:
-                    state = State.load(bucket.doc, bucket.chunks)
-                write = state.apply(d, matches, facts, self.lateness_us, counts)
+                try:
+                    if bucket is None:
+                        state = State.new(d, group, self.lateness_us)
+                    elif bucket.doc is None:
+                        state = self._cache[key][1]
+                    else:
+                        state = State.load(bucket.doc, bucket.chunks)
+                    write = state.apply(d, matches, facts, self.lateness_us, counts)
+                except Exception as exc:  # a rule kind's bug or a bad stored value: this detection sits the batch out
+                    counts.failed(d.id, exc, "evaluation")
+                    failed.add(d.id)
+                    continue
                 if write is not None:
                     writes.append(BucketWrite(key, bucket.version if bucket else None, **write))
                     states[key] = state
+            if failed:  # none of a failed detection's buckets is written: its state stays as before the batch
+                for key, (d, _, _) in pending.items():
+                    if d.id in failed:
+                        self._cache.pop(key, None)  # its cached states may be half-applied: read them again
+                writes = [w for w in writes if pending[w.key][0].id not in failed]
+                pending = {k: v for k, v in pending.items() if v[0].id not in failed}
             committed = self.store.commit_buckets(writes)
             upserts = {w.key: w.upsert for w in writes}
             for key, version in committed.versions.items():
