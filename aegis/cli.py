@@ -536,6 +536,28 @@ def playbooks_plan(
             out.print(f"                  refused: {s.reason}", markup=False)
 
 
+@playbooks_app.command("request")
+def playbooks_request(
+    incident_id: Annotated[str, typer.Argument(help="Incident id (`aegis incidents` lists them).")],
+    playbook: Annotated[str, typer.Argument(help="Playbook id (`aegis playbooks list` shows them).")],
+    person: Annotated[str, typer.Option("--as", help="Your user principal name: the requester, who cannot approve.")],
+    db: DbOption = None,
+    folder: FolderOption = None,
+) -> None:
+    """Ask for a playbook on an incident: one the plan did not choose, or again after a step of it was
+    denied or expired (each such step is proposed again as a new step, linked to the old one in the
+    audit log). Its steps wait for approval as the plan says; you cannot approve your own request."""
+    loaded = response.load(folder)
+    with _store(db, must_exist=True) as (_, store):
+        found = [i for i in store.incidents() if i.id == incident_id]
+        if not found:
+            raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
+        steps = Responder(loaded, _response_store(store)).request(found[0], playbook, person)
+    for st in steps:
+        again = f" (again, after {st.replaces})" if st.replaces else ""
+        out.print(escape(f"{st.status:<17} {st.key}  {st.action} on {st.target}{again}"))
+
+
 @app.command("respond")
 def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
     """Record what the response plan does for every stored incident (idempotent: a step is recorded

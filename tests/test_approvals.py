@@ -401,7 +401,8 @@ def test_the_card_text_is_never_markup():
 
     s = StepRecord(key="k", incident="inc1", playbook="p", step="s", action="notify", target="t",
                    params={"team": TEAM, "channel": CHANNEL, "text": "x"}, approvals=1, status="awaiting_approval",
-                   reason=None, requested_by="aegis", created=datetime(2026, 1, 1, tzinfo=UTC), expires=None)  # fmt: skip
+                   reason=None, aliases=(), requested_by="aegis", created=datetime(2026, 1, 1, tzinfo=UTC),
+                   expires=None)  # fmt: skip
     content = card(s, step_like, "https://aegis.example")
     kinds = {b["type"] for b in content["body"][1:]}
     assert kinds == {"RichTextBlock"}  # no TextBlock (markdown) carries an incident field

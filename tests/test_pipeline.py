@@ -184,7 +184,9 @@ def test_a_normalizer_bug_dead_letters_the_item_and_names_the_normalizer(monkeyp
         raise KeyError("boom")
 
     monkeypatch.setitem(
-        REGISTRY, "defender.alert.arm", Normalizer(original.name, original.source, original.accepts, broken, "")
+        REGISTRY,
+        "defender.alert.arm",
+        Normalizer(original.name, original.source, original.accepts, broken, "", original.hub),
     )
     p = make_pipeline()
     counts = p.process([msg(ALERT), msg(ENVELOPE)])

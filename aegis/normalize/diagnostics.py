@@ -240,7 +240,7 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "http_status": int(signature) if signature is not None else None,
         "result_signature": signature_text,
         "result_type": f.text(item, "resultType"),
-        "duration_ms": f.number(item, "durationMs", refused=refused, minimum=0),
+        "duration_ms": f.number(item, "durationMs", refused=refused),  # published records hold negative ones
         "request_bytes": f.number(props, "requestLength", refused=refused, minimum=0),
         "response_bytes": f.number(props, "responseLength", refused=refused, minimum=0),
         "stream_type": f.text(props, "streamType"),

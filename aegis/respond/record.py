@@ -45,6 +45,8 @@ class StepRecord(PlannedStep):
     approvers: tuple[str, ...] = ()  # names, for display
     approver_ids: tuple[str, ...] = ()  # Entra object ids (a local name for `aegis serve` and the CLI): who counted
     requested_by_id: str = ""  # the requester's object id ("" for the pipeline, which never approves)
+    incident_events: int = 0  # the incident's event count when the step was planned
+    replaces: str | None = None  # the denied or expired step this one proposes again
     revision: int = 0  # +1 on every write: the store writes a step only over the revision it was read at
     started: datetime | None = None  # when the executor claimed it (recorded before the call)
     attempts: int = 0
@@ -71,17 +73,10 @@ class StepRecord(PlannedStep):
 
     @classmethod
     def of(
-        cls,
-        p: PlannedStep,
-        *,
-        requested_by: str,
-        created: datetime,
-        expires: datetime | None,
-        requested_by_id: str = "",
+        cls, p: PlannedStep, *, requested_by: str, created: datetime, expires: datetime | None, **more: Any
     ) -> StepRecord:
         planned = {f.name: getattr(p, f.name) for f in fields(PlannedStep)}
-        return cls(**planned, requested_by=requested_by, created=created, expires=expires,
-                   requested_by_id=requested_by_id)  # fmt: skip
+        return cls(**planned, requested_by=requested_by, created=created, expires=expires, **more)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -158,37 +153,63 @@ class Responder:
         self.response, self.store, self.clock = response, store, clock
 
     def respond(self, incidents: Sequence[Incident]) -> int:
-        """Record the plan's steps for these incidents; return how many steps were new."""
+        """Record the plan's steps for these incidents; return how many steps were new. A step the
+        plan gives again after it was denied or expired is proposed again (a new step, linked to the
+        old one) only if the incident has grown since."""
         return sum(self._record(incident, planner.plan(incident, self.response), PIPELINE) for incident in incidents)
 
     def request(self, incident: Incident, playbook: str, person: str, person_id: str | None = None) -> list[StepRecord]:
         """A person asks for a playbook on an incident (one the plan did not choose, or again): its
-        steps are recorded with that person as the requester, who therefore cannot approve them."""
+        steps are recorded with that person as the requester, who therefore cannot approve them. A
+        step that was denied or expired is proposed again, as a new step."""
         if playbook not in self.response.playbooks:
             raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
         planned = planner.plan(incident, self.response, playbooks=[playbook])
-        self._record(incident, planned, _person(person), _person(person_id) if person_id else _person(person))
-        return [s for p in planned if (s := self.store.step(p.key)) is not None]
+        who = _person(person_id) if person_id else _person(person)
+        keys = self._record(incident, planned, _person(person), who, asked=True, keys=True)
+        return [s for k in keys if (s := self.store.step(k)) is not None]
 
     def _record(
-        self, incident: Incident, planned: Sequence[PlannedStep], requester: str, requester_id: str = ""
-    ) -> int:
+        self, incident: Incident, planned: Sequence[PlannedStep], requester: str, requester_id: str = "",
+        *, asked: bool = False, keys: bool = False,
+    ) -> Any:  # fmt: skip
         now = self.clock()
         records, audit = [], []
-        for p in planned:
+        for planned_step in planned:
+            p, replaces = self._again(incident, planned_step, asked)
             expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
             records.append(StepRecord.of(p, requested_by=requester, created=now, expires=expires,
-                                         requested_by_id=requester_id))  # fmt: skip
+                                         requested_by_id=requester_id, incident_events=incident.event_count,
+                                         replaces=replaces))  # fmt: skip
             event = "refused" if p.status == "refused" else "planned"
-            audit.append(AuditEntry.about(p, event, p.reason or p.status, now, requester))
+            detail = p.reason or p.status
+            if replaces is not None:
+                detail += f"; proposed again after step {replaces} (the incident grew, or it was asked for)"
+            audit.append(AuditEntry.about(p, event, detail, now, requester))
             if p.status == "dry_run":
                 audit.append(AuditEntry.about(p, "dry_run", call(p.action, p.params), now, requester))
         if not records:
-            return 0
+            return [] if keys else 0
         new = self.store.add_steps(records, audit)
         if new:  # a parameter change always records a new step (its key is the parameters' digest)
-            self._supersede(incident.id, planned, now)
-        return new
+            self._supersede(incident.id, records, now)
+        return [r.key for r in records] if keys else new
+
+    def _again(self, incident: Incident, p: PlannedStep, asked: bool) -> tuple[PlannedStep, str | None]:
+        """The step to record for `p`: itself, or, when the same step was denied or expired and the
+        incident has grown since (or a person asks), a new proposal of it with its own key. Rounds
+        are numbered, so two instances proposing again write the same step once."""
+        previous, n = self.store.step(p.key), 0
+        while previous is not None and previous.status in CLOSED_UNDONE and n < MAX_ROUNDS:
+            if not asked and incident.event_count <= previous.incident_events:
+                return replace(p, key=previous.key), None  # nothing new since it was turned down: leave it
+            n += 1
+            key = _round_key(p.key, n)
+            following = self.store.step(key)
+            if following is None:
+                return replace(p, key=key), previous.key
+            previous = following
+        return replace(p, key=previous.key) if previous is not None else p, None
 
     def _supersede(self, incident: str, planned: Sequence[PlannedStep], now: datetime) -> None:
         """A step still waiting for approval whose parameters the plan now gives differently (the
@@ -272,6 +293,14 @@ def digest(params: dict[str, Any]) -> str:
 def _person(name: str) -> str:
     """People are compared by their sign-in name, case-insensitively."""
     return name.strip().lower()
+
+
+CLOSED_UNDONE = frozenset({"denied", "expired"})  # closed without running: may be proposed again
+MAX_ROUNDS = 20
+
+
+def _round_key(key: str, n: int) -> str:
+    return hashlib.sha256(f"{key}\x00again\x00{n}".encode()).hexdigest()[:32]
 
 
 def _actor(name: str, identity: str) -> str:

@@ -58,6 +58,7 @@ var settings = {
   AEGIS_BLOB_ENDPOINT: storageBlobEndpoint
   AEGIS_MANAGED_IDENTITY_CLIENT_ID: identityClientId
   AEGIS_LATENESS: 'PT1H'
+  AEGIS_MAX_CLOCK_SKEW: 'PT5M'
   AEGIS_MAX_BODY_BYTES: '1048576'
   AEGIS_MAX_DEPTH: '64'
   AEGIS_ARM_ENDPOINT: environment().resourceManager
