@@ -164,6 +164,25 @@ def replay_cmd(
     _print_counts(counts, len(files), _where(cfg))
 
 
+@app.command("purge")
+def purge_cmd(
+    db: DbOption = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="Age to keep, in ISO 8601 (P30D, PT12H) or seconds [default: $AEGIS_RETENTION, 30 days]."),
+    ] = None,
+) -> None:
+    """Retention: delete the events, dead letters and raw message bodies older than the retention
+    (what the daily retention timer does on Azure). Incidents and their response are kept."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    keep = settings.load(retention=older_than).retention if older_than else None
+    with _store(db, must_exist=True) as (cfg, store):
+        cutoff = datetime.now(UTC) - (keep or cfg.retention)
+        gone = store.purge(cutoff)
+    out.print(f"Purged {gone} record(s) from before {cutoff:%Y-%m-%d %H:%M} UTC from {_where(cfg)}")
+
+
 @app.command("events")
 def events_cmd(db: DbOption = None, as_json: JsonOption = False, limit: LimitOption = None) -> None:
     """List the normalized events, oldest first."""

@@ -126,7 +126,7 @@ class Pipeline:
                 counts.by_normalizer[event.normalizer] = counts.by_normalizer.get(event.normalizer, 0) + 1
                 events.setdefault(event.id, event)
             dead_letters += failed
-        result = self.store.save(raws, list(events.values()), dead_letters)
+        result = self.store.save(raws, list(events.values()), dead_letters, received=received)
         counts.new_events = result.new_events
         counts.duplicates = counts.events - result.new_events
         counts.dead_letters = len(dead_letters)

@@ -104,3 +104,11 @@ def executor_run() -> RunCounts | None:
     if plan.plan.mode != "execute" or not isinstance(store, ResponseStore):
         return None
     return Executor.from_settings(plan, store, settings.get()).run()
+
+
+def retention_run() -> int:
+    """The retention timer: purge events, dead letters and raw bodies older than `AEGIS_RETENTION`."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    cfg = settings.get()
+    return pipeline().store.purge(datetime.now(UTC) - cfg.retention)

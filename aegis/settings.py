@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         timedelta(hours=1), description="How late (in event time) an event may arrive and still correlate."
     )
 
+    retention: timedelta = Field(
+        timedelta(days=30),
+        ge=timedelta(days=1),
+        description="How long events, dead letters and raw message bodies are kept (the retention timer purges older).",
+    )
+
     arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager (sovereign clouds).")
     graph_endpoint: str = Field("https://graph.microsoft.com/v1.0", description="Microsoft Graph.")
     mde_endpoint: str = Field("https://api.security.microsoft.com", description="Defender for Endpoint API.")

@@ -37,6 +37,7 @@ from aegis.events import (
     make_ip,
 )
 from aegis.normalize import fields as f
+from aegis.normalize import redact
 from aegis.normalize.registry import Ignored, normalizer
 
 MAX_EXTENDED = 64
@@ -225,18 +226,20 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: Def
     attributes: dict[str, Any] = {
         "intent": _first_of_list_text(p.get(n.intent)),
         "status": f.text(p, n.status),
-        "compromised_entity": f.text(p, n.compromised),
+        "compromised_entity": _redacted(f.text(p, n.compromised)),
         "product": f.text(p, n.product),
         "vendor": f.text(p, n.vendor),
         "link": link,
         "techniques": _join(p.get(n.techniques)),
         "correlation_key": f.text(p, n.correlation_key),
-        "description": f.text(p, n.description, limit=2048),
+        "description": _redacted(f.text(p, n.description, limit=2048)),
         "end_time": _end_time(p, n),
     }
     for key, value in list(extended.items())[:MAX_EXTENDED]:
-        if isinstance(value, str | bool):
-            attributes[f"ext.{key[:64]}"] = value[: f.MAX_TEXT] if isinstance(value, str) else value
+        if isinstance(value, str):  # secrets redacted, prompts and completions dropped (`redact.py`)
+            attributes[f"ext.{key[:64]}"] = redact.field(key, value[: f.MAX_TEXT])
+        elif isinstance(value, bool):
+            attributes[f"ext.{key[:64]}"] = value
         elif isinstance(value, int | float):  # a number out of bounds is left out, like any other refused field
             attributes[f"ext.{key[:64]}"] = f.number(extended, key, refused=refused)
     attributes["refused"] = ",".join(refused) or None
@@ -414,7 +417,7 @@ def _extended_entities(ext: dict[str, Any]) -> list[Entity]:
         elif k in _EXT_UPN:
             out.append(User(upn=v.lower()) if "@" in v else User(name=v))
         elif k in _EXT_UA:
-            out.append(UserAgent(value=v))
+            out.append(UserAgent(value=redact.text(v)))
         elif k in _EXT_DEPLOYMENT:
             out.append(ModelDeployment(name=v[:128]))
         elif k in _EXT_MODEL:
@@ -422,6 +425,10 @@ def _extended_entities(ext: dict[str, Any]) -> list[Entity]:
         elif k in _EXT_APP:
             out.append(ServicePrincipal(name=v[:256]))
     return out
+
+
+def _redacted(value: str | None) -> str | None:
+    return redact.text(value) if value else value
 
 
 def _s(value: Any) -> str | None:

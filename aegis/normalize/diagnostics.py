@@ -29,6 +29,7 @@ from aegis.events import (
     make_ip,
 )
 from aegis.normalize import fields as f
+from aegis.normalize import redact
 from aegis.normalize.registry import normalizer
 
 SIGNIN_CATEGORIES = frozenset(
@@ -112,7 +113,7 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             )
     ua = f.text(props, "userAgent")
     if ua:
-        entities.append(UserAgent(value=ua))
+        entities.append(UserAgent(value=redact.text(ua)))
     status = _dict(props.get("status"))
     location = _dict(props.get("location"))
     refused: list[str] = []
@@ -223,7 +224,7 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         entities.append(Model(name=model, version=f.text(props, "modelVersion", limit=64)))
     ua = f.text(props, "userAgent") or f.text(item, "userAgent")
     if ua:
-        entities.append(UserAgent(value=ua))
+        entities.append(UserAgent(value=redact.text(ua)))
     refused: list[str] = []
     # resultSignature is an HTTP status (a number, or numeric text) or a word ("Succeeded")
     raw_signature = item.get("resultSignature")

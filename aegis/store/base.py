@@ -25,10 +25,16 @@ class SaveResult:
 
 class Store(Protocol):
     def save(
-        self, raws: Mapping[str, bytes], events: Sequence[Event], dead_letters: Sequence[DeadLetter]
+        self,
+        raws: Mapping[str, bytes],
+        events: Sequence[Event],
+        dead_letters: Sequence[DeadLetter],
+        *,
+        received: datetime | None = None,
     ) -> SaveResult:
         """Store raw bodies, events and dead letters; return how many events and dead letters
-        were new (the rest were already stored)."""
+        were new (the rest were already stored). `received`: when the batch arrived (raw bodies age
+        from it, for retention; default now)."""
         ...
 
     def events(
@@ -43,6 +49,11 @@ class Store(Protocol):
 
     def raw(self, digest: str) -> bytes | None:
         """The original bytes of a message, by SHA-256 hex digest."""
+        ...
+
+    def purge(self, before: datetime) -> int:
+        """Retention: delete the events dated, and the dead letters and raw bodies received, before
+        `before`; return how many records went. Correlation state and incidents are not touched."""
         ...
 
     def close(self) -> None: ...

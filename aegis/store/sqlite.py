@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS raw_messages (
     digest TEXT PRIMARY KEY,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    received TEXT  -- when first stored: retention
 );
 CREATE TABLE IF NOT EXISTS buckets (
     key TEXT PRIMARY KEY,
@@ -114,6 +115,10 @@ class SqliteStore:
                     "replay your inputs into a new database (`aegis replay --db NEW ...`)"
                 )
             self._db.executescript(SCHEMA)
+            raw_columns = {row[1] for row in self._db.execute("PRAGMA table_info(raw_messages)")}
+            if "received" not in raw_columns:  # a database from before retention: its bodies age from now
+                self._db.execute("ALTER TABLE raw_messages ADD COLUMN received TEXT")
+                self._db.execute("UPDATE raw_messages SET received = ?", (datetime.now(UTC).isoformat(),))
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
@@ -135,7 +140,12 @@ class SqliteStore:
                 raise
 
     def save(
-        self, raws: Mapping[str, bytes], events: Sequence[Event], dead_letters: Sequence[DeadLetter]
+        self,
+        raws: Mapping[str, bytes],
+        events: Sequence[Event],
+        dead_letters: Sequence[DeadLetter],
+        *,
+        received: datetime | None = None,
     ) -> SaveResult:
         event_rows = [
             (e.id, e.time.isoformat(), e.source.value, e.kind, e.resource.id if e.resource else None, e.to_json())
@@ -143,7 +153,10 @@ class SqliteStore:
         ]
         dl_rows = [(d.id, d.received.isoformat(), d.reason, orjson.dumps(d.to_dict())) for d in dead_letters]
         with self._write() as cur:
-            cur.executemany("INSERT OR IGNORE INTO raw_messages VALUES (?, ?)", raws.items())
+            now = (received or datetime.now(UTC)).astimezone(UTC).isoformat()
+            cur.executemany(
+                "INSERT OR IGNORE INTO raw_messages VALUES (?, ?, ?)", [(d, b, now) for d, b in raws.items()]
+            )
             cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", event_rows)
             new_events = cur.rowcount if event_rows else 0
             cur.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?)", dl_rows)
@@ -173,6 +186,14 @@ class SqliteStore:
         with self._lock, _translate(self.path):
             row = self._db.execute("SELECT body FROM raw_messages WHERE digest = ?", (digest,)).fetchone()
         return bytes(row[0]) if row else None
+
+    def purge(self, before: datetime) -> int:
+        at = before.astimezone(UTC).isoformat()
+        with self._write() as cur:
+            gone = cur.execute("DELETE FROM events WHERE time < ?", (at,)).rowcount
+            gone += cur.execute("DELETE FROM dead_letters WHERE received < ?", (at,)).rowcount
+            gone += cur.execute("DELETE FROM raw_messages WHERE received < ?", (at,)).rowcount
+        return gone
 
     def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
         known = known or {}

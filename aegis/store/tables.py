@@ -87,7 +87,12 @@ class TableStore:
         )
 
     def save(
-        self, raws: Mapping[str, bytes], events: Sequence[Event], dead_letters: Sequence[DeadLetter]
+        self,
+        raws: Mapping[str, bytes],
+        events: Sequence[Event],
+        dead_letters: Sequence[DeadLetter],
+        *,
+        received: datetime | None = None,
     ) -> SaveResult:
         with _translate():
             for digest, body in raws.items():
@@ -125,6 +130,31 @@ class TableStore:
             ]
         out.sort(key=lambda d: (d.received, d.id))
         return out[:limit] if limit else out
+
+    def purge(self, before: datetime) -> int:
+        """Events and dead letters go by whole days (their partitions before `before`'s day), raw
+        bodies and event documents in blobs by when they were written. (At scale, a Blob lifecycle
+        management rule on the raw container does the blob part without listing.)"""
+        day = before.astimezone(UTC).strftime("%Y%m%d")
+        gone = 0
+        with _translate():
+            for table in (self._events, self._dead_letters):
+                rows = table.query_entities("PartitionKey lt @day", parameters={"day": day},
+                                            select=["PartitionKey", "RowKey"])  # fmt: skip
+                by_partition: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+                for row in rows:
+                    by_partition[row["PartitionKey"]].append(("delete", dict(row)))
+                for group in by_partition.values():
+                    for i in range(0, len(group), _TRANSACTION_SIZE):
+                        chunk = group[i : i + _TRANSACTION_SIZE]
+                        table.submit_transaction(chunk)
+                        gone += len(chunk)
+            for blob in self._raw.list_blobs():
+                if blob.last_modified is not None and blob.last_modified < before:
+                    with suppress(ResourceNotFoundError):
+                        self._raw.delete_blob(blob.name)
+                        gone += 1
+        return gone
 
     def raw(self, digest: str) -> bytes | None:
         with _translate():
