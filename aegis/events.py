@@ -46,12 +46,31 @@ class Severity(StrEnum):
 # --- entities --------------------------------------------------------------------------------
 
 
+class Origin(StrEnum):
+    """Where an entity came from, and so how far it may be trusted to name a target.
+
+    - `azure`: a field Azure itself wrote into a log record (`resourceId`, `callerIpAddress`, the
+      token's object id, the activity log's identity claims, a sign-in record's user);
+    - `defender`: an entity of a Defender for Cloud alert (its entities, its affected resource);
+    - `app`: a field the calling application supplied (the end-user context an AI app passes to
+      the model API: an end-user id or IP). It describes; it never names a disruptive step's target.
+    """
+
+    AZURE = "azure"
+    DEFENDER = "defender"
+    APP = "app"
+
+
+ORIGIN_RANK = {Origin.APP: 0, Origin.DEFENDER: 1, Origin.AZURE: 2}  # the same entity from two origins keeps the higher
+
+
 @dataclass(frozen=True, slots=True)
 class Entity:
     """Base of the typed entities. `type` names the kind in JSON; `key` identifies the entity for
-    grouping and deduplication."""
+    grouping and deduplication; `origin` says where it came from (not part of its identity)."""
 
     type: str = field(init=False)
+    origin: Origin = field(default=Origin.AZURE, kw_only=True, compare=False)
 
     @property
     def key(self) -> str:
@@ -180,8 +199,11 @@ ENTITY_TYPES: dict[str, type[Entity]] = {
 
 
 def entity_from_dict(raw: Mapping[str, Any]) -> Entity:
-    """An entity from its JSON form (`{"type": "ip", "prefix": ..., ...}`, nulls allowed)."""
+    """An entity from its JSON form (`{"type": "ip", "prefix": ..., ...}`, nulls allowed; an entity
+    stored before origins were recorded is `azure`)."""
     fields = {k: v for k, v in raw.items() if v is not None}
+    if "origin" in fields:
+        fields["origin"] = Origin(fields["origin"])
     return ENTITY_TYPES[fields.pop("type")](**fields)
 
 

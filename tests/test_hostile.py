@@ -587,3 +587,65 @@ def test_retention_purges_old_events_dead_letters_and_raw_bodies_on_both_stores(
 
         assert store.raw(hashlib.sha256(first.body).hexdigest()) is None
     assert store.purge(NOW - timedelta(days=30)) == 0  # nothing left to purge: idempotent
+
+
+# --- 3. provenance: an application's word never names a disruptive step's target ---------------------------
+
+
+def test_entities_record_their_origin():
+    from aegis.events import Origin, User
+
+    a = copy.deepcopy(ALERT)
+    a["properties"]["extendedProperties"] = {"End user ID": "victim@contoso.com", "End user IP address": "198.51.100.7"}
+    p = pipeline(ids=[])
+    p.process([Message(orjson.dumps(a), hub="defender-alerts"), envelope(record(NOW - timedelta(minutes=1)))])
+    alert, log_record = sorted(p.store.events(), key=lambda e: e.source.value)
+    origins = {(e.type, e.key): e.origin for e in alert.entities}
+    assert origins[("user", "7d3e9a61-2c4b-4f1e-8a5d-6b9c0e1f2a3b")] is Origin.DEFENDER  # the alert's account entity
+    assert origins[("user", "victim@contoso.com")] is Origin.APP  # the app's end-user context
+    assert origins[("ip", "198.51.100.7")] is Origin.APP
+    assert {e.origin for e in log_record.entities} == {Origin.AZURE}
+    assert User(upn="victim@contoso.com", origin=Origin.APP) == User(upn="victim@contoso.com")  # not part of identity
+
+
+def test_a_user_named_only_by_the_apps_end_user_context_is_never_a_disruptive_target():
+    from aegis.events import AiResource, Origin, User
+
+    entities = (
+        User(upn="victim@contoso.com", origin=Origin.APP),  # the app says who its end user was
+        User(object_id="7d3e9a61-2c4b-4f1e-8a5d-6b9c0e1f2a3b", upn="mallory@contoso.com", origin=Origin.DEFENDER),
+        AiResource(resource_id="/subscriptions/s/resourcegroups/rg/providers/microsoft.cognitiveservices/accounts/a"),
+    )
+    steps = plan_for(entities, "ai-prompt-attack-then-exfiltration")
+    by = {(s.action, s.target): s for s in steps}
+    victim = by[("disable_user", "user:victim@contoso.com")]
+    assert victim.status == "refused"
+    assert "application-supplied" in (victim.reason or "")
+    assert by[("revoke_sessions", "user:victim@contoso.com")].status == "refused"
+    assert by[("disable_user", "user:7d3e9a61-2c4b-4f1e-8a5d-6b9c0e1f2a3b")].status == "awaiting_approval"
+
+
+def test_an_entity_first_named_by_an_app_is_trusted_once_azure_names_it_too():
+    from aegis.events import Origin
+
+    a = copy.deepcopy(ALERT)
+    a["properties"]["extendedProperties"] = {"End user IP address": "203.0.113.45"}
+    a["properties"]["entities"] = [e for e in a["properties"]["entities"] if e["type"] != "ip"]
+    p = pipeline(ids=["ai-prompt-attack-campaign-by-caller"])
+    alerts = []
+    for i in range(3):
+        x = copy.deepcopy(a)
+        x["properties"]["systemAlertId"] = f"2517000000000000000_{i:08d}-1111-4000-8000-000000000000"
+        x["properties"]["startTimeUtc"] = (NOW - timedelta(minutes=10 - i)).isoformat().replace("+00:00", "Z")
+        alerts.append(x)
+    p.process([Message(orjson.dumps(alerts[0]), hub="defender-alerts")])
+    p.process([Message(orjson.dumps(alerts[1:]), hub="defender-alerts")])
+    [incident] = [i for i in p.store.incidents() if i.detection == "ai-prompt-attack-campaign-by-caller"]
+    assert {e.origin for e in incident.entities if e.type == "ip"} == {Origin.APP}
+    # Defender itself names the address in a later alert: the incident's entity is now Defender's
+    confirmed = copy.deepcopy(ALERT)
+    confirmed["properties"]["systemAlertId"] = "2517000000000000000_00000009-1111-4000-8000-000000000000"
+    confirmed["properties"]["startTimeUtc"] = (NOW - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    p.process([Message(orjson.dumps(confirmed), hub="defender-alerts")])
+    [incident] = [i for i in p.store.incidents() if i.detection == "ai-prompt-attack-campaign-by-caller"]
+    assert {e.origin for e in incident.entities if e.type == "ip"} == {Origin.DEFENDER}

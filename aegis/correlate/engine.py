@@ -44,7 +44,7 @@ from aegis.correlate.incidents import SEVERITY_ORDER, Incident, TimelineEntry, i
 from aegis.correlate.kinds import KINDS, Trigger
 from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
-from aegis.events import Entity, Event, Ip, Source, entity_from_dict
+from aegis.events import Entity, Event, Ip, Origin, Source, entity_from_dict
 from aegis.store.base import BucketWrite, Store, Version
 
 MAX_CONFLICT_RETRIES = 8
@@ -245,6 +245,7 @@ class _Facts:
                 sample=(e.kind, e.source.value, e.title),
                 refs=frozenset(r for r, _ in refs),
                 entities=refs,
+                trusted=frozenset(r for r, x in refs if x.origin is not Origin.APP),
             )  # fmt: skip
         return got
 
@@ -302,6 +303,10 @@ class State:
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_json: orjson.Fragment | None = None  # `entities` serialized, until they change
+    weak: set[str] = field(default_factory=set)  # references of entities only an application has named
+
+    def __post_init__(self) -> None:
+        self.weak = {r for r, e in self.entities.items() if _origin(e) is Origin.APP}
 
     @classmethod
     def new(cls, d: Detection, group: str, lateness_us: int) -> State:
@@ -401,6 +406,7 @@ class State:
         steps = len(d.predicates)
         panes, entities, pane_us, final_before = self.panes, self.entities, self.pane_us, self.final_before
         watermarks = self.watermarks
+        weak = self.weak
         lo = hi = None
         for m in matches:
             f = facts.of(m.event)
@@ -417,8 +423,16 @@ class State:
                     if ref not in entities:
                         entities[ref] = entity
                         self.entities_json = None
+                        if entity.origin is Origin.APP:
+                            weak.add(ref)
                         if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
                             self.group_refs = sorted({*self.group_refs, ref})
+            if weak and not weak.isdisjoint(f.trusted):  # an application's word, now confirmed by Azure or Defender
+                for ref, entity in f.entities:
+                    if ref in weak and ref in f.trusted:
+                        entities[ref] = entity
+                        weak.discard(ref)
+                        self.entities_json = None
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
@@ -585,6 +599,10 @@ def _watermarks(doc: dict[str, Any]) -> dict[str, int]:
     if "watermarks" in doc:
         return dict(doc["watermarks"])
     return {"*": doc["watermark"]} if doc.get("watermark", NONE) != NONE else {}  # a head written before sources
+
+
+def _origin(raw: Entity | dict[str, Any]) -> Origin:
+    return raw.origin if isinstance(raw, Entity) else Origin(raw.get("origin") or Origin.AZURE)
 
 
 def _entity(raw: Entity | dict[str, Any]) -> Entity:

@@ -46,6 +46,7 @@ class Fact(NamedTuple):
     sample: tuple[str, str, str | None]  # kind, source, title
     refs: frozenset[str]  # entity references
     entities: list[tuple[str, Any]]  # (reference, entity)
+    trusted: frozenset[str] = frozenset()  # references of the entities not only an application named
 
 
 _NO_VALUES: set[str] = set()  # shared and never added to: most panes have no values or alert types

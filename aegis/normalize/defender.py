@@ -15,7 +15,7 @@ Shapes (field names: `../shared/reference/defender-alert-json-shape.md`):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aegis.arm import ResourceId, try_parse_resource_id
@@ -29,6 +29,7 @@ from aegis.events import (
     Host,
     Model,
     ModelDeployment,
+    Origin,
     ServicePrincipal,
     Severity,
     Source,
@@ -180,6 +181,7 @@ def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     arm = alert_resource(item.get("id"))  # .../alerts/A/events/E/ticks/T: the alert is the first part
     if arm is not None:
         entities.append(arm)
+    entities = [replace(e, origin=Origin.DEFENDER) for e in entities]
     attributes = {
         "intent": _first_of_list_text(props.get("intent")),
         "compromised_entity": f.text(props, "compromisedEntity"),
@@ -217,10 +219,11 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: Def
     entities: list[Entity] = f.resource_entities(resource) if resource else []
     entities += _alert_entities(f.array(p, n.entities))
     extended = f.obj(p, n.extended)
-    entities += _extended_entities(extended)
     arm = arm or alert_resource_from_link(link)
     if arm is not None:
         entities.append(arm)
+    entities = [replace(e, origin=Origin.DEFENDER) for e in entities]
+    entities += _extended_entities(extended)  # each with the origin its property name gives it
 
     refused: list[str] = []
     attributes: dict[str, Any] = {
@@ -404,26 +407,33 @@ _EXT_MODEL = {"modelname", "model"}
 _EXT_APP = {"applicationname", "clientapplication", "appname"}
 
 
+# The user security context an AI application passes with its model calls (end-user id, end-user
+# IP, application name) reaches alerts as these properties: the application's word, not Azure's.
+_EXT_APP_SUPPLIED = ("enduser", "sourceip", "application", "appname", "clientapplication")
+
+
 def _extended_entities(ext: dict[str, Any]) -> list[Entity]:
     out: list[Entity] = []
     for key, value in list(ext.items())[:MAX_EXTENDED]:
         if not isinstance(key, str) or not isinstance(value, str) or not value.strip():
             continue
         k, v = f.compact_key(key), value.strip()[: f.MAX_TEXT]
+        origin = Origin.APP if k.startswith(_EXT_APP_SUPPLIED) else Origin.DEFENDER
+        entity: Entity | None = None
         if k in _EXT_IP:
-            ip = make_ip(v)
-            if ip:
-                out.append(ip)
+            entity = make_ip(v)
         elif k in _EXT_UPN:
-            out.append(User(upn=v.lower()) if "@" in v else User(name=v))
+            entity = User(upn=v.lower()) if "@" in v else User(name=v)
         elif k in _EXT_UA:
-            out.append(UserAgent(value=redact.text(v)))
+            entity = UserAgent(value=redact.text(v))
         elif k in _EXT_DEPLOYMENT:
-            out.append(ModelDeployment(name=v[:128]))
+            entity = ModelDeployment(name=v[:128])
         elif k in _EXT_MODEL:
-            out.append(Model(name=v[:128]))
+            entity = Model(name=v[:128])
         elif k in _EXT_APP:
-            out.append(ServicePrincipal(name=v[:256]))
+            entity = ServicePrincipal(name=v[:256])
+        if entity is not None:
+            out.append(replace(entity, origin=origin))
     return out
 
 

@@ -20,7 +20,7 @@ import orjson
 from aegis.arm import ResourceId, parse_resource_id
 from aegis.decode import kind_of, loads_nested
 from aegis.errors import MalformedInput
-from aegis.events import AiResource, Entity, ModelDeployment
+from aegis.events import ORIGIN_RANK, AiResource, Entity, ModelDeployment
 
 AI_PROVIDERS = ("microsoft.cognitiveservices", "microsoft.machinelearningservices")
 MAX_TEXT = 1024
@@ -193,7 +193,11 @@ def resource_entities(rid: ResourceId) -> list[Entity]:
 
 
 def dedupe(entities: list[Entity]) -> tuple[Entity, ...]:
+    """One entity per (type, key): the first seen, or the one from the more trusted origin."""
     seen: dict[tuple[str, str], Entity] = {}
     for e in entities:
-        seen.setdefault((e.type, e.key), e)
+        k = (e.type, e.key)
+        kept = seen.get(k)
+        if kept is None or ORIGIN_RANK[e.origin] > ORIGIN_RANK[kept.origin]:
+            seen[k] = e
     return tuple(seen.values())

@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from aegis.correlate.incidents import SEVERITY_ORDER, Incident
-from aegis.events import ENTITY_TYPES, Entity, Host, User
+from aegis.events import ENTITY_TYPES, Entity, Host, Origin, User
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS, Params
 from aegis.respond.playbooks import Playbook, Response, ResponsePlan, Step
@@ -139,6 +139,8 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     named |= {str(v).lower() for k, v in values.items() if k in _TARGET_FIELDS and v}
     aliases = tuple(sorted(set().union(named, *(known.get(i, ()) for i in named))))
     reason = protected(params, plan_, aliases)
+    if reason is None and spec.disruptive:
+        reason = _untrusted_target(incident, params, context.get("_item"))
     if reason:
         status = "refused"
     elif approvals:
@@ -178,6 +180,23 @@ def protected(params: Params, plan_: ResponsePlan, aliases: tuple[str, ...] = ()
             parts = rid.split("/")
             if len(parts) > 2 and parts[2] in p.subscriptions:
                 return f"subscription {parts[2]} is protected by the response plan"
+    return None
+
+
+def _untrusted_target(incident: Incident, params: Params, item: object) -> str | None:
+    """Why a disruptive step may not act on its target: the incident knows it only from fields an
+    application supplied (the end-user context an AI app passes with its calls). A target must come
+    from what Azure wrote or from a Defender alert. A literal target in a playbook is the author's."""
+    values = {str(v).lower() for k, v in params.model_dump().items() if k in (*_TARGET_FIELDS, "account") and v}
+    candidates = [item] if isinstance(item, Entity) else [
+        e for e in incident.entities if identifiers(e) & values or e.key.lower() in values
+    ]  # fmt: skip
+    weak = [e for e in candidates if e.origin is Origin.APP]
+    if weak and len(weak) == len(candidates):
+        return (
+            f"{params.target} is named only by application-supplied fields (an end-user context an app passed), "
+            "which cannot choose the target of a disruptive step: Azure's logs or a Defender alert must name it"
+        )
     return None
 
 
