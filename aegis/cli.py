@@ -566,8 +566,8 @@ def playbooks_request(
     """Ask for a playbook on an incident: one the plan did not choose, or again after a step of it was
     denied or expired (each such step is proposed again as a new step, linked to the old one in the
     audit log). Its steps wait for approval as the plan says; you cannot approve your own request."""
-    loaded = response.load(folder)
-    with _store(db, must_exist=True) as (_, store):
+    with _store(db, must_exist=True) as (cfg, store):
+        loaded = runtime.load_response(cfg, folder)
         found = [i for i in store.incidents() if i.id == incident_id]
         if not found:
             raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
@@ -582,11 +582,12 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
     """Record what the response plan does for every stored incident (idempotent: a step is recorded
     once); in `mode: execute`, run the steps that are approved, expire the ones that waited too long
     and retry the ones a throttled service released."""
-    loaded = response.load(folder)
     with _store(db, must_exist=True) as (cfg, store):
+        loaded = runtime.load_response(cfg, folder)
         steps_store = _response_store(store)
         incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
         new = Responder(loaded, steps_store).respond(incidents)
+        runtime.corroborate(cfg, loaded, steps_store, store.incidents)
         ran = Executor.from_settings(loaded, steps_store, cfg).run()
         waiting = steps_store.steps(status=["awaiting_approval"])
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "

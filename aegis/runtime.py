@@ -4,7 +4,10 @@ store client and the pipeline. Built on first use, so importing the app stays ch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -43,7 +46,7 @@ def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Cal
     if not isinstance(store, ResponseStore):
         logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records")
         return None
-    record = Responder(playbooks.load(detection_ids=known), store)
+    record = Responder(load_response(cfg, detection_ids=known), store)
 
     def respond(incidents: list[Incident]) -> None:
         record.respond([v.incident for v in views(incidents) if v.status != "superseded"])
@@ -68,13 +71,15 @@ def response_store() -> ResponseStore:
 def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
-    return web.create_app(web.Console.over(pipeline().store, playbooks.load(), web.easy_auth_identity))
+    plan = load_response(settings.get())
+    return web.create_app(web.Console.over(pipeline().store, plan, web.easy_auth_identity))
 
 
 def sweep() -> SweepCounts:
     """The approvals timer: expire, escalate, post and update Teams cards."""
     store = response_store()
-    return Sweeper.from_settings(playbooks.load(), store, pipeline().store.incidents, settings.get()).run()
+    cfg = settings.get()
+    return Sweeper.from_settings(load_response(cfg), store, pipeline().store.incidents, cfg).run()
 
 
 def enrich_run() -> tuple[int, int]:
@@ -97,13 +102,41 @@ def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
 
 
 def executor_run() -> RunCounts | None:
-    """One executor pass over every open step (the response timer); None when nothing can run:
-    the plan is a dry run, or the store keeps no response records."""
+    """The response timer: settle the steps waiting for corroboration, then one executor pass over
+    every open step; None when nothing can run (the plan is a dry run, or the store keeps no
+    response records)."""
     store = pipeline().store
-    plan = playbooks.load()
-    if plan.plan.mode != "execute" or not isinstance(store, ResponseStore):
+    cfg = settings.get()
+    plan = load_response(cfg)
+    if not isinstance(store, ResponseStore):
         return None
-    return Executor.from_settings(plan, store, settings.get()).run()
+    corroborate(cfg, plan, store, pipeline().store.incidents)
+    if plan.plan.mode != "execute":
+        return None
+    return Executor.from_settings(plan, store, cfg).run()
+
+
+def load_response(cfg: settings.Settings, folder: Path | None = None, **kw: Any) -> playbooks.Response:
+    """The response plan and playbooks, with the corroboration sources the settings configure."""
+    return replace(playbooks.load(folder, **kw), corroborators=tuple(cfg.corroborators))
+
+
+def corroborate(
+    cfg: settings.Settings, plan: playbooks.Response, store: ResponseStore, incidents: Callable[[], list[Incident]]
+) -> int:
+    """Ask the configured sources about the steps waiting for corroboration; how many were settled."""
+    if not cfg.corroborators:
+        return 0
+    from aegis.enrich.base import Context  # noqa: PLC0415  (the sources' SDKs load only here)
+    from aegis.enrich.corroborate import Corroborator  # noqa: PLC0415
+    from aegis.respond import connect  # noqa: PLC0415
+
+    ctx = Context(connections=connect.from_settings(cfg), workspace=cfg.log_analytics_workspace)
+    try:
+        checker = Corroborator(cfg.corroborators, ctx)
+    except ValueError as exc:
+        raise ConfigurationError(f"AEGIS_CORROBORATORS: {exc}") from None
+    return checker.run(Responder(plan, store), incidents)
 
 
 def retention_run() -> int:

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         description="Enrichers to run, comma-separated [default: local with sqlite; log_analytics, "
         "defender, graph with table].",
     )
+    corroborators: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sources asked to corroborate a disruptive step's evidence, comma-separated: defender, "
+        "log_analytics, entra [default: none, so every disruptive step needs one approval more].",
+    )
     deliverers: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description="Where incidents are delivered, comma-separated: sentinel, teams [default: none].",
@@ -105,7 +110,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("enrichers", "deliverers", mode="before")
+    @field_validator("enrichers", "deliverers", "corroborators", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

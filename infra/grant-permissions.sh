@@ -22,6 +22,7 @@ GRAPH_PERMISSIONS=(
   GroupMember.Read.All             # escalation: @mention the on-call group's members
   SecurityAlert.Read.All           # defender_xdr delivery: find the XDR alerts of an incident
   SecurityIncident.ReadWrite.All   # defender_xdr delivery: comment on the XDR incident
+  AuditLog.Read.All                # corroboration (entra): the user's sign-in records
 )
 # Defender for Endpoint application permissions:
 MDE_PERMISSIONS=(

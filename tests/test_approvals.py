@@ -20,6 +20,7 @@ from aegis.correlate.incidents import Incident, TimelineEntry
 from aegis.events import AiResource, Severity, User
 from aegis.respond import playbooks
 from aegis.respond.record import DecisionRefused, Responder
+from tests.helpers import corroborate_all
 from tests.test_execute import connections
 from tests.wire import Reply, WireServer
 
@@ -86,6 +87,7 @@ def case(tmp_path, store):
     resp = plan(tmp_path)
     responder = Responder(resp, store, clock=clock)
     responder.respond([incident()])
+    corroborate_all(responder)
     return resp, store, clock, responder
 
 
@@ -143,6 +145,7 @@ def test_a_person_who_requests_a_playbook_cannot_approve_its_steps(case):
         "bob@contoso.com",
         "awaiting_approval",
     )
+    corroborate_all(responder)
     with pytest.raises(DecisionRefused, match=r"bob@contoso\.com requested this step"):
         responder.decide(revoke.key, "bob@contoso.com", approve=True)
     assert responder.decide(revoke.key, "carol@contoso.com", approve=True).status == "dry_run"
@@ -401,7 +404,7 @@ def test_the_card_text_is_never_markup():
 
     s = StepRecord(key="k", incident="inc1", playbook="p", step="s", action="notify", target="t",
                    params={"team": TEAM, "channel": CHANNEL, "text": "x"}, approvals=1, status="awaiting_approval",
-                   reason=None, aliases=(), requested_by="aegis", created=datetime(2026, 1, 1, tzinfo=UTC),
+                   reason=None, aliases=(), corroboration="", requested_by="aegis", created=datetime(2026, 1, 1, tzinfo=UTC),
                    expires=None)  # fmt: skip
     content = card(s, step_like, "https://aegis.example")
     kinds = {b["type"] for b in content["body"][1:]}

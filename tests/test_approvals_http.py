@@ -16,7 +16,9 @@ import pytest
 from aegis import runtime, settings
 from aegis.approvals import identity
 from aegis.pipeline import Message
+from aegis.respond.record import Responder
 from tests.conftest import SAMPLES
+from tests.helpers import corroborate_all
 
 HOST = "https://aegis-func.azurewebsites.net"
 APPROVER = {"name": "alice@contoso.com", "oid": "a1", "roles": ("Aegis.Approver",)}
@@ -33,6 +35,8 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for cached in (settings.get, runtime.pipeline, approvals._asgi):
         cached.cache_clear()
     runtime.pipeline().process([Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))])
+    # the approvals API is under test here, not corroboration: settle the steps as a source confirming them would
+    corroborate_all(Responder(runtime.load_response(settings.get()), runtime.response_store()))
     yield approvals
     runtime.pipeline().store.close()
     for cached in (settings.get, runtime.pipeline, approvals._asgi):

@@ -27,6 +27,7 @@ from aegis.respond.record import Responder
 from aegis.respond.tickets import sentinel_id
 from aegis.store import SqliteStore
 from tests.conftest import shared_dir
+from tests.helpers import corroborate_all
 from tests.wire import Reply, WireServer, http_example
 
 EXAMPLES = "samples/rest-examples"
@@ -98,6 +99,7 @@ def incident(account: str, *, iid: str = "inc1", users: tuple[str, ...] = (), ho
 def plan_and_approve(resp: playbooks.Response, store: SqliteStore, clock: Clock, *incidents: Incident) -> None:
     responder = Responder(resp, store, clock=clock)
     responder.respond(list(incidents))
+    corroborate_all(responder)
     for step in store.steps(status=["awaiting_approval"]):
         responder.decide(step.key, "alice@contoso.com", approve=True)
 
@@ -485,7 +487,9 @@ def test_steps_run_in_order_and_a_redelivered_incident_runs_nothing_twice(tmp_pa
     assert counts.succeeded == 2
     assert [(s.method, s.body and s.body["accountEnabled"]) for s in server.seen] == [("POST", None), ("PATCH", False)]
     # redelivery: the same incident planned and executed again changes nothing and calls nothing
-    Responder(resp, store, clock=clock).respond([incident(account_id("rg", "oai"), users=("mallory@contoso.com",))])
+    responder = Responder(resp, store, clock=clock)
+    responder.respond([incident(account_id("rg", "oai"), users=("mallory@contoso.com",))])
+    corroborate_all(responder)
     assert executor(resp, store, server, clock).run().succeeded == 0
     assert len(server.seen) == 2
     events = [a.event for a in store.audit_log()]
@@ -604,7 +608,9 @@ def test_a_target_protected_after_approval_is_refused_when_it_would_run(tmp_path
 def test_a_step_awaiting_approval_holds_back_the_later_steps_and_expires(tmp_path, server):
     store, clock = SqliteStore(":memory:"), Clock()
     resp = response(tmp_path, REVOKE + ticket_steps("local"))
-    Responder(resp, store, clock=clock).respond([incident(account_id("rg", "oai"), users=("mallory@contoso.com",))])
+    responder = Responder(resp, store, clock=clock)
+    responder.respond([incident(account_id("rg", "oai"), users=("mallory@contoso.com",))])
+    corroborate_all(responder)
     counts = executor(resp, store, server, clock).run()
     assert (counts.waiting, counts.succeeded) == (1, 0)
     clock.now += timedelta(hours=5)

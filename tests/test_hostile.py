@@ -649,3 +649,173 @@ def test_an_entity_first_named_by_an_app_is_trusted_once_azure_names_it_too():
     p.process([Message(orjson.dumps(confirmed), hub="defender-alerts")])
     [incident] = [i for i in p.store.incidents() if i.detection == "ai-prompt-attack-campaign-by-caller"]
     assert {e.origin for e in incident.entities if e.type == "ip"} == {Origin.DEFENDER}
+
+
+# --- 5. corroboration before disruption, up to the wire ---------------------------------------------------------
+
+SUB = "6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10"
+CORR_ACCOUNT = (
+    f"/subscriptions/{SUB}/resourcegroups/rg-ai-prod/providers/microsoft.cognitiveservices/accounts/oai-contoso-prod"
+)
+ALERT_NAME = "2516861511399999999_a1b2c3d4-0002-4e5f-8a9b-0c1d2e3f4a5b"
+ALERT_ID = f"/subscriptions/{SUB}/resourcegroups/rg-ai-prod/providers/microsoft.security/locations/westeurope/alerts/{ALERT_NAME}"
+ALERT_PATH = f"/subscriptions/{SUB}/resourceGroups/rg-ai-prod/providers/Microsoft.Security/locations/westeurope/alerts/{ALERT_NAME}"
+MALLORY = "7d3e9a61-2c4b-4f1e-8a5d-6b9c0e1f2a3b"
+WORKSPACE = "7e2b0c1d-3f4a-4b5c-8d6e-9f0a1b2c3d4e"
+
+
+@pytest.fixture
+def wire(tmp_path):
+    from tests.wire import WireServer
+
+    with WireServer(tmp_path) as srv:
+        yield srv
+
+
+def corroboration_case(sources: tuple[str, ...], server):
+    import dataclasses
+
+    from aegis.correlate.incidents import Incident, TimelineEntry
+    from aegis.enrich.base import Context
+    from aegis.enrich.corroborate import Corroborator
+    from aegis.events import AiResource, DefenderAlert, Origin, Severity, User
+    from aegis.respond import playbooks
+    from aegis.respond.record import Responder
+    from tests.test_execute import connections
+
+    response = dataclasses.replace(playbooks.load(), corroborators=sources)
+    incident = Incident(
+        id="inc-c", detection="ai-prompt-attack-then-exfiltration", bucket="b", group="g", title="t",
+        severity=Severity.HIGH, first_seen=NOW - timedelta(minutes=20), last_seen=NOW,
+        entities=(AiResource(resource_id=CORR_ACCOUNT, origin=Origin.DEFENDER),
+                  User(object_id=MALLORY, upn="mallory@contoso.com", origin=Origin.DEFENDER),
+                  DefenderAlert(resource_id=ALERT_ID, origin=Origin.DEFENDER)),
+        atlas=(), owasp_llm=(), event_ids=(ALERT_NAME,), event_count=2,
+        timeline=(TimelineEntry(NOW, ALERT_NAME, "AI.Azure_CredentialTheftAttempt", "defender"),),
+    )  # fmt: skip
+    store = SqliteStore(":memory:")
+    responder = Responder(response, store, clock=lambda: NOW)
+    responder.respond([incident])
+    conn = dataclasses.replace(connections(server), logs=server.url)
+    checker = Corroborator(list(sources), Context(connections=conn, workspace=WORKSPACE, now=NOW))
+    return responder, store, checker, incident
+
+
+def defender_alert(kind: str) -> dict[str, Any]:
+    return {"id": ALERT_PATH, "name": ALERT_NAME, "type": "Microsoft.Security/Locations/alerts",
+            "properties": {"alertType": kind, "alertDisplayName": "Credential theft attempt", "status": "Active"}}  # fmt: skip
+
+
+def steps_by_action(store) -> dict[str, Any]:
+    return {s.action: s for s in store.steps() if s.corroboration}
+
+
+def test_pending_steps_need_one_approval_more_until_a_source_confirms(wire):
+    from tests.wire import Reply
+
+    responder, store, checker, incident = corroboration_case(("defender",), wire)
+    before = steps_by_action(store)
+    assert {s.corroboration for s in before.values()} == {"pending"}
+    assert (before["contain_ai_resource"].approvals, before["rotate_ai_keys"].approvals) == (2, 3)
+    # an approval given while the evidence is pending does not complete the step
+    assert responder.decide(before["contain_ai_resource"].key, "alice@contoso.com", "a1", approve=True).status == (
+        "awaiting_approval"
+    )
+    wire.expect("GET", ALERT_PATH, *[Reply(200, defender_alert("AI.Azure_CredentialTheftAttempt"))] * 4)
+    assert checker.run(responder, lambda: [incident]) == 4
+    after = steps_by_action(store)
+    contain = after["contain_ai_resource"]
+    assert contain.corroboration.startswith(f"corroborated by Defender alert {ALERT_NAME} exists")
+    assert (contain.approvals, contain.status) == (1, "dry_run")  # the plan's one approval, already given
+    assert (after["rotate_ai_keys"].approvals, after["rotate_ai_keys"].status) == (2, "awaiting_approval")
+    assert wire.seen[0].query["api-version"] == ["2022-01-01"]
+    assert wire.seen[0].headers["authorization"] == "Bearer test-token"
+    assert checker.run(responder, lambda: [incident]) == 0  # settled once
+
+
+def test_a_forged_alert_the_defender_api_does_not_know_leaves_the_steps_uncorroborated_and_refuses_the_required_ones(
+    wire,
+):
+    from tests.wire import Reply
+
+    responder, store, checker, incident = corroboration_case(("defender",), wire)
+    wire.expect("GET", ALERT_PATH, *[Reply(404, {"error": {"code": "ResourceNotFound", "message": "no"}})] * 4)
+    checker.run(responder, lambda: [incident])
+    after = steps_by_action(store)
+    assert after["contain_ai_resource"].corroboration == f"uncorroborated: no alert {ALERT_NAME} in Defender"
+    assert (after["contain_ai_resource"].approvals, after["contain_ai_resource"].status) == (2, "awaiting_approval")
+    for required in ("rotate_ai_keys", "disable_user"):  # the shipped plan requires corroboration for these
+        assert after[required].status == "refused"
+        assert "requires corroboration" in (after[required].reason or "")
+    events = [(a.event, a.step) for a in store.audit_log() if a.event in {"uncorroborated", "refused"}]
+    assert ("uncorroborated", after["contain_ai_resource"].key) in events
+
+
+def test_an_alert_of_another_type_does_not_corroborate(wire):
+    from tests.wire import Reply
+
+    responder, store, checker, incident = corroboration_case(("defender",), wire)
+    wire.expect("GET", ALERT_PATH, *[Reply(200, defender_alert("AI.Azure_Jailbreak"))] * 4)
+    checker.run(responder, lambda: [incident])
+    assert "not one the incident holds" in steps_by_action(store)["contain_ai_resource"].corroboration
+
+
+def logs_rows(count: int):
+    from tests.wire import Reply
+
+    return Reply(200, {"tables": [{"name": "PrimaryResult", "columns": [{"name": "records", "type": "long"}],
+                                   "rows": [[count]]}]})  # fmt: skip
+
+
+def test_log_analytics_corroborates_with_records_and_not_without(wire):
+    path = f"/v1/workspaces/{WORKSPACE}/query"
+    responder, store, checker, incident = corroboration_case(("log_analytics",), wire)
+    wire.expect("POST", path, logs_rows(12), logs_rows(0), logs_rows(0), logs_rows(3))
+    checker.run(responder, lambda: [incident])
+    sent = [s for s in wire.seen if s.path == path]
+    assert len(sent) == 4
+    assert f'_ResourceId =~ "{CORR_ACCOUNT}"' in sent[0].body["query"]
+    assert any(f'UserId =~ "{MALLORY}"' in s.body["query"] for s in sent)
+    answers = sorted(s.corroboration.split(" in ")[0] for s in steps_by_action(store).values())
+    assert answers[0].startswith("corroborated by Log Analytics holds")
+    assert any(a.startswith("uncorroborated: Log Analytics holds no") for a in answers)
+
+
+def test_entra_sign_ins_corroborate_a_user_step(wire):
+    from tests.wire import Reply
+
+    responder, store, checker, incident = corroboration_case(("entra",), wire)
+    signin = {"id": "66ea54eb-6301-4ee5-be62-ff5a759b0100", "createdDateTime": "2026-11-20T09:40:00Z",
+              "userId": MALLORY, "userPrincipalName": "mallory@contoso.com"}  # fmt: skip
+    wire.expect("GET", "/v1.0/auditLogs/signIns", Reply(200, {"value": [signin]}), Reply(200, {"value": []}))
+    checker.run(responder, lambda: [incident])
+    sent = [s for s in wire.seen if s.path == "/v1.0/auditLogs/signIns"]
+    assert len(sent) == 2  # the two user steps; the account steps have nothing to ask Entra
+    assert sent[0].query["$filter"][0].startswith(f"userId eq '{MALLORY}' and createdDateTime ge ")
+    assert sent[0].query["$top"] == ["1"]
+    by = steps_by_action(store)
+    assert by["revoke_sessions"].corroboration.startswith("corroborated by Entra ID has a sign-in")
+    assert by["disable_user"].status == "refused"  # no sign-in for the second ask: required, so refused
+    assert "uncorroborated" in by["contain_ai_resource"].corroboration  # nothing to ask: not corroborated
+
+
+def test_a_failing_source_never_corroborates(wire):
+    from tests.wire import Reply
+
+    responder, store, checker, incident = corroboration_case(("defender",), wire)
+    wire.expect("GET", ALERT_PATH, *[Reply(500, {"error": {"code": "InternalError", "message": "boom"}})] * 20)
+    checker.run(responder, lambda: [incident])
+    contain = steps_by_action(store)["contain_ai_resource"]
+    assert contain.corroboration.startswith("uncorroborated: defender failed")
+    assert contain.approvals == 2
+
+
+def test_with_no_source_configured_steps_say_so_and_need_one_approval_more():
+    from aegis.events import AiResource, Origin
+    from aegis.respond import planner
+
+    steps = plan_for((AiResource(resource_id=CORR_ACCOUNT, origin=Origin.DEFENDER),), "ai-key-brute-force")
+    contain = next(s for s in steps if s.action == "contain_ai_resource")
+    assert (contain.corroboration, contain.approvals) == (planner.NO_SOURCE, 2)
+    ticket = next(s for s in steps if s.action == "open_ticket")
+    assert (ticket.corroboration, ticket.approvals) == ("", 0)  # not disruptive: nothing to corroborate

@@ -77,7 +77,7 @@ def test_the_cycle_collector_is_paused_during_a_batch_and_restored_after(monkeyp
     seen: list[bool] = []
     p = make_pipeline()
     original = p.store.save
-    monkeypatch.setattr(p.store, "save", lambda *a: (seen.append(gc.isenabled()), original(*a))[1])
+    monkeypatch.setattr(p.store, "save", lambda *a, **kw: (seen.append(gc.isenabled()), original(*a, **kw))[1])
     assert gc.isenabled()
     p.process([msg(ENVELOPE)])
     assert seen == [False]

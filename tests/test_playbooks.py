@@ -14,6 +14,7 @@ from aegis.correlate import detections
 from aegis.respond import playbooks, templates
 from aegis.respond.actions import ACTIONS, example
 from aegis.respond.params import AccountId, Guid, IpRange, MachineId, SecretUri, UserRef
+from tests.helpers import corroborate_all
 from tests.test_cli import aegis
 
 DETECTION_IDS = [d.id for d in detections.load().detections]
@@ -170,6 +171,7 @@ def demo_incidents():
 
 
 def test_the_plan_for_a_prompt_attack_then_credential_theft(demo_incidents):
+    from aegis.respond import planner
     from aegis.respond.planner import plan
 
     incident = demo_incidents["ai-prompt-attack-then-exfiltration"]
@@ -178,9 +180,10 @@ def test_the_plan_for_a_prompt_attack_then_credential_theft(demo_incidents):
     contain = next(s for s in steps if s.action == "contain_ai_resource")
     assert contain.target.endswith("/providers/microsoft.cognitiveservices/accounts/oai-contoso-prod")
     assert contain.params["mode"] == "disable_local_auth"
-    assert (contain.approvals, contain.status) == (1, "awaiting_approval")
+    # no corroboration source is configured (the embedded default): one approval more than the plan says
+    assert (contain.approvals, contain.status, contain.corroboration) == (2, "awaiting_approval", planner.NO_SOURCE)
     rotate = next(s for s in steps if s.action == "rotate_ai_keys")
-    assert (rotate.approvals, rotate.status) == (2, "awaiting_approval")
+    assert (rotate.approvals, rotate.status) == (3, "awaiting_approval")
     users = [e.key for e in incident.entities if e.type == "user"]
     revokes = [s for s in steps if s.action == "revoke_sessions"]
     assert users
@@ -265,6 +268,7 @@ def responder(demo_incidents, tmp_path):
     clock = Clock()
     r = Responder(playbooks.load(), store, clock=clock)
     r.respond([demo_incidents["ai-prompt-attack-then-exfiltration"]])
+    corroborate_all(r)
     yield r, store, clock
     store.close()
 
@@ -355,6 +359,7 @@ def test_in_execute_mode_automatic_and_fully_approved_steps_are_approved_not_dry
     store = SqliteStore(":memory:")
     responder = Responder(playbooks.load(bad_folder(tmp_path, playbooks.PLAN_FILE, plan)), store)
     responder.respond([demo_incidents["ai-prompt-attack-then-exfiltration"]])
+    corroborate_all(responder)
     by_action = {s.action: s for s in store.steps()}
     assert by_action["open_ticket"].status == "approved"  # automatic: approved by the plan itself
     contain = by_action["contain_ai_resource"]

@@ -117,7 +117,7 @@ def step(n: int, *, incident: str = "inc1", action: str = "revoke_sessions", sta
 
     return StepRecord(key=f"k{n:03d}", incident=incident, playbook="pb", step=f"s{n}", action=action,
                       target=f"user:u{n}@contoso.com", params={"user": f"u{n}@contoso.com"}, approvals=1, status=status,
-                      reason=None, aliases=(), requested_by="aegis", created=T0, expires=T0 + timedelta(hours=4))  # fmt: skip
+                      reason=None, aliases=(), corroboration="", requested_by="aegis", created=T0, expires=T0 + timedelta(hours=4))  # fmt: skip
 
 
 def entry(s, event: str, minute: int = 0):

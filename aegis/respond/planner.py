@@ -39,6 +39,9 @@ class PlannedStep:
     # every other identifier the incident gives the step's target (a user's UPN and object id, a host's
     # names, machine id and VM id): protected assets are checked against all of them, here and at execution
     aliases: tuple[str, ...]
+    # disruptive steps only: "pending" (a source will be asked), "corroborated by ...", or
+    # "uncorroborated: why" (then the step needs one approval more than the plan says); "" otherwise
+    corroboration: str
 
 
 def plan(incident: Incident, response: Response, *, playbooks: list[str] | None = None) -> list[PlannedStep]:
@@ -49,7 +52,7 @@ def plan(incident: Incident, response: Response, *, playbooks: list[str] | None 
     for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
         book = response.playbooks[name]
         for step in book.steps:
-            out += _steps(incident, book, step, context, response.plan)
+            out += _steps(incident, book, step, context, response.plan, sources=response.corroborators)
     return out
 
 
@@ -83,13 +86,14 @@ def incident_context(incident: Incident) -> dict[str, Any]:
 
 
 def _steps(
-    incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan
-) -> list[PlannedStep]:
+    incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan,
+    *, sources: tuple[str, ...],
+) -> list[PlannedStep]:  # fmt: skip
     if step.for_each is None:
-        return [_one(incident, book, step, context, plan_)]
+        return [_one(incident, book, step, context, plan_, sources=sources)]
     kind = step.for_each.split(".")[1]
     items: list[Any] = context.get(f"_items.{kind}", context.get(step.for_each, []))
-    return [_one(incident, book, step, {**context, **_item(x)}, plan_) for x in items]
+    return [_one(incident, book, step, {**context, **_item(x)}, plan_, sources=sources) for x in items]
 
 
 def _item(x: Entity | str) -> dict[str, Any]:
@@ -122,7 +126,10 @@ def aliases_of(incident: Incident) -> dict[str, frozenset[str]]:
     return out
 
 
-def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan) -> PlannedStep:
+def _one(
+    incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan,
+    *, sources: tuple[str, ...] = (),
+) -> PlannedStep:  # fmt: skip
     spec = ACTIONS[step.action]
     raw = {name: templates.render(value, context) for name, value in step.params.items()}
     approvals = plan_.approvals_for(step.action)
@@ -132,7 +139,8 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     except ValidationError as exc:
         shown = {k: v for k, v in raw.items() if v is not None}
         return PlannedStep(_key(base, shown), **base, target="", params=shown, approvals=approvals,
-                           status="refused", reason=f"parameters: {describe(exc)}", aliases=())  # fmt: skip
+                           status="refused", reason=f"parameters: {describe(exc)}", aliases=(),
+                           corroboration="")  # fmt: skip
     values = params.model_dump(mode="json")
     known: dict[str, frozenset[str]] = context.get("_aliases", {})
     named = identifiers(context["_item"]) if isinstance(context.get("_item"), Entity) else set()
@@ -141,6 +149,10 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     reason = protected(params, plan_, aliases)
     if reason is None and spec.disruptive:
         reason = _untrusted_target(incident, params, context.get("_item"))
+    corroboration = ""
+    if spec.disruptive:  # until a source confirms the evidence, one approval more (`corroborate.py` settles it)
+        corroboration = PENDING if sources else NO_SOURCE
+        approvals = uncorroborated_approvals(approvals)
     if reason:
         status = "refused"
     elif approvals:
@@ -148,7 +160,17 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     else:
         status = "dry_run" if plan_.mode == "dry_run" else "approved"  # approved by the plan itself
     return PlannedStep(_key(base, values), **base, target=params.target, params=values, approvals=approvals,
-                       status=status, reason=reason, aliases=aliases)  # fmt: skip
+                       status=status, reason=reason, aliases=aliases, corroboration=corroboration)  # fmt: skip
+
+
+PENDING = "pending"
+NO_SOURCE = "uncorroborated: no source configured (AEGIS_CORROBORATORS)"
+MAX_APPROVALS = 3
+
+
+def uncorroborated_approvals(planned: int) -> int:
+    """What an uncorroborated step needs: one approval more than the plan says (never fewer than 2)."""
+    return min(max(planned, 1) + 1, MAX_APPROVALS)
 
 
 _TARGET_FIELDS = ("user", "machine_id", "host_name")

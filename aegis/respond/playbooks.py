@@ -129,6 +129,16 @@ class Protected(_Strict):
     subscriptions: list[Guid] = Field(default_factory=list)
 
 
+class Corroboration(_Strict):
+    """Anyone holding a hub's Send key can forge any message, so what a message says is a claim.
+    Before a disruptive step may run, Aegis asks a source the sender cannot forge (the Defender
+    alerts API, Log Analytics, Entra sign-ins: `AEGIS_CORROBORATORS`). An uncorroborated step needs
+    one approval more than `approvals` says; an action listed here is refused outright when the
+    sources configured do not corroborate it (with no source configured, it needs the extra approval)."""
+
+    require: list[ActionName] = Field(default_factory=list)  # type: ignore[valid-type]
+
+
 class ResponsePlan(_Strict):
     mode: Literal["dry_run", "execute"] = "dry_run"
     tiers: dict[Severity, str] = Field(description="severity → response tier name")
@@ -143,6 +153,7 @@ class ResponsePlan(_Strict):
     soc_channel: Channel | None = Field(None, description="the Teams channel where incident notices are posted")
     protected: Protected = Field(default_factory=Protected)
     rate_limits: dict[ActionName, RateLimit] = Field(default_factory=dict)  # type: ignore[valid-type]
+    corroboration: Corroboration = Field(default_factory=Corroboration)
 
     @field_validator("tiers")
     @classmethod
@@ -168,6 +179,7 @@ class Response:
     plan: ResponsePlan
     playbooks: dict[str, Playbook]
     files: dict[str, Path]
+    corroborators: tuple[str, ...] = ()  # the corroboration sources configured (the composition root sets them)
 
 
 def load(folder: Path | None = None, *, detection_ids: Iterable[str] | None = None) -> Response:

@@ -64,7 +64,11 @@ class StepRecord(PlannedStep):
     def from_json(cls, doc: bytes | str) -> StepRecord:
         d = orjson.loads(doc)
         times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
-        ids = {"approver_ids": tuple(d.get("approver_ids") or d["approvers"]), "aliases": tuple(d.get("aliases", ()))}
+        ids = {
+            "approver_ids": tuple(d.get("approver_ids") or d["approvers"]),
+            "aliases": tuple(d.get("aliases", ())),
+            "corroboration": d.get("corroboration", ""),
+        }
         return cls(**{**d, **times, **ids, "approvers": tuple(d["approvers"])})
 
     def next(self, **changes: Any) -> StepRecord:
@@ -256,7 +260,7 @@ class Responder:
             raise DecisionRefused(f"{person} already approved this step; another person must")
         if approve:
             approvers, ids = (*step.approvers, person), (*step.approver_ids, who)
-            done = len(ids) >= step.approvals
+            done = len(ids) >= step.approvals and step.corroboration != planner.PENDING  # evidence first
             dry = self.response.plan.mode == "dry_run"
             status = "awaiting_approval" if not done else "dry_run" if dry else "approved"
             new = step.next(approvers=approvers, approver_ids=ids, status=status)
@@ -271,6 +275,33 @@ class Responder:
             audit = [AuditEntry.about(step, "denied", new.reason or "", now, _actor(person, who))]
         if not self.store.replace_step(new, audit=audit):
             raise DecisionRefused(f"step {key} was decided by someone else at the same moment: look again")
+        return new
+
+    def settle(self, step: StepRecord, corroborated: bool, detail: str) -> StepRecord:
+        """Record what the corroboration sources said of a pending step: corroborated, it needs the
+        approvals the plan says (and may be complete already); not, it keeps the extra approval, or is
+        refused when the plan requires corroboration for its action."""
+        now = self.clock()
+        plan = self.response.plan
+        planned = plan.approvals_for(step.action)
+        if corroborated:
+            text, approvals, status, reason = f"corroborated by {detail}", planned, step.status, step.reason
+        else:
+            text, approvals = f"uncorroborated: {detail}", planner.uncorroborated_approvals(planned)
+            status, reason = step.status, step.reason
+            if step.action in plan.corroboration.require:
+                status, reason = "refused", f"the response plan requires corroboration for {step.action}: {detail}"
+        if status == "awaiting_approval" and len(step.approver_ids) >= approvals:
+            status = "dry_run" if plan.mode == "dry_run" else "approved"
+        new = step.next(corroboration=text, approvals=approvals, status=status, reason=reason)
+        audit = [AuditEntry.about(step, "corroborated" if corroborated else "uncorroborated", text, now)]
+        if status == "refused":
+            audit.append(AuditEntry.about(step, "refused", reason or "", now))
+        elif status == "dry_run":
+            audit.append(AuditEntry.about(step, "dry_run", call(step.action, step.params), now))
+        if not self.store.replace_step(new, audit=audit):
+            current = self.store.step(step.key)
+            return current or step  # changed meanwhile (a decision): the next pass settles it
         return new
 
     def expire(self, step: StepRecord, now: datetime) -> StepRecord:

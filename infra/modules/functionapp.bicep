@@ -68,6 +68,7 @@ var settings = {
   AEGIS_LOGS_ENDPOINT: 'https://api.loganalytics.io'
   AEGIS_ENRICHERS: empty(logAnalyticsWorkspaceGuid) ? 'defender,graph' : 'log_analytics,defender,graph'
   AEGIS_ENRICH_BUDGET: '20'
+  AEGIS_CORROBORATORS: empty(logAnalyticsWorkspaceGuid) ? 'defender,entra' : 'defender,log_analytics,entra'
   AEGIS_DELIVERERS: deliverers
   AEGIS_DELIVER_MIN_SEVERITY: 'medium'
   AEGIS_CONSOLE_URL: consoleUrl
