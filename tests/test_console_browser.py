@@ -100,10 +100,11 @@ def hostile_alert() -> bytes:
 
 
 @pytest.fixture
-def signed_in_console(tmp_path):
+def signed_in_console(tmp_path, monkeypatch):
     """The ASGI app as the Functions host serves it (App Service Authentication identities), on uvicorn."""
     import uvicorn
 
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")  # the platform's word that authentication is on
     store = replayed(tmp_path / "browser.db")
     console = web.Console(incidents=store.incidents, store=store, response=playbooks.load(),
                           identify=web.easy_auth_identity)  # fmt: skip
@@ -132,17 +133,29 @@ def test_an_on_call_engineer_approves_the_pending_step_and_sees_it_run_with_its_
     key = section.get_attribute("id").removeprefix("step-")
     step = store.step(key)
     assert step.status == "awaiting_approval"
-    assert step.approvals == 1
+    # nothing corroborated the evidence (no source is configured here): the plan's 1 approval, plus one
+    assert step.approvals == 2
+    assert "UNCORROBORATED" in section.locator("dd.uncorroborated").inner_text()
     assert section.locator(".digest").inner_text() == step.digest  # the exact parameters are shown, and bound
     assert json.loads(section.locator("pre.params").inner_text()) == step.params
     section.get_by_role("button", name="Approve").click()
     page.wait_for_url(f"{base}/console/approvals/{key}")
+    assert page.locator("strong.status").inner_text() == "awaiting approval"  # 1 of 2
+    second = identity.encode_easy_auth("duty@contoso.com", "0d0d0d0d-1111-2222-3333-444444444444",
+                                       roles=("Aegis.Approver",))  # fmt: skip
+    other = browser.new_context(extra_http_headers={identity.HEADER: second})
+    page2 = other.new_page()
+    page2.goto(f"{base}/console/approvals/{key}")
+    page2.get_by_role("button", name="Approve").click()
+    page2.wait_for_url(f"{base}/console/approvals/{key}")
+    other.close()
+    page.reload()
     assert page.locator("strong.status").inner_text() == "dry run"
     audit = page.locator("table.audit tbody tr")
     events = [audit.nth(n).locator("td").nth(2).inner_text() for n in range(audit.count())]
     assert events[-2:] == ["approved", "dry_run"]
     assert "PATCH https://management.azure.com" in audit.last.inner_text()  # the exact call the step would make
-    assert store.step(key).approvers == ("oncall@contoso.com",)
+    assert store.step(key).approvers == ("oncall@contoso.com", "duty@contoso.com")
     page.get_by_role("link", name="Audit log").click()
     newest = page.locator("table.audit tbody tr").first
     assert "dry_run" in newest.inner_text()

@@ -819,3 +819,32 @@ def test_with_no_source_configured_steps_say_so_and_need_one_approval_more():
     assert (contain.corroboration, contain.approvals) == (planner.NO_SOURCE, 2)
     ticket = next(s for s in steps if s.action == "open_ticket")
     assert (ticket.corroboration, ticket.approvals) == ("", 0)  # not disruptive: nothing to corroborate
+
+
+def test_an_object_id_paired_with_a_protected_upn_stays_protected_in_later_incidents_and_waiting_steps(tmp_path):
+    from aegis.correlate.incidents import Incident
+    from aegis.events import Origin, Severity, User
+    from aegis.respond import playbooks
+    from aegis.respond.record import Responder
+
+    def inc(iid: str, *users: User) -> Incident:
+        return Incident(
+            id=iid, detection="ai-prompt-attack-campaign-by-user", bucket="b", group="g", title="t",
+            severity=Severity.HIGH, first_seen=NOW, last_seen=NOW, entities=users, atlas=(), owasp_llm=(),
+            event_ids=("e1",), event_count=1, timeline=(),
+        )  # fmt: skip
+
+    store = SqliteStore(tmp_path / "a.db")
+    r = Responder(playbooks.load(), store, clock=lambda: NOW)
+    r.respond([inc("i-oid-only", User(object_id=BREAK_GLASS_OID, origin=Origin.AZURE))])  # nothing pairs it yet
+    [waiting] = [s for s in store.steps() if s.action == "revoke_sessions"]
+    assert waiting.status == "awaiting_approval"
+    # a later alert pairs the object id with the protected UPN
+    r.respond(
+        [inc("i-paired", User(object_id=BREAK_GLASS_OID, upn="breakglass-01@contoso.com", origin=Origin.DEFENDER))]
+    )
+    assert BREAK_GLASS_OID in store.protected_aliases()
+    assert store.step(waiting.key).status == "refused"  # the waiting step is refused at once
+    r.respond([inc("i-later", User(object_id=BREAK_GLASS_OID, origin=Origin.AZURE))])  # and any later incident's
+    later = [s for s in store.steps() if s.incident == "i-later" and s.action == "revoke_sessions"]
+    assert [s.status for s in later] == ["refused"]

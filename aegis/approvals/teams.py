@@ -57,6 +57,8 @@ def card(step: StepRecord, incident: Incident | None, console_url: str) -> dict[
         ("Parameters", orjson.dumps(step.params, option=orjson.OPT_SORT_KEYS).decode()),
         ("Digest", step.digest[:16]),
         ("Approvals", f"{len(step.approvers)} of {step.approvals} {', '.join(step.approvers)}".strip()),
+        *([("Evidence", step.corroboration.upper() if step.corroboration.startswith("uncorroborated")
+            else step.corroboration)] if step.corroboration else []),
         ("Requested by", step.requested_by),
         ("Expires" if waiting else "Reason", _iso(step.expires) if waiting else (step.reason or "-")),
     ]  # fmt: skip

@@ -164,7 +164,8 @@ class Executor:
         spec = ACTIONS[step.action]
         params = spec.params.model_validate(step.params)
         now = self.clock()
-        reason = planner.protected(params, self.response.plan, step.aliases) or self._over_limit(step, now)
+        learned = self.store.protected_aliases()
+        reason = planner.protected(params, self.response.plan, step.aliases, learned) or self._over_limit(step, now)
         if reason:
             refused = step.next(status="refused", reason=reason)
             self._write(refused, "refused", reason, now)

@@ -9,6 +9,7 @@ parameters, so the same step for the same incident is recognised however often i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import fields as dc_fields
 from typing import Any
@@ -44,11 +45,15 @@ class PlannedStep:
     corroboration: str
 
 
-def plan(incident: Incident, response: Response, *, playbooks: list[str] | None = None) -> list[PlannedStep]:
-    """The steps of every playbook the plan's triggers select for this incident (or of `playbooks`), in order."""
+def plan(
+    incident: Incident, response: Response, *, playbooks: list[str] | None = None, learned: frozenset[str] = frozenset()
+) -> list[PlannedStep]:
+    """The steps of every playbook the plan's triggers select for this incident (or of `playbooks`), in
+    order. `learned`: identifiers earlier incidents paired with a protected user (protected too)."""
     out: list[PlannedStep] = []
     context = incident_context(incident)
     context["_aliases"] = aliases_of(incident)
+    context["_learned"] = learned
     for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
         book = response.playbooks[name]
         for step in book.steps:
@@ -146,7 +151,7 @@ def _one(
     named = identifiers(context["_item"]) if isinstance(context.get("_item"), Entity) else set()
     named |= {str(v).lower() for k, v in values.items() if k in _TARGET_FIELDS and v}
     aliases = tuple(sorted(set().union(named, *(known.get(i, ()) for i in named))))
-    reason = protected(params, plan_, aliases)
+    reason = protected(params, plan_, aliases, context.get("_learned", frozenset()))
     if reason is None and spec.disruptive:
         reason = _untrusted_target(incident, params, context.get("_item"))
     corroboration = ""
@@ -176,14 +181,16 @@ def uncorroborated_approvals(planned: int) -> int:
 _TARGET_FIELDS = ("user", "machine_id", "host_name")
 
 
-def protected(params: Params, plan_: ResponsePlan, aliases: tuple[str, ...] = ()) -> str | None:
+def protected(
+    params: Params, plan_: ResponsePlan, aliases: tuple[str, ...] = (), learned: Iterable[str] = ()
+) -> str | None:
     """Why the plan forbids this target, if it does: its parameters and every alias the incident
     gave the target are checked against the protected users, hosts, resources, groups and subscriptions."""
     p = plan_.protected
     values = params.model_dump()
     names = {str(values[k]).lower() for k in _TARGET_FIELDS if values.get(k)} | set(aliases)
     if "user" in values:
-        hit = sorted(names & {u.lower() for u in p.users})
+        hit = sorted(names & ({u.lower() for u in p.users} | set(learned)))
         if hit:
             return f"user {values['user']} is protected by the response plan" + _as(hit[0], values["user"])
     if "machine_id" in values or "host_name" in values:

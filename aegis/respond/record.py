@@ -13,7 +13,7 @@ In `dry_run` mode an approved step is recorded as `dry_run` with the exact call 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -22,6 +22,7 @@ import orjson
 
 from aegis.correlate.incidents import Incident
 from aegis.errors import AegisError, InputNotFound
+from aegis.events import User
 from aegis.respond import planner
 from aegis.respond.actions import ACTIONS
 from aegis.respond.planner import PlannedStep
@@ -147,6 +148,13 @@ class ResponseStore(Protocol):
 
     def audit_log(self) -> list[AuditEntry]: ...
 
+    def protected_aliases(self) -> set[str]:
+        """The other identifiers of protected users that incidents have shown (an alert pairing a
+        protected UPN with an object id): protected like the plan's own entries."""
+        ...
+
+    def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None: ...
+
 
 class Responder:
     """Plans and records the response, and takes the on-call engineers' decisions."""
@@ -160,7 +168,34 @@ class Responder:
         """Record the plan's steps for these incidents; return how many steps were new. A step the
         plan gives again after it was denied or expired is proposed again (a new step, linked to the
         old one) only if the incident has grown since."""
-        return sum(self._record(incident, planner.plan(incident, self.response), PIPELINE) for incident in incidents)
+        known = self._learn(incidents)
+        return sum(
+            self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)
+            for incident in incidents
+        )
+
+    def _learn(self, incidents: Sequence[Incident]) -> frozenset[str]:
+        """Remember every identifier an incident pairs with a protected user (an alert naming the
+        break-glass UPN with its object id protects that object id from then on, in every incident),
+        and refuse the waiting steps that target one of them."""
+        listed = {u.lower() for u in self.response.plan.protected.users}
+        known = self.store.protected_aliases()
+        new: set[str] = set()
+        for incident in incidents:
+            for e in incident.entities:
+                ids = planner.identifiers(e) if isinstance(e, User) else set()
+                if len(ids) > 1 and ids & (listed | known | new):
+                    new |= ids - listed - known
+        if new:
+            now = self.clock()
+            self.store.add_protected_aliases(sorted(new), now)
+            for step in self.store.steps(status=["awaiting_approval"]):
+                hit = sorted(({str(step.params.get("user", "")).lower()} | set(step.aliases)) & new)
+                if hit:
+                    reason = f"user {hit[0]} is protected: an incident paired it with a user the plan protects"
+                    self.store.replace_step(step.next(status="refused", reason=reason),
+                                            audit=[AuditEntry.about(step, "refused", reason, now)])  # fmt: skip
+        return frozenset(known | new)
 
     def request(self, incident: Incident, playbook: str, person: str, person_id: str | None = None) -> list[StepRecord]:
         """A person asks for a playbook on an incident (one the plan did not choose, or again): its
@@ -168,7 +203,7 @@ class Responder:
         step that was denied or expired is proposed again, as a new step."""
         if playbook not in self.response.playbooks:
             raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
-        planned = planner.plan(incident, self.response, playbooks=[playbook])
+        planned = planner.plan(incident, self.response, playbooks=[playbook], learned=self._learn([incident]))
         who = _person(person_id) if person_id else _person(person)
         keys = self._record(incident, planned, _person(person), who, asked=True, keys=True)
         return [s for k in keys if (s := self.store.step(k)) is not None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS incidents (
     doc BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_bucket ON incidents (bucket, last_seen);
+CREATE TABLE IF NOT EXISTS protected_aliases (
+    id TEXT PRIMARY KEY,
+    learned TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS response_steps (
     key TEXT PRIMARY KEY,
     incident TEXT NOT NULL,
@@ -325,6 +329,15 @@ class SqliteStore:
         with self._lock, _translate(self.path):
             rows = self._db.execute("SELECT doc FROM audit ORDER BY seq").fetchall()
         return [AuditEntry.from_json(doc) for (doc,) in rows]
+
+    def protected_aliases(self) -> set[str]:
+        with self._lock, _translate(self.path):
+            return {row[0] for row in self._db.execute("SELECT id FROM protected_aliases")}
+
+    def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None:
+        with self._write() as cur:
+            cur.executemany("INSERT OR IGNORE INTO protected_aliases VALUES (?, ?)",
+                            [(i, now.isoformat()) for i in identifiers])  # fmt: skip
 
     # --- enrichment (aegis.enrich.base.EnrichmentStore) ---
 

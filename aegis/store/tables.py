@@ -22,10 +22,11 @@ Tested against Azurite.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -363,6 +364,17 @@ class TableStore:
         rows.sort(key=lambda r: r["RowKey"])
         return [AuditEntry.from_json(_unpack(r)) for r in rows]
 
+    def protected_aliases(self) -> set[str]:
+        with _translate():
+            rows = self._response.query_entities("PartitionKey eq @pk", parameters={"pk": ALIASES_PARTITION})
+            return {str(r["id"]) for r in rows}
+
+    def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None:
+        rows = [{"PartitionKey": ALIASES_PARTITION, "RowKey": hashlib.sha256(i.encode()).hexdigest()[:32], "id": i,
+                 "learned": now.isoformat()} for i in identifiers]  # fmt: skip
+        with _translate():
+            self._insert(self._response, rows)
+
     # --- enrichment and delivery (aegis.enrich.record.EnrichmentStore): rows `<kind>-<name>` of its partition ---
 
     def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
@@ -430,6 +442,7 @@ class TableStore:
 
 
 BUCKET_ROW = "bucket"
+ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
 TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
 _CHUNK = 64 * 1024
