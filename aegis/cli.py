@@ -321,6 +321,8 @@ def _demo_response(shown: list[View], steps: list[StepRecord], at: str) -> None:
         return
     for s in [s for s in steps if s.incident == top.id]:
         need = f"{len(s.approvers)}/{s.approvals} approvals" if s.approvals else "automatic"
+        if s.corroboration:
+            need += f"; {s.corroboration.split(' (')[0]}"
         out.print(escape(f"  {s.status:<18}{s.playbook} / {s.step}: {s.action} on {s.target} ({need})"))
     first = next((s for s in waiting if s.incident == top.id), None)
     if first is not None:
@@ -548,6 +550,8 @@ def playbooks_plan(
         out.print(f"No playbook applies to {incident_id} under the response plan.")
     for s in steps:
         need = f"{s.approvals} approval(s)" if s.approvals else "automatic"
+        if s.corroboration:
+            need += f"; {s.corroboration.split(' (')[0]}"
         line = escape(f"{s.playbook} / {s.step}: {s.action} on {s.target or '?'} ({need})")  # attacker-shaped values
         out.print(f"[bold]{s.status:<17}[/bold] {line}")
         out.print(f"                  params {orjson.dumps(s.params).decode()}", markup=False)
@@ -612,6 +616,8 @@ def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
         return
     for st in waiting:
         out.print(escape(f"{st.key}  {st.action} on {st.target}  ({len(st.approvers)} of {st.approvals} approvals)"))
+        if st.corroboration:
+            out.print(escape(f"    evidence: {st.corroboration}"))
         out.print(
             escape(f"    {st.playbook} / {st.step}; incident {st.incident}; expires {st.expires:%Y-%m-%d %H:%M}Z")
         )

@@ -210,6 +210,9 @@ def rotation(tmp_path, server, steps: str, *, held: str, users: tuple[str, ...] 
     resp = response(tmp_path, steps)
     plan_and_approve(resp, store, clock, incident(account_id(p["resourceGroupName"], p["accountName"]), users=users))
     server.expect("GET", "/secrets/oai-key/", CHALLENGE, Reply(200, secret_bundle(server, "oai-key", held, "v1")))
+    server.expect(
+        "GET", base, Reply(200, example("microsoft-cognitiveservices/UpdateAccount.json")["responses"]["200"]["body"])
+    )
     server.expect("POST", f"{base}/listKeys", Reply(200, keys["responses"]["200"]["body"]))
     return resp, store, clock, base, p["api-version"]
 
@@ -230,6 +233,7 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
         (s.method, s.path.rsplit("/", 1)[-1] or s.path, s.body) for s in server.seen if s.headers.get("authorization")
     ]
     assert calls == [
+        ("GET", p_account(base), None),  # the account first: a protected tag stops the rotation before any change
         ("GET", "/secrets/oai-key/", None),
         ("POST", "listKeys", None),
         ("POST", "regenerateKey", {"keyName": "Key2"}),  # the key the secret does not hold, first
@@ -244,6 +248,10 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
                             "secret_holds": "Key2", "secret_version": "v2"}  # fmt: skip
     assert held.encode() not in everything(store)
     assert fresh.encode() not in everything(store)
+
+
+def p_account(base: str) -> str:
+    return base.rsplit("/", 1)[-1]
 
 
 def test_rotate_refuses_a_secret_that_holds_neither_key_and_the_playbook_stops(tmp_path, server):

@@ -848,3 +848,37 @@ def test_an_object_id_paired_with_a_protected_upn_stays_protected_in_later_incid
     r.respond([inc("i-later", User(object_id=BREAK_GLASS_OID, origin=Origin.AZURE))])  # and any later incident's
     later = [s for s in store.steps() if s.incident == "i-later" and s.action == "revoke_sessions"]
     assert [s.status for s in later] == ["refused"]
+
+
+def test_an_ai_account_carrying_a_protected_tag_is_refused_when_the_action_reads_it(tmp_path, wire):
+    """Tags are not in any message: the action reads the account, and refuses before any change."""
+    from tests import test_execute as tx
+    from tests.wire import Reply
+
+    p = tx.example("microsoft-cognitiveservices/UpdateAccount.json")["parameters"]
+    account = tx.account_id(p["resourceGroupName"], p["accountName"])
+    path = (
+        account.lower()
+        .replace("resourcegroups", "resourceGroups")
+        .replace("/microsoft.cognitiveservices/", "/Microsoft.CognitiveServices/")
+    )
+    steps = """  - {name: contain, action: contain_ai_resource, params: {account: "{{ entities.ai_resource }}",
+                                                                mode: deny_public_network}}
+"""
+    store, clock = SqliteStore(":memory:"), tx.Clock()
+    resp = tx.response(tmp_path, steps)
+    (tmp_path / "playbooks" / "response-plan.yaml").write_text(
+        (tmp_path / "playbooks" / "response-plan.yaml").read_text() + 'protected: {tags: {Aegis-Protected: "true"}}\n'
+    )
+    from aegis.respond import playbooks
+
+    resp = playbooks.load(tmp_path / "playbooks")
+    tx.plan_and_approve(resp, store, clock, tx.incident(account))
+    body = tx.example("microsoft-cognitiveservices/UpdateAccount.json")["responses"]["200"]["body"]
+    wire.expect("GET", path, Reply(200, {**body, "tags": {"aegis-protected": "TRUE", "owner": "ai-platform"}}))
+    counts = tx.executor(resp, store, wire, clock).run()
+    assert counts.refused == 1
+    [step] = store.steps()
+    assert step.status == "refused"
+    assert "has the tag Aegis-Protected=TRUE" in (step.reason or "")
+    assert not [s for s in wire.seen if s.method == "PATCH"]

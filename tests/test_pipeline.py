@@ -83,7 +83,7 @@ def test_the_cycle_collector_is_paused_during_a_batch_and_restored_after(monkeyp
     assert seen == [False]
     assert gc.isenabled()
 
-    def failing(*a: Any) -> None:
+    def failing(*a: Any, **kw: Any) -> None:
         raise RuntimeError("store down")
 
     monkeypatch.setattr(p.store, "save", failing)

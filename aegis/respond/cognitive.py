@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from aegis.arm import parse_resource_id
 from aegis.respond.actions import COGNITIVE_API, ContainAiResource, RestoreAiResource, RotateAiKeys
-from aegis.respond.connect import CannotRun, Connections, Context
+from aegis.respond.connect import CannotRun, Connections, Context, check_tags
 from aegis.respond.params import SecretUri
 
 KEY_VAULT_API = "7.5"
@@ -37,7 +37,9 @@ def _client(conn: Connections, account: str) -> tuple[CognitiveServicesManagemen
 def contain(p: ContainAiResource, ctx: Context) -> dict[str, Any]:
     """GET the account, keep the values about to change, PATCH the new ones (a long-running operation)."""
     client, group, name = _client(ctx.connections, p.account)
-    current = client.accounts.get(group, name).properties or AccountProperties()
+    account = client.accounts.get(group, name)
+    check_tags(p.account, account.tags, ctx.protected_tags)
+    current = account.properties or AccountProperties()
     wanted = p.properties()
     previous = {k: _rest(getattr(current, _ATTR[k])) for k in wanted}
     _patch(client, group, name, wanted)
@@ -88,8 +90,10 @@ def rotate(p: RotateAiKeys, ctx: Context) -> dict[str, Any]:
     every moment, and the exposed key dies last. Without a secret: regenerate the keys asked.
     """
     client, group, name = _client(ctx.connections, p.account)
+    account = client.accounts.get(group, name)
+    check_tags(p.account, account.tags, ctx.protected_tags)
     wanted = ["Key1", "Key2"] if p.key == "both" else [p.key]
-    secret = p.secret or _tagged_secret(client, group, name)
+    secret = p.secret or _tagged_secret(account.tags)
     if secret is None:
         for key in wanted:
             client.accounts.regenerate_key(group, name, key)
@@ -117,9 +121,9 @@ def rotate(p: RotateAiKeys, ctx: Context) -> dict[str, Any]:
     return {"account": p.account, "regenerated": regenerated, "secret_holds": other, "secret_version": version}
 
 
-def _tagged_secret(client: CognitiveServicesManagementClient, group: str, name: str) -> str | None:
+def _tagged_secret(tags: dict[str, str] | None) -> str | None:
     """The Key Vault secret the account's `aegis-key-secret` tag names, if any."""
-    tagged = (client.accounts.get(group, name).tags or {}).get(SECRET_TAG)
+    tagged = (tags or {}).get(SECRET_TAG)
     if tagged is None:
         return None
     try:

@@ -9,7 +9,8 @@ those retries means (`execute.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core import PipelineClient
@@ -105,3 +106,18 @@ class Context:
     connections: Connections
     store: ResponseStore
     step: StepRecord
+    protected_tags: Mapping[str, str] = field(default_factory=dict)  # the plan's: a resource with one is not touched
+
+
+class ProtectedAsset(CannotRun):
+    """The target turned out to be protected (a tag the plan protects, seen when the action read
+    it): the step is refused, never run."""
+
+
+def check_tags(target: str, tags: Mapping[str, str] | None, protected: Mapping[str, str]) -> None:
+    """Raise `ProtectedAsset` when `tags` carry one the plan protects (a value of `*` matches any)."""
+    have = {k.lower(): v for k, v in (tags or {}).items()}
+    for name, value in protected.items():
+        got = have.get(name.lower())
+        if got is not None and (value == "*" or got.lower() == value.lower()):
+            raise ProtectedAsset(f"{target} is protected by the response plan: it has the tag {name}={got}")

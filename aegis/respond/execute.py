@@ -34,7 +34,7 @@ from kiota_abstractions.api_error import APIError
 
 from aegis.respond import cognitive, connect, defender, graph, mde, planner, tickets
 from aegis.respond.actions import ACTIONS
-from aegis.respond.connect import CannotRun, Connections, Context
+from aegis.respond.connect import CannotRun, Connections, Context, ProtectedAsset
 from aegis.respond.playbooks import Response
 from aegis.respond.record import AuditEntry, Responder, ResponseStore, StepRecord, call
 from aegis.settings import Settings
@@ -175,7 +175,13 @@ class Executor:
         if not self._write(claimed, "started", f"attempt {claimed.attempts}: {call(step.action, step.params)}", now):
             return step  # another worker claimed it first
         try:
-            outcome = self.runners[step.action](params, Context(self.connections, self.store, claimed))
+            context = Context(self.connections, self.store, claimed, dict(self.response.plan.protected.tags))
+            outcome = self.runners[step.action](params, context)
+        except ProtectedAsset as exc:  # seen only now, on the resource itself: refused, not failed
+            refused = claimed.next(status="refused", reason=str(exc), started=None)
+            self._write(refused, "refused", str(exc), self.clock())
+            counts.refused += 1
+            return refused
         except Exception as exc:
             kind, message = classify(exc)
             log.warning("step_failed", step=step.key, action=step.action, kind=kind, error=message)

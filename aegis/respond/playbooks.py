@@ -127,6 +127,11 @@ class Protected(_Strict):
         default_factory=list, description="/subscriptions/S/resourceGroups/G: everything in them"
     )
     subscriptions: list[Guid] = Field(default_factory=list)
+    tags: dict[Annotated[str, Field(min_length=1, max_length=512)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict,
+        description="resource tags (name: value, `*` for any value): an AI account carrying one is not touched "
+        "(checked when the action reads the account, before any change)",
+    )
 
 
 class Corroboration(_Strict):
