@@ -701,9 +701,13 @@ def corroboration_case(sources: tuple[str, ...], server):
     return responder, store, checker, incident
 
 
-def defender_alert(kind: str) -> dict[str, Any]:
+def defender_alert(kind: str, account: str = CORR_ACCOUNT) -> dict[str, Any]:
+    """The alert as the Alerts API returns it: its affected resource and its entities."""
     return {"id": ALERT_PATH, "name": ALERT_NAME, "type": "Microsoft.Security/Locations/alerts",
-            "properties": {"alertType": kind, "alertDisplayName": "Credential theft attempt", "status": "Active"}}  # fmt: skip
+            "properties": {"alertType": kind, "alertDisplayName": "Credential theft attempt", "status": "Active",
+                           "resourceIdentifiers": [{"type": "AzureResource", "azureResourceId": account}],
+                           "entities": [{"type": "account", "aadUserId": MALLORY, "name": "mallory",
+                                         "upnSuffix": "contoso.com"}]}}  # fmt: skip
 
 
 def steps_by_action(store) -> dict[str, Any]:
@@ -882,3 +886,19 @@ def test_an_ai_account_carrying_a_protected_tag_is_refused_when_the_action_reads
     assert step.status == "refused"
     assert "has the tag Aegis-Protected=TRUE" in (step.reason or "")
     assert not [s for s in wire.seen if s.method == "PATCH"]
+
+
+def test_a_real_alert_id_in_a_forged_message_does_not_vouch_for_another_target(wire):
+    """The attack: copy a genuine alert's id into a forged alert about another (never attacked) account."""
+    from tests.wire import Reply
+
+    responder, store, checker, incident = corroboration_case(("defender",), wire)
+    elsewhere = CORR_ACCOUNT.replace("oai-contoso-prod", "oai-other")
+    wire.expect("GET", ALERT_PATH, *[Reply(200, defender_alert("AI.Azure_CredentialTheftAttempt", elsewhere))] * 4)
+    checker.run(responder, lambda: [incident])
+    by = steps_by_action(store)
+    assert by["contain_ai_resource"].corroboration == (
+        f"uncorroborated: alert {ALERT_NAME} does not name {CORR_ACCOUNT}"
+    )
+    assert by["rotate_ai_keys"].status == "refused"
+    assert by["revoke_sessions"].corroboration.startswith("corroborated by")  # the alert does name that user

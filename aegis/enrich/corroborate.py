@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import structlog
 from azure.core.exceptions import ResourceNotFoundError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -81,10 +82,28 @@ def _defender(incident: Incident, step: StepRecord, ctx: Context) -> Answer | No
             said.append(f"no alert {where['alert_name']} in Defender")
             continue
         kind = (found.alert_type or "").lower()
-        if not kinds or kind in kinds:
-            return Answer("defender", True, f"Defender alert {where['alert_name']} exists ({found.alert_type})")
-        said.append(f"alert {where['alert_name']} is of type {found.alert_type}, not one the incident holds")
+        if kinds and kind not in kinds:
+            said.append(f"alert {where['alert_name']} is of type {found.alert_type}, not one the incident holds")
+            continue
+        # a real alert id in a forged message must not vouch for another target: the alert Defender
+        # holds must itself name the step's target (its affected resource, entities or compromised entity)
+        target = _target_value(step)
+        if target and target not in orjson.dumps(found.as_dict(), default=str).decode().lower():
+            said.append(f"alert {where['alert_name']} does not name {target}")
+            continue
+        return Answer("defender", True, f"Defender alert {where['alert_name']} exists ({found.alert_type}) and names "
+                                        f"{target or 'the incident'}")  # fmt: skip
     return Answer("defender", False, "; ".join(said))
+
+
+def _target_value(step: StepRecord) -> str | None:
+    """What of the step's target an alert about it would carry: the account's id, the user, the host."""
+    p = step.params
+    for key in ("account", "user", "machine_id", "host_name", "alert"):
+        value = p.get(key)
+        if isinstance(value, str) and value:
+            return value.lower()
+    return None
 
 
 @source("log_analytics")
