@@ -29,18 +29,21 @@ _SECRET_NAME = re.compile(
 )
 _MODEL_TEXT_NAME = re.compile(r"prompt|completion|messages|requestbody|responsebody|requestcontent|responsecontent")
 
-_SECRET_VALUE = re.compile(
-    r"(?i)\bbearer\s+[a-z0-9\-._~+/]+=*"  # an Authorization header's credentials
-    r"|\beyJ[a-z0-9_-]{8,}\.[a-z0-9_-]{8,}\.[a-z0-9_-]*"  # a JWT
-    r"|\b(?:accountkey|sharedaccesskey|sharedaccesssignature|sig|password|pwd|client_secret|api[-_]?key|"
-    r"subscription-key|code)=[^;&\s\"']+"  # key=value pairs of connection strings, SAS URLs, function keys
-    r"|\b(?:api-key|ocp-apim-subscription-key|x-api-key|x-functions-key|authorization)\s*:\s*\S+"  # header lines
-    r"|\b[0-9a-f]{32,}\b"  # long hex: Azure AI services keys are 32 hex digits
-    r"|(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*\d)(?=[A-Za-z0-9+/]*[A-Z])(?=[A-Za-z0-9+/]*[a-z])[A-Za-z0-9+]"
-    r"[A-Za-z0-9+/]{39,}={0,2}"  # long mixed-case base64: storage keys, newer AI keys, tokens (not a path)
+# Secrets that follow a word saying what they are: an Authorization header's credentials, key=value
+# pairs of connection strings, SAS URLs and function keys, and header lines.
+_AFTER_NAME = re.compile(
+    r"(?i)(\bbearer\s+|\b(?:accountkey|sharedaccesskey|sharedaccesssignature|sig|password|pwd|client_secret|"
+    r"api[-_]?key|subscription-key|code)=|\b(?:api-key|ocp-apim-subscription-key|x-api-key|x-functions-key|"
+    r"authorization)\s*:\s*)([^\s;&\"']+)"
 )
-# a 40-hex Defender for Endpoint machine id or a SHA-1 is an identifier, not a key: keep those
+_NAMING = ("bearer", "=", "key:", "key :", "authorization")  # a text with none of these has nothing for `_AFTER_NAME`
+# a 40-hex Defender for Endpoint machine id or a SHA-256 is an identifier, not a key: keep those
 _IDENTIFIER = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+# Secrets that look like secrets on their own: JWTs, long hex (Azure AI keys are 32 hex digits), and long
+# mixed-case base64 (storage keys, newer AI keys, tokens). Found as long runs first, then judged one by one.
+_RUN = re.compile(r"[A-Za-z0-9+/=_.\-]{32,}")
+_HEX = re.compile(r"[0-9a-fA-F]{32,}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
 
 @lru_cache(maxsize=4096)
@@ -57,16 +60,32 @@ def is_secret_name(name: str) -> bool:
     return _SECRET_NAME.search(_compact(name)) is not None
 
 
+@lru_cache(maxsize=8192)  # user agents and alert descriptions repeat: each distinct text is judged once
 def text(value: str) -> str:
     """`value` with anything that looks like a secret replaced by `[redacted]`."""
     if len(value) < 20:  # nothing shorter matches; the common case costs one length check
         return value
-    return _SECRET_VALUE.sub(_replace, value)
+    lowered = value.lower()
+    if any(word in lowered for word in _NAMING):
+        value = _AFTER_NAME.sub(lambda m: m.group(1) + REDACTED, value)
+    return _RUN.sub(_judge, value)
 
 
-def _replace(m: re.Match[str]) -> str:
-    found = m.group(0)
-    return found if _IDENTIFIER.match(found) else REDACTED
+def _judge(m: re.Match[str]) -> str:
+    run = m.group(0)
+    if _JWT.search(run):
+        return _JWT.sub(REDACTED, run)
+    if run.startswith("/") or "//" in run or "." in run.strip("."):  # a path, a URL or a host name: not a key
+        return run
+    for part in re.split(r"[=_\-]+", run):
+        if _IDENTIFIER.match(part.lower()):
+            continue  # a machine id or a SHA-256 is an identifier, not a key
+        if _HEX.fullmatch(part) or (
+            len(part) >= 40 and any(c.isdigit() for c in part) and any(c.isupper() for c in part)
+            and any(c.islower() for c in part)
+        ):  # fmt: skip
+            return REDACTED
+    return run
 
 
 def field(name: str, value: str) -> str | None:
