@@ -170,7 +170,7 @@ class Responder:
         old one) only if the incident has grown since."""
         known = self._learn(incidents)
         return sum(
-            self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)
+            self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)[0]
             for incident in incidents
         )
 
@@ -205,13 +205,14 @@ class Responder:
             raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
         planned = planner.plan(incident, self.response, playbooks=[playbook], learned=self._learn([incident]))
         who = _person(person_id) if person_id else _person(person)
-        keys = self._record(incident, planned, _person(person), who, asked=True, keys=True)
+        _, keys = self._record(incident, planned, _person(person), who, asked=True)
         return [s for k in keys if (s := self.store.step(k)) is not None]
 
     def _record(
         self, incident: Incident, planned: Sequence[PlannedStep], requester: str, requester_id: str = "",
-        *, asked: bool = False, keys: bool = False,
-    ) -> Any:  # fmt: skip
+        *, asked: bool = False,
+    ) -> tuple[int, list[str]]:  # fmt: skip
+        """Record the planned steps (each, or its new proposal: `_again`): how many were new, and their keys."""
         now = self.clock()
         records, audit = [], []
         for planned_step in planned:
@@ -228,11 +229,11 @@ class Responder:
             if p.status == "dry_run":
                 audit.append(AuditEntry.about(p, "dry_run", call(p.action, p.params), now, requester))
         if not records:
-            return [] if keys else 0
+            return 0, []
         new = self.store.add_steps(records, audit)
         if new:  # a parameter change always records a new step (its key is the parameters' digest)
             self._supersede(incident.id, records, now)
-        return [r.key for r in records] if keys else new
+        return new, [r.key for r in records]
 
     def _again(self, incident: Incident, p: PlannedStep, asked: bool) -> tuple[PlannedStep, str | None]:
         """The step to record for `p`: itself, or, when the same step was denied or expired and the
