@@ -902,3 +902,25 @@ def test_a_real_alert_id_in_a_forged_message_does_not_vouch_for_another_target(w
     )
     assert by["rotate_ai_keys"].status == "refused"
     assert by["revoke_sessions"].corroboration.startswith("corroborated by")  # the alert does name that user
+
+
+def test_log_analytics_asks_for_the_accounts_records_from_the_incidents_caller_network(wire):
+    import dataclasses
+
+    from aegis.events import Ip, Origin
+
+    path = f"/v1/workspaces/{WORKSPACE}/query"
+    responder, store, checker, incident = corroboration_case(("log_analytics",), wire)
+    incident = dataclasses.replace(
+        incident, entities=(*incident.entities, Ip(prefix="203.0.113.0/24", origin=Origin.AZURE))
+    )
+    wire.expect("POST", path, *[logs_rows(0)] * 4)
+    checker.run(responder, lambda: [incident])
+    account_queries = [s.body["query"] for s in wire.seen if s.path == path and "_ResourceId" in s.body["query"]]
+    assert account_queries
+    assert all('caller startswith "203.0.113."' in q for q in account_queries)
+    contain = steps_by_action(store)["contain_ai_resource"]
+    assert (
+        contain.corroboration
+        == "uncorroborated: Log Analytics holds no records of the account from 203.0.113.* in the incident's window"
+    )

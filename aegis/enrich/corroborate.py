@@ -8,7 +8,8 @@ behind it and settles the step (`Responder.settle`):
 - `defender`: each Defender alert of the incident, by its ARM id, through the Alerts API
   (azure-mgmt-security): it exists and is of a type the incident holds;
 - `log_analytics`: the workspace where the diagnostic logs also land (azure-monitor-query) has
-  records of the step's AI account, or sign-ins of the step's user, in the incident's window;
+  records of the step's AI account (from the incident's caller network, when it has one), or
+  sign-ins of the step's user, in the incident's window;
 - `entra`: Microsoft Graph has a sign-in record of the step's user in the incident's window
   (`GET /auditLogs/signIns`, permission `AuditLog.Read.All`).
 
@@ -36,7 +37,8 @@ from aegis.correlate.incidents import Incident
 from aegis.enrich import kql
 from aegis.enrich.base import Context, error_text
 from aegis.enrich.log_analytics import client as logs_client
-from aegis.events import DefenderAlert, Source
+from aegis.enrich.log_analytics import log_prefix
+from aegis.events import DefenderAlert, Ip, Origin, Source
 from aegis.respond import graph, planner
 from aegis.respond.defender import alerts
 from aegis.respond.record import Responder, StepRecord
@@ -110,7 +112,12 @@ def _target_value(step: StepRecord) -> str | None:
 def _log_analytics(incident: Incident, step: StepRecord, ctx: Context) -> Answer | None:
     if ctx.connections is None or not ctx.workspace:
         return None
-    if "account" in step.params:
+    networks = sorted({e.prefix for e in incident.entities if isinstance(e, Ip) and e.origin is not Origin.APP})
+    if "account" in step.params and networks:  # the account's records from the caller network, not just any
+        prefix = log_prefix(networks[0])
+        query, values = "corroborate_account_network", {"account": step.params["account"], "prefix": prefix}
+        what = f"records of the account from {prefix}*"
+    elif "account" in step.params:
         query, values, what = "corroborate_account", {"account": step.params["account"]}, "records of the account"
     elif "user" in step.params:
         query, values, what = "corroborate_user", {"user": step.params["user"]}, "sign-ins of the user"

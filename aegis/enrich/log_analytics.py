@@ -32,7 +32,7 @@ def questions(incident: Incident) -> list[tuple[str, str, dict[str, str]]]:
     """(label, template, values) for each question the incident's entities raise (at most 5 of a kind)."""
     asked: list[tuple[str, str, dict[str, str]]] = []
     for ip in sorted({e.prefix for e in incident.entities if isinstance(e, Ip)})[:5]:
-        asked.append((f"network {ip}", "ai_requests_from_network", {"prefix": _log_prefix(ip)}))
+        asked.append((f"network {ip}", "ai_requests_from_network", {"prefix": log_prefix(ip)}))
     for user in sorted({e.key for e in incident.entities if isinstance(e, User)})[:5]:
         asked.append((f"user {user}", "user_sign_ins", {"user": user}))
     for account in sorted({e.key for e in incident.entities if isinstance(e, AiResource)})[:5]:
@@ -72,7 +72,7 @@ def log_analytics(incident: Incident, ctx: Context) -> dict[str, Any]:
     return out
 
 
-def _log_prefix(prefix: str) -> str:
+def log_prefix(prefix: str) -> str:
     """How a network appears at the start of CallerIPAddress: `203.0.113.` for an IPv4 /24 (the logs
     mask the last octet), the address for a single address, the network's leading groups otherwise."""
     net = ipaddress.ip_network(prefix, strict=False)
