@@ -924,3 +924,27 @@ def test_log_analytics_asks_for_the_accounts_records_from_the_incidents_caller_n
         contain.corroboration
         == "uncorroborated: Log Analytics holds no records of the account from 203.0.113.* in the incident's window"
     )
+
+
+def test_an_instance_behind_on_one_partition_does_not_make_its_records_too_late():
+    """Both partitions of the diagnostics hub carry the caller's traffic to the account; then the
+    instance reading partition 1 stops for two hours while partition 0 goes on. When partition 1
+    catches up, the brute force in its backlog still forms its incident."""
+    p = pipeline(ids=["ai-key-brute-force"])
+    start = NOW - timedelta(hours=3)
+    seq = iter(range(1, 10_000))
+
+    def send(partition: str, *records: dict[str, Any]) -> None:
+        p.process([Message(orjson.dumps({"records": list(records)}), hub="ai-diagnostics", partition=partition,
+                           sequence_number=next(seq), enqueued_time=NOW)])  # fmt: skip
+
+    for m in range(0, 20, 5):  # in step: both partitions see the caller's ordinary requests
+        send("0", record(start + timedelta(minutes=m), resultSignature="200"))
+        send("1", record(start + timedelta(minutes=m, seconds=1), resultSignature="200"))
+    for m in range(20, 180, 5):  # partition 1's instance is down; partition 0 goes on to now
+        send("0", record(start + timedelta(minutes=m), resultSignature="200"))
+    send("1", *brute_force(start + timedelta(minutes=30)))  # the backlog of partition 1
+    attack = start + timedelta(minutes=30)
+    brute = [i for i in p.store.incidents() if i.first_seen <= attack <= i.last_seen]
+    assert brute, "the lagging partition's brute force was counted as too late"
+    assert brute[0].event_count >= 9  # the eight denials and the success, with the caller's requests around them

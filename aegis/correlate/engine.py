@@ -8,10 +8,12 @@ concurrency (SQLite version / Table ETag), with only the incidents that changed.
 (another instance wrote the bucket since it was read) re-reads and re-merges that bucket.
 
 Event time and lateness. A bucket keeps a watermark per event source (Defender alerts, resource
-logs, activity log, sign-ins): the latest event time it has seen from that source. Its finality
-follows the slowest of them (and of the detection's declared sources not yet seen, up to the
-panes a bucket can keep), so one source running ahead (an alerts-only instance, a lagging
-diagnostics hub) never makes another source's events too late. Triggers at panes older than
+logs, activity log, sign-ins) and Event Hubs partition: the latest event time it has seen from
+each. Its finality follows the slowest of them (and waits for the detection's declared sources
+not yet seen), so one source running ahead (an alerts-only instance, a lagging
+diagnostics hub, an instance behind on one partition) never makes another's events too late. A
+source or partition that falls silent holds finality back no further than the panes a bucket keeps
+(`MAX_PANES`): past that, the leader's lateness decides. Triggers at panes older than
 `slowest watermark - lateness` can no longer change: they are final, the panes only they
 needed are dropped, and an event that old is counted as too late. Within the lateness the result
 does not depend on arrival order. The incident that may still grow past the dropped panes keeps
@@ -246,6 +248,7 @@ class _Facts:
                 refs=frozenset(r for r, _ in refs),
                 entities=refs,
                 trusted=frozenset(r for r, x in refs if x.origin is not Origin.APP),
+                mark=f"{e.source.value}|{ev.hub}/{ev.partition}" if ev.partition is not None else e.source.value,
             )  # fmt: skip
         return got
 
@@ -291,7 +294,7 @@ class State:
     pane_us: int
     width: int
     final_before: int | None  # pane index: triggers before it are final; events before it too late
-    watermarks: dict[str, int]  # event source → the newest event time merged from it, µs
+    watermarks: dict[str, int]  # "source|hub/partition" (or "source") → the newest event time merged from it, µs
     applied: dict[str, int]  # "hub/partition" → highest sequence number merged
     panes: dict[int, Pane]
     entities: dict[str, Entity | dict[str, Any]]  # by reference; as stored until an incident needs them
@@ -354,7 +357,7 @@ class State:
         far as the panes a bucket keeps allow (`MAX_PANES`): then the leader's lateness decides."""
         leader = self.watermark
         slowest = min(self.watermarks.values(), default=NONE)
-        if d.sources is not None and not d.sources <= self.watermarks.keys():
+        if d.sources is not None and not d.sources <= {k.partition("|")[0] for k in self.watermarks}:
             slowest = NONE
         held = leader // self.pane_us - MAX_PANES + self.width  # finality no later than this keeps ≤ MAX_PANES panes
         return max((slowest - lateness_us) // self.pane_us, held)
@@ -440,9 +443,9 @@ class State:
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
                 hi = index if hi is None else max(hi, index)
-                source = f.sample[1]
-                if f.time > watermarks.get(source, NONE):
-                    watermarks[source] = f.time
+                mark = f.mark
+                if f.time > watermarks.get(mark, NONE):
+                    watermarks[mark] = f.time
         self.applied = applied
         if lo is None or hi is None:
             self.touched = []
