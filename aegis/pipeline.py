@@ -86,7 +86,7 @@ class Pipeline:
         *,
         limits: Limits | None = None,
         correlator: Correlator | None = None,
-        respond: Callable[[list[Incident]], None] | None = None,
+        respond: Callable[[list[Incident], list[Event]], None] | None = None,
         hubs: Mapping[str, HubKind] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -97,7 +97,9 @@ class Pipeline:
         self.hubs = dict(hubs or {})
         self.limits = limits or Limits()
         self.correlator = correlator
-        self.respond = respond  # given the incidents a batch created or changed (the response plan)
+        # given the incidents a batch created or changed, and its events (the response plan learns
+        # from every event which identities belong to protected users before it plans)
+        self.respond = respond
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -138,8 +140,8 @@ class Pipeline:
             counts.late = correlated.too_late
             counts.detection_errors = {d: n for d, (n, _) in correlated.errors.items()}
             counts.error_reasons = {d: reason for d, (_, reason) in correlated.errors.items()}
-            if self.respond is not None and correlated.changed:
-                self.respond(correlated.changed)
+            if self.respond is not None:
+                self.respond(correlated.changed, list(events.values()))
         return counts
 
     def _one(self, message: Message, digest: str, received: datetime) -> tuple[list[Event], list[DeadLetter]]:

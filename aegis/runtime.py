@@ -20,6 +20,7 @@ from aegis.correlate.engine import Correlator
 from aegis.correlate.incidents import Incident, views
 from aegis.enrich.record import EnrichmentStore
 from aegis.errors import ConfigurationError
+from aegis.events import Event
 from aegis.pipeline import Pipeline
 from aegis.respond import playbooks
 from aegis.respond.execute import Executor, RunCounts
@@ -38,7 +39,9 @@ def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = Fals
     return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs)
 
 
-def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Callable[[list[Incident]], None] | None:
+def responder(
+    cfg: settings.Settings, store: Store, known: Iterable[str]
+) -> Callable[[list[Incident], list[Event]], None] | None:
     """Record the response plan's steps for changed incidents; None when the store keeps no response
     records (both stores do; a store without them is logged once at start-up). Nothing is called from here: the
     ingest path only records, and the response timer (`executor_run`) makes the calls, so a slow
@@ -48,8 +51,10 @@ def responder(cfg: settings.Settings, store: Store, known: Iterable[str]) -> Cal
         return None
     record = Responder(load_response(cfg, detection_ids=known), store)
 
-    def respond(incidents: list[Incident]) -> None:
-        record.respond([v.incident for v in views(incidents) if v.status != "superseded"])
+    def respond(incidents: list[Incident], events: list[Event]) -> None:
+        record.learn(e for event in events for e in event.entities)
+        if incidents:
+            record.respond([v.incident for v in views(incidents) if v.status != "superseded"])
 
     return respond
 

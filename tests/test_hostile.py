@@ -948,3 +948,29 @@ def test_an_instance_behind_on_one_partition_does_not_make_its_records_too_late(
     brute = [i for i in p.store.incidents() if i.first_seen <= attack <= i.last_seen]
     assert brute, "the lagging partition's brute force was counted as too late"
     assert brute[0].event_count >= 9  # the eight denials and the success, with the caller's requests around them
+
+
+def test_a_pairing_is_learned_from_any_event_and_never_from_an_apps_word(tmp_path):
+    """An alert that forms no incident of its own still teaches that the object id is the break-glass
+    user's; an end-user context naming the pair teaches nothing (an attacker could protect itself)."""
+    from aegis import runtime, settings
+
+    cfg = settings.load(db=tmp_path / "learn.db")
+    store = SqliteStore(cfg.db)
+    p = runtime.build_pipeline(cfg, store, respond=True)
+    p.clock = lambda: NOW
+    a = copy.deepcopy(ALERT)
+    a["properties"]["alertType"] = "VM_SuspectDownloadArtifacts"  # not an AI alert: no incident of its own
+    account = next(e for e in a["properties"]["entities"] if e["type"] == "account")
+    account.update(name="breakglass-01", upnSuffix="contoso.com", aadUserId=BREAK_GLASS_OID)
+    p.process([Message(orjson.dumps(a), hub="defender-alerts")])
+    assert BREAK_GLASS_OID in store.protected_aliases()
+    from aegis.events import Origin, User
+    from aegis.respond import playbooks
+    from aegis.respond.record import Responder
+
+    attacker = "a77ac0e5-0000-4000-8000-000000000000"
+    Responder(playbooks.load(), store).learn([User(upn="breakglass-02@contoso.com", object_id=attacker,
+                                                   origin=Origin.APP)])  # fmt: skip
+    assert store.protected_aliases() == {BREAK_GLASS_OID}
+    store.close()

@@ -206,13 +206,21 @@ def test_ten_thousand_hostile_bodies_break_no_invariant(tmp_path):
 
     incidents = {i.id: i for i in store.incidents()}
     steps = store.steps()
+    # the object id is the break-glass user's only where the stream itself paired the two (an alert's
+    # account entity, a log's claims): the oracle reads that from the stored events, not from the planner
+    upn, oid = BREAK_GLASS
+    paired = any(getattr(e, "upn", None) == upn and getattr(e, "object_id", None) == oid and e.origin is not Origin.APP
+                 for ev in store.events() for e in ev.entities)  # fmt: skip
+    protected_users = {upn, oid} if paired else {upn}
     assert steps, "the stream should give incidents with a response plan"
     for step in steps:
         if step.status == "refused":
             continue
         spec = ACTIONS[step.action]
         params = spec.params.model_validate(step.params)
-        assert not _touches_what_the_stream_protected(step, incidents.get(step.incident)), (SEED, step.key, step.target)
+        assert not _touches_what_the_stream_protected(step, incidents.get(step.incident), protected_users), (
+            SEED, step.key, step.target,
+        )  # fmt: skip
         assert planner.protected(params, plan, step.aliases) is None, (SEED, step.key, step.target)
         if spec.disruptive:
             assert step.corroboration == planner.NO_SOURCE, (SEED, step.key)
@@ -238,11 +246,11 @@ def _only_the_app_named(incident: Incident, target: str) -> bool:
 PROTECTED_HOSTS = {"dc01", "dc01.contoso.local", "dc02", "dc02.contoso.local"}  # the shipped plan's, short names too
 
 
-def _touches_what_the_stream_protected(step: Any, incident: Incident | None) -> bool:
+def _touches_what_the_stream_protected(step: Any, incident: Incident | None, users: set[str]) -> bool:
     """An oracle that does not ask the planner: does this step act on an asset the generator made
-    protected (the break-glass user under either of its names, a domain controller, the core account)?"""
+    protected (the break-glass user under the names the stream gave it, a domain controller, the core account)?"""
     p = step.params
-    if p.get("user") in BREAK_GLASS:
+    if p.get("user") in users:
         return True
     if str(p.get("account", "")).lower() == PROTECTED_ACCOUNT.lower():
         return True

@@ -22,7 +22,7 @@ import orjson
 
 from aegis.correlate.incidents import Incident
 from aegis.errors import AegisError, InputNotFound
-from aegis.events import User
+from aegis.events import Entity, Origin, User
 from aegis.respond import planner
 from aegis.respond.actions import ACTIONS
 from aegis.respond.planner import PlannedStep
@@ -175,17 +175,21 @@ class Responder:
         )
 
     def _learn(self, incidents: Sequence[Incident]) -> frozenset[str]:
-        """Remember every identifier an incident pairs with a protected user (an alert naming the
-        break-glass UPN with its object id protects that object id from then on, in every incident),
-        and refuse the waiting steps that target one of them."""
+        return self.learn(e for incident in incidents for e in incident.entities)
+
+    def learn(self, entities: Iterable[Entity]) -> frozenset[str]:
+        """Remember every identifier an event or incident pairs with a protected user (an alert naming
+        the break-glass UPN with its object id protects that object id from then on, everywhere), and
+        refuse the waiting steps that target one of them. Every identifier known so far."""
         listed = {u.lower() for u in self.response.plan.protected.users}
         known = self.store.protected_aliases()
         new: set[str] = set()
-        for incident in incidents:
-            for e in incident.entities:
-                ids = planner.identifiers(e) if isinstance(e, User) else set()
-                if len(ids) > 1 and ids & (listed | known | new):
-                    new |= ids - listed - known
+        for e in entities:
+            if not isinstance(e, User) or e.origin is Origin.APP:  # an application's word teaches nothing
+                continue
+            ids = planner.identifiers(e)
+            if len(ids) > 1 and ids & (listed | known | new):
+                new |= ids - listed - known
         if new:
             now = self.clock()
             self.store.add_protected_aliases(sorted(new), now)
