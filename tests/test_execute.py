@@ -233,7 +233,7 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
         (s.method, s.path.rsplit("/", 1)[-1] or s.path, s.body) for s in server.seen if s.headers.get("authorization")
     ]
     assert calls == [
-        ("GET", p_account(base), None),  # the account first: a protected tag stops the rotation before any change
+        ("GET", last_segment(base), None),  # the account first: a protected tag stops the rotation before any change
         ("GET", "/secrets/oai-key/", None),
         ("POST", "listKeys", None),
         ("POST", "regenerateKey", {"keyName": "Key2"}),  # the key the secret does not hold, first
@@ -250,7 +250,7 @@ def test_rotate_moves_the_secret_to_a_fresh_key_before_regenerating_the_key_it_h
     assert fresh.encode() not in everything(store)
 
 
-def p_account(base: str) -> str:
+def last_segment(base: str) -> str:
     return base.rsplit("/", 1)[-1]
 
 
