@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -26,19 +26,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from aegis import log, replay, runtime, settings
-from aegis.correlate import detections, mapping, selftest
-from aegis.correlate.incidents import SEVERITY_ORDER, Incident, View, views
-from aegis.enrich.record import Enrichment, EnrichmentStore
+from aegis import log, settings
 from aegis.errors import AegisError, InputNotFound
-from aegis.events import AiResource, Ip, User
-from aegis.pipeline import Counts, Message
-from aegis.respond import planner
-from aegis.respond import playbooks as response
-from aegis.respond.actions import ACTIONS
-from aegis.respond.execute import Executor
-from aegis.respond.record import Responder, ResponseStore, StepRecord, call
-from aegis.store import Store, open_store
+
+if TYPE_CHECKING:  # the heavy parts are imported by the commands that need them: `aegis --help` stays fast
+    from aegis.correlate.incidents import Incident, View
+    from aegis.enrich.record import Enrichment
+    from aegis.pipeline import Counts
+    from aegis.respond.record import ResponseStore, StepRecord
+    from aegis.store import Store
 
 app = typer.Typer(
     name="aegis",
@@ -80,6 +76,8 @@ def _global(
 
 @contextmanager
 def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Settings, Store]]:
+    from aegis.store import open_store  # noqa: PLC0415
+
     cfg = settings.load(db=db)
     log.configure(json=cfg.log_format == "json", level=cfg.log_level if _Options.verbose else "ERROR")
     if must_exist and cfg.store == "sqlite" and not cfg.db.exists():
@@ -92,6 +90,9 @@ def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Sett
 
 
 def _replay(cfg: settings.Settings, store: Store, files: list[Path], hub: str, per_line: bool) -> Counts:
+    from aegis import replay, runtime  # noqa: PLC0415
+    from aegis.pipeline import Counts, Message  # noqa: PLC0415
+
     pipeline = runtime.build_pipeline(cfg, store)
     total = Counts()
     sizes = [p.stat().st_size for p in files]
@@ -158,6 +159,8 @@ def replay_cmd(
 
     A .json file is one body; a .jsonl or .ndjson file has one body per line.
     """
+    from aegis import replay  # noqa: PLC0415
+
     files = replay.collect(paths)
     with _store(db, must_exist=False) as (cfg, store):
         counts = _replay(cfg, store, files, hub, lines)
@@ -235,6 +238,12 @@ def demo_cmd(
 ) -> None:
     """Replay the bundled samples on the embedded default and summarize what came out. Without
     --db it starts a fresh ./aegis-demo.db each time, so it never mixes samples into your data."""
+    from aegis import replay, runtime  # noqa: PLC0415
+    from aegis.correlate.incidents import views  # noqa: PLC0415
+    from aegis.events import AiResource, Ip, User  # noqa: PLC0415
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+    from aegis.respond.record import Responder  # noqa: PLC0415
+
     files = replay.collect([samples])
     if db is None:
         db = DEMO_DB
@@ -286,6 +295,8 @@ def demo_cmd(
 
 
 def _most_severe(shown: list[View]) -> Incident | None:
+    from aegis.correlate.incidents import SEVERITY_ORDER  # noqa: PLC0415
+
     if not shown:
         return None
     return max(shown, key=lambda v: (SEVERITY_ORDER.index(v.incident.severity), v.incident.last_seen)).incident
@@ -313,6 +324,8 @@ def _demo_enrichment(top: Incident, kept: list[Enrichment]) -> None:
 
 def _demo_response(shown: list[View], steps: list[StepRecord], at: str) -> None:
     """The response plan's steps for the most severe incident, and what approving one would do."""
+    from aegis.respond.record import call  # noqa: PLC0415
+
     out.print()
     waiting = [s for s in steps if s.status == "awaiting_approval"]
     out.print(f"[bold]Response (dry run)[/bold]: {len(steps)} step(s), {len(waiting)} awaiting approval")
@@ -342,6 +355,9 @@ def incidents_cmd(
     show_all: Annotated[bool, typer.Option("--all", help="Include superseded single-alert incidents.")] = False,
 ) -> None:
     """List incidents, oldest first (`aegis incidents show ID` for one)."""
+    from aegis.correlate.incidents import views  # noqa: PLC0415
+    from aegis.respond.record import ResponseStore  # noqa: PLC0415
+
     if ctx.invoked_subcommand is not None:
         return
     with _store(db, must_exist=True) as (_, store):
@@ -382,6 +398,12 @@ def _incident_table(listed: list[View]) -> None:
 @incidents_app.command("show")
 def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id.")], db: DbOption = None) -> None:
     """One incident, readably, with its evidence timeline."""
+    from aegis.correlate import mapping  # noqa: PLC0415
+    from aegis.correlate.incidents import views  # noqa: PLC0415
+    from aegis.respond import planner  # noqa: PLC0415
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+    from aegis.respond.record import ResponseStore  # noqa: PLC0415
+
     with _store(db, must_exist=True) as (_, store):
         found = [v for v in views(store.incidents()) if v.incident.id == incident_id]
         kept = _enrichment(store, incident_id)
@@ -420,6 +442,8 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
 
 
 def _enrichment(store: Store, incident: str) -> list[Enrichment]:
+    from aegis.enrich.record import EnrichmentStore  # noqa: PLC0415
+
     return store.enrichment(incident) if isinstance(store, EnrichmentStore) else []
 
 
@@ -439,6 +463,8 @@ PathsOption = Annotated[
 @detections_app.command("list")
 def detections_list(path: PathsOption = None) -> None:
     """The loaded detections."""
+    from aegis.correlate import detections  # noqa: PLC0415
+
     table = Table("id", "kind", "severity", "group by", "ATLAS", "OWASP", box=None)
     for d in detections.load(path).detections:
         table.add_row(d.id, d.kind, d.severity.value, ", ".join(d.group_by), ", ".join(d.atlas), ", ".join(d.owasp_llm))
@@ -448,6 +474,8 @@ def detections_list(path: PathsOption = None) -> None:
 @detections_app.command("validate")
 def detections_validate(path: PathsOption = None) -> None:
     """Load and validate every detection file; the first problem names the file and the field."""
+    from aegis.correlate import detections  # noqa: PLC0415
+
     loaded = detections.load(path)
     out.print(f"{len(loaded.detections)} detection(s) valid")
 
@@ -455,6 +483,8 @@ def detections_validate(path: PathsOption = None) -> None:
 @detections_app.command("test")
 def detections_test(path: PathsOption = None) -> None:
     """Run every detection's own test events against its expected result."""
+    from aegis.correlate import detections, selftest  # noqa: PLC0415
+
     failed = 0
     total = 0
     for d in detections.load(path).detections:
@@ -471,6 +501,8 @@ def detections_test(path: PathsOption = None) -> None:
 @detections_app.command("coverage")
 def detections_coverage(path: PathsOption = None) -> None:
     """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
+    from aegis.correlate import detections, mapping  # noqa: PLC0415
+
     loaded = detections.load(path).detections
     for title, names, attr in (
         ("ATLAS", mapping.atlas_names(), "atlas"),
@@ -500,6 +532,9 @@ FolderOption = Annotated[Path | None, typer.Option("--dir", help="Playbooks fold
 @playbooks_app.command("validate")
 def playbooks_validate(folder: FolderOption = None) -> None:
     """Load and validate the response plan and every playbook; the first problem names the file and the field."""
+    from aegis.correlate import detections  # noqa: PLC0415
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+
     loaded = response.load(folder, detection_ids=[d.id for d in detections.load().detections])
     steps = sum(len(p.steps) for p in loaded.playbooks.values())
     out.print(f"response plan and {len(loaded.playbooks)} playbook(s) valid ({steps} steps, mode {loaded.plan.mode})")
@@ -508,6 +543,8 @@ def playbooks_validate(folder: FolderOption = None) -> None:
 @playbooks_app.command("list")
 def playbooks_list(folder: FolderOption = None) -> None:
     """The playbooks, their steps and the approvals each step needs under the plan."""
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+
     loaded = response.load(folder)
     for book in loaded.playbooks.values():
         out.print(f"[bold]{book.id}[/bold]  {book.description.strip()}")
@@ -520,6 +557,8 @@ def playbooks_list(folder: FolderOption = None) -> None:
 @playbooks_app.command("actions")
 def playbooks_actions() -> None:
     """The registered actions: what each calls, the permission it needs, and how to undo it."""
+    from aegis.respond.actions import ACTIONS  # noqa: PLC0415
+
     for spec in ACTIONS.values():
         undo = f"undo: {spec.inverse}" if spec.inverse else "cannot be undone" if not spec.reversible else ""
         out.print(f"[bold]{spec.name}[/bold]  {spec.summary}")
@@ -537,6 +576,9 @@ def playbooks_plan(
 ) -> None:
     """What the response plan would do for an incident: each step, its target and exact parameters,
     the approvals it needs, and what it refuses and why. Runs nothing."""
+    from aegis.respond import planner  # noqa: PLC0415
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+
     loaded = response.load(folder)
     with _store(db, must_exist=True) as (_, store):
         found = [i for i in store.incidents() if i.id == incident_id]
@@ -570,6 +612,9 @@ def playbooks_request(
     """Ask for a playbook on an incident: one the plan did not choose, or again after a step of it was
     denied or expired (each such step is proposed again as a new step, linked to the old one in the
     audit log). Its steps wait for approval as the plan says; you cannot approve your own request."""
+    from aegis import runtime  # noqa: PLC0415
+    from aegis.respond.record import Responder  # noqa: PLC0415
+
     with _store(db, must_exist=True) as (cfg, store):
         loaded = runtime.load_response(cfg, folder)
         found = [i for i in store.incidents() if i.id == incident_id]
@@ -586,6 +631,11 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
     """Record what the response plan does for every stored incident (idempotent: a step is recorded
     once); in `mode: execute`, run the steps that are approved, expire the ones that waited too long
     and retry the ones a throttled service released."""
+    from aegis import runtime  # noqa: PLC0415
+    from aegis.correlate.incidents import views  # noqa: PLC0415
+    from aegis.respond.execute import Executor  # noqa: PLC0415
+    from aegis.respond.record import Responder  # noqa: PLC0415
+
     with _store(db, must_exist=True) as (cfg, store):
         loaded = runtime.load_response(cfg, folder)
         steps_store = _response_store(store)
@@ -608,6 +658,8 @@ PersonOption = Annotated[str, typer.Option("--as", help="Your user principal nam
 @approvals_app.command("list")
 def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Steps awaiting approval, with their exact parameters and what approving would do."""
+    from aegis.respond.record import call  # noqa: PLC0415
+
     with _store(db, must_exist=True) as (_, store):
         waiting = _response_store(store).steps(status=["awaiting_approval"])
     if as_json:
@@ -631,6 +683,10 @@ def approvals_approve(step_id: Annotated[str, typer.Argument(help="Step id.")], 
                       db: DbOption = None, folder: FolderOption = None) -> None:  # fmt: skip
     """Approve a step (the requester cannot; one person counts once). In `mode: execute` a step with all
     its approvals runs at once, with the playbook's steps after it."""
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+    from aegis.respond.execute import Executor  # noqa: PLC0415
+    from aegis.respond.record import Responder, call  # noqa: PLC0415
+
     loaded = response.load(folder)
     with _store(db, must_exist=True) as (cfg, store):
         steps_store = _response_store(store)
@@ -650,6 +706,9 @@ def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], per
                    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
                    db: DbOption = None, folder: FolderOption = None) -> None:  # fmt: skip
     """Deny a step; it will not run."""
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+    from aegis.respond.record import Responder  # noqa: PLC0415
+
     with _store(db, must_exist=True) as (_, store):
         step = Responder(response.load(folder), _response_store(store)).decide(
             step_id, person, approve=False, reason=reason
@@ -662,6 +721,8 @@ def enrich_cmd(db: DbOption = None) -> None:
     """Enrich the incidents that are new or changed since they were last enriched (AEGIS_ENRICHERS:
     `local` on SQLite; `log_analytics`, `defender`, `graph` on Azure), then deliver them (AEGIS_DELIVERERS:
     `sentinel`, `teams`; none by default)."""
+    from aegis import runtime  # noqa: PLC0415
+
     with _store(db, must_exist=True) as (cfg, store):
         enriched, delivered = runtime.enrich_and_deliver(cfg, store)
     out.print(
@@ -680,7 +741,7 @@ def send_cmd(
     login (DefaultAzureCredential; you need Azure Event Hubs Data Sender on the namespace)."""
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415
 
-    from aegis import send  # noqa: PLC0415
+    from aegis import replay, send  # noqa: PLC0415
 
     if not re.fullmatch(
         r"[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9]\.servicebus\.(windows\.net|usgovcloudapi\.net|chinacloudapi\.cn)",
@@ -716,6 +777,8 @@ def serve_cmd(
     import uvicorn  # noqa: PLC0415  (only this command needs the server)
 
     from aegis.approvals import web  # noqa: PLC0415
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+    from aegis.respond.execute import Executor  # noqa: PLC0415
 
     loaded = response.load(folder)
     name = (person or getpass.getuser()).strip()
@@ -752,6 +815,8 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def _response_store(store: object) -> ResponseStore:
+    from aegis.respond.record import ResponseStore  # noqa: PLC0415
+
     if not isinstance(store, ResponseStore):
         raise AegisError("this store keeps no response records (approvals, audit log): use AEGIS_STORE=sqlite or table")
     return store
@@ -760,6 +825,8 @@ def _response_store(store: object) -> ResponseStore:
 @playbooks_app.command("schema")
 def playbooks_schema() -> None:
     """JSON Schemas of playbook and plan files (generated from the action registry)."""
+    from aegis.respond import playbooks as response  # noqa: PLC0415
+
     _print_json(response.schema())
 
 

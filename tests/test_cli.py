@@ -180,3 +180,19 @@ def test_detections_commands(tmp_path):
     out = aegis("detections", "validate", "--path", str(bad))
     assert out.returncode == 1
     assert str(bad) in out.stderr
+
+
+def test_the_cli_loads_the_pipeline_and_the_sdks_only_for_the_commands_that_need_them():
+    """`aegis --help` answers without importing the pipeline, the response or any Azure SDK (they
+    cost seconds of start-up); checked by what is loaded, not by a timing."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, aegis.cli\n"
+        "heavy = ['aegis.pipeline', 'aegis.runtime', 'aegis.respond.execute', 'aegis.correlate.engine', "
+        "'msgraph', 'azure.mgmt.security', 'azure.monitor.query', 'azure.data.tables']\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
