@@ -17,6 +17,7 @@ test: $(DEV) $(AZURITE) $(CHECKOV)  ## lint, type-check, scan infra/, and run th
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	.venv-checkov/bin/checkov -d infra --framework bicep --skip-download --compact --quiet
 	scripts/ensure-chromium.sh
 	scripts/with-azurite.sh $(BIN)/pytest $(PYTEST_ARGS)
@@ -25,6 +26,7 @@ lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(DEV)  ## events/s: ingest, and end to end against a naive baseline and a DuckDB peer
 	$(BIN)/python -m bench.ingest
