@@ -52,9 +52,8 @@ def responder(
     record = Responder(load_response(cfg, detection_ids=known), store)
 
     def respond(incidents: list[Incident], events: list[Event]) -> None:
-        record.learn(e for event in events for e in event.entities)
-        if incidents:
-            record.respond([v.incident for v in views(incidents) if v.status != "superseded"])
+        shown = [v.incident for v in views(incidents) if v.status != "superseded"]
+        record.respond(shown, seen=[e for event in events for e in event.entities])
 
     return respond
 

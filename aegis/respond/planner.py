@@ -24,6 +24,8 @@ from aegis.respond.actions import ACTIONS, Params
 from aegis.respond.playbooks import Playbook, Response, ResponsePlan, Step
 from aegis.yamlfiles import describe
 
+_TARGET_FIELDS = ("user", "machine_id", "host_name")  # the parameters that name a user or a host
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
@@ -54,10 +56,11 @@ def plan(
     context = incident_context(incident)
     context["_aliases"] = aliases_of(incident)
     context["_learned"] = learned
+    context["_sources"] = response.corroborators
     for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
         book = response.playbooks[name]
         for step in book.steps:
-            out += _steps(incident, book, step, context, response.plan, sources=response.corroborators)
+            out += _steps(incident, book, step, context, response.plan)
     return out
 
 
@@ -91,14 +94,13 @@ def incident_context(incident: Incident) -> dict[str, Any]:
 
 
 def _steps(
-    incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan,
-    *, sources: tuple[str, ...],
-) -> list[PlannedStep]:  # fmt: skip
+    incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan
+) -> list[PlannedStep]:
     if step.for_each is None:
-        return [_one(incident, book, step, context, plan_, sources=sources)]
+        return [_one(incident, book, step, context, plan_)]
     kind = step.for_each.split(".")[1]
     items: list[Any] = context.get(f"_items.{kind}", context.get(step.for_each, []))
-    return [_one(incident, book, step, {**context, **_item(x)}, plan_, sources=sources) for x in items]
+    return [_one(incident, book, step, {**context, **_item(x)}, plan_) for x in items]
 
 
 def _item(x: Entity | str) -> dict[str, Any]:
@@ -131,10 +133,7 @@ def aliases_of(incident: Incident) -> dict[str, frozenset[str]]:
     return out
 
 
-def _one(
-    incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan,
-    *, sources: tuple[str, ...] = (),
-) -> PlannedStep:  # fmt: skip
+def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any], plan_: ResponsePlan) -> PlannedStep:
     spec = ACTIONS[step.action]
     raw = {name: templates.render(value, context) for name, value in step.params.items()}
     approvals = plan_.approvals_for(step.action)
@@ -156,7 +155,7 @@ def _one(
         reason = _untrusted_target(incident, params, context.get("_item"))
     corroboration = ""
     if spec.disruptive:  # until a source confirms the evidence, one approval more (`corroborate.py` settles it)
-        corroboration = PENDING if sources else NO_SOURCE
+        corroboration = PENDING if context.get("_sources") else NO_SOURCE
         approvals = uncorroborated_approvals(approvals)
     if reason:
         status = "refused"
@@ -176,9 +175,6 @@ MAX_APPROVALS = 3
 def uncorroborated_approvals(planned: int) -> int:
     """What an uncorroborated step needs: one approval more than the plan says (never fewer than 2)."""
     return min(max(planned, 1) + 1, MAX_APPROVALS)
-
-
-_TARGET_FIELDS = ("user", "machine_id", "host_name")
 
 
 def protected(

@@ -164,18 +164,16 @@ class Responder:
     ) -> None:
         self.response, self.store, self.clock = response, store, clock
 
-    def respond(self, incidents: Sequence[Incident]) -> int:
+    def respond(self, incidents: Sequence[Incident], *, seen: Iterable[Entity] = ()) -> int:
         """Record the plan's steps for these incidents; return how many steps were new. A step the
         plan gives again after it was denied or expired is proposed again (a new step, linked to the
-        old one) only if the incident has grown since."""
-        known = self._learn(incidents)
+        old one) only if the incident has grown since. `seen`: the entities of the batch's events,
+        learned from (`learn`) with the incidents' own before anything is planned."""
+        known = self.learn([*seen, *(e for incident in incidents for e in incident.entities)])
         return sum(
             self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)[0]
             for incident in incidents
         )
-
-    def _learn(self, incidents: Sequence[Incident]) -> frozenset[str]:
-        return self.learn(e for incident in incidents for e in incident.entities)
 
     def learn(self, entities: Iterable[Entity]) -> frozenset[str]:
         """Remember every identifier an event or incident pairs with a protected user (an alert naming
@@ -207,7 +205,7 @@ class Responder:
         step that was denied or expired is proposed again, as a new step."""
         if playbook not in self.response.playbooks:
             raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
-        planned = planner.plan(incident, self.response, playbooks=[playbook], learned=self._learn([incident]))
+        planned = planner.plan(incident, self.response, playbooks=[playbook], learned=self.learn(incident.entities))
         who = _person(person_id) if person_id else _person(person)
         _, keys = self._record(incident, planned, _person(person), who, asked=True)
         return [s for k in keys if (s := self.store.step(k)) is not None]
@@ -219,8 +217,9 @@ class Responder:
         """Record the planned steps (each, or its new proposal: `_again`): how many were new, and their keys."""
         now = self.clock()
         records, audit = [], []
+        recorded = {s.key: s for s in self.store.steps(incident=incident.id)} if planned else {}
         for planned_step in planned:
-            p, replaces = self._again(incident, planned_step, asked)
+            p, replaces = self._again(incident, planned_step, asked, recorded)
             expires = now + self.response.plan.approval_expiry if p.status == "awaiting_approval" else None
             records.append(StepRecord.of(p, requested_by=requester, created=now, expires=expires,
                                          requested_by_id=requester_id, incident_events=incident.event_count,
@@ -239,17 +238,20 @@ class Responder:
             self._supersede(incident.id, records, now)
         return new, [r.key for r in records]
 
-    def _again(self, incident: Incident, p: PlannedStep, asked: bool) -> tuple[PlannedStep, str | None]:
+    def _again(
+        self, incident: Incident, p: PlannedStep, asked: bool, recorded: dict[str, StepRecord]
+    ) -> tuple[PlannedStep, str | None]:
         """The step to record for `p`: itself, or, when the same step was denied or expired and the
         incident has grown since (or a person asks), a new proposal of it with its own key. Rounds
-        are numbered, so two instances proposing again write the same step once."""
-        previous, n = self.store.step(p.key), 0
+        are numbered, so two instances proposing again write the same step once. `recorded`: the
+        incident's steps as stored."""
+        previous, n = recorded.get(p.key), 0
         while previous is not None and previous.status in CLOSED_UNDONE and n < MAX_ROUNDS:
             if not asked and incident.event_count <= previous.incident_events:
                 return replace(p, key=previous.key), None  # nothing new since it was turned down: leave it
             n += 1
             key = _round_key(p.key, n)
-            following = self.store.step(key)
+            following = recorded.get(key)
             if following is None:
                 return replace(p, key=key), previous.key
             previous = following
@@ -324,11 +326,11 @@ class Responder:
         now = self.clock()
         plan = self.response.plan
         planned = plan.approvals_for(step.action)
+        status, reason = step.status, step.reason
         if corroborated:
-            text, approvals, status, reason = f"corroborated by {detail}", planned, step.status, step.reason
+            text, approvals = f"corroborated by {detail}", planned
         else:
             text, approvals = f"uncorroborated: {detail}", planner.uncorroborated_approvals(planned)
-            status, reason = step.status, step.reason
             if step.action in plan.corroboration.require:
                 status, reason = "refused", f"the response plan requires corroboration for {step.action}: {detail}"
         if status == "awaiting_approval" and len(step.approver_ids) >= approvals:
