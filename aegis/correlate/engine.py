@@ -306,7 +306,7 @@ class State:
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_json: orjson.Fragment | None = None  # `entities` serialized, until they change
-    weak: set[str] = field(default_factory=set)  # references of entities only an application has named
+    weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
 
     def __post_init__(self) -> None:
         self.weak = {r for r, e in self.entities.items() if _origin(e) is Origin.APP}
@@ -352,9 +352,10 @@ class State:
         return max(self.watermarks.values(), default=NONE)
 
     def _final_before(self, d: Detection, lateness_us: int) -> int:
-        """The first pane that is not final: the slowest source's watermark minus the lateness. A
-        source the detection declares but this bucket has not seen yet holds finality back too, as
-        far as the panes a bucket keeps allow (`MAX_PANES`): then the leader's lateness decides."""
+        """The first pane that is not final: the slowest watermark (of every source and partition
+        seen) minus the lateness. A source the detection declares but this bucket has not seen yet
+        holds finality back too. Either holds it only as far as the panes a bucket keeps allow
+        (`MAX_PANES`): past that, the leader's lateness decides."""
         leader = self.watermark
         slowest = min(self.watermarks.values(), default=NONE)
         if d.sources is not None and not d.sources <= {k.partition("|")[0] for k in self.watermarks}:
