@@ -30,10 +30,8 @@ from aegis import log, settings
 from aegis.errors import AegisError, InputNotFound
 
 if TYPE_CHECKING:  # the heavy parts are imported by the commands that need them: `aegis --help` stays fast
-    from aegis.correlate.incidents import Incident, View
-    from aegis.enrich.record import Enrichment
     from aegis.pipeline import Counts
-    from aegis.respond.record import ResponseStore, StepRecord
+    from aegis.records import Enrichment, Incident, StepRecord, View
     from aegis.store import Store
 
 app = typer.Typer(
@@ -239,8 +237,8 @@ def demo_cmd(
     """Replay the bundled samples on the embedded default and summarize what came out. Without
     --db it starts a fresh ./aegis-demo.db each time, so it never mixes samples into your data."""
     from aegis import replay, runtime  # noqa: PLC0415
-    from aegis.correlate.incidents import views  # noqa: PLC0415
     from aegis.events import AiResource, Ip, User  # noqa: PLC0415
+    from aegis.records import views  # noqa: PLC0415
     from aegis.respond import playbooks as response  # noqa: PLC0415
     from aegis.respond.record import Responder  # noqa: PLC0415
 
@@ -255,9 +253,8 @@ def demo_cmd(
         dls = store.dead_letters()
         incidents = store.incidents()
         shown = [v for v in views(incidents) if v.status != "superseded"]
-        steps_store = _response_store(store)
-        Responder(response.load(), steps_store).respond([v.incident for v in shown])
-        steps = steps_store.steps()
+        Responder(response.load(), store).respond([v.incident for v in shown])
+        steps = store.steps()
         runtime.enrich_and_deliver(cfg, store)
         top = _most_severe(shown)
         enriched = _enrichment(store, top.id) if top else []
@@ -295,7 +292,7 @@ def demo_cmd(
 
 
 def _most_severe(shown: list[View]) -> Incident | None:
-    from aegis.correlate.incidents import SEVERITY_ORDER  # noqa: PLC0415
+    from aegis.records import SEVERITY_ORDER  # noqa: PLC0415
 
     if not shown:
         return None
@@ -355,14 +352,13 @@ def incidents_cmd(
     show_all: Annotated[bool, typer.Option("--all", help="Include superseded single-alert incidents.")] = False,
 ) -> None:
     """List incidents, oldest first (`aegis incidents show ID` for one)."""
-    from aegis.correlate.incidents import views  # noqa: PLC0415
-    from aegis.respond.record import ResponseStore  # noqa: PLC0415
+    from aegis.records import views  # noqa: PLC0415
 
     if ctx.invoked_subcommand is not None:
         return
     with _store(db, must_exist=True) as (_, store):
         listed = [v for v in views(store.incidents()) if show_all or v.status != "superseded"]
-        steps = store.steps() if isinstance(store, ResponseStore) else []
+        steps = store.steps()
         kept = {v.incident.id: _enrichment(store, v.incident.id) for v in listed} if as_json else {}
     if as_json:
         by_incident: dict[str, list[dict[str, object]]] = {}
@@ -399,15 +395,14 @@ def _incident_table(listed: list[View]) -> None:
 def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id.")], db: DbOption = None) -> None:
     """One incident, readably, with its evidence timeline."""
     from aegis.correlate import mapping  # noqa: PLC0415
-    from aegis.correlate.incidents import views  # noqa: PLC0415
+    from aegis.records import views  # noqa: PLC0415
     from aegis.respond import planner  # noqa: PLC0415
     from aegis.respond import playbooks as response  # noqa: PLC0415
-    from aegis.respond.record import ResponseStore  # noqa: PLC0415
 
     with _store(db, must_exist=True) as (_, store):
         found = [v for v in views(store.incidents()) if v.incident.id == incident_id]
         kept = _enrichment(store, incident_id)
-        steps = store.steps(incident=incident_id) if isinstance(store, ResponseStore) else []
+        steps = store.steps(incident=incident_id)
     if not found:
         raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
     v = found[0]
@@ -442,9 +437,7 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
 
 
 def _enrichment(store: Store, incident: str) -> list[Enrichment]:
-    from aegis.enrich.record import EnrichmentStore  # noqa: PLC0415
-
-    return store.enrichment(incident) if isinstance(store, EnrichmentStore) else []
+    return store.enrichment(incident)
 
 
 def _enrichment_lines(e: Enrichment) -> list[str]:
@@ -501,7 +494,7 @@ def detections_test(path: PathsOption = None) -> None:
 @detections_app.command("coverage")
 def detections_coverage(path: PathsOption = None) -> None:
     """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
-    from aegis.correlate import detections, mapping  # noqa: PLC0415
+    from aegis.correlate import detections, mapping, selftest  # noqa: PLC0415
 
     loaded = detections.load(path).detections
     for title, names, attr in (
@@ -510,7 +503,7 @@ def detections_coverage(path: PathsOption = None) -> None:
     ):
         cov: dict[str, set[str]] = {}
         for d in loaded:
-            via_alerts = [t for k in detections.alert_types_matched(d) for t in getattr(mapping.mapping_of(k), attr)]
+            via_alerts = [t for k in selftest.alert_types_matched(d) for t in getattr(mapping.mapping_of(k), attr)]
             for t in [*getattr(d, attr), *via_alerts]:
                 cov.setdefault(t, set()).add(d.id)
         covered = [t for t in names if t in cov]
@@ -620,7 +613,7 @@ def playbooks_request(
         found = [i for i in store.incidents() if i.id == incident_id]
         if not found:
             raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
-        steps = Responder(loaded, _response_store(store)).request(found[0], playbook, person)
+        steps = Responder(loaded, store).request(found[0], playbook, person)
     for st in steps:
         again = f" (again, after {st.replaces})" if st.replaces else ""
         out.print(escape(f"{st.status:<17} {st.key}  {st.action} on {st.target}{again}"))
@@ -632,18 +625,17 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
     once); in `mode: execute`, run the steps that are approved, expire the ones that waited too long
     and retry the ones a throttled service released."""
     from aegis import runtime  # noqa: PLC0415
-    from aegis.correlate.incidents import views  # noqa: PLC0415
+    from aegis.records import views  # noqa: PLC0415
     from aegis.respond.execute import Executor  # noqa: PLC0415
     from aegis.respond.record import Responder  # noqa: PLC0415
 
     with _store(db, must_exist=True) as (cfg, store):
         loaded = runtime.load_response(cfg, folder)
-        steps_store = _response_store(store)
         incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
-        new = Responder(loaded, steps_store).respond(incidents)
-        runtime.corroborate(cfg, loaded, steps_store, store.incidents)
-        ran = Executor.from_settings(loaded, steps_store, cfg).run()
-        waiting = steps_store.steps(status=["awaiting_approval"])
+        new = Responder(loaded, store).respond(incidents)
+        runtime.corroborate(cfg, loaded, store, store.incidents)
+        ran = Executor.from_settings(loaded, store, cfg).run()
+        waiting = store.steps(status=["awaiting_approval"])
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
               "(`aegis approvals list`)")  # fmt: skip
     if loaded.plan.mode == "execute":
@@ -661,7 +653,7 @@ def approvals_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     from aegis.respond.record import call  # noqa: PLC0415
 
     with _store(db, must_exist=True) as (_, store):
-        waiting = _response_store(store).steps(status=["awaiting_approval"])
+        waiting = store.steps(status=["awaiting_approval"])
     if as_json:
         rows = [{**st.summary(), "would_call": call(st.action, st.params)} for st in waiting]
         _print_json(rows)
@@ -689,11 +681,10 @@ def approvals_approve(step_id: Annotated[str, typer.Argument(help="Step id.")], 
 
     loaded = response.load(folder)
     with _store(db, must_exist=True) as (cfg, store):
-        steps_store = _response_store(store)
-        step = Responder(loaded, steps_store).decide(step_id, person, approve=True)
+        step = Responder(loaded, store).decide(step_id, person, approve=True)
         if step.status == "approved":  # execute mode: the step runs now, with the playbook's steps after it
-            Executor.from_settings(loaded, steps_store, cfg).run([step.incident])
-            step = steps_store.step(step.key) or step
+            Executor.from_settings(loaded, store, cfg).run([step.incident])
+            step = store.step(step.key) or step
     out.print(escape(f"{step.action} on {step.target}: {step.status} ({len(step.approvers)} of {step.approvals})"))
     if step.status == "dry_run":
         out.print(escape(f"dry run: would call {call(step.action, step.params)}"))
@@ -710,9 +701,7 @@ def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], per
     from aegis.respond.record import Responder  # noqa: PLC0415
 
     with _store(db, must_exist=True) as (_, store):
-        step = Responder(response.load(folder), _response_store(store)).decide(
-            step_id, person, approve=False, reason=reason
-        )
+        step = Responder(response.load(folder), store).decide(step_id, person, approve=False, reason=reason)
     out.print(escape(f"{step.action} on {step.target}: denied"))
 
 
@@ -785,8 +774,7 @@ def serve_cmd(
     if not name:
         raise AegisError("say who you are: --as you@example.com")
     with _store(db, must_exist=True) as (cfg, store):
-        steps_store = _response_store(store)
-        executor = Executor.from_settings(loaded, steps_store, cfg)
+        executor = Executor.from_settings(loaded, store, cfg)
 
         def run_now(step: StepRecord) -> None:
             executor.run([step.incident])
@@ -804,7 +792,7 @@ def serve_cmd(
 def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
     """The append-only audit log of the response: every plan, decision and (dry-run) call."""
     with _store(db, must_exist=True) as (_, store):
-        entries = _response_store(store).audit_log()
+        entries = store.audit_log()
     if as_json:
         _print_json([a.summary() for a in entries])
         return
@@ -812,14 +800,6 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
         out.print(
             escape(f"{a.time:%Y-%m-%d %H:%M:%S}Z  {a.actor:<24} {a.event:<9} {a.action} on {a.target}: {a.detail}")
         )
-
-
-def _response_store(store: object) -> ResponseStore:
-    from aegis.respond.record import ResponseStore  # noqa: PLC0415
-
-    if not isinstance(store, ResponseStore):
-        raise AegisError("this store keeps no response records (approvals, audit log): use AEGIS_STORE=sqlite or table")
-    return store
 
 
 @playbooks_app.command("schema")

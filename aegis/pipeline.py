@@ -25,12 +25,12 @@ import structlog
 
 from aegis import normalize
 from aegis.correlate.engine import Correlator
-from aegis.correlate.incidents import Incident
 from aegis.decode import Limits, decode, items, kind_of
 from aegis.errors import MalformedInput
 from aegis.events import DeadLetter, Event, Evidence
 from aegis.normalize import Ignored
 from aegis.normalize.registry import HubKind
+from aegis.records import Incident
 from aegis.store import Store
 
 log = structlog.get_logger("aegis.pipeline")

@@ -17,14 +17,13 @@ from aegis.approvals import web
 from aegis.approvals.sweep import SweepCounts, Sweeper
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
-from aegis.correlate.incidents import Incident, views
-from aegis.enrich.record import EnrichmentStore
 from aegis.errors import ConfigurationError
 from aegis.events import Event
 from aegis.pipeline import Pipeline
+from aegis.records import Incident, views
 from aegis.respond import playbooks
 from aegis.respond.execute import Executor, RunCounts
-from aegis.respond.record import Responder, ResponseStore
+from aegis.respond.record import Responder
 from aegis.store import Store, open_store
 
 logger = structlog.get_logger("aegis.runtime")
@@ -41,14 +40,10 @@ def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = Fals
 
 def responder(
     cfg: settings.Settings, store: Store, known: Iterable[str]
-) -> Callable[[list[Incident], list[Event]], None] | None:
-    """Record the response plan's steps for changed incidents; None when the store keeps no response
-    records (both stores do; a store without them is logged once at start-up). Nothing is called from here: the
+) -> Callable[[list[Incident], list[Event]], None]:
+    """Record the response plan's steps for changed incidents. Nothing is called from here: the
     ingest path only records, and the response timer (`executor_run`) makes the calls, so a slow
     or throttled service never holds back an Event Hubs partition."""
-    if not isinstance(store, ResponseStore):
-        logger.warning("response_disabled", reason=f"the {cfg.store} store keeps no response records")
-        return None
     record = Responder(load_response(cfg, detection_ids=known), store)
 
     def respond(incidents: list[Incident], events: list[Event]) -> None:
@@ -65,13 +60,6 @@ def pipeline() -> Pipeline:
     return build_pipeline(cfg, open_store(cfg), respond=True)
 
 
-def response_store() -> ResponseStore:
-    store = pipeline().store
-    if not isinstance(store, ResponseStore):
-        raise ConfigurationError(f"the {settings.get().store} store keeps no response records")
-    return store
-
-
 def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
@@ -81,7 +69,7 @@ def console_app() -> Starlette:
 
 def sweep() -> SweepCounts:
     """The approvals timer: expire, escalate, post and update Teams cards."""
-    store = response_store()
+    store = pipeline().store
     cfg = settings.get()
     return Sweeper.from_settings(load_response(cfg), store, pipeline().store.incidents, cfg).run()
 
@@ -96,8 +84,6 @@ def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
     from aegis.deliver.run import Deliveries  # noqa: PLC0415  (the enrichers' SDKs load only here)
     from aegis.enrich.run import Enrichers  # noqa: PLC0415
 
-    if not isinstance(store, EnrichmentStore):
-        raise ConfigurationError(f"the {cfg.store} store keeps no enrichment")
     enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)))
     incidents = store.incidents()  # read once: enrichment does not change them
     enriched = enrichers.run(incidents, store)
@@ -107,13 +93,10 @@ def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
 
 def executor_run() -> RunCounts | None:
     """The response timer: settle the steps waiting for corroboration, then one executor pass over
-    every open step; None when nothing can run (the plan is a dry run, or the store keeps no
-    response records)."""
+    every open step; None when nothing can run (the plan is a dry run)."""
     store = pipeline().store
     cfg = settings.get()
     plan = load_response(cfg)
-    if not isinstance(store, ResponseStore):
-        return None
     corroborate(cfg, plan, store, pipeline().store.incidents)
     if plan.plan.mode != "execute":
         return None
@@ -126,7 +109,7 @@ def load_response(cfg: settings.Settings, folder: Path | None = None, **kw: Any)
 
 
 def corroborate(
-    cfg: settings.Settings, plan: playbooks.Response, store: ResponseStore, incidents: Callable[[], list[Incident]]
+    cfg: settings.Settings, plan: playbooks.Response, store: Store, incidents: Callable[[], list[Incident]]
 ) -> int:
     """Ask the configured sources about the steps waiting for corroboration; how many were settled."""
     if not cfg.corroborators:

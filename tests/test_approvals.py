@@ -16,8 +16,8 @@ from aegis.approvals import identity
 from aegis.approvals.identity import Forbidden, NotSignedIn
 from aegis.approvals.sweep import Sweeper
 from aegis.approvals.teams import Teams, card
-from aegis.correlate.incidents import Incident, TimelineEntry
 from aegis.events import AiResource, Severity, User
+from aegis.records import Incident, TimelineEntry
 from aegis.respond import playbooks
 from aegis.respond.record import DecisionRefused, Responder
 from tests.helpers import corroborate_all
@@ -400,7 +400,7 @@ def test_a_failing_graph_call_is_retried_next_run_and_blocks_nothing(case, serve
 
 def test_the_card_text_is_never_markup():
     step_like = incident(title="[click](https://evil.example) **now**")
-    from aegis.respond.record import StepRecord
+    from aegis.records import StepRecord
 
     s = StepRecord(key="k", incident="inc1", playbook="p", step="s", action="notify", target="t",
                    params={"team": TEAM, "channel": CHANNEL, "text": "x"}, approvals=1, status="awaiting_approval",

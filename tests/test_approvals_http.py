@@ -36,7 +36,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         cached.cache_clear()
     runtime.pipeline().process([Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))])
     # the approvals API is under test here, not corroboration: settle the steps as a source confirming them would
-    corroborate_all(Responder(runtime.load_response(settings.get()), runtime.response_store()))
+    corroborate_all(Responder(runtime.load_response(settings.get()), runtime.pipeline().store))
     yield approvals
     runtime.pipeline().store.close()
     for cached in (settings.get, runtime.pipeline, approvals._asgi):
@@ -120,11 +120,11 @@ def test_approve_binds_to_the_digest_and_a_replayed_decision_changes_nothing(app
     assert done.status_code == 200
     decided = json.loads(done.get_body())
     assert (decided["status"], decided["approvers"]) == ("dry_run", ["alice@contoso.com"])
-    audit = runtime.response_store().audit_log()
+    audit = runtime.pipeline().store.audit_log()
     again = api(app, "POST", url, APPROVER, {"digest": step["digest"]})  # a double click, a retried request
     assert again.status_code == 409
     assert "not awaiting approval" in json.loads(again.get_body())["error"]
-    assert runtime.response_store().audit_log() == audit
+    assert runtime.pipeline().store.audit_log() == audit
     got = json.loads(api(app, "GET", f"/api/approvals/{step['id']}", READER).get_body())
     assert got["status"] == "dry_run"
     assert got["would_call"] == step["would_call"]
@@ -201,11 +201,11 @@ def test_the_console_through_the_function_is_signed_in_escaped_and_csrf_protecte
     cross_site = console(app, "POST", f"/console/approvals/{key}", who=APPROVER, body=form,
                          headers={**post, "origin": "https://evil.example"})  # fmt: skip
     assert cross_site.status_code == 403
-    assert runtime.response_store().step(key).status == "awaiting_approval"
+    assert runtime.pipeline().store.step(key).status == "awaiting_approval"
     ok = console(app, "POST", f"/console/approvals/{key}", who=APPROVER, body=form, headers={**post, "origin": HOST})
     assert ok.status_code == 303
     assert ok.headers["location"] == f"/console/approvals/{key}"
-    assert runtime.response_store().step(key).approvers == ("alice@contoso.com",)
+    assert runtime.pipeline().store.step(key).approvers == ("alice@contoso.com",)
 
 
 def test_a_reader_sees_the_console_but_no_decision_buttons(app):

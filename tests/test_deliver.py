@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aegis.correlate.incidents import Incident, TimelineEntry
 from aegis.deliver.run import Deliveries
 from aegis.events import AiResource, Ip, Severity
+from aegis.records import Incident, TimelineEntry
 from aegis.respond.connect import Tickets
 from aegis.respond.playbooks import Channel
 from aegis.respond.tickets import sentinel_id
@@ -65,7 +65,7 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
     server.expect("GET", path, Reply(404, {"error": {"code": "NotFound", "message": "Incident not found"}}))
     server.expect("PUT", path, Reply(201, spec["responses"]["201"]["body"]))
     bookmark, relation = evidence(server, path)
-    from aegis.enrich.record import Enrichment
+    from aegis.records import Enrichment
 
     found = {"alerts": [{"id": "a", "techniques": ["T1548", "T1078.004", "not-a-technique"]}]}
     sqlite_store.save_enrichment("inc1", [Enrichment("defender", "ok", found, None, datetime.now(UTC), 5, "v")])

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aegis.correlate.incidents import Incident, TimelineEntry
 from aegis.enrich import kql
 from aegis.enrich.base import ENRICHERS, Context, Skip, enrich, enricher, version
 from aegis.enrich.log_analytics import questions
 from aegis.enrich.run import Enrichers
 from aegis.events import AiResource, DefenderAlert, Ip, Severity, User
+from aegis.records import Incident, TimelineEntry
 from tests.test_execute import Token, connections
 from tests.wire import Reply, WireServer
 

@@ -18,8 +18,8 @@ import pytest
 from azure.core.credentials import AccessToken
 from pydantic import SecretStr
 
-from aegis.correlate.incidents import Incident
 from aegis.events import AiResource, Host, Severity, User
+from aegis.records import Incident
 from aegis.respond import playbooks
 from aegis.respond.connect import Connections, Tickets
 from aegis.respond.execute import Executor, classify

@@ -324,8 +324,8 @@ VM7 = "/subscriptions/s1/resourcegroups/rg/providers/microsoft.compute/virtualma
 
 
 def plan_for(entities: tuple[Any, ...], detection: str, folder=None, playbooks_: list[str] | None = None):
-    from aegis.correlate.incidents import Incident
     from aegis.events import Severity
+    from aegis.records import Incident
     from aegis.respond import playbooks
     from aegis.respond.planner import plan
 
@@ -490,8 +490,8 @@ def test_aegis_replay_says_which_detection_failed(tmp_path):
 def test_a_denied_or_expired_step_is_proposed_again_when_the_incident_grows_or_when_asked(tmp_path):
     import dataclasses
 
-    from aegis.correlate.incidents import Incident
     from aegis.events import AiResource, Severity
+    from aegis.records import Incident
     from aegis.respond import playbooks
     from aegis.respond.record import Responder
 
@@ -678,10 +678,10 @@ def wire(tmp_path):
 def corroboration_case(sources: tuple[str, ...], server):
     import dataclasses
 
-    from aegis.correlate.incidents import Incident, TimelineEntry
     from aegis.enrich.base import Context
     from aegis.enrich.corroborate import Corroborator
     from aegis.events import AiResource, DefenderAlert, Origin, Severity, User
+    from aegis.records import Incident, TimelineEntry
     from aegis.respond import playbooks
     from aegis.respond.record import Responder
     from tests.test_execute import connections
@@ -829,8 +829,8 @@ def test_with_no_source_configured_steps_say_so_and_need_one_approval_more():
 
 
 def test_an_object_id_paired_with_a_protected_upn_stays_protected_in_later_incidents_and_waiting_steps(tmp_path):
-    from aegis.correlate.incidents import Incident
     from aegis.events import Origin, Severity, User
+    from aegis.records import Incident
     from aegis.respond import playbooks
     from aegis.respond.record import Responder
 

@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 
 from aegis import runtime, settings
-from aegis.correlate.incidents import Incident
 from aegis.events import Origin
 from aegis.pipeline import Message
+from aegis.records import Incident
 from aegis.respond import planner, playbooks
 from aegis.respond.actions import ACTIONS
 from aegis.store import SqliteStore

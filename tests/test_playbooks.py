@@ -212,8 +212,8 @@ def test_protected_assets_and_bad_values_refuse_a_step_with_the_reason(demo_inci
 def test_an_entity_value_an_action_cannot_take_refuses_that_step_only():
     from datetime import UTC, datetime
 
-    from aegis.correlate.incidents import Incident
     from aegis.events import Severity, User
+    from aegis.records import Incident
     from aegis.respond.planner import plan
 
     now = datetime(2026, 11, 20, tzinfo=UTC)

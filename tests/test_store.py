@@ -113,7 +113,7 @@ def test_sqlite_reports_a_locked_database_as_transient(tmp_path):
 
 
 def step(n: int, *, incident: str = "inc1", action: str = "revoke_sessions", status: str = "approved"):
-    from aegis.respond.record import StepRecord
+    from aegis.records import StepRecord
 
     return StepRecord(key=f"k{n:03d}", incident=incident, playbook="pb", step=f"s{n}", action=action,
                       target=f"user:u{n}@contoso.com", params={"user": f"u{n}@contoso.com"}, approvals=1, status=status,
@@ -121,7 +121,7 @@ def step(n: int, *, incident: str = "inc1", action: str = "revoke_sessions", sta
 
 
 def entry(s, event: str, minute: int = 0):
-    from aegis.respond.record import AuditEntry
+    from aegis.records import AuditEntry
 
     return AuditEntry(T0 + timedelta(minutes=minute), "aegis", event, s.key, s.action, s.target, event)
 

@@ -21,11 +21,12 @@ from typing import Any, Protocol
 import structlog
 
 from aegis.approvals.teams import Teams, card
-from aegis.correlate.incidents import Incident
+from aegis.records import AuditEntry, Incident, StepRecord
 from aegis.respond import connect
 from aegis.respond.playbooks import Channel, Response
-from aegis.respond.record import AuditEntry, Responder, ResponseStore, StepRecord
+from aegis.respond.record import Responder
 from aegis.settings import Settings
+from aegis.store import Store
 
 log = structlog.get_logger("aegis.approvals")
 
@@ -49,7 +50,7 @@ class Sweeper:
     def __init__(
         self,
         response: Response,
-        store: ResponseStore,
+        store: Store,
         *,
         incidents: Callable[[], list[Incident]],
         teams: Cards | None = None,
@@ -62,7 +63,7 @@ class Sweeper:
 
     @classmethod
     def from_settings(
-        cls, response: Response, store: ResponseStore, incidents: Callable[[], list[Incident]], cfg: Settings
+        cls, response: Response, store: Store, incidents: Callable[[], list[Incident]], cfg: Settings
     ) -> Sweeper:
         """With Teams cards when the plan names an on-call channel (Graph through the settings' credential)."""
         teams = Teams(connect.from_settings(cfg)) if response.plan.on_call else None

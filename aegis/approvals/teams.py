@@ -33,11 +33,11 @@ from msgraph.generated.models.teamwork_user_identity import TeamworkUserIdentity
 from msgraph.generated.models.teamwork_user_identity_type import TeamworkUserIdentityType
 from msgraph.graph_service_client import GraphServiceClient
 
-from aegis.correlate.incidents import Incident
+from aegis.records import Incident, StepRecord
 from aegis.respond import graph
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
-from aegis.respond.record import StepRecord, call
+from aegis.respond.record import call
 
 CARD = "application/vnd.microsoft.card.adaptive"
 MAX_MENTIONS = 20

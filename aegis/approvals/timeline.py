@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from aegis.correlate.incidents import Incident
+from aegis.records import Incident
 
 WIDTH, LANE, LEFT, TOP = 760, 28, 210, 24
 MAX_LANES = 12

@@ -41,12 +41,11 @@ from aegis.approvals import identity
 from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.timeline import chart
 from aegis.correlate import mapping
-from aegis.correlate.incidents import Incident, View, views
-from aegis.enrich.record import Enrichment, EnrichmentStore
-from aegis.errors import AegisError, ConfigurationError, InputNotFound
+from aegis.errors import AegisError, InputNotFound
+from aegis.records import Enrichment, Incident, StepRecord, View, views
 from aegis.respond import planner
 from aegis.respond.playbooks import Response as Plan
-from aegis.respond.record import DecisionRefused, Responder, ResponseStore, StepRecord, call
+from aegis.respond.record import DecisionRefused, Responder, call
 from aegis.store import Store
 
 log = structlog.get_logger("aegis.console")
@@ -69,7 +68,7 @@ class Console:
     """What the app reads and writes: the incidents, the response records, the plan, and who asks."""
 
     incidents: Callable[[], list[Incident]]
-    store: ResponseStore
+    store: Store
     response: Plan
     identify: Callable[[Request], Principal]
     after_approval: Callable[[StepRecord], None] | None = None  # execute mode: run the approved step
@@ -81,13 +80,8 @@ class Console:
         cls, store: Store, response: Plan, identify: Callable[[Request], Principal], *,
         after_approval: Callable[[StepRecord], None] | None = None,
     ) -> Console:  # fmt: skip
-        """The console over one store: its incidents, response records and, if kept, enrichment."""
-        if not isinstance(store, ResponseStore):
-            raise ConfigurationError(
-                "this store keeps no response records: the console needs AEGIS_STORE=sqlite or table"
-            )
-        enrichment = store.enrichment if isinstance(store, EnrichmentStore) else None
-        return cls(store.incidents, store, response, identify, after_approval, enrichment)
+        """The console over one store: its incidents, response records and enrichment."""
+        return cls(store.incidents, store, response, identify, after_approval, store.enrichment)
 
     # --- helpers ---
 

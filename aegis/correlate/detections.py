@@ -185,16 +185,6 @@ class Detection(_Strict):
         return compile_path(self.field) if self.field else None
 
 
-def alert_types_matched(d: Detection) -> list[str]:
-    """The known Defender AI alert types whose mapping a detection adds (`alert_mapping`): those an
-    alert of that type, with no other fields, would match in some step."""
-    if not d.alert_mapping:
-        return []
-    from aegis.correlate.selftest import alert_event  # noqa: PLC0415 - selftest imports this module
-
-    return [k for k in mapping.known_alert_types() if any(p(alert_event(k)) for p in d.predicates)]
-
-
 @dataclass(frozen=True)
 class Loaded:
     detections: list[Detection]

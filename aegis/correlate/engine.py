@@ -42,11 +42,12 @@ import structlog
 
 from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
-from aegis.correlate.incidents import SEVERITY_ORDER, Incident, TimelineEntry, incident_id, render_title
+from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
 from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
 from aegis.events import Entity, Event, Ip, Origin, Source, entity_from_dict
+from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
 from aegis.store.base import BucketWrite, Store, Version
 
 MAX_CONFLICT_RETRIES = 8

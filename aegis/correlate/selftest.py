@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aegis.arm import parse_resource_id
+from aegis.correlate import mapping
 from aegis.correlate.detections import Detection, DetectionCase, SampleEvent
 from aegis.correlate.engine import Correlator
-from aegis.correlate.incidents import max_severity
 from aegis.events import (
     AiResource,
     Entity,
@@ -27,6 +27,7 @@ from aegis.events import (
     make_ip,
 )
 from aegis.normalize.fields import guid, resource_entities
+from aegis.records import max_severity
 from aegis.store.sqlite import SqliteStore
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -128,3 +129,11 @@ def run(detection: Detection, *, shuffle_seed: int | None = None) -> list[Outcom
             problems.append(f"missing entities {missing}")
         outcomes.append(Outcome(detection.id, test.name, not problems, "; ".join(problems) or "ok"))
     return outcomes
+
+
+def alert_types_matched(d: Detection) -> list[str]:
+    """The known Defender AI alert types whose mapping a detection adds (`alert_mapping`): those an
+    alert of that type, with no other fields, would match in some step."""
+    if not d.alert_mapping:
+        return []
+    return [k for k in mapping.known_alert_types() if any(p(alert_event(k)) for p in d.predicates)]

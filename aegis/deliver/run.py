@@ -37,16 +37,16 @@ from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import Alert
 from msgraph.graph_service_client import GraphServiceClient
 
 from aegis.correlate import mapping
-from aegis.correlate.incidents import SEVERITY_ORDER, Incident, views
 from aegis.enrich import kql
 from aegis.enrich.base import Run, Skip, enrich, version
-from aegis.enrich.record import Enrichment, EnrichmentStore
 from aegis.errors import ConfigurationError
 from aegis.events import AiResource, DefenderAlert, Host, Ip, ServicePrincipal, Severity, User
+from aegis.records import SEVERITY_ORDER, Enrichment, Incident, views
 from aegis.respond import connect, graph, tickets
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
 from aegis.settings import Settings
+from aegis.store import Store
 
 DELIVERERS: dict[str, Run] = {}
 SENTINEL_TACTICS = {t.value for t in AttackTactic}  # ATLAS tactics that ATT&CK (and Sentinel) also name
@@ -256,7 +256,7 @@ class Deliveries:
         connections = connect.from_settings(cfg) if names else None
         return cls(names, connections, cfg.console_url, soc_channel, cfg.deliver_min_severity)
 
-    def run(self, incidents: Iterable[Incident], store: EnrichmentStore, *, limit: int = 50) -> int:
+    def run(self, incidents: Iterable[Incident], store: Store, *, limit: int = 50) -> int:
         """Deliver (or update) up to `limit` incidents whose delivery is missing or older than their evidence."""
         floor = SEVERITY_ORDER.index(Severity(self.min_severity))
         done = 0

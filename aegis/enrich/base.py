@@ -20,8 +20,7 @@ from typing import Any
 import orjson
 import structlog
 
-from aegis.correlate.incidents import Incident
-from aegis.enrich.record import Enrichment
+from aegis.records import Enrichment, Incident
 from aegis.respond.connect import Connections
 from aegis.respond.execute import redact
 

@@ -33,15 +33,15 @@ from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.audit_logs.sign_ins.sign_ins_request_builder import SignInsRequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
-from aegis.correlate.incidents import Incident
 from aegis.enrich import kql
 from aegis.enrich.base import Context, error_text
 from aegis.enrich.log_analytics import client as logs_client
 from aegis.enrich.log_analytics import log_prefix
 from aegis.events import DefenderAlert, Ip, Origin, Source
+from aegis.records import Incident, StepRecord
 from aegis.respond import graph, planner
 from aegis.respond.defender import alerts
-from aegis.respond.record import Responder, StepRecord
+from aegis.respond.record import Responder
 
 log = structlog.get_logger("aegis.corroborate")
 MAX_ALERTS = 5

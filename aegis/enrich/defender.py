@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aegis.correlate.incidents import Incident
 from aegis.enrich.base import Context, Skip, enricher, error_text
 from aegis.events import DefenderAlert
+from aegis.records import Incident
 from aegis.respond.defender import alerts
 
 MAX_ALERTS = 10

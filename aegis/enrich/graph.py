@@ -15,9 +15,9 @@ from msgraph.generated.models.user import User as GraphUser
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
-from aegis.correlate.incidents import Incident
 from aegis.enrich.base import Context, Skip, enricher, error_text
 from aegis.events import ServicePrincipal, User
+from aegis.records import Incident
 from aegis.respond import graph
 
 USER_FIELDS = ["id", "displayName", "userPrincipalName", "department", "jobTitle", "accountEnabled"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from aegis.correlate.incidents import Incident
 from aegis.enrich.base import Context, Skip, enricher, window
 from aegis.events import AiResource, Event, Ip, Source, User
+from aegis.records import Incident
 
 AI_PROVIDER = "microsoft.cognitiveservices"
 

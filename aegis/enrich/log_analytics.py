@@ -13,10 +13,10 @@ from typing import Any
 
 from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQueryStatus
 
-from aegis.correlate.incidents import Incident
 from aegis.enrich import kql
 from aegis.enrich.base import Context, Skip, enricher, error_text, window
 from aegis.events import AiResource, Ip, User
+from aegis.records import Incident
 
 LOGS = "https://api.loganalytics.io"
 MAX_ROWS = 50

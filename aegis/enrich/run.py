@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from aegis.correlate.incidents import Incident, views
 from aegis.enrich import defender, graph, local, log_analytics  # noqa: F401  (each registers its enricher)
 from aegis.enrich.base import ENRICHERS, Context, enrich, version
-from aegis.enrich.record import EnrichmentStore
 from aegis.errors import ConfigurationError
+from aegis.records import Incident, views
 from aegis.respond import connect
 from aegis.settings import Settings
+from aegis.store import Store
 
 DEFAULTS = {"sqlite": ["local"], "table": ["log_analytics", "defender", "graph"]}
 CLOUD = {"log_analytics", "defender", "graph"}
@@ -41,7 +41,7 @@ class Enrichers:
         ctx = Context(connections=connections, workspace=cfg.log_analytics_workspace, events=events)
         return cls(names, ctx, cfg.enrich_budget)
 
-    def pending(self, incidents: Iterable[Incident], store: EnrichmentStore) -> list[Incident]:
+    def pending(self, incidents: Iterable[Incident], store: Store) -> list[Incident]:
         """The incidents (not superseded) whose enrichment is missing or older than their evidence."""
         out = []
         for view in views(incidents):
@@ -52,7 +52,7 @@ class Enrichers:
                 out.append(view.incident)
         return out
 
-    def run(self, incidents: Iterable[Incident], store: EnrichmentStore, *, limit: int = 50) -> int:
+    def run(self, incidents: Iterable[Incident], store: Store, *, limit: int = 50) -> int:
         """Enrich up to `limit` pending incidents, newest evidence first; how many were enriched."""
         todo = sorted(self.pending(incidents, store), key=lambda i: i.last_seen, reverse=True)[:limit]
         for incident in todo:

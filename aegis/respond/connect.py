@@ -23,8 +23,9 @@ from azure.identity import DefaultAzureCredential
 from pydantic import SecretStr
 
 from aegis.errors import AegisError
-from aegis.respond.record import ResponseStore, StepRecord
+from aegis.records import StepRecord
 from aegis.settings import Settings
+from aegis.store import Store
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Context:
     containment kept) and its own step."""
 
     connections: Connections
-    store: ResponseStore
+    store: Store
     step: StepRecord
     protected_tags: Mapping[str, str] = field(default_factory=dict)  # the plan's: a resource with one is not touched
 

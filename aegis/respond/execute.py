@@ -32,12 +32,14 @@ import structlog
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from kiota_abstractions.api_error import APIError
 
+from aegis.records import AuditEntry, StepRecord
 from aegis.respond import cognitive, connect, defender, graph, mde, planner, tickets
 from aegis.respond.actions import ACTIONS
 from aegis.respond.connect import CannotRun, Connections, Context, ProtectedAsset
 from aegis.respond.playbooks import Response
-from aegis.respond.record import AuditEntry, Responder, ResponseStore, StepRecord, call
+from aegis.respond.record import Responder, call
 from aegis.settings import Settings
+from aegis.store import Store
 
 log = structlog.get_logger("aegis.respond")
 
@@ -99,7 +101,7 @@ def _first_line(exc: BaseException) -> str:
 
 class Executor:
     def __init__(
-        self, response: Response, store: ResponseStore, connections: Connections | None, *,
+        self, response: Response, store: Store, connections: Connections | None, *,
         runners: Mapping[str, Runner] = RUNNERS, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lease: timedelta = timedelta(minutes=15), max_attempts: int = 3,
     ) -> None:  # fmt: skip
@@ -108,7 +110,7 @@ class Executor:
         self.responder = Responder(response, store, clock=clock)
 
     @classmethod
-    def from_settings(cls, response: Response, store: ResponseStore, cfg: Settings) -> Executor:
+    def from_settings(cls, response: Response, store: Store, cfg: Settings) -> Executor:
         """The executor the settings describe; in dry-run mode it connects to nothing and runs nothing."""
         connections = connect.from_settings(cfg) if response.plan.mode == "execute" else None
         return cls(response, store, connections)

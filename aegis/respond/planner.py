@@ -10,41 +10,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from dataclasses import fields as dc_fields
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from aegis.correlate.incidents import SEVERITY_ORDER, Incident
 from aegis.events import ENTITY_TYPES, Entity, Host, Origin, User
+from aegis.records import SEVERITY_ORDER, Incident, PlannedStep
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS, Params
 from aegis.respond.playbooks import Playbook, Response, ResponsePlan, Step
 from aegis.yamlfiles import describe
 
 _TARGET_FIELDS = ("user", "machine_id", "host_name")  # the parameters that name a user or a host
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
-    key: str  # idempotency key
-    incident: str
-    playbook: str
-    step: str
-    action: str
-    target: str
-    params: dict[str, Any]
-    approvals: int
-    status: str  # dry_run | awaiting_approval | approved | refused (a recorded step moves on: record.py)
-    reason: str | None
-    # every other identifier the incident gives the step's target (a user's UPN and object id, a host's
-    # names, machine id and VM id): protected assets are checked against all of them, here and at execution
-    aliases: tuple[str, ...]
-    # disruptive steps only: "pending" (a source will be asked), "corroborated by ...", or
-    # "uncorroborated: why" (then the step needs one approval more than the plan says); "" otherwise
-    corroboration: str
 
 
 def plan(

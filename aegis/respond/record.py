@@ -14,153 +14,28 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import orjson
-
-from aegis.correlate.incidents import Incident
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import Entity, Origin, User
+from aegis.records import PIPELINE, AuditEntry, Incident, PlannedStep, StepRecord
 from aegis.respond import planner
 from aegis.respond.actions import ACTIONS
-from aegis.respond.planner import PlannedStep
 from aegis.respond.playbooks import Response
-
-PIPELINE = "aegis"  # the requester of every step the plan produces
+from aegis.store import Store
 
 
 class DecisionRefused(AegisError):
     """An approval or denial that does not count, with the reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord(PlannedStep):
-    """A planned step as recorded: who asked, when, until when it may be decided, who approved.
-    `status` goes on to approved | denied | expired | succeeded | failed | skipped | refused."""
-
-    requested_by: str
-    created: datetime
-    expires: datetime | None
-    approvers: tuple[str, ...] = ()  # names, for display
-    approver_ids: tuple[str, ...] = ()  # Entra object ids (a local name for `aegis serve` and the CLI): who counted
-    requested_by_id: str = ""  # the requester's object id ("" for the pipeline, which never approves)
-    incident_events: int = 0  # the incident's event count when the step was planned
-    replaces: str | None = None  # the denied or expired step this one proposes again
-    revision: int = 0  # +1 on every write: the store writes a step only over the revision it was read at
-    started: datetime | None = None  # when the executor claimed it (recorded before the call)
-    attempts: int = 0
-    outcome: dict[str, Any] | None = None  # what the call returned (no secrets), or the error
-    card: str | None = None  # the Teams message that asks the on-call channel for a decision
-    card_shows: str | None = None  # the status that card shows (it is updated when the step moves on)
-    escalated: int = 0  # how many of the plan's escalation contacts have been called on
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the exact parameters: what an approval is bound to."""
-        return digest(self.params)
-
-    @classmethod
-    def from_json(cls, doc: bytes | str) -> StepRecord:
-        d = orjson.loads(doc)
-        times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
-        ids = {
-            "approver_ids": tuple(d.get("approver_ids") or d["approvers"]),
-            "aliases": tuple(d.get("aliases", ())),
-            "corroboration": d.get("corroboration", ""),
-        }
-        return cls(**{**d, **times, **ids, "approvers": tuple(d["approvers"])})
-
-    def next(self, **changes: Any) -> StepRecord:
-        """This step changed, one revision on (what `ResponseStore.replace_step` writes)."""
-        return replace(self, revision=self.revision + 1, **changes)
-
-    @classmethod
-    def of(
-        cls, p: PlannedStep, *, requested_by: str, created: datetime, expires: datetime | None, **more: Any
-    ) -> StepRecord:
-        planned = {f.name: getattr(p, f.name) for f in fields(PlannedStep)}
-        return cls(**planned, requested_by=requested_by, created=created, expires=expires, **more)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.key, "incident": self.incident, "playbook": self.playbook, "step": self.step,
-            "action": self.action, "target": self.target, "params": self.params, "status": self.status,
-            "approvals_needed": self.approvals, "approvers": list(self.approvers), "reason": self.reason,
-            "requested_by": self.requested_by, "created": _iso(self.created), "expires": _iso(self.expires),
-            "started": _iso(self.started), "attempts": self.attempts, "outcome": self.outcome,
-            "digest": self.digest, "escalated": self.escalated,
-        }  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    time: datetime
-    actor: str
-    event: str  # planned | refused | approved | denied | expired | superseded | escalated | dry_run | succeeded | ...
-    step: str
-    action: str
-    target: str
-    detail: str
-
-    @classmethod
-    def about(cls, step: PlannedStep, event: str, detail: str, now: datetime, actor: str = PIPELINE) -> AuditEntry:
-        """An entry about `step`: who (the pipeline unless a person), what happened, the detail."""
-        return cls(now, actor, event, step.key, step.action, step.target, detail)
-
-    @classmethod
-    def from_json(cls, doc: bytes | str) -> AuditEntry:
-        d = orjson.loads(doc)
-        return cls(**{**d, "time": datetime.fromisoformat(d["time"])})
-
-    def summary(self) -> dict[str, Any]:
-        return {"time": _iso(self.time), "actor": self.actor, "event": self.event, "step": self.step,
-                "action": self.action, "target": self.target, "detail": self.detail}  # fmt: skip
-
-
-@runtime_checkable
-class ResponseStore(Protocol):
-    def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
-        """Record steps not recorded yet (by key) with their audit entries; return how many were new."""
-        ...
-
-    def steps(
-        self, *, incident: str | None = None, action: str | None = None, status: Sequence[str] | None = None
-    ) -> list[StepRecord]:
-        """Steps in the order they were planned, optionally of one incident, one action, some statuses."""
-        ...
-
-    def step(self, key: str) -> StepRecord | None: ...
-
-    def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
-        """Write `step` (made by `StepRecord.next`) if the stored one is still at the revision before it;
-        False if another writer (a decision, an executor) got there first."""
-        ...
-
-    def started_since(self, action: str, since: datetime) -> int:
-        """How many steps of `action` the executor started at or after `since` (rate limits)."""
-        ...
-
-    def save_ticket(self, incident: str, title: str, severity: str, now: datetime) -> tuple[str, bool]:
-        """Open the incident's local ticket, or update it: its number, and whether it is new."""
-        ...
-
-    def audit_log(self) -> list[AuditEntry]: ...
-
-    def protected_aliases(self) -> set[str]:
-        """The other identifiers of protected users that incidents have shown (an alert pairing a
-        protected UPN with an object id): protected like the plan's own entries."""
-        ...
-
-    def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None: ...
-
-
 class Responder:
     """Plans and records the response, and takes the on-call engineers' decisions."""
 
     def __init__(
-        self, response: Response, store: ResponseStore, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self, response: Response, store: Store, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     ) -> None:
         self.response, self.store, self.clock = response, store, clock
 
@@ -359,10 +234,6 @@ def call(action: str, params: dict[str, Any]) -> str:
     return ACTIONS[action].params.model_validate(params).request()
 
 
-def digest(params: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 def _person(name: str) -> str:
     """People are compared by their sign-in name, case-insensitively."""
     return name.strip().lower()
@@ -379,11 +250,6 @@ def _round_key(key: str, n: int) -> str:
 def _actor(name: str, identity: str) -> str:
     """How the audit log names a person: the name shown, and the object id that counted."""
     return name if identity == name else f"{name} ({identity})"
-
-
-def sortable(t: datetime) -> str:
-    """A UTC timestamp of fixed width, so that stores compare and sort it as text."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _iso(value: datetime | None) -> str | None:

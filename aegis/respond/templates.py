@@ -20,8 +20,8 @@ import re
 from dataclasses import fields as dc_fields
 from typing import Any
 
-from aegis.correlate.incidents import safe_text
 from aegis.events import ENTITY_TYPES
+from aegis.records import safe_text
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 INCIDENT_FIELDS = ("id", "detection", "title", "severity", "group", "first_seen", "last_seen")

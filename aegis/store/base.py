@@ -6,15 +6,13 @@ SHA-256, so replaying a batch stores nothing new. A transient fault raises `Stor
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aegis.events import DeadLetter, Event
-
-if TYPE_CHECKING:
-    from aegis.correlate.incidents import Incident
+from aegis.records import AuditEntry, Enrichment, Incident, StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +73,52 @@ class Store(Protocol):
         ...
 
     def incidents(self) -> list[Incident]: ...
+
+    # --- the response: planned steps, the audit log, local tickets, learned protected identifiers ---
+
+    def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
+        """Record steps not recorded yet (by key) with their audit entries; return how many were new."""
+        ...
+
+    def steps(
+        self, *, incident: str | None = None, action: str | None = None, status: Sequence[str] | None = None
+    ) -> list[StepRecord]:
+        """Steps in the order they were planned, optionally of one incident, one action, some statuses."""
+        ...
+
+    def step(self, key: str) -> StepRecord | None: ...
+
+    def replace_step(self, step: StepRecord, *, audit: Sequence[AuditEntry]) -> bool:
+        """Write `step` (made by `StepRecord.next`) if the stored one is still at the revision before it;
+        False if another writer (a decision, an executor) got there first."""
+        ...
+
+    def started_since(self, action: str, since: datetime) -> int:
+        """How many steps of `action` the executor started at or after `since` (rate limits)."""
+        ...
+
+    def save_ticket(self, incident: str, title: str, severity: str, now: datetime) -> tuple[str, bool]:
+        """Open the incident's local ticket, or update it: its number, and whether it is new."""
+        ...
+
+    def audit_log(self) -> list[AuditEntry]: ...
+
+    def protected_aliases(self) -> set[str]:
+        """The other identifiers of protected users that incidents have shown (an alert pairing a
+        protected UPN with an object id): protected like the plan's own entries."""
+        ...
+
+    def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None: ...
+
+    # --- enrichment and delivery ---
+
+    def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
+        """Replace what is kept for these enrichers (`kind="enrich"`) or deliverers (`"deliver"`) of `incident`."""
+        ...
+
+    def enrichment(self, incident: str, *, kind: str = "enrich") -> list[Enrichment]:
+        """What was kept for `incident`, by name."""
+        ...
 
 
 Version = int | str  # a counter in SQLite, an ETag in Table Storage

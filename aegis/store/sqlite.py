@@ -12,11 +12,9 @@ from typing import Any
 
 import orjson
 
-from aegis.correlate.incidents import Incident
-from aegis.enrich.record import Enrichment
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.respond.record import AuditEntry, StepRecord, sortable
+from aegis.records import AuditEntry, Enrichment, Incident, StepRecord, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
@@ -257,7 +255,7 @@ class SqliteStore:
             rows = self._db.execute("SELECT doc FROM incidents ORDER BY last_seen, id").fetchall()
         return [Incident.from_json(r[0]) for r in rows]
 
-    # --- response: planned steps and the audit log (aegis.respond.record.ResponseStore) ---
+    # --- response: planned steps and the audit log (the `Store` port) ---
 
     def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
         with self._write() as cur:
@@ -339,7 +337,7 @@ class SqliteStore:
             cur.executemany("INSERT OR IGNORE INTO protected_aliases VALUES (?, ?)",
                             [(i, now.isoformat()) for i in identifiers])  # fmt: skip
 
-    # --- enrichment (aegis.enrich.base.EnrichmentStore) ---
+    # --- enrichment ---
 
     def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
         with self._write() as cur:

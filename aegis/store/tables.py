@@ -53,11 +53,9 @@ from azure.data.tables import (
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from aegis.correlate.incidents import Incident
-from aegis.enrich.record import Enrichment
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.respond.record import AuditEntry, StepRecord, sortable
+from aegis.records import AuditEntry, Enrichment, Incident, StepRecord, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
@@ -252,7 +250,7 @@ class TableStore:
             found = [Incident.from_json(_unpack(r)) for r in rows]
         return sorted(found, key=lambda i: (i.last_seen, i.id))
 
-    # --- response: planned steps, the audit log and local tickets (aegis.respond.record.ResponseStore) ---
+    # --- response: planned steps, the audit log and local tickets (the `Store` port) ---
 
     def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:
         new = 0
@@ -375,7 +373,7 @@ class TableStore:
         with _translate():
             self._insert(self._response, rows)
 
-    # --- enrichment and delivery (aegis.enrich.record.EnrichmentStore): rows `<kind>-<name>` of its partition ---
+    # --- enrichment and delivery: rows `<kind>-<name>` of its partition ---
 
     def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
         with _translate():

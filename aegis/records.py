@@ -1,0 +1,294 @@
+"""The records every layer reads: incidents, planned and recorded response steps, the audit log,
+enrichment. Plain data and their JSON codecs; the store keeps them without knowing any stage.
+
+The correlator builds incidents (`aegis.correlate`), the response plans and records steps
+(`aegis.respond`), enrichers and deliverers leave `Enrichment` records (`aegis.enrich`,
+`aegis.deliver`); the store (`aegis.store`), the console and the CLI only read and write them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from aegis.events import Entity, Severity, entity_from_dict
+
+PIPELINE = "aegis"  # the requester of every step the plan produces
+
+
+# --- incidents ---
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+SEVERITY_ORDER = list(Severity)
+
+
+def max_severity(*values: Severity | None) -> Severity:
+    present = [v for v in values if v is not None]
+    return max(present, key=SEVERITY_ORDER.index) if present else Severity.INFORMATIONAL
+
+
+def safe_text(value: object, limit: int = 120) -> str:
+    return _CONTROL.sub("", str(value))[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    time: datetime
+    event_id: str
+    kind: str
+    source: str
+    step: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    id: str
+    detection: str
+    bucket: str
+    group: str
+    title: str
+    severity: Severity
+    first_seen: datetime
+    last_seen: datetime
+    entities: tuple[Entity, ...]
+    atlas: tuple[str, ...]
+    owasp_llm: tuple[str, ...]
+    event_ids: tuple[str, ...]  # evidence: every event of a small incident, the earliest and latest of a large one
+    event_count: int  # every matching event of the incident
+    timeline: tuple[TimelineEntry, ...]
+    fallback: bool = False
+    suppress_until: datetime | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self, option=orjson.OPT_UTC_Z)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Incident:
+        d = orjson.loads(data)
+        entities = [entity_from_dict(raw) for raw in d["entities"]]
+        return cls(
+            id=d["id"],
+            detection=d["detection"],
+            bucket=d["bucket"],
+            group=d["group"],
+            title=d["title"],
+            severity=Severity(d["severity"]),
+            first_seen=datetime.fromisoformat(d["first_seen"]),
+            last_seen=datetime.fromisoformat(d["last_seen"]),
+            entities=tuple(entities),
+            atlas=tuple(d["atlas"]),
+            owasp_llm=tuple(d["owasp_llm"]),
+            event_ids=tuple(d["event_ids"]),
+            event_count=d["event_count"],
+            timeline=tuple(TimelineEntry(**{**t, "time": datetime.fromisoformat(t["time"])}) for t in d["timeline"]),
+            fallback=d.get("fallback", False),
+            suppress_until=datetime.fromisoformat(d["suppress_until"]) if d.get("suppress_until") else None,
+            attributes=d.get("attributes", {}),
+        )
+
+    def summary(self, *, status: str = "open", superseded_by: str | None = None) -> dict[str, Any]:
+        """The analyst's JSON form (`aegis incidents --json`)."""
+        return {
+            "id": self.id,
+            "detection": self.detection,
+            "title": self.title,
+            "severity": self.severity.value,
+            "status": status,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+            "entities": [{"kind": e.type, "id": e.key} for e in self.entities],
+            "atlas": list(self.atlas),
+            "owasp_llm": list(self.owasp_llm),
+            "event_ids": list(self.event_ids),
+            "event_count": self.event_count,
+            "group": self.group,
+            **({"superseded_by": superseded_by} if superseded_by else {}),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """An incident as the analyst sees it now: its status and, for a fallback incident whose
+    events all belong to another incident, the incident that supersedes it."""
+
+    incident: Incident
+    status: str
+    superseded_by: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return self.incident.summary(status=self.status, superseded_by=self.superseded_by)
+
+
+def views(incidents: Iterable[Incident]) -> list[View]:
+    """Status is relative to the newest evidence seen (event time, not the wall clock): an
+    incident is open while new matches would still join it."""
+    items = list(incidents)
+    if not items:
+        return []
+    watermark = max(i.last_seen for i in items)
+    owners: dict[str, str] = {}
+    for i in items:
+        if not i.fallback:
+            for event_id in i.event_ids:
+                owners.setdefault(event_id, i.id)
+    out = []
+    for i in sorted(items, key=lambda i: (i.first_seen, i.id)):
+        superseded = None
+        if i.fallback and i.event_ids and all(e in owners for e in i.event_ids):
+            superseded = owners[i.event_ids[0]]
+        status = "superseded" if superseded else "open" if (i.suppress_until or i.last_seen) >= watermark else "closed"
+        out.append(View(i, status, superseded))
+    return out
+
+
+# --- the response: planned steps, recorded steps, the audit log ---
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    key: str  # idempotency key
+    incident: str
+    playbook: str
+    step: str
+    action: str
+    target: str
+    params: dict[str, Any]
+    approvals: int
+    status: str  # dry_run | awaiting_approval | approved | refused (a recorded step moves on: `StepRecord`)
+    reason: str | None
+    # every other identifier the incident gives the step's target (a user's UPN and object id, a host's
+    # names, machine id and VM id): protected assets are checked against all of them, here and at execution
+    aliases: tuple[str, ...]
+    # disruptive steps only: "pending" (a source will be asked), "corroborated by ...", or
+    # "uncorroborated: why" (then the step needs one approval more than the plan says); "" otherwise
+    corroboration: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord(PlannedStep):
+    """A planned step as recorded: who asked, when, until when it may be decided, who approved.
+    `status` goes on to approved | denied | expired | succeeded | failed | skipped | refused."""
+
+    requested_by: str
+    created: datetime
+    expires: datetime | None
+    approvers: tuple[str, ...] = ()  # names, for display
+    approver_ids: tuple[str, ...] = ()  # Entra object ids (a local name for `aegis serve` and the CLI): who counted
+    requested_by_id: str = ""  # the requester's object id ("" for the pipeline, which never approves)
+    incident_events: int = 0  # the incident's event count when the step was planned
+    replaces: str | None = None  # the denied or expired step this one proposes again
+    revision: int = 0  # +1 on every write: the store writes a step only over the revision it was read at
+    started: datetime | None = None  # when the executor claimed it (recorded before the call)
+    attempts: int = 0
+    outcome: dict[str, Any] | None = None  # what the call returned (no secrets), or the error
+    card: str | None = None  # the Teams message that asks the on-call channel for a decision
+    card_shows: str | None = None  # the status that card shows (it is updated when the step moves on)
+    escalated: int = 0  # how many of the plan's escalation contacts have been called on
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the exact parameters: what an approval is bound to."""
+        return digest(self.params)
+
+    @classmethod
+    def from_json(cls, doc: bytes | str) -> StepRecord:
+        d = orjson.loads(doc)
+        times = {k: datetime.fromisoformat(d[k]) if d.get(k) else None for k in ("created", "expires", "started")}
+        ids = {
+            "approver_ids": tuple(d.get("approver_ids") or d["approvers"]),
+            "aliases": tuple(d.get("aliases", ())),
+            "corroboration": d.get("corroboration", ""),
+        }
+        return cls(**{**d, **times, **ids, "approvers": tuple(d["approvers"])})
+
+    def next(self, **changes: Any) -> StepRecord:
+        """This step changed, one revision on (what `Store.replace_step` writes)."""
+        return replace(self, revision=self.revision + 1, **changes)
+
+    @classmethod
+    def of(
+        cls, p: PlannedStep, *, requested_by: str, created: datetime, expires: datetime | None, **more: Any
+    ) -> StepRecord:
+        planned = {f.name: getattr(p, f.name) for f in fields(PlannedStep)}
+        return cls(**planned, requested_by=requested_by, created=created, expires=expires, **more)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.key, "incident": self.incident, "playbook": self.playbook, "step": self.step,
+            "action": self.action, "target": self.target, "params": self.params, "status": self.status,
+            "approvals_needed": self.approvals, "approvers": list(self.approvers), "reason": self.reason,
+            "requested_by": self.requested_by, "created": _iso(self.created), "expires": _iso(self.expires),
+            "started": _iso(self.started), "attempts": self.attempts, "outcome": self.outcome,
+            "digest": self.digest, "escalated": self.escalated,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    time: datetime
+    actor: str
+    event: str  # planned | refused | approved | denied | expired | superseded | escalated | dry_run | succeeded | ...
+    step: str
+    action: str
+    target: str
+    detail: str
+
+    @classmethod
+    def about(cls, step: PlannedStep, event: str, detail: str, now: datetime, actor: str = PIPELINE) -> AuditEntry:
+        """An entry about `step`: who (the pipeline unless a person), what happened, the detail."""
+        return cls(now, actor, event, step.key, step.action, step.target, detail)
+
+    @classmethod
+    def from_json(cls, doc: bytes | str) -> AuditEntry:
+        d = orjson.loads(doc)
+        return cls(**{**d, "time": datetime.fromisoformat(d["time"])})
+
+    def summary(self) -> dict[str, Any]:
+        return {"time": _iso(self.time), "actor": self.actor, "event": self.event, "step": self.step,
+                "action": self.action, "target": self.target, "detail": self.detail}  # fmt: skip
+
+
+def digest(params: dict[str, Any]) -> str:
+    """SHA-256 of a step's exact parameters: what an approval is bound to."""
+    return hashlib.sha256(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def sortable(t: datetime) -> str:
+    """A UTC timestamp of fixed width, so that stores compare and sort it as text."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- what enrichers found and deliverers did ---
+
+KINDS = ("enrich", "deliver")  # what a kept record is: an enricher's finding, a deliverer's outcome
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    name: str
+    status: str  # ok | skipped | error | timeout
+    result: dict[str, Any]
+    error: str | None
+    at: datetime
+    took_ms: int
+    version: str  # the incident's version it was computed for
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "at": self.at.isoformat().replace("+00:00", "Z")}
+
+    @classmethod
+    def from_json(cls, doc: bytes | str) -> Enrichment:
+        d = orjson.loads(doc)
+        return cls(**{**d, "at": datetime.fromisoformat(d["at"])})
