@@ -87,11 +87,15 @@ def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Sett
         store.close()
 
 
-def _replay(cfg: settings.Settings, store: Store, files: list[Path], hub: str, per_line: bool) -> Counts:
+def _replay(
+    cfg: settings.Settings, store: Store, files: list[Path], hub: str, *, per_line: bool, folder: Path | None = None
+) -> Counts:
+    """The bodies in `files` through the pipeline the Event Hubs triggers run: the response plan (of
+    `folder`, or the shipped one) records its steps for the incidents each batch changes."""
     from aegis import replay, runtime  # noqa: PLC0415
     from aegis.pipeline import Counts, Message  # noqa: PLC0415
 
-    pipeline = runtime.build_pipeline(cfg, store)
+    pipeline = runtime.build_pipeline(cfg, store, respond=True, folder=folder)
     total = Counts()
     sizes = [p.stat().st_size for p in files]
     progress = Progress(
@@ -152,8 +156,14 @@ def replay_cmd(
     db: DbOption = None,
     hub: Annotated[str, typer.Option(help="Source hub name recorded on events and dead letters.")] = "replay",
     lines: Annotated[bool, typer.Option("--lines", help="Read .json files as one body per line too.")] = False,
+    folder: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Playbooks folder whose plan records the response [default: playbooks/]."),
+    ] = None,
 ) -> None:
-    """Process message bodies from files exactly as if they came from Event Hubs.
+    """Process message bodies from files exactly as if they came from Event Hubs: normalized,
+    correlated, and the response plan's steps recorded for the incidents (a dry run unless the
+    plan says `mode: execute`; nothing runs here: `aegis respond` runs what may run).
 
     A .json file is one body; a .jsonl or .ndjson file has one body per line.
     """
@@ -161,7 +171,7 @@ def replay_cmd(
 
     files = replay.collect(paths)
     with _store(db, must_exist=False) as (cfg, store):
-        counts = _replay(cfg, store, files, hub, lines)
+        counts = _replay(cfg, store, files, hub, per_line=lines, folder=folder)
     _print_counts(counts, len(files), _where(cfg))
 
 
@@ -239,8 +249,6 @@ def demo_cmd(
     from aegis import replay, runtime  # noqa: PLC0415
     from aegis.events import AiResource, Ip, User  # noqa: PLC0415
     from aegis.records import views  # noqa: PLC0415
-    from aegis.respond import playbooks as response  # noqa: PLC0415
-    from aegis.respond.record import Responder  # noqa: PLC0415
 
     files = replay.collect([samples])
     if db is None:
@@ -248,12 +256,11 @@ def demo_cmd(
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             path.unlink(missing_ok=True)
     with _store(db, must_exist=False) as (cfg, store):
-        counts = _replay(cfg, store, files, "demo", False)
+        counts = _replay(cfg, store, files, "demo", per_line=False)
         events = store.events()
         dls = store.dead_letters()
         incidents = store.incidents()
         shown = [v for v in views(incidents) if v.status != "superseded"]
-        Responder(response.load(), store).respond([v.incident for v in shown])
         steps = store.steps()
         runtime.enrich_and_deliver(cfg, store)
         top = _most_severe(shown)
@@ -631,8 +638,10 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
 
     with _store(db, must_exist=True) as (cfg, store):
         loaded = runtime.load_response(cfg, folder)
+        responder = Responder(loaded, store)
+        new = responder.drain()
         incidents = [v.incident for v in views(store.incidents()) if v.status != "superseded"]
-        new = Responder(loaded, store).respond(incidents)
+        new += responder.respond(incidents)
         runtime.corroborate(cfg, loaded, store, store.incidents)
         ran = Executor.from_settings(loaded, store, cfg).run()
         waiting = store.steps(status=["awaiting_approval"])

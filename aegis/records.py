@@ -70,6 +70,11 @@ class Incident:
     def to_json(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_UTC_Z)
 
+    def fingerprint(self) -> str:
+        """A digest of the incident as it stands: which change of it this is (the outbox's, and the
+        correlator's "changed since written")."""
+        return fingerprint(self.to_json())
+
     @classmethod
     def from_json(cls, data: bytes | str) -> Incident:
         d = orjson.loads(data)
@@ -112,6 +117,24 @@ class Incident:
             "group": self.group,
             **({"superseded_by": superseded_by} if superseded_by else {}),
         }
+
+
+def fingerprint(doc: bytes) -> str:
+    return hashlib.sha256(doc).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An outbox entry: an incident as a correlation commit left it, written in the same transaction
+    as the correlation state, and kept until the response has recorded its steps (then cleared). A
+    crash between the two loses nothing: the response timer plans what is left."""
+
+    incident: Incident
+    fingerprint: str
+
+    @classmethod
+    def of(cls, incident: Incident) -> Pending:
+        return cls(incident, incident.fingerprint())
 
 
 def _iso(value: datetime | None) -> str | None:

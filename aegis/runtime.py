@@ -20,7 +20,7 @@ from aegis.correlate.engine import Correlator
 from aegis.errors import ConfigurationError
 from aegis.events import Event
 from aegis.pipeline import Pipeline
-from aegis.records import Incident, views
+from aegis.records import Incident, Pending
 from aegis.respond import playbooks
 from aegis.respond.execute import Executor, RunCounts
 from aegis.respond.record import Responder
@@ -29,26 +29,29 @@ from aegis.store import Store, open_store
 logger = structlog.get_logger("aegis.runtime")
 
 
-def build_pipeline(cfg: settings.Settings, store: Store, *, respond: bool = False) -> Pipeline:
+def build_pipeline(
+    cfg: settings.Settings, store: Store, *, respond: bool = False, folder: Path | None = None
+) -> Pipeline:
     """The correlating pipeline on `store`, with the detections in `detections/` (validated here);
-    with `respond`, the response plan is recorded for the incidents each batch creates or changes."""
+    with `respond`, the response plan (of the playbooks in `folder`, or the shipped one) is recorded for the
+    incidents each batch creates or changes."""
     loaded = detections.load().detections
     correlator = Correlator(loaded, store, lateness=cfg.lateness)
-    hook = responder(cfg, store, [d.id for d in loaded]) if respond else None
+    hook = responder(cfg, store, [d.id for d in loaded], folder) if respond else None
     return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs)
 
 
 def responder(
-    cfg: settings.Settings, store: Store, known: Iterable[str]
+    cfg: settings.Settings, store: Store, known: Iterable[str], folder: Path | None = None
 ) -> Callable[[list[Incident], list[Event]], None]:
     """Record the response plan's steps for changed incidents. Nothing is called from here: the
     ingest path only records, and the response timer (`executor_run`) makes the calls, so a slow
     or throttled service never holds back an Event Hubs partition."""
-    record = Responder(load_response(cfg, detection_ids=known), store)
+    record = Responder(load_response(cfg, folder, detection_ids=known), store)
 
     def respond(incidents: list[Incident], events: list[Event]) -> None:
-        shown = [v.incident for v in views(incidents) if v.status != "superseded"]
-        record.respond(shown, seen=[e for event in events for e in event.entities])
+        pending = [Pending.of(i) for i in incidents]  # the outbox entries the batch's commit wrote
+        record.respond_pending(pending, seen=[e for event in events for e in event.entities])
 
     return respond
 
@@ -92,11 +95,13 @@ def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
 
 
 def executor_run() -> RunCounts | None:
-    """The response timer: settle the steps waiting for corroboration, then one executor pass over
+    """The response timer: plan what the outbox still holds (a crash between correlation and
+    response), settle the steps waiting for corroboration, then one executor pass over
     every open step; None when nothing can run (the plan is a dry run)."""
     store = pipeline().store
     cfg = settings.get()
     plan = load_response(cfg)
+    Responder(plan, store).drain()
     corroborate(cfg, plan, store, pipeline().store.incidents)
     if plan.plan.mode != "execute":
         return None

@@ -44,6 +44,22 @@ def test_replay_a_folder_then_again(tmp_path):
     assert events == sorted(events, key=lambda e: (e["time"], e["id"]))
 
 
+def test_replay_records_the_response_as_the_event_hubs_path_does(tmp_path):
+    """A body in a file is processed as the same body from Event Hubs: the plan's steps are recorded
+    (a dry run by default) with no `aegis respond`, and replaying again records none twice."""
+    db = str(tmp_path / "a.db")
+    assert aegis("replay", "--db", db, str(SAMPLES)).returncode == 0
+    incidents = orjson.loads(aegis("incidents", "--db", db, "--json").stdout)
+    steps = [s["id"] for i in incidents for s in i["response"]]
+    assert steps
+    assert len(steps) == len(set(steps))
+    assert aegis("replay", "--db", db, str(SAMPLES)).returncode == 0
+    again = orjson.loads(aegis("incidents", "--db", db, "--json").stdout)
+    assert sorted(s["id"] for i in again for s in i["response"]) == sorted(steps)
+    respond = aegis("respond", "--db", db)
+    assert respond.stdout.startswith("0 new step(s)"), respond.stdout
+
+
 def test_jsonl_files_hold_one_body_per_line_and_lines_forces_it(tmp_path):
     records = orjson.loads((SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_bytes())["records"]
     jsonl = tmp_path / "export.jsonl"

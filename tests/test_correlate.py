@@ -284,3 +284,16 @@ def test_a_database_from_an_older_schema_is_refused_with_how_to_fix(tmp_path):
         SqliteStore(path)
     SqliteStore(tmp_path / "new.db").close()
     SqliteStore(tmp_path / "new.db").close()  # reopening a current one is fine
+
+
+def test_a_bucket_created_again_after_expiry_never_repeats_a_version(store: Store):
+    """One instance expires a bucket and creates it again while another holds a copy cached at the old
+    version: that copy must not pass for current, and a write over it must be a conflict (SQLite gave
+    the new bucket version 1 again, and the stale instance overwrote it)."""
+    first = store.commit_buckets([BucketWrite("ai-x.k", None, b'{"n": 1}', watermark=1)]).versions["ai-x.k"]
+    assert store.expire_buckets(10) == 1
+    again = store.commit_buckets([BucketWrite("ai-x.k", None, b'{"n": 2}', watermark=100)]).versions["ai-x.k"]
+    assert again != first
+    assert store.load_buckets(["ai-x.k"], {"ai-x.k": first})["ai-x.k"].doc == {"n": 2}  # re-read, not "current"
+    assert store.commit_buckets([BucketWrite("ai-x.k", first, b'{"n": 3}', watermark=200)]).conflicts == {"ai-x.k"}
+    assert store.load_buckets(["ai-x.k"])["ai-x.k"].doc == {"n": 2}

@@ -417,7 +417,7 @@ def test_aegis_respond_in_execute_mode_runs_the_automatic_steps_and_holds_the_re
     plan = folder / playbooks.PLAN_FILE
     plan.write_text(plan.read_text().replace("mode: dry_run", "mode: execute"))
     db = str(tmp_path / "x.db")
-    assert aegis("replay", "--db", db, str(SAMPLES)).returncode == 0
+    assert aegis("replay", "--db", db, "--dir", str(folder), str(SAMPLES)).returncode == 0  # records under that plan
     ran = aegis("respond", "--db", db, "--dir", str(folder))
     assert ran.returncode == 0, ran.stderr
     assert "executed: succeeded " in ran.stdout

@@ -391,7 +391,7 @@ class State:
         self._prune(d, segments, [inc.id for inc in incidents], lateness_us)
         upsert, live = [], {}
         for inc, seg in zip(incidents, segments, strict=True):
-            digest = hashlib.sha256(inc.to_json()).hexdigest()[:16]
+            digest = inc.fingerprint()
             if self.live.get(inc.id) != digest:
                 upsert.append(inc)
             if self._is_live(inc, seg):

@@ -20,7 +20,7 @@ from typing import Any
 
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import Entity, Origin, User
-from aegis.records import PIPELINE, AuditEntry, Incident, PlannedStep, StepRecord
+from aegis.records import PIPELINE, AuditEntry, Incident, Pending, PlannedStep, StepRecord, views
 from aegis.respond import planner
 from aegis.respond.actions import ACTIONS
 from aegis.respond.playbooks import Response
@@ -49,6 +49,25 @@ class Responder:
             self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)[0]
             for incident in incidents
         )
+
+    def respond_pending(self, pending: Sequence[Pending], *, seen: Iterable[Entity] = ()) -> int:
+        """Plan the response for incident changes from the outbox (or, on the ingest path, the batch's
+        own, just committed there), then clear those entries: a crash before the clear leaves them
+        for the next pass, which records nothing twice (steps are keyed). Of an incident changed more
+        than once, its latest state is planned; a fallback incident another one supersedes, none."""
+        latest: dict[str, Incident] = {}
+        for p in pending:
+            mine = latest.get(p.incident.id)
+            if mine is None or (p.incident.event_count, p.incident.last_seen) >= (mine.event_count, mine.last_seen):
+                latest[p.incident.id] = p.incident
+        shown = [v.incident for v in views(latest.values()) if v.status != "superseded"]
+        new = self.respond(shown, seen=seen)
+        self.store.clear_outbox(pending)
+        return new
+
+    def drain(self) -> int:
+        """Plan what the outbox still holds (what a crash, or a front door without the response, left)."""
+        return self.respond_pending(self.store.outbox())
 
     def learn(self, entities: Iterable[Entity]) -> frozenset[str]:
         """Remember every identifier an event or incident pairs with a protected user (an alert naming

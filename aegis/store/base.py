@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, StepRecord
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,17 @@ class Store(Protocol):
         ...
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
-        """Write each bucket whose version still matches, with its incident changes, atomically."""
+        """Write each bucket whose version still matches, with its incident changes and an outbox
+        entry for each incident upserted, atomically. A bucket's version never repeats, not even
+        after it expired and was created again (a copy cached at an old version is never current)."""
+        ...
+
+    def outbox(self) -> list[Pending]:
+        """The incident changes the response has not planned yet, oldest first."""
+        ...
+
+    def clear_outbox(self, done: Sequence[Pending]) -> None:
+        """Remove these entries (a change written since, with another fingerprint, stays)."""
         ...
 
     def expire_buckets(self, before: int) -> int:

@@ -14,7 +14,7 @@ import orjson
 
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, StepRecord, sortable
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, StepRecord, fingerprint, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
@@ -59,6 +59,17 @@ CREATE TABLE IF NOT EXISTS incidents (
     doc BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_bucket ON incidents (bucket, last_seen);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    UNIQUE (incident, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS protected_aliases (
     id TEXT PRIMARY KEY,
     learned TEXT NOT NULL
@@ -117,6 +128,9 @@ class SqliteStore:
                     "replay your inputs into a new database (`aegis replay --db NEW ...`)"
                 )
             self._db.executescript(SCHEMA)
+            # bucket versions come from one counter, so that a bucket created again never repeats one
+            self._db.execute("INSERT OR IGNORE INTO counters SELECT 'bucket_version', COALESCE(MAX(version), 0) "
+                             "FROM buckets")  # fmt: skip
             raw_columns = {row[1] for row in self._db.execute("PRAGMA table_info(raw_messages)")}
             if "received" not in raw_columns:  # a database from before retention: its bodies age from now
                 self._db.execute("ALTER TABLE raw_messages ADD COLUMN received TEXT")
@@ -215,11 +229,18 @@ class SqliteStore:
         with self._write() as cur:  # holds the write lock: the versions read below stay true
             stored = dict(_rows_in(cur, "SELECT key, version FROM buckets WHERE key IN ({})", [w.key for w in writes]))
             ok = [w for w in writes if stored.get(w.key) == w.expected]
-            new = [(w.key, w.watermark, w.doc) for w in ok if w.expected is None]
-            cur.executemany("INSERT INTO buckets VALUES (?, 1, ?, ?)", new)
+            if not ok:
+                return Committed({}, {w.key for w in writes})
+            last = cur.execute("UPDATE counters SET value = value + ? WHERE name = 'bucket_version' RETURNING value",
+                               (len(ok),)).fetchone()[0]  # fmt: skip
+            versions: dict[str, Version] = {w.key: last - len(ok) + 1 + n for n, w in enumerate(ok)}
             cur.executemany(
-                "UPDATE buckets SET version = version + 1, watermark = ?, doc = ? WHERE key = ?",
-                [(w.watermark, w.doc, w.key) for w in ok if w.expected is not None],
+                "INSERT INTO buckets VALUES (?, ?, ?, ?)",
+                [(w.key, versions[w.key], w.watermark, w.doc) for w in ok if w.expected is None],
+            )
+            cur.executemany(
+                "UPDATE buckets SET version = ?, watermark = ?, doc = ? WHERE key = ?",
+                [(versions[w.key], w.watermark, w.doc, w.key) for w in ok if w.expected is not None],
             )
             cur.executemany(
                 "INSERT OR REPLACE INTO bucket_chunks VALUES (?, ?, ?)",
@@ -230,12 +251,28 @@ class SqliteStore:
                 [(w.key, n) for w in ok for n in w.drop_chunks],
             )
             cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
+            docs = [(i, i.to_json()) for w in ok for i in w.upsert]
             cur.executemany(
                 "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
-                [(i.id, i.bucket, i.last_seen.isoformat(), i.to_json()) for w in ok for i in w.upsert],
+                [(i.id, i.bucket, i.last_seen.isoformat(), doc) for i, doc in docs],
             )
-        versions: dict[str, Version] = {w.key: 1 if w.expected is None else int(w.expected) + 1 for w in ok}
+            cur.executemany(
+                "INSERT OR IGNORE INTO outbox (incident, fingerprint, doc) VALUES (?, ?, ?)",
+                [(i.id, fingerprint(doc), doc) for i, doc in docs],
+            )
         return Committed(versions, {w.key for w in writes} - versions.keys())
+
+    def outbox(self) -> list[Pending]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute("SELECT fingerprint, doc FROM outbox ORDER BY seq").fetchall()
+        return [Pending(Incident.from_json(doc), fp) for fp, doc in rows]
+
+    def clear_outbox(self, done: Sequence[Pending]) -> None:
+        if not done:
+            return
+        with self._write() as cur:
+            cur.executemany("DELETE FROM outbox WHERE incident = ? AND fingerprint = ?",
+                            [(p.incident.id, p.fingerprint) for p in done])  # fmt: skip
 
     def expire_buckets(self, before: int) -> int:
         with self._write() as cur:

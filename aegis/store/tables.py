@@ -8,7 +8,8 @@ named by their SHA-256.
 
 Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
 (`RowKey` "bucket") and its incidents ("incident-<id>"), so that the bucket's optimistic write
-(ETag, If-Match) and its incidents' changes are one entity-group transaction: all or nothing.
+(ETag, If-Match), its incidents' changes and their outbox rows ("outbox-<id>-<fingerprint>": what
+the response has still to plan) are one entity-group transaction: all or nothing.
 Documents larger than one property are split over binary properties `doc0`..`doc14`.
 
 Response records: one partition per incident in `{prefix}response`, holding its steps
@@ -55,7 +56,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, StepRecord, sortable
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, StepRecord, fingerprint, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
@@ -204,8 +205,12 @@ class TableStore:
                 ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
                 ops += [("delete", {"PartitionKey": w.key, "RowKey": f"incident-{i}"}) for i in w.delete]
                 for i in w.upsert:
+                    body = i.to_json()
+                    packed = _pack(body)
                     entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
-                    ops.append(("upsert", {**entity, **_pack(i.to_json())}, {"mode": UpdateMode.REPLACE}))
+                    ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
+                    pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
+                    ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
                 try:
                     results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
                 except TableTransactionError as exc:
@@ -215,6 +220,33 @@ class TableStore:
                     raise
                 versions[w.key] = str(results[0][0]["etag"])
         return Committed(versions, conflicts)
+
+    def outbox(self) -> list[Pending]:
+        """A query over the state table (the outbox rows sit in their buckets' partitions, to be written
+        in the buckets' transactions): the response timer's, once a minute, never the ingest path's."""
+        with _translate():
+            rows = self._state.query_entities(
+                "RowKey gt @lo and RowKey lt @hi", parameters={"lo": "outbox-", "hi": "outbox."}
+            )
+            found = [(r.metadata["timestamp"], r["RowKey"], Incident.from_json(_unpack(r))) for r in rows]
+        found.sort(key=lambda x: (x[0], x[1]))
+        return [Pending(i, row.rsplit("-", 1)[1]) for _, row, i in found]
+
+    def clear_outbox(self, done: Sequence[Pending]) -> None:
+        by_partition: dict[str, list[Any]] = defaultdict(list)
+        for p in done:
+            row = {"PartitionKey": p.incident.bucket, "RowKey": _outbox_row(p.incident.id, p.fingerprint)}
+            by_partition[p.incident.bucket].append(("delete", row))
+        with _translate():
+            for ops in by_partition.values():
+                for chunk in _transactions(list({op[1]["RowKey"]: op for op in ops}.values())):
+                    try:
+                        self._state.submit_transaction(chunk)
+                    except TableTransactionError as exc:
+                        if exc.status_code != 404:
+                            raise
+                        for _, row in chunk:  # one was cleared already (another instance): the rest one by one
+                            self._state.delete_entity(row["PartitionKey"], row["RowKey"])
 
     def expire_buckets(self, before: int) -> int:
         """A scan of the bucket heads: the correlator calls it once per several minutes of event time."""
@@ -445,6 +477,10 @@ TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
 _CHUNK = 64 * 1024
 _MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 KiB leave room for keys
+
+
+def _outbox_row(incident: str, fp: str) -> str:
+    return f"outbox-{incident}-{fp}"  # sorts after the incident rows
 
 
 def _chunk_row(n: int) -> str:
