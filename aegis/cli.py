@@ -129,14 +129,20 @@ def _where(cfg: settings.Settings) -> str:
     return str(cfg.db) if cfg.store == "sqlite" else "Azure Table Storage"
 
 
-def _print_counts(c: Counts, files: int, where: str) -> None:
+def _print_counts(c: Counts, files: int, where: str, *, keep_all: bool) -> None:
     out.print(f"Replayed {c.messages} messages from {files} file(s) into {where}")
     rows = [
         ("messages", c.messages, ""),
         ("  with events", c.with_events, ""),
         ("  ignored", c.ignored, "valid, nothing to watch (assessments, secure scores, empty envelopes)"),
         ("  dead-lettered", c.dead_lettered, "see `aegis deadletters`" if c.dead_lettered else ""),
-        ("events", c.events, f"{c.new_events} new, {c.duplicates} duplicates"),
+        (
+            "events",
+            c.events,
+            f"{c.new_events} new, {c.duplicates} duplicates"
+            if keep_all
+            else f"{c.evidence} kept as incidents' evidence (AEGIS_KEEP_EVENTS=all keeps every event)",
+        ),
         ("dead letters", c.dead_letters, f"{c.new_dead_letters} new"),
         ("detection hits", c.matches, f"{c.incident_updates} incident updates; see `aegis incidents`"),
     ]
@@ -172,7 +178,7 @@ def replay_cmd(
     files = replay.collect(paths)
     with _store(db, must_exist=False) as (cfg, store):
         counts = _replay(cfg, store, files, hub, per_line=lines, folder=folder)
-    _print_counts(counts, len(files), _where(cfg))
+    _print_counts(counts, len(files), _where(cfg), keep_all=cfg.keep_events == "all")
 
 
 @app.command("purge")
@@ -266,7 +272,7 @@ def demo_cmd(
         top = _most_severe(shown)
         enriched = _enrichment(store, top.id) if top else []
     where = _where(cfg)
-    _print_counts(counts, len(files), where)
+    _print_counts(counts, len(files), where, keep_all=cfg.keep_events == "all")
     out.print()
     out.print(f"[bold]What is in {where}[/bold]: {len(events)} events, {len(dls)} dead letters")
     by_source = Counter(e.source.value for e in events)

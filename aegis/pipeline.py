@@ -1,8 +1,14 @@
 """The one pipeline every front door drives: Event Hubs triggers, `aegis replay`, the tests.
 
-    message bytes ─► decode ─► items ─► normalizer ─► events ─┐
-                         │          │                         ├─► store (one write per batch) ─► correlator
-                         └──────────┴──► dead letters ────────┘         incidents changed ─► respond
+    message bytes ─► decode ─► items ─► normalizer ─► events ─► correlator ─► one commit per batch:
+                         │          │                                      panes, incidents, the events
+                         │          │                                      they hold, the outbox ─► respond
+                         └──────────┴──► dead letters, with their bytes ─► store
+
+The stream itself is not stored again (it stays in Event Hubs, and in Capture or Log Analytics
+where the customer keeps it): only dead letters with their original bytes, and the events that
+incidents hold as evidence, written in the correlation commit. `keep_events` keeps every event
+and body too (a row per event, for local investigation: `AEGIS_KEEP_EVENTS=all`).
 
 Outcome of each message, exactly one of:
 - `with_events`: at least one item gave events (items of it that failed are dead-lettered too);
@@ -55,8 +61,9 @@ class Counts:
     ignored: int = 0
     dead_lettered: int = 0
     events: int = 0
-    new_events: int = 0
-    duplicates: int = 0
+    new_events: int = 0  # with every event kept (`keep_events`): those not stored before
+    duplicates: int = 0  # with every event kept: those stored before (redelivered or replayed)
+    evidence: int = 0  # events written with the incidents that hold them
     dead_letters: int = 0
     new_dead_letters: int = 0
     by_normalizer: dict[str, int] = field(default_factory=dict)
@@ -88,9 +95,13 @@ class Pipeline:
         correlator: Correlator | None = None,
         respond: Callable[[list[Incident], list[Event]], None] | None = None,
         hubs: Mapping[str, HubKind] | None = None,
+        keep_events: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        # every event and raw body kept (a row per event: local investigation), or, by default, only
+        # the dead letters with their bodies and the events incidents hold (written with the incidents)
+        self.keep_events = keep_events
         # hub name → what it carries: an item of the other kind on a hub named here is dead-lettered
         # (anyone holding one hub's Send key must not pass as the other source); other hub names, such
         # as `aegis replay`'s, take both
@@ -121,22 +132,26 @@ class Pipeline:
                 counts.dead_lettered += 1
             else:
                 counts.ignored += 1
-            if produced or failed:
+            if failed or (produced and self.keep_events):
                 raws[digest] = message.body
             for event in produced:
                 counts.events += 1
                 counts.by_normalizer[event.normalizer] = counts.by_normalizer.get(event.normalizer, 0) + 1
                 events.setdefault(event.id, event)
             dead_letters += failed
-        result = self.store.save(raws, list(events.values()), dead_letters, received=received)
-        counts.new_events = result.new_events
-        counts.duplicates = counts.events - result.new_events
+        if raws or dead_letters or self.keep_events:
+            kept = list(events.values()) if self.keep_events else []
+            result = self.store.save(raws, kept, dead_letters, received=received)
+            counts.new_dead_letters = result.new_dead_letters
+            if self.keep_events:
+                counts.new_events = result.new_events
+                counts.duplicates = counts.events - result.new_events
         counts.dead_letters = len(dead_letters)
-        counts.new_dead_letters = result.new_dead_letters
         if self.correlator is not None and events:
             correlated = self.correlator.process(list(events.values()))
             counts.matches = correlated.matches
             counts.incident_updates = correlated.incidents
+            counts.evidence = correlated.evidence
             counts.late = correlated.too_late
             counts.detection_errors = {d: n for d, (n, _) in correlated.errors.items()}
             counts.error_reasons = {d: reason for d, (_, reason) in correlated.errors.items()}

@@ -38,7 +38,14 @@ def build_pipeline(
     loaded = detections.load().detections
     correlator = Correlator(loaded, store, lateness=cfg.lateness)
     hook = responder(cfg, store, [d.id for d in loaded], folder) if respond else None
-    return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs)
+    return Pipeline(
+        store,
+        limits=cfg.limits,
+        correlator=correlator,
+        respond=hook,
+        hubs=cfg.hubs,
+        keep_events=cfg.keep_events == "all",
+    )
 
 
 def responder(

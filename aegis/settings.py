@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         ge=timedelta(days=1),
         description="How long events, dead letters and raw message bodies are kept (the retention timer purges older).",
     )
+    keep_events: Literal["evidence", "all"] = Field(
+        "evidence",
+        description="Which normalized events the store keeps: those incidents hold as evidence (the stream "
+        "itself stays in Event Hubs, Capture or Log Analytics), or every event (local investigation; a row per event).",
+    )
 
     arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager (sovereign clouds).")
     graph_endpoint: str = Field("https://graph.microsoft.com/v1.0", description="Microsoft Graph.")

@@ -37,7 +37,7 @@ RUNS = 3
 
 def run_aegis(bodies: list[bytes], batch_size: int, db: Path) -> int:
     store = SqliteStore(db)
-    pipeline = Pipeline(store)
+    pipeline = Pipeline(store, keep_events=True)  # every event and body stored: what this bench measures
     events = 0
     for i in range(0, len(bodies), batch_size):
         counts = pipeline.process([Message(b, hub="bench") for b in bodies[i : i + batch_size]])

@@ -58,7 +58,7 @@ def ingest(hub: str, events: list[func.EventHubEvent]) -> None:
             "batch_processed",
             messages=counts.messages,
             events=counts.events,
-            new_events=counts.new_events,
+            evidence=counts.evidence,
             ignored=counts.ignored,
             dead_lettered=counts.dead_lettered,
             incident_updates=counts.incident_updates,

@@ -49,8 +49,8 @@ def test_the_sql_peer_agrees_on_every_detection_test_case(tmp_path, detection):
         store.close()
 
 
-def test_the_floor_stores_one_row_per_item_the_pipeline_turns_into_an_event(tmp_path):
-    """The floor's rate is comparable only if it counts what the pipeline counts: one per item."""
+def test_the_floor_counts_the_events_the_pipeline_counts(tmp_path):
+    """The floor's rate is comparable only if it counts what the pipeline counts: one per event."""
     from aegis.pipeline import Message
 
     bodies = BodyGenerator(7, accounts=2, callers=4).bodies(40)

@@ -31,11 +31,12 @@ def aegis(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 
 def test_replay_a_folder_then_again(tmp_path):
     db = str(tmp_path / "a.db")
-    first = aegis("replay", "--db", db, str(SAMPLES))
+    keep = {"AEGIS_KEEP_EVENTS": "all"}  # every event kept: each is listed, and a replay finds them all again
+    first = aegis("replay", "--db", db, str(SAMPLES), env=keep)
     assert first.returncode == 0, first.stderr
     assert "Replayed 16 messages from 16 file(s)" in first.stdout
     assert re.search(r"dead-lettered\s+4", first.stdout)
-    second = aegis("replay", "--db", db, str(SAMPLES))
+    second = aegis("replay", "--db", db, str(SAMPLES), env=keep)
     assert "0 new" in second.stdout
     assert "duplicates" in second.stdout
     events = orjson.loads(aegis("events", "--db", db, "--json").stdout)
@@ -58,6 +59,27 @@ def test_replay_records_the_response_as_the_event_hubs_path_does(tmp_path):
     assert sorted(s["id"] for i in again for s in i["response"]) == sorted(steps)
     respond = aegis("respond", "--db", db)
     assert respond.stdout.startswith("0 new step(s)"), respond.stdout
+
+
+def test_by_default_only_the_evidence_incidents_hold_is_kept(tmp_path):
+    """No row per event and no raw body per message: the events the incidents show are kept (with
+    their Event Hubs position), the dead letters with their bytes, and nothing else of the stream."""
+    db = str(tmp_path / "a.db")
+    replayed = aegis("replay", "--db", db, str(SAMPLES))
+    assert "kept as incidents' evidence" in replayed.stdout
+    events = {e["id"]: e for e in orjson.loads(aegis("events", "--db", db, "--json").stdout)}
+    incidents = orjson.loads(aegis("incidents", "--db", db, "--json", "--all").stdout)
+    held = {i for incident in incidents for i in incident["event_ids"]}
+    assert held <= events.keys()  # every event an incident shows is there
+    assert len(events) < 43  # and not the whole stream
+    from aegis.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "a.db")
+    try:
+        assert all(store.raw(e["evidence"]["message"]) is None for e in events.values())  # Capture keeps bodies
+        assert all(store.raw(d.message) is not None for d in store.dead_letters())
+    finally:
+        store.close()
 
 
 def test_jsonl_files_hold_one_body_per_line_and_lines_forces_it(tmp_path):

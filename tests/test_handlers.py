@@ -61,8 +61,11 @@ def test_each_hub_has_a_batch_trigger_with_identity_connection_and_retry(functio
     assert int(retry["max_retry_count"]) >= 3
 
 
-def test_a_batch_with_a_bad_message_stores_the_good_ones_and_dead_letters_the_bad(functions, db):
+def test_a_batch_with_a_bad_message_stores_the_good_ones_and_dead_letters_the_bad(functions, db, monkeypatch):
     from handlers import ingest
+
+    monkeypatch.setenv("AEGIS_KEEP_EVENTS", "all")  # every event kept, to see each with its Event Hubs position
+    settings.get.cache_clear()
 
     ingest.ai_diagnostics(hub_events([ENVELOPE, b'{"records": [', ENVELOPE]))
     store = runtime.pipeline().store
@@ -103,7 +106,7 @@ def test_a_transient_store_fault_fails_the_batch_for_the_retry_policy(functions,
     def unavailable(*args, **kwargs):
         raise StoreUnavailable("storage answered 503")
 
-    monkeypatch.setattr(runtime.pipeline().store, "save", unavailable)
+    monkeypatch.setattr(runtime.pipeline().store, "commit_buckets", unavailable)  # the batch's correlation commit
     with pytest.raises(StoreUnavailable):
         ingest.ai_diagnostics(hub_events([ENVELOPE]))
 

@@ -35,7 +35,8 @@ ALERT = orjson.loads((SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes
 def pipeline(*, ids: list[str] | None = None, clock: datetime = NOW, lateness: timedelta = timedelta(hours=1)):
     store = SqliteStore(":memory:")
     found = [d for d in detections.load().detections if ids is None or d.id in ids]
-    return Pipeline(store, correlator=Correlator(found, store, lateness=lateness), hubs=HUBS, clock=lambda: clock)  # type: ignore[arg-type]
+    return Pipeline(store, correlator=Correlator(found, store, lateness=lateness), hubs=HUBS, keep_events=True,
+                    clock=lambda: clock)  # type: ignore[arg-type]  # fmt: skip
 
 
 def record(at: datetime, **changes: Any) -> dict[str, Any]:
@@ -246,7 +247,7 @@ def a_batch() -> list[Message]:
 
 
 def test_a_full_disk_is_transient_and_says_so(tmp_path):
-    p = Pipeline(SqliteStore(tmp_path / "full.db"), hubs=HUBS, clock=lambda: NOW)  # type: ignore[arg-type]
+    p = Pipeline(SqliteStore(tmp_path / "full.db"), hubs=HUBS, keep_events=True, clock=lambda: NOW)  # type: ignore[arg-type]
     assert isinstance(p.store, SqliteStore)
     pages = p.store._db.execute("PRAGMA page_count").fetchone()[0]
     p.store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
@@ -260,7 +261,7 @@ def test_a_read_only_database_is_transient_and_says_so(tmp_path):
     store = SqliteStore(tmp_path / "ro.db")
     store._db.execute("PRAGMA query_only = ON")
     with pytest.raises(StoreUnavailable, match="read-only"):
-        Pipeline(store, clock=lambda: NOW).process(a_batch())
+        Pipeline(store, keep_events=True, clock=lambda: NOW).process(a_batch())
 
 
 def test_a_locked_database_is_transient_and_says_so(tmp_path):
@@ -270,7 +271,7 @@ def test_a_locked_database_is_transient_and_says_so(tmp_path):
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(StoreUnavailable, match=r"busy \(another writer holds the lock\)"):
-            Pipeline(store, clock=lambda: NOW).process(a_batch())
+            Pipeline(store, keep_events=True, clock=lambda: NOW).process(a_batch())
     finally:
         other.execute("ROLLBACK")
 
@@ -478,7 +479,7 @@ def test_aegis_replay_says_which_detection_failed(tmp_path):
     cli.err = Console(file=buffer, width=200)
     try:
         c = Counts(messages=1, detection_errors={"ai-x": 2}, error_reasons={"ai-x": "evaluation: KeyError: 'k'"})
-        _print_counts(c, 1, "x.db")
+        _print_counts(c, 1, "x.db", keep_all=False)
     finally:
         cli.err = old
     assert "detection ai-x failed in 2 batch(es) and changed nothing: evaluation: KeyError: 'k'" in buffer.getvalue()
@@ -573,7 +574,7 @@ def test_retention_purges_old_events_dead_letters_and_raw_bodies_on_both_stores(
     from aegis.events import DeadLetter
 
     old, recent = NOW - timedelta(days=40), NOW - timedelta(days=1)
-    p = Pipeline(store, hubs=HUBS, clock=lambda: old)  # type: ignore[arg-type]
+    p = Pipeline(store, hubs=HUBS, keep_events=True, clock=lambda: old)  # type: ignore[arg-type]
     first = envelope(record(old - timedelta(minutes=1)))
     p.process([first])
     p.clock = lambda: recent

@@ -41,7 +41,7 @@ ASSESSMENT = (SAMPLES / "defender" / "05-assessment-export.json").read_bytes()
 
 
 def make_pipeline(limits: Limits | None = None) -> Pipeline:
-    return Pipeline(SqliteStore(":memory:"), limits=limits, clock=lambda: NOW)
+    return Pipeline(SqliteStore(":memory:"), limits=limits, keep_events=True, clock=lambda: NOW)
 
 
 def msg(data: bytes, **kw: Any) -> Message:

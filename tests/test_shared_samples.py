@@ -33,7 +33,7 @@ COVERED: set[str] = set()
 
 def run(bodies: list[bytes], covers: str) -> tuple[Counts, list[Event], Pipeline]:
     COVERED.add(covers)
-    p = Pipeline(SqliteStore(":memory:"))
+    p = Pipeline(SqliteStore(":memory:"), keep_events=True)
     counts = p.process([Message(b, hub="shared") for b in bodies])
     return counts, p.store.events(), p
 

@@ -66,6 +66,7 @@ class CorrelationCounts:
     matches: int = 0
     buckets: int = 0
     incidents: int = 0
+    evidence: int = 0  # events written as evidence (they entered a pane's samples)
     too_late: int = 0
     conflicts: int = 0
     expired: int = 0
@@ -182,6 +183,7 @@ class Correlator:
             while len(self._cache) > CACHED_STATES:
                 self._cache.popitem(last=False)
             counts.buckets += len(committed.versions)
+            counts.evidence += sum(len(w.evidence) for w in writes if w.key in committed.versions)
             counts.conflicts += len(committed.conflicts)
             pending = {k: v for k, v in pending.items() if k in committed.conflicts}
             if not pending:
@@ -307,6 +309,9 @@ class State:
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_json: orjson.Fragment | None = None  # `entities` serialized, until they change
+    # events of this batch that entered a pane's evidence samples: what any incident of the bucket
+    # can show is kept, with the pane, in the same commit
+    sampled: dict[str, Event] = field(default_factory=dict)
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
 
     def __post_init__(self) -> None:
@@ -401,8 +406,9 @@ class State:
         self.live = live
         c.incidents += len(upsert)
         head, chunks, dropped = self.dump()
+        evidence, self.sampled = list(self.sampled.values()), {}
         return {"doc": head, "watermark": self.watermark, "chunks": chunks, "drop_chunks": dropped,
-                "upsert": upsert, "delete": delete}  # fmt: skip
+                "upsert": upsert, "delete": delete, "evidence": evidence}  # fmt: skip
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         applied, seen = dict(self.applied), self.applied
@@ -442,6 +448,8 @@ class State:
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
             if pane.add(f, m.steps, m.value, values_cap):
+                if any(sample[1] == f.id for sample in pane.samples):  # an incident may show it: keep it
+                    self.sampled[f.id] = m.event
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
                 hi = index if hi is None else max(hi, index)

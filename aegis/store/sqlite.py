@@ -163,10 +163,7 @@ class SqliteStore:
         *,
         received: datetime | None = None,
     ) -> SaveResult:
-        event_rows = [
-            (e.id, e.time.isoformat(), e.source.value, e.kind, e.resource.id if e.resource else None, e.to_json())
-            for e in events
-        ]
+        event_rows = [_event_row(e) for e in events]
         dl_rows = [(d.id, d.received.isoformat(), d.reason, orjson.dumps(d.to_dict())) for d in dead_letters]
         with self._write() as cur:
             now = (received or datetime.now(UTC)).astimezone(UTC).isoformat()
@@ -260,6 +257,8 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO outbox (incident, fingerprint, doc) VALUES (?, ?, ?)",
                 [(i.id, fingerprint(doc), doc) for i, doc in docs],
             )
+            cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                            [_event_row(e) for w in ok for e in w.evidence])  # fmt: skip
         return Committed(versions, {w.key for w in writes} - versions.keys())
 
     def outbox(self) -> list[Pending]:
@@ -414,6 +413,10 @@ _CAUSES = {
     "SQLITE_FULL": "full (no space left on the disk)", "SQLITE_IOERR": "failing (disk I/O error)",
     "SQLITE_READONLY": "read-only", "SQLITE_CANTOPEN": "not openable",
 }  # fmt: skip
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return e.id, e.time.isoformat(), e.source.value, e.kind, e.resource.id if e.resource else None, e.to_json()
 
 
 @contextmanager

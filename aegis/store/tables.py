@@ -1,14 +1,17 @@
-"""The cloud store: Azure Table Storage for events and dead letters, Blob Storage for raw bodies.
+"""The cloud store: Azure Table Storage for correlation state, incidents and their evidence, the
+response and dead letters; Blob Storage for the dead letters' raw bodies.
 
-Events are partitioned by event day (`PartitionKey` = `YYYYMMDD`) and keyed by event id, so a
-replayed event is a 409 on insert, counted as a duplicate. Inserts go in entity-group transactions
-of up to 100 per partition; a transaction that meets an existing event is retried entity by entity.
-Raw message bodies (up to the 1 MB Event Hubs limit, more than a table entity holds) are blobs
-named by their SHA-256.
+With every event kept (`AEGIS_KEEP_EVENTS=all`; by default only evidence is), events go to
+`{prefix}events`, partitioned by event day (`PartitionKey` = `YYYYMMDD`) and keyed by event id, so
+a replayed event is a 409 on insert, counted as a duplicate; inserts go in entity-group
+transactions of up to 100 per partition, retried entity by entity when one meets an existing
+event. Raw message bodies (up to the 1 MB Event Hubs limit, more than a table entity holds) are
+blobs named by their SHA-256.
 
 Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
 (`RowKey` "bucket") and its incidents ("incident-<id>"), so that the bucket's optimistic write
-(ETag, If-Match), its incidents' changes and their outbox rows ("outbox-<id>-<fingerprint>": what
+(ETag, If-Match), its incidents' changes, the events they hold as evidence ("event-<id>") and
+their outbox rows ("outbox-<id>-<fingerprint>": what
 the response has still to plan) are one entity-group transaction: all or nothing.
 Documents larger than one property are split over binary properties `doc0`..`doc14`.
 
@@ -104,21 +107,30 @@ class TableStore:
     def events(
         self, *, limit: int | None = None, since: datetime | None = None, until: datetime | None = None
     ) -> list[Event]:
+        """The events kept: incidents' evidence (rows in the buckets' partitions) and, with every event
+        kept, the events table. A query over both tables: for the CLI and the enrichers, never ingest."""
         days, parameters = [], {}
-        for name, op, at in (("lo", "ge", since), ("hi", "le", until)):
+        times, at_parameters = ["RowKey gt @lo and RowKey lt @hi"], {"lo": EVIDENCE_ROW, "hi": EVIDENCE_END}
+        for name, op, at in (("since", "ge", since), ("until", "le", until)):
             if at is not None:
                 days.append(f"PartitionKey {op} @{name}")
                 parameters[name] = at.astimezone(UTC).strftime("%Y%m%d")
+                times.append(f"time {op} @{name}")
+                at_parameters[name] = at.astimezone(UTC).isoformat()
+        found: dict[str, Event] = {}
         with _translate():
-            out = []
             rows = self._events.query_entities(" and ".join(days), parameters=parameters) if days else (
                 self._events.list_entities())  # fmt: skip
             for entity in rows:
                 doc = entity.get("doc")
                 if doc is None:
                     doc = self._raw.download_blob(f"events/{entity['RowKey']}").readall()
-                out.append(Event.from_json(doc))
-        out = [e for e in out if (since is None or e.time >= since) and (until is None or e.time <= until)]
+                e = Event.from_json(doc)
+                found[e.id] = e
+            for entity in self._state.query_entities(" and ".join(times), parameters=at_parameters):
+                e = Event.from_json(_unpack(entity))
+                found.setdefault(e.id, e)
+        out = [e for e in found.values() if (since is None or e.time >= since) and (until is None or e.time <= until)]
         out.sort(key=lambda e: (e.time, e.id))
         return out[:limit] if limit else out
 
@@ -149,6 +161,15 @@ class TableStore:
                         chunk = group[i : i + _TRANSACTION_SIZE]
                         table.submit_transaction(chunk)
                         gone += len(chunk)
+            evidence = self._state.query_entities(
+                "RowKey gt @lo and RowKey lt @hi and time lt @at",
+                parameters={"lo": EVIDENCE_ROW, "hi": EVIDENCE_END, "at": before.astimezone(UTC).isoformat()},
+                select=["PartitionKey", "RowKey"],
+            )  # fmt: skip
+            for row in evidence:
+                with suppress(ResourceNotFoundError):
+                    self._state.delete_entity(row["PartitionKey"], row["RowKey"])
+                    gone += 1
             for blob in self._raw.list_blobs():
                 if blob.last_modified is not None and blob.last_modified < before:
                     with suppress(ResourceNotFoundError):
@@ -211,6 +232,9 @@ class TableStore:
                     ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
                     pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
                     ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
+                for e in w.evidence:
+                    row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE_ROW}{e.id}", "time": e.time.isoformat()}
+                    ops.append(("upsert", {**row, **_pack(e.to_json())}, {"mode": UpdateMode.REPLACE}))
                 try:
                     results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
                 except TableTransactionError as exc:
@@ -472,6 +496,7 @@ class TableStore:
 
 
 BUCKET_ROW = "bucket"
+EVIDENCE_ROW, EVIDENCE_END = "event-", "event."  # in a bucket's partition: the events its incidents hold
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
 TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)

@@ -60,6 +60,7 @@ var settings = {
   AEGIS_LATENESS: 'PT1H'
   AEGIS_MAX_CLOCK_SKEW: 'PT5M'
   AEGIS_RETENTION: 'P30D'
+  AEGIS_KEEP_EVENTS: 'evidence' // the stream stays in Event Hubs (and Capture or Log Analytics): no row per event
   AEGIS_MAX_BODY_BYTES: '1048576'
   AEGIS_MAX_DEPTH: '64'
   AEGIS_ARM_ENDPOINT: environment().resourceManager
