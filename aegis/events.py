@@ -240,8 +240,10 @@ def _make_ip(value: str) -> Ip | None:
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """Where an event came from: the raw message (by its SHA-256, kept in the store) and the
-    JSON pointer of the alert or record inside it, plus the Event Hubs position when known."""
+    """Where an event came from: the raw message (by its SHA-256; the store keeps the bytes of dead
+    letters, and of every message with `AEGIS_KEEP_EVENTS=all`: otherwise Event Hubs Capture, found
+    by the position) and the JSON pointer of the alert or record inside it, plus the Event Hubs
+    position when known."""
 
     message: str
     pointer: str

@@ -1,4 +1,6 @@
-"""The state store: one interface, two implementations (SQLite embedded, Azure Table Storage).
+"""The state store: one port, two implementations (SQLite embedded, `:memory:` for tests and
+`aegis detections test`; Azure Table Storage in the cloud). It keeps records (`aegis.records`,
+`aegis.events`) and knows no stage: no rule, no playbook.
 
 Writes are idempotent: events and dead letters are keyed by deterministic ids, raw bodies by their
 SHA-256, so replaying a batch stores nothing new. A transient fault raises `StoreUnavailable`.
