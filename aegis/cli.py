@@ -268,7 +268,7 @@ def demo_cmd(
         incidents = store.incidents()
         shown = [v for v in views(incidents) if v.status != "superseded"]
         steps = store.steps()
-        runtime.enrich_and_deliver(cfg, store)
+        runtime.enrich_and_deliver(cfg, store, runtime.load_response(cfg))
         top = _most_severe(shown)
         enriched = _enrichment(store, top.id) if top else []
     where = _where(cfg)
@@ -728,7 +728,7 @@ def enrich_cmd(db: DbOption = None) -> None:
     from aegis import runtime  # noqa: PLC0415
 
     with _store(db, must_exist=True) as (cfg, store):
-        enriched, delivered = runtime.enrich_and_deliver(cfg, store)
+        enriched, delivered = runtime.enrich_and_deliver(cfg, store, runtime.load_response(cfg))
     out.print(
         f"{enriched} incident(s) enriched, {delivered} delivered (`aegis incidents show ID` shows what was found)"
     )

@@ -3,7 +3,7 @@ store client and the pipeline. Built on first use, so importing the app stays ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +22,7 @@ from aegis.events import Event
 from aegis.pipeline import Pipeline
 from aegis.records import Incident, Pending
 from aegis.respond import playbooks
+from aegis.respond.connect import Connections
 from aegis.respond.execute import Executor, RunCounts
 from aegis.respond.record import Responder
 from aegis.store import Store, open_store
@@ -30,74 +31,89 @@ logger = structlog.get_logger("aegis.runtime")
 
 
 def build_pipeline(
-    cfg: settings.Settings, store: Store, *, respond: bool = False, folder: Path | None = None
-) -> Pipeline:
+    cfg: settings.Settings, store: Store, *, respond: bool = False, folder: Path | None = None,
+    plan: playbooks.Response | None = None,
+) -> Pipeline:  # fmt: skip
     """The correlating pipeline on `store`, with the detections in `detections/` (validated here);
-    with `respond`, the response plan (of the playbooks in `folder`, or the shipped one) is recorded for the
-    incidents each batch creates or changes."""
+    with `respond`, the response plan (`plan`, or the one in `folder`, or the shipped one) is
+    recorded for the incidents each batch creates or changes. Nothing is called from the ingest
+    path: it only records, and the response timer (`executor_run`) makes the calls, so a slow or
+    throttled service never holds back an Event Hubs partition."""
     loaded = detections.load().detections
     correlator = Correlator(loaded, store, lateness=cfg.lateness)
-    hook = responder(cfg, store, [d.id for d in loaded], folder) if respond else None
-    return Pipeline(
-        store,
-        limits=cfg.limits,
-        correlator=correlator,
-        respond=hook,
-        hubs=cfg.hubs,
-        keep_events=cfg.keep_events == "all",
-    )
+    hook = None
+    if respond:
+        record = Responder(plan or load_response(cfg, folder, detection_ids=[d.id for d in loaded]), store)
+
+        def hook(incidents: list[Incident], events: list[Event]) -> None:
+            pending = [Pending.of(i) for i in incidents]  # the outbox entries the batch's commit wrote
+            record.respond_pending(pending, seen=[e for event in events for e in event.entities])
+
+    return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs,
+                    keep_events=cfg.keep_events == "all")  # fmt: skip
 
 
-def responder(
-    cfg: settings.Settings, store: Store, known: Iterable[str], folder: Path | None = None
-) -> Callable[[list[Incident], list[Event]], None]:
-    """Record the response plan's steps for changed incidents. Nothing is called from here: the
-    ingest path only records, and the response timer (`executor_run`) makes the calls, so a slow
-    or throttled service never holds back an Event Hubs partition."""
-    record = Responder(load_response(cfg, folder, detection_ids=known), store)
+# --- what a worker builds once: settings, logging, the store and pipeline, the plan, the connections ---
 
-    def respond(incidents: list[Incident], events: list[Event]) -> None:
-        pending = [Pending.of(i) for i in incidents]  # the outbox entries the batch's commit wrote
-        record.respond_pending(pending, seen=[e for event in events for e in event.entities])
 
-    return respond
+@lru_cache(maxsize=1)
+def response() -> playbooks.Response:
+    """The response plan and playbooks, loaded and validated (against the detections) once."""
+    return load_response(settings.get(), detection_ids=[d.id for d in detections.load().detections])
+
+
+@lru_cache(maxsize=1)
+def connections() -> Connections:
+    """One credential (its token cache shared by every call) and the service endpoints, for the
+    response, the enrichers, the deliverers, the corroboration sources and Teams."""
+    from aegis.respond import connect  # noqa: PLC0415
+
+    return connect.from_settings(settings.get())
+
+
+def reset() -> None:
+    """Forget what this worker built (the settings changed: tests, or a host reloading them)."""
+    for cached in (settings.get, pipeline, response, connections):
+        cached.cache_clear()
 
 
 @lru_cache(maxsize=1)
 def pipeline() -> Pipeline:
     cfg = settings.get()
     log.configure_from_settings(cfg)
-    return build_pipeline(cfg, open_store(cfg), respond=True)
+    return build_pipeline(cfg, open_store(cfg), respond=True, plan=response())
 
 
 def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
-    plan = load_response(settings.get())
-    return web.create_app(web.Console.over(pipeline().store, plan, web.easy_auth_identity))
+    return web.create_app(web.Console.over(pipeline().store, response(), web.easy_auth_identity))
 
 
 def sweep() -> SweepCounts:
     """The approvals timer: expire, escalate, post and update Teams cards."""
     store = pipeline().store
-    cfg = settings.get()
-    return Sweeper.from_settings(load_response(cfg), store, pipeline().store.incidents, cfg).run()
+    return Sweeper.from_settings(response(), store, store.incidents, settings.get(), connections).run()
 
 
 def enrich_run() -> tuple[int, int]:
     """The enrichment timer: enrich the incidents that are new or changed since last time, then
     deliver them (Sentinel, the SOC's Teams channel) as configured. (enriched, delivered)."""
-    return enrich_and_deliver(settings.get(), pipeline().store)
+    return enrich_and_deliver(settings.get(), pipeline().store, response(), connections)
 
 
-def enrich_and_deliver(cfg: settings.Settings, store: Store) -> tuple[int, int]:
+def enrich_and_deliver(
+    cfg: settings.Settings, store: Store, plan: playbooks.Response, connect: Callable[[], Connections] | None = None
+) -> tuple[int, int]:
+    """Enrich the incidents that need it, then deliver them; `connect` gives the connections
+    (built only if an enricher or deliverer needs them)."""
     from aegis.deliver.run import Deliveries  # noqa: PLC0415  (the enrichers' SDKs load only here)
     from aegis.enrich.run import Enrichers  # noqa: PLC0415
 
-    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)))
+    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)), connect)
     incidents = store.incidents()  # read once: enrichment does not change them
     enriched = enrichers.run(incidents, store)
-    delivered = Deliveries.from_settings(cfg, playbooks.load().plan.soc_channel).run(incidents, store)
+    delivered = Deliveries.from_settings(cfg, plan.plan.soc_channel, connect).run(incidents, store)
     return enriched, delivered
 
 
@@ -105,14 +121,12 @@ def executor_run() -> RunCounts | None:
     """The response timer: plan what the outbox still holds (a crash between correlation and
     response), settle the steps waiting for corroboration, then one executor pass over
     every open step; None when nothing can run (the plan is a dry run)."""
-    store = pipeline().store
-    cfg = settings.get()
-    plan = load_response(cfg)
+    store, plan, cfg = pipeline().store, response(), settings.get()
     Responder(plan, store).drain()
-    corroborate(cfg, plan, store, pipeline().store.incidents)
+    corroborate(cfg, plan, store, store.incidents, connections)
     if plan.plan.mode != "execute":
         return None
-    return Executor.from_settings(plan, store, cfg).run()
+    return Executor(plan, store, connections()).run()
 
 
 def load_response(cfg: settings.Settings, folder: Path | None = None, **kw: Any) -> playbooks.Response:
@@ -121,16 +135,18 @@ def load_response(cfg: settings.Settings, folder: Path | None = None, **kw: Any)
 
 
 def corroborate(
-    cfg: settings.Settings, plan: playbooks.Response, store: Store, incidents: Callable[[], list[Incident]]
-) -> int:
+    cfg: settings.Settings, plan: playbooks.Response, store: Store, incidents: Callable[[], list[Incident]],
+    connect: Callable[[], Connections] | None = None,
+) -> int:  # fmt: skip
     """Ask the configured sources about the steps waiting for corroboration; how many were settled."""
     if not cfg.corroborators:
         return 0
     from aegis.enrich.base import Context  # noqa: PLC0415  (the sources' SDKs load only here)
     from aegis.enrich.corroborate import Corroborator  # noqa: PLC0415
-    from aegis.respond import connect  # noqa: PLC0415
+    from aegis.respond import connect as connections_of  # noqa: PLC0415
 
-    ctx = Context(connections=connect.from_settings(cfg), workspace=cfg.log_analytics_workspace)
+    made = connect() if connect is not None else connections_of.from_settings(cfg)
+    ctx = Context(connections=made, workspace=cfg.log_analytics_workspace)
     try:
         checker = Corroborator(cfg.corroborators, ctx)
     except ValueError as exc:

@@ -32,15 +32,15 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("AEGIS_DB", str(tmp_path / "console.db"))
     monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")  # App Service Authentication on, as deployed
-    for cached in (settings.get, runtime.pipeline, approvals._asgi):
-        cached.cache_clear()
+    runtime.reset()
+    approvals._asgi.cache_clear()
     runtime.pipeline().process([Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))])
     # the approvals API is under test here, not corroboration: settle the steps as a source confirming them would
     corroborate_all(Responder(runtime.load_response(settings.get()), runtime.pipeline().store))
     yield approvals
     runtime.pipeline().store.close()
-    for cached in (settings.get, runtime.pipeline, approvals._asgi):
-        cached.cache_clear()
+    runtime.reset()
+    approvals._asgi.cache_clear()
 
 
 def call(handler, method: str, path: str, *, who: dict | None = None, body: bytes = b"", headers: dict | None = None):

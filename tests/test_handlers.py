@@ -10,7 +10,7 @@ import azure.functions as func
 import pytest
 from azure.functions.meta import Datum
 
-from aegis import runtime, settings
+from aegis import runtime
 from aegis.errors import StoreUnavailable
 from tests.conftest import SAMPLES
 
@@ -21,12 +21,10 @@ ALERT = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AEGIS_DB", str(tmp_path / "ingest.db"))
-    settings.get.cache_clear()
-    runtime.pipeline.cache_clear()
+    runtime.reset()
     yield tmp_path / "ingest.db"
     runtime.pipeline().store.close()
-    settings.get.cache_clear()
-    runtime.pipeline.cache_clear()
+    runtime.reset()
 
 
 def hub_events(bodies: list[bytes], partition: str = "3", first_seq: int = 100) -> list[func.EventHubEvent]:
@@ -65,7 +63,7 @@ def test_a_batch_with_a_bad_message_stores_the_good_ones_and_dead_letters_the_ba
     from handlers import ingest
 
     monkeypatch.setenv("AEGIS_KEEP_EVENTS", "all")  # every event kept, to see each with its Event Hubs position
-    settings.get.cache_clear()
+    runtime.reset()
 
     ingest.ai_diagnostics(hub_events([ENVELOPE, b'{"records": [', ENVELOPE]))
     store = runtime.pipeline().store
@@ -95,7 +93,7 @@ def test_hub_names_come_from_settings(functions, db, monkeypatch):
     from handlers import ingest
 
     monkeypatch.setenv("AEGIS_DEFENDER_HUB", "export-prod")
-    settings.get.cache_clear()
+    runtime.reset()
     ingest.defender_alerts(hub_events([ALERT]))
     assert runtime.pipeline().store.events()[0].evidence.hub == "export-prod"
 
@@ -143,3 +141,21 @@ def test_ingested_alerts_get_their_response_planned_and_the_timer_runs_nothing_i
     before = store.audit_log()
     respond.respond_timer(None)  # the plan is a dry run: nothing executes, nothing is written
     assert store.audit_log() == before
+
+
+def test_a_worker_builds_its_plan_and_its_connections_once(db, monkeypatch):
+    """The timers run every minute or two: the plan is read and validated once per worker, and one
+    credential (with its token cache) serves every call, not a new one per run."""
+    from aegis.respond import connect, playbooks
+
+    built, loaded = [], []
+    real_connect, real_load = connect.from_settings, playbooks.load
+    monkeypatch.setattr(connect, "from_settings", lambda *a, **k: built.append(1) or real_connect(*a, **k))
+    monkeypatch.setattr(playbooks, "load", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    monkeypatch.setenv("AEGIS_CORROBORATORS", "defender")  # the response timer asks a source: it needs connections
+    runtime.reset()
+    for _ in range(3):
+        runtime.executor_run()
+        runtime.sweep()
+        runtime.enrich_run()
+    assert (len(built), len(loaded)) == (1, 1)

@@ -63,10 +63,13 @@ class Sweeper:
 
     @classmethod
     def from_settings(
-        cls, response: Response, store: Store, incidents: Callable[[], list[Incident]], cfg: Settings
-    ) -> Sweeper:
-        """With Teams cards when the plan names an on-call channel (Graph through the settings' credential)."""
-        teams = Teams(connect.from_settings(cfg)) if response.plan.on_call else None
+        cls, response: Response, store: Store, incidents: Callable[[], list[Incident]], cfg: Settings,
+        connections: Callable[[], connect.Connections] | None = None,
+    ) -> Sweeper:  # fmt: skip
+        """With Teams cards when the plan names an on-call channel (Graph through `connections`, the
+        worker's, or the settings' credential)."""
+        made = connections or (lambda: connect.from_settings(cfg))
+        teams = Teams(made()) if response.plan.on_call else None
         return cls(response, store, incidents=incidents, teams=teams, console_url=cfg.console_url)
 
     def run(self) -> SweepCounts:

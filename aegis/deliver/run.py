@@ -247,14 +247,17 @@ class Deliveries:
     budget: float = 30.0
 
     @classmethod
-    def from_settings(cls, cfg: Settings, soc_channel: Channel | None) -> Deliveries:
+    def from_settings(
+        cls, cfg: Settings, soc_channel: Channel | None, connections: Callable[[], connect.Connections] | None = None
+    ) -> Deliveries:
+        """`connections`: the worker's (built on first use), or the settings' when not given."""
         names = list(cfg.deliverers or [])
         unknown = [n for n in names if n not in DELIVERERS]
         if unknown:
             raise ConfigurationError(f"AEGIS_DELIVERERS: no deliverer {', '.join(unknown)} "
                                      f"(there are {', '.join(sorted(DELIVERERS))})")  # fmt: skip
-        connections = connect.from_settings(cfg) if names else None
-        return cls(names, connections, cfg.console_url, soc_channel, cfg.deliver_min_severity)
+        made = (connections or (lambda: connect.from_settings(cfg)))() if names else None
+        return cls(names, made, cfg.console_url, soc_channel, cfg.deliver_min_severity)
 
     def run(self, incidents: Iterable[Incident], store: Store, *, limit: int = 50) -> int:
         """Deliver (or update) up to `limit` incidents whose delivery is missing or older than their evidence."""

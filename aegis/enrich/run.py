@@ -30,15 +30,19 @@ class Enrichers:
     budget: float = 20.0
 
     @classmethod
-    def from_settings(cls, cfg: Settings, events: Callable[[datetime, datetime], list[object]] | None) -> Enrichers:
+    def from_settings(
+        cls, cfg: Settings, events: Callable[[datetime, datetime], list[object]] | None,
+        connections: Callable[[], connect.Connections] | None = None,
+    ) -> Enrichers:  # fmt: skip
+        """`connections`: the worker's (built on first use), or the settings' when not given."""
         names = list(cfg.enrichers if cfg.enrichers is not None else DEFAULTS[cfg.store])
         unknown = [n for n in names if n not in ENRICHERS]
         if unknown:
             raise ConfigurationError(
                 f"AEGIS_ENRICHERS: no enricher {', '.join(unknown)} (there are {', '.join(sorted(ENRICHERS))})"
             )
-        connections = connect.from_settings(cfg) if CLOUD & set(names) else None
-        ctx = Context(connections=connections, workspace=cfg.log_analytics_workspace, events=events)
+        made = (connections or (lambda: connect.from_settings(cfg)))() if CLOUD & set(names) else None
+        ctx = Context(connections=made, workspace=cfg.log_analytics_workspace, events=events)
         return cls(names, ctx, cfg.enrich_budget)
 
     def pending(self, incidents: Iterable[Incident], store: Store) -> list[Incident]:
