@@ -223,12 +223,17 @@ class Pipeline:
 
 @contextmanager
 def cycle_collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for one batch, then collect the youngest generation once.
+    """Pause the cyclic garbage collector for one batch; then freeze what survived it, and once in
+    `FULL_COLLECTION_EVERY` batches collect everything.
 
     A batch allocates hundreds of thousands of short-lived objects (items, events, matches) and
     frees nearly all of them by reference counting; left on, the collector would run every 700
     allocations and, every so often, walk the whole correlation state cache (measured in
-    `bench/e2e.py`: about a quarter of the time of a batch of 500)."""
+    `bench/e2e.py`: about a quarter of the time of a batch of 500). What survives a batch is
+    long-lived (cached states, panes): frozen, no collection walks it again, and what of it dies
+    later is freed by reference counting all the same. Only garbage in reference cycles waits for
+    the periodic full collection."""
+    global _batches  # noqa: PLW0603 - one counter per process, as the collector itself is
     if not gc.isenabled():  # already paused by the caller (nested use, or an embedding that manages it)
         yield
         return
@@ -236,8 +241,16 @@ def cycle_collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        _batches += 1
+        if _batches % FULL_COLLECTION_EVERY == 0:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
         gc.enable()
-        gc.collect(0)
+
+
+FULL_COLLECTION_EVERY = 64
+_batches = 0
 
 
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # no Azure log or alert is older: an earlier time is broken

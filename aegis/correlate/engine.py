@@ -44,7 +44,7 @@ from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
 from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
-from aegis.correlate.panes import NONE, Fact, Pane, Summary
+from aegis.correlate.panes import NONE, SAMPLED, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
 from aegis.events import Entity, Event, Ip, Origin, Source, entity_from_dict
 from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
@@ -447,8 +447,9 @@ class State:
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
-            if pane.add(f, m.steps, m.value, values_cap):
-                if any(sample[1] == f.id for sample in pane.samples):  # an incident may show it: keep it
+            added = pane.add(f, m.steps, m.value, values_cap)
+            if added:
+                if added == SAMPLED:  # an incident may show it: kept with the pane
                     self.sampled[f.id] = m.event
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
