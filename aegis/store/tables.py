@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -65,10 +66,12 @@ from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
 MAX_INLINE_DOC = 30_000  # characters; a table string property holds 32K UTF-16 code units
 _TRANSACTION_SIZE = 100
+PARALLEL = 8  # partitions read or written at once (the SDK's connection pool keeps 10 per host)
 
 
 class TableStore:
     def __init__(self, tables: TableServiceClient, blobs: BlobServiceClient, *, prefix: str = PREFIX) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="aegis-tables")
         with _translate():
             self._events = tables.create_table_if_not_exists(f"{prefix}events")
             self._dead_letters = tables.create_table_if_not_exists(f"{prefix}deadletters")
@@ -185,65 +188,70 @@ class TableStore:
                 return None
 
     def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
-        out: dict[str, Bucket] = {}
+        """One partition a bucket: read in parallel (`PARALLEL` at a time), each in one or two
+        requests (its ETag first when the caller holds a copy, then its head and chunks)."""
         known = known or {}
+        found = self._pool.map(lambda key: self._load(key, known.get(key)), keys)
+        return {b.key: b for b in found if b is not None}
+
+    def _load(self, key: str, known: Version | None) -> Bucket | None:
         with _translate():
-            for key in keys:
-                try:
-                    if key in known:  # the ETag alone first: the caller's copy may be current
-                        head = self._state.get_entity(key, BUCKET_ROW, select=["RowKey"])
-                        if str(head.metadata["etag"]) == known[key]:
-                            out[key] = Bucket(key, known[key], None)
-                            continue
-                    rows = list(self._state.query_entities(
-                        "PartitionKey eq @pk and RowKey lt @end", parameters={"pk": key, "end": "chunk."}
-                    ))  # fmt: skip
-                except ResourceNotFoundError:
-                    continue
-                found = next((r for r in rows if r["RowKey"] == BUCKET_ROW), None)
-                if found is None:
-                    continue
-                chunks = {int(r["RowKey"].removeprefix("chunk-")): _unpack(r) for r in rows if r is not found}
-                out[key] = Bucket(key, str(found.metadata["etag"]), orjson.loads(_unpack(found)), chunks)
-        return out
+            try:
+                if known is not None:  # the ETag alone first: the caller's copy may be current
+                    head = self._state.get_entity(key, BUCKET_ROW, select=["RowKey"])
+                    if str(head.metadata["etag"]) == known:
+                        return Bucket(key, known, None)
+                rows = list(self._state.query_entities(
+                    "PartitionKey eq @pk and RowKey lt @end", parameters={"pk": key, "end": "chunk."}
+                ))  # fmt: skip
+            except ResourceNotFoundError:
+                return None
+        found = next((r for r in rows if r["RowKey"] == BUCKET_ROW), None)
+        if found is None:
+            return None
+        chunks = {int(r["RowKey"].removeprefix("chunk-")): _unpack(r) for r in rows if r is not found}
+        return Bucket(key, str(found.metadata["etag"]), orjson.loads(_unpack(found)), chunks)
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
-        conflicts: set[str] = set()
-        versions: dict[str, Version] = {}
+        """Each bucket's write is one entity-group transaction in its own partition (more only past
+        100 operations); the partitions are written in parallel, `PARALLEL` at a time."""
+        done = list(self._pool.map(self._commit, writes))
+        versions: dict[str, Version] = {w.key: v for w, v in zip(writes, done, strict=True) if v is not None}
+        return Committed(versions, {w.key for w in writes} - versions.keys())
+
+    def _commit(self, w: BucketWrite) -> Version | None:
+        """The new ETag, or None: another writer changed (or created) the bucket first."""
         with _translate():
-            for w in writes:
-                ops: list[Any] = []
-                watermark = EntityProperty(w.watermark, EdmType.INT64)
-                bucket = {"PartitionKey": w.key, "RowKey": BUCKET_ROW, "watermark": watermark, **_pack(w.doc)}
-                if w.expected is None:
-                    ops.append(("create", bucket))
-                else:
-                    ops.append(("update", bucket, {"mode": UpdateMode.REPLACE, "etag": w.expected,
-                                                    "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
-                for n, doc in w.chunks.items():
-                    row = {"PartitionKey": w.key, "RowKey": _chunk_row(n), **_pack(doc)}
-                    ops.append(("upsert", row, {"mode": UpdateMode.REPLACE}))
-                ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
-                ops += [("delete", {"PartitionKey": w.key, "RowKey": f"incident-{i}"}) for i in w.delete]
-                for i in w.upsert:
-                    body = i.to_json()
-                    packed = _pack(body)
-                    entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
-                    ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
-                    pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
-                    ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
-                for e in w.evidence:
-                    row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE_ROW}{e.id}", "time": e.time.isoformat()}
-                    ops.append(("upsert", {**row, **_pack(e.to_json())}, {"mode": UpdateMode.REPLACE}))
-                try:
-                    results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
-                except TableTransactionError as exc:
-                    if exc.status_code in (409, 412):  # created meanwhile / changed meanwhile
-                        conflicts.add(w.key)
-                        continue
-                    raise
-                versions[w.key] = str(results[0][0]["etag"])
-        return Committed(versions, conflicts)
+            ops: list[Any] = []
+            watermark = EntityProperty(w.watermark, EdmType.INT64)
+            bucket = {"PartitionKey": w.key, "RowKey": BUCKET_ROW, "watermark": watermark, **_pack(w.doc)}
+            if w.expected is None:
+                ops.append(("create", bucket))
+            else:
+                ops.append(("update", bucket, {"mode": UpdateMode.REPLACE, "etag": w.expected,
+                                                "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
+            for n, doc in w.chunks.items():
+                row = {"PartitionKey": w.key, "RowKey": _chunk_row(n), **_pack(doc)}
+                ops.append(("upsert", row, {"mode": UpdateMode.REPLACE}))
+            ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
+            ops += [("delete", {"PartitionKey": w.key, "RowKey": f"incident-{i}"}) for i in w.delete]
+            for i in w.upsert:
+                body = i.to_json()
+                packed = _pack(body)
+                entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
+                ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
+                pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
+                ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
+            for e in w.evidence:
+                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE_ROW}{e.id}", "time": e.time.isoformat()}
+                ops.append(("upsert", {**row, **_pack(e.to_json())}, {"mode": UpdateMode.REPLACE}))
+            try:
+                results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
+            except TableTransactionError as exc:
+                if exc.status_code in (409, 412):  # created meanwhile / changed meanwhile
+                    return None
+                raise
+        return str(results[0][0]["etag"])
 
     def outbox(self) -> list[Pending]:
         """A query over the state table (the outbox rows sit in their buckets' partitions, to be written
@@ -448,6 +456,7 @@ class TableStore:
         return [Enrichment.from_json(_unpack(r)) for r in rows]
 
     def close(self) -> None:
+        self._pool.shutdown()
         self._response.close()
         self._raw.close()
         self._events.close()
