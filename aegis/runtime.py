@@ -21,6 +21,7 @@ from aegis.errors import ConfigurationError
 from aegis.events import Event
 from aegis.pipeline import Pipeline
 from aegis.records import Incident, Pending
+from aegis.registry import UnknownName
 from aegis.respond import playbooks
 from aegis.respond.connect import Connections
 from aegis.respond.execute import Executor, RunCounts
@@ -149,7 +150,7 @@ def corroborate(
     ctx = Context(connections=made, workspace=cfg.log_analytics_workspace)
     try:
         checker = Corroborator(cfg.corroborators, ctx)
-    except ValueError as exc:
+    except UnknownName as exc:
         raise ConfigurationError(f"AEGIS_CORROBORATORS: {exc}") from None
     return checker.run(Responder(plan, store), incidents)
 

@@ -147,7 +147,7 @@ def test_enrichers():
 
     yield
     for n in ("t_ok", "t_slow", "t_boom", "t_skip"):
-        ENRICHERS.pop(n)
+        ENRICHERS.remove(n)
 
 
 def test_a_slow_or_failing_enricher_is_recorded_and_holds_nothing_back(test_enrichers):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aegis.correlate.panes import Pane
+from aegis.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class KindSpec:
     forbids: frozenset[str]
 
 
-KINDS: dict[str, KindSpec] = {}
+KINDS: Registry[KindSpec] = Registry("rule kind")
 Evaluate = Callable[[Sequence[Pane], Any, int, int], list[Trigger]]
 
 
@@ -49,9 +50,7 @@ def kind(name: str, *, needs: set[str], forbids: set[str]) -> Callable[[Evaluate
     panes and the first pane at which a trigger may still change (earlier ones are final)."""
 
     def register(fn: Evaluate) -> Evaluate:
-        if name in KINDS:
-            raise ValueError(f"rule kind {name!r} is registered twice")
-        KINDS[name] = KindSpec(name, fn, frozenset(needs), frozenset(forbids))
+        KINDS.add(name, KindSpec(name, fn, frozenset(needs), frozenset(forbids)))
         return fn
 
     return register

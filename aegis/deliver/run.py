@@ -42,13 +42,14 @@ from aegis.enrich.base import Run, Skip, enrich, version
 from aegis.errors import ConfigurationError
 from aegis.events import AiResource, DefenderAlert, Host, Ip, ServicePrincipal, Severity, User
 from aegis.records import SEVERITY_ORDER, Enrichment, Incident, views
+from aegis.registry import Registry, UnknownName
 from aegis.respond import connect, graph, tickets
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
 from aegis.settings import Settings
 from aegis.store import Store
 
-DELIVERERS: dict[str, Run] = {}
+DELIVERERS: Registry[Run] = Registry("deliverer")
 SENTINEL_TACTICS = {t.value for t in AttackTactic}  # ATLAS tactics that ATT&CK (and Sentinel) also name
 
 
@@ -67,8 +68,7 @@ class DeliveryContext:
 
 def deliverer(name: str) -> Callable[[Run], Run]:
     def register(fn: Run) -> Run:
-        DELIVERERS[name] = fn
-        return fn
+        return DELIVERERS.add(name, fn)
 
     return register
 
@@ -251,11 +251,10 @@ class Deliveries:
         cls, cfg: Settings, soc_channel: Channel | None, connections: Callable[[], connect.Connections] | None = None
     ) -> Deliveries:
         """`connections`: the worker's (built on first use), or the settings' when not given."""
-        names = list(cfg.deliverers or [])
-        unknown = [n for n in names if n not in DELIVERERS]
-        if unknown:
-            raise ConfigurationError(f"AEGIS_DELIVERERS: no deliverer {', '.join(unknown)} "
-                                     f"(there are {', '.join(sorted(DELIVERERS))})")  # fmt: skip
+        try:
+            names = DELIVERERS.require(cfg.deliverers or [])
+        except UnknownName as exc:
+            raise ConfigurationError(f"AEGIS_DELIVERERS: {exc}") from None
         made = (connections or (lambda: connect.from_settings(cfg)))() if names else None
         return cls(names, made, cfg.console_url, soc_channel, cfg.deliver_min_severity)
 

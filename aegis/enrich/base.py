@@ -11,7 +11,7 @@ unchanged one is not.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +21,7 @@ import orjson
 import structlog
 
 from aegis.records import Enrichment, Incident
+from aegis.registry import Registry
 from aegis.respond.connect import Connections
 from aegis.respond.execute import redact
 
@@ -46,18 +47,14 @@ class Skip(Exception):
     """The enricher does not apply (no entity it looks at, or it is not configured)."""
 
 
-ENRICHERS: dict[str, Run] = {}
-DESCRIPTIONS: dict[str, str] = {}
+ENRICHERS: Registry[Run] = Registry("enricher")
 
 
 def enricher(name: str) -> Callable[[Run], Run]:
     """Register an enricher under `name`; its docstring's first line says what it answers."""
 
     def register(fn: Run) -> Run:
-        if name in ENRICHERS:
-            raise ValueError(f"enricher {name} is registered twice")
-        ENRICHERS[name] = fn
-        DESCRIPTIONS[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        ENRICHERS.add(name, fn)
         return fn
 
     return register
@@ -69,7 +66,12 @@ def version(incident: Incident) -> str:
 
 
 def enrich(
-    incident: Incident, names: Sequence[str], ctx: Any, *, budget: float = 20.0, registry: dict[str, Run] | None = None
+    incident: Incident,
+    names: Sequence[str],
+    ctx: Any,
+    *,
+    budget: float = 20.0,
+    registry: Mapping[str, Run] | None = None,
 ) -> list[Enrichment]:
     """Run the enrichers `names` (or the deliverers of `registry`) on `incident` side by side; each
     result within `budget` seconds."""

@@ -39,6 +39,7 @@ from aegis.enrich.log_analytics import client as logs_client
 from aegis.enrich.log_analytics import log_prefix
 from aegis.events import DefenderAlert, Ip, Origin, Source
 from aegis.records import Incident, StepRecord
+from aegis.registry import Registry
 from aegis.respond import graph, planner
 from aegis.respond.defender import alerts
 from aegis.respond.record import Responder
@@ -56,14 +57,12 @@ class Answer:
 
 
 Check = Callable[[Incident, StepRecord, Context], Answer | None]  # None: the source has nothing to ask
-SOURCES: dict[str, Check] = {}
+SOURCES: Registry[Check] = Registry("corroboration source")
 
 
 def source(name: str) -> Callable[[Check], Check]:
     def register(fn: Check) -> Check:
-        if name in SOURCES:
-            raise ValueError(f"corroboration source {name!r} is registered twice")
-        SOURCES[name] = fn
+        SOURCES.add(name, fn)
         return fn
 
     return register
@@ -163,10 +162,7 @@ class Corroborator:
     """Settles the pending steps: asks the configured sources, records what they said."""
 
     def __init__(self, names: Sequence[str], ctx: Context) -> None:
-        unknown = sorted(set(names) - set(SOURCES))
-        if unknown:
-            raise ValueError(f"no corroboration source {', '.join(unknown)} (there are {', '.join(SOURCES)})")
-        self.names, self.ctx = list(names), ctx
+        self.names, self.ctx = SOURCES.require(names), ctx  # UnknownName names the sources there are
 
     def check(self, incident: Incident, step: StepRecord) -> tuple[bool, str]:
         said = []

@@ -15,6 +15,7 @@ from aegis.enrich import defender, graph, local, log_analytics  # noqa: F401  (e
 from aegis.enrich.base import ENRICHERS, Context, enrich, version
 from aegis.errors import ConfigurationError
 from aegis.records import Incident, views
+from aegis.registry import UnknownName
 from aegis.respond import connect
 from aegis.settings import Settings
 from aegis.store import Store
@@ -35,12 +36,10 @@ class Enrichers:
         connections: Callable[[], connect.Connections] | None = None,
     ) -> Enrichers:  # fmt: skip
         """`connections`: the worker's (built on first use), or the settings' when not given."""
-        names = list(cfg.enrichers if cfg.enrichers is not None else DEFAULTS[cfg.store])
-        unknown = [n for n in names if n not in ENRICHERS]
-        if unknown:
-            raise ConfigurationError(
-                f"AEGIS_ENRICHERS: no enricher {', '.join(unknown)} (there are {', '.join(sorted(ENRICHERS))})"
-            )
+        try:
+            names = ENRICHERS.require(cfg.enrichers if cfg.enrichers is not None else DEFAULTS[cfg.store])
+        except UnknownName as exc:
+            raise ConfigurationError(f"AEGIS_ENRICHERS: {exc}") from None
         made = (connections or (lambda: connect.from_settings(cfg)))() if CLOUD & set(names) else None
         ctx = Context(connections=made, workspace=cfg.log_analytics_workspace, events=events)
         return cls(names, ctx, cfg.enrich_budget)

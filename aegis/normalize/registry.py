@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aegis.events import Event, Evidence, Source
+from aegis.registry import Registry
 
 NormalizeFn = Callable[[dict[str, Any], Evidence], list[Event]]
 HubKind = Literal["alerts", "diagnostics"]  # the hub an item of this shape arrives on in a deployment
@@ -41,7 +42,7 @@ class Normalizer:
     hub: HubKind  # Defender's continuous export goes to the alerts hub; diagnostic settings to the other
 
 
-REGISTRY: dict[str, Normalizer] = {}
+REGISTRY: Registry[Normalizer] = Registry("normalizer")
 
 
 def normalizer(
@@ -51,11 +52,9 @@ def normalizer(
     shape arrives on (default: the alerts hub for Defender shapes, the diagnostics hub for logs)."""
 
     def register(fn: NormalizeFn) -> NormalizeFn:
-        if name in REGISTRY:
-            raise ValueError(f"normalizer {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
         kind = hub or ("alerts" if source is Source.DEFENDER else "diagnostics")
-        REGISTRY[name] = Normalizer(name, source, accepts, fn, doc[0] if doc else "", kind)
+        REGISTRY.add(name, Normalizer(name, source, accepts, fn, doc[0] if doc else "", kind))
         return fn
 
     return register

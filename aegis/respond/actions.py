@@ -6,18 +6,21 @@ which action, whether it disrupts people or service (the response plan must then
 approval for it), and the exact REST call it makes. The parameter model's docstring carries a
 playbook step using the action, in YAML; a test loads every one through the real playbook loader.
 
-The playbook and response-plan schemas are generated from this registry (`playbooks.py`).
+The module of the service an action calls (`mde`, `cognitive`, `graph`, `tickets`, `defender`)
+attaches its `run` (`@runs(name)`); the executor refuses to start if an action has none. The
+playbook and response-plan schemas are generated from this registry (`playbooks.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aegis.registry import Registry
 from aegis.respond.params import (
     AccountId,
     Guid,
@@ -55,24 +58,40 @@ class ActionSpec:
     inverse: str | None
     disruptive: bool  # stops people or service: the plan must require at least one approval
     summary: str
+    run: Runner | None = None  # (params, context) → what the call returned: attached by the service's module
 
 
-ACTIONS: dict[str, ActionSpec] = {}
+Runner = Callable[[Any, Any], dict[str, Any]]
+ACTIONS: Registry[ActionSpec] = Registry("action")
 
 
 def action(
     name: str, *, permission: str, rest: str, reversible: bool, disruptive: bool, inverse: str | None = None
 ) -> Callable[[type[Params]], type[Params]]:
     def register(model: type[Params]) -> type[Params]:
-        if name in ACTIONS:
-            raise ValueError(f"action {name!r} is registered twice")
         doc = (model.__doc__ or "").strip().splitlines()
-        ACTIONS[name] = ActionSpec(
-            name, model, permission, rest, reversible, inverse, disruptive, doc[0] if doc else ""
-        )
+        ACTIONS.add(name, ActionSpec(name, model, permission, rest, reversible, inverse, disruptive,
+                                     doc[0] if doc else ""))  # fmt: skip
         return model
 
     return register
+
+
+R = TypeVar("R", bound=Runner)
+
+
+def runs(name: str) -> Callable[[R], R]:
+    """Attach the function that carries out action `name`: it takes the validated parameters and
+    the executor's context (`connect.Context`), and returns what the call returned (no secrets)."""
+
+    def attach(fn: R) -> R:
+        spec = ACTIONS[name]
+        if spec.run is not None:
+            raise ValueError(f"action {name!r} has a run already")
+        ACTIONS.replace(name, replace(spec, run=fn))
+        return fn
+
+    return attach
 
 
 def example(spec: ActionSpec) -> str:

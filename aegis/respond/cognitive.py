@@ -15,7 +15,7 @@ from azure.mgmt.cognitiveservices.models import Account, AccountProperties, Netw
 from pydantic import TypeAdapter, ValidationError
 
 from aegis.arm import parse_resource_id
-from aegis.respond.actions import COGNITIVE_API, ContainAiResource, RestoreAiResource, RotateAiKeys
+from aegis.respond.actions import COGNITIVE_API, ContainAiResource, RestoreAiResource, RotateAiKeys, runs
 from aegis.respond.connect import CannotRun, Connections, Context, check_tags
 from aegis.respond.params import SecretUri
 
@@ -34,6 +34,7 @@ def _client(conn: Connections, account: str) -> tuple[CognitiveServicesManagemen
     return client, group, name
 
 
+@runs("contain_ai_resource")
 def contain(p: ContainAiResource, ctx: Context) -> dict[str, Any]:
     """GET the account, keep the values about to change, PATCH the new ones (a long-running operation)."""
     client, group, name = _client(ctx.connections, p.account)
@@ -46,6 +47,7 @@ def contain(p: ContainAiResource, ctx: Context) -> dict[str, Any]:
     return {"account": p.account, "previous": previous, "applied": wanted}
 
 
+@runs("restore_ai_resource")
 def restore(p: RestoreAiResource, ctx: Context) -> dict[str, Any]:
     """PATCH back the values the containments since the last restore kept (the earliest value of each)."""
     previous = _since_last_restore(ctx, p.account)
@@ -81,6 +83,7 @@ def _rest(value: Any) -> Any:
     return value.serialize() if isinstance(value, NetworkRuleSet) else value
 
 
+@runs("rotate_ai_keys")
 def rotate(p: RotateAiKeys, ctx: Context) -> dict[str, Any]:
     """Regenerate the account's keys without breaking consumers that read the key from Key Vault.
 

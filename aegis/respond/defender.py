@@ -9,7 +9,7 @@ from typing import Any
 from azure.mgmt.security import SecurityCenter
 from azure.mgmt.security.v2022_01_01.operations import AlertsOperations
 
-from aegis.respond.actions import UpdateDefenderAlert
+from aegis.respond.actions import UpdateDefenderAlert, runs
 from aegis.respond.connect import Connections, Context
 
 _ALERT = re.compile(
@@ -32,6 +32,7 @@ def alerts(alert: str, conn: Connections) -> tuple[AlertsOperations, str, dict[s
     return ops, "subscription", where
 
 
+@runs("update_defender_alert")
 def update_alert(p: UpdateDefenderAlert, ctx: Context) -> dict[str, Any]:
     """POST {alert id}/{inProgress | resolve | dismiss | activate}?api-version=2022-01-01 (204)."""
     ops, level, where = alerts(p.alert, ctx.connections)

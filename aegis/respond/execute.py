@@ -21,10 +21,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import orjson
@@ -43,20 +42,11 @@ from aegis.store import Store
 
 log = structlog.get_logger("aegis.respond")
 
-Runner = Callable[[Any, Context], dict[str, Any]]
-RUNNERS: dict[str, Runner] = {
-    "isolate_endpoint": mde.isolate,
-    "release_endpoint": mde.release,
-    "contain_ai_resource": cognitive.contain,
-    "restore_ai_resource": cognitive.restore,
-    "rotate_ai_keys": cognitive.rotate,
-    "revoke_sessions": graph.run(graph.revoke_sessions),
-    "disable_user": graph.run(graph.set_account_enabled),
-    "enable_user": graph.run(graph.set_account_enabled),
-    "open_ticket": tickets.open_ticket,
-    "notify": graph.run(graph.post_message),
-    "update_defender_alert": defender.update_alert,
-}
+# each service module attaches the runs of its actions (`@runs`): one without a run cannot be executed
+_SERVICES = (cognitive, defender, graph, mde, tickets)
+_NOT_RUNNABLE = sorted(name for name, spec in ACTIONS.items() if spec.run is None)
+if _NOT_RUNNABLE:
+    raise RuntimeError(f"actions no service module runs: {', '.join(_NOT_RUNNABLE)}")
 OPEN = ("awaiting_approval", "approved")  # statuses a run may still move on
 _SECRETISH = re.compile(r"[A-Za-z0-9+/=_]{32,}")  # keys, tokens, connection-string parts
 
@@ -102,11 +92,11 @@ def _first_line(exc: BaseException) -> str:
 class Executor:
     def __init__(
         self, response: Response, store: Store, connections: Connections | None, *,
-        runners: Mapping[str, Runner] = RUNNERS, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lease: timedelta = timedelta(minutes=15), max_attempts: int = 3,
     ) -> None:  # fmt: skip
         self.response, self.store, self.connections = response, store, connections
-        self.runners, self.clock, self.lease, self.max_attempts = runners, clock, lease, max_attempts
+        self.clock, self.lease, self.max_attempts = clock, lease, max_attempts
         self.responder = Responder(response, store, clock=clock)
 
     @classmethod
@@ -178,7 +168,8 @@ class Executor:
             return step  # another worker claimed it first
         try:
             context = Context(self.connections, self.store, claimed, dict(self.response.plan.protected.tags))
-            outcome = self.runners[step.action](params, context)
+            assert spec.run is not None  # every action has one: checked at import
+            outcome = spec.run(params, context)
         except ProtectedAsset as exc:  # seen only now, on the resource itself: refused, not failed
             refused = claimed.next(status="refused", reason=str(exc), started=None)
             self._write(refused, "refused", str(exc), self.clock())

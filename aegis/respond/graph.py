@@ -26,7 +26,7 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
-from aegis.respond.actions import DisableUser, EnableUser, Notify, RevokeSessions
+from aegis.respond.actions import DisableUser, EnableUser, Notify, RevokeSessions, runs
 from aegis.respond.connect import Connections, Context
 
 GRAPH = "https://graph.microsoft.com/v1.0"
@@ -96,3 +96,9 @@ def run(call: GraphCall) -> Callable[[Any, Context], dict[str, Any]]:
         return using(ctx.connections, lambda graph: call(graph, p))
 
     return runner
+
+
+runs("revoke_sessions")(run(revoke_sessions))
+runs("disable_user")(run(set_account_enabled))
+runs("enable_user")(run(set_account_enabled))
+runs("notify")(run(post_message))

@@ -12,7 +12,7 @@ from azure.core import PipelineClient
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
 
-from aegis.respond.actions import IsolateEndpoint, ReleaseEndpoint
+from aegis.respond.actions import IsolateEndpoint, ReleaseEndpoint, runs
 from aegis.respond.connect import CannotRun, Connections, Context, send
 
 SCOPE = "https://api.securitycenter.microsoft.com/.default"  # the API's app id URI, whatever its host name
@@ -36,6 +36,7 @@ def machine(client: PipelineClient[HttpRequest, Any], p: IsolateEndpoint | Relea
     return str(ids[0])
 
 
+@runs("isolate_endpoint")
 def isolate(p: IsolateEndpoint, ctx: Context) -> dict[str, Any]:
     """POST /api/machines/{id}/isolate {"Comment", "IsolationType"} → 201 with a machine action."""
     client = _client(ctx.connections)
@@ -45,6 +46,7 @@ def isolate(p: IsolateEndpoint, ctx: Context) -> dict[str, Any]:
     return _summary(mid, action)
 
 
+@runs("release_endpoint")
 def release(p: ReleaseEndpoint, ctx: Context) -> dict[str, Any]:
     """POST /api/machines/{id}/unisolate {"Comment"} → 201 with a machine action."""
     client = _client(ctx.connections)

@@ -27,7 +27,7 @@ from azure.mgmt.securityinsight.models import Incident as SentinelIncident
 from pydantic import SecretStr
 
 from aegis.arm import parse_resource_id
-from aegis.respond.actions import OpenTicket
+from aegis.respond.actions import OpenTicket, runs
 from aegis.respond.connect import CannotRun, Connections, Context, send
 
 SENTINEL_API = "2024-09-01"
@@ -38,6 +38,7 @@ _SERVICENOW_IMPACT_URGENCY = {"critical": (1, 1), "high": (1, 2), "medium": (2, 
                               "informational": (3, 3)}  # fmt: skip
 
 
+@runs("open_ticket")
 def open_ticket(p: OpenTicket, ctx: Context) -> dict[str, Any]:
     incident = ctx.step.incident
     if p.system == "local":
