@@ -504,6 +504,14 @@ def detections_test(path: PathsOption = None) -> None:
         raise typer.Exit(1)
 
 
+@detections_app.command("schema")
+def detections_schema() -> None:
+    """The JSON Schema of detection files (generated from the rule kind registry: each kind's fields)."""
+    from aegis.correlate import detections  # noqa: PLC0415
+
+    _print_json(detections.schema())
+
+
 @detections_app.command("coverage")
 def detections_coverage(path: PathsOption = None) -> None:
     """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
@@ -819,7 +827,7 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 @playbooks_app.command("schema")
 def playbooks_schema() -> None:
-    """JSON Schemas of playbook and plan files (generated from the action registry)."""
+    """JSON Schemas of playbook and plan files (generated from the action registry: each action's parameters)."""
     from aegis.respond import playbooks as response  # noqa: PLC0415
 
     _print_json(response.schema())

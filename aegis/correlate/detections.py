@@ -212,5 +212,18 @@ def load_file(path: Path) -> Detection:
 
 
 def schema() -> dict[str, Any]:
-    """The JSON Schema of detection files, generated from the model and the kind registry."""
-    return Detection.model_json_schema(by_alias=True)
+    """The JSON Schema of detection files, generated from the model and the kind registry: one
+    variant per registered kind (`oneOf`, told apart by `kind`), with the fields that kind needs
+    required and the fields it forbids absent."""
+    doc = Detection.model_json_schema(by_alias=True)
+    doc["oneOf"] = [
+        {
+            "title": name,
+            "description": (spec.evaluate.__doc__ or "").strip().split("\n")[0],
+            "properties": {"kind": {"const": name}},
+            "required": ["kind", *sorted(spec.needs)],
+            "not": {"anyOf": [{"required": [f]} for f in sorted(spec.forbids)]},
+        }
+        for name, spec in KINDS.items()
+    ]
+    return doc

@@ -227,6 +227,30 @@ def load_step(text: str, *, origin: str) -> Step:
         raise PlaybookError(f"{origin}: {describe(exc)}") from None
 
 
+TEMPLATE = {"type": "string", "pattern": r"\{\{.*\}\}", "description": "a {{ path }} placeholder, filled at planning"}
+
+
 def schema() -> dict[str, Any]:
-    """JSON Schemas of playbook and plan files, generated from the models and the action registry."""
-    return {"playbook": Playbook.model_json_schema(), "response_plan": ResponsePlan.model_json_schema()}
+    """JSON Schemas of playbook and plan files, generated from the models and the action registry:
+    a step is one of the registered actions (`oneOf`, told apart by `action`), each with its own
+    parameters (a literal of the parameter's type, or a `{{ path }}` placeholder)."""
+    playbook = Playbook.model_json_schema()
+    defs = playbook["$defs"]
+    variants = []
+    for name, spec in ACTIONS.items():
+        params = spec.params.model_json_schema()
+        for ref, definition in params.pop("$defs", {}).items():  # refs resolve against the root
+            if defs.setdefault(ref, definition) != definition:
+                raise AssertionError(f"two definitions named {ref} in the action schemas")
+        properties = {k: {"anyOf": [v, TEMPLATE]} for k, v in params.get("properties", {}).items()}
+        variants.append({
+            "title": name,
+            "description": spec.summary,
+            "properties": {
+                "action": {"const": name},
+                "params": {"type": "object", "properties": properties, "required": params.get("required", []),
+                           "additionalProperties": False},
+            },
+        })  # fmt: skip
+    defs["Step"]["oneOf"] = variants
+    return {"playbook": playbook, "response_plan": ResponsePlan.model_json_schema()}
