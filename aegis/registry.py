@@ -6,12 +6,14 @@ function; an action with its parameters model, metadata, permission and its `run
 unique (a second registration fails at import), and asking for a name that is not there says
 which names there are. A registry is a read-only mapping, so `name in R`, `R[name]`, `sorted(R)`
 and `R.items()` work as on a dict; only `add` and `replace` write
-(plugins, at import), and `remove` (tests that register a plugin of their own).
+(plugins, at import), `remove` and `substituted` (tests
+that register or break a plugin of their own).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TypeVar
 
 from aegis.errors import AegisError
@@ -42,6 +44,16 @@ class Registry(Mapping[str, T]):
         self[name]
         self._entries[name] = entry
         return entry
+
+    @contextmanager
+    def substituted(self, name: str, entry: T) -> Iterator[T]:
+        """`entry` in place of the registered one for the length of a `with` (a test's broken plugin)."""
+        original = self[name]
+        self._entries[name] = entry
+        try:
+            yield entry
+        finally:
+            self._entries[name] = original
 
     def remove(self, name: str) -> T:
         """Take an entry out (a test's own plugin, when the test is done)."""

@@ -418,7 +418,7 @@ def burst(n: int = 320) -> Message:  # a request flood (300 in 5 minutes) that i
                              properties={"requestLength": 20_000}) for i in range(n)))  # fmt: skip
 
 
-def test_a_rule_kind_that_fails_changes_nothing_of_its_detection_and_nothing_of_the_others(monkeypatch):
+def test_a_rule_kind_that_fails_changes_nothing_of_its_detection_and_nothing_of_the_others():
     from aegis.correlate import kinds
 
     ids = ["ai-request-burst-by-caller", "ai-denial-of-wallet-resource"]
@@ -428,16 +428,14 @@ def test_a_rule_kind_that_fails_changes_nothing_of_its_detection_and_nothing_of_
     def broken(*args: Any) -> list[Any]:
         raise ZeroDivisionError("a bug in the rule kind")
 
-    monkeypatch.setitem(
-        kinds.KINDS, "event_count", kinds.KindSpec("event_count", broken, healthy.needs, healthy.forbids)
-    )
-    counts = p.process([burst()])  # no exception: the batch goes through
+    with kinds.KINDS.substituted("event_count", kinds.KindSpec("event_count", broken, healthy.needs, healthy.forbids)):
+        counts = p.process([burst()])  # no exception: the batch goes through
     assert counts.detection_errors == {"ai-request-burst-by-caller": 1}
     assert "ZeroDivisionError: a bug in the rule kind" in counts.error_reasons["ai-request-burst-by-caller"]
     assert {i.detection for i in p.store.incidents()} == {"ai-denial-of-wallet-resource"}
     assert p.store._db.execute("SELECT count(*) FROM buckets WHERE key LIKE 'ai-request-burst%'").fetchone()[0] == 0
-    # fixed, the redelivered batch gives the burst detection its incident: nothing was half-applied
-    monkeypatch.setitem(kinds.KINDS, "event_count", healthy)
+    # fixed (the `with` is over), the redelivered batch gives the burst detection its incident: nothing
+    # was half-applied
     again = p.process([burst()])
     assert again.detection_errors == {}
     assert {i.detection for i in p.store.incidents()} == set(ids)

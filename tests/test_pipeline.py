@@ -197,19 +197,17 @@ def test_an_empty_envelope_is_ignored():
     assert (counts.ignored, counts.dead_lettered) == (1, 0)
 
 
-def test_a_normalizer_bug_dead_letters_the_item_and_names_the_normalizer(monkeypatch):
+def test_a_normalizer_bug_dead_letters_the_item_and_names_the_normalizer():
     original = REGISTRY["defender.alert.arm"]
 
     def broken(item, evidence):
         raise KeyError("boom")
 
-    monkeypatch.setitem(
-        REGISTRY,
-        "defender.alert.arm",
-        Normalizer(original.name, original.source, original.accepts, broken, "", original.hub),
-    )
     p = make_pipeline()
-    counts = p.process([msg(ALERT), msg(ENVELOPE)])
+    with REGISTRY.substituted(
+        "defender.alert.arm", Normalizer(original.name, original.source, original.accepts, broken, "", original.hub)
+    ):
+        counts = p.process([msg(ALERT), msg(ENVELOPE)])
     assert (counts.with_events, counts.dead_lettered) == (1, 1)
     [dl] = p.store.dead_letters()
     assert dl.reason == "normalizer failed: KeyError"
