@@ -8,7 +8,7 @@ DEV := $(VENV)/.dev-installed
 AZURITE := node_modules/.bin/azurite
 CHECKOV := .venv-checkov/.installed
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit bench bench-soak clean
 
 demo: $(RUNTIME)  ## replay the bundled samples/ on the embedded default (SQLite) and summarize
 	$(BIN)/aegis demo
@@ -31,6 +31,9 @@ lint: $(DEV)
 bench: $(DEV)  ## events/s: ingest, and end to end against a naive baseline and a DuckDB peer
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.e2e
+
+bench-soak: $(DEV)  ## a long live-like stream through one pipeline: events/s and resident memory as it goes
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 $(RUNTIME): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -45,6 +45,9 @@ class TimelineEntry:
     source: str
     step: str | None = None
     title: str | None = None
+    # where the event's bytes are: "<message sha256><JSON pointer>@<hub>/<partition>#<sequence>" (in
+    # Event Hubs, Capture, or the store when every event is kept); None in incidents from before it
+    evidence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

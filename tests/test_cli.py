@@ -61,23 +61,40 @@ def test_replay_records_the_response_as_the_event_hubs_path_does(tmp_path):
     assert respond.stdout.startswith("0 new step(s)"), respond.stdout
 
 
-def test_by_default_only_the_evidence_incidents_hold_is_kept(tmp_path):
-    """No row per event and no raw body per message: the events the incidents show are kept (with
-    their Event Hubs position), the dead letters with their bytes, and nothing else of the stream."""
+def test_by_default_the_stream_is_not_stored_again_and_the_evidence_says_where_its_bytes_are(tmp_path):
+    """No row per event and no raw body per message: the events incidents hold are kept as they
+    arrive with them, dead letters with their bytes, and every event an incident shows names the
+    message and JSON pointer its bytes are at (here, a file; from Event Hubs, with the position)."""
+    import hashlib
+
+    from aegis.decode import Limits, decode
+    from aegis.events import Evidence
+    from aegis.normalize import select
+    from aegis.store import SqliteStore
+
     db = str(tmp_path / "a.db")
     replayed = aegis("replay", "--db", db, str(SAMPLES))
     assert "kept as incidents' evidence" in replayed.stdout
-    events = {e["id"]: e for e in orjson.loads(aegis("events", "--db", db, "--json").stdout)}
-    incidents = orjson.loads(aegis("incidents", "--db", db, "--json", "--all").stdout)
-    held = {i for incident in incidents for i in incident["event_ids"]}
-    assert held <= events.keys()  # every event an incident shows is there
-    assert len(events) < 43  # and not the whole stream
-    from aegis.store import SqliteStore
-
+    kept = {e["id"] for e in orjson.loads(aegis("events", "--db", db, "--json").stdout)}
+    bodies = {hashlib.sha256(b).hexdigest(): b for b in (p.read_bytes() for p in sorted(SAMPLES.rglob("*.json")))}
     store = SqliteStore(tmp_path / "a.db")
     try:
-        assert all(store.raw(e["evidence"]["message"]) is None for e in events.values())  # Capture keeps bodies
+        incidents = store.incidents()
+        held = {i for incident in incidents for i in incident.event_ids}
+        assert kept <= held  # evidence only, and not the whole stream
+        assert len(kept) < 43
         assert all(store.raw(d.message) is not None for d in store.dead_letters())
+        for entry in (t for incident in incidents for t in incident.timeline):
+            assert entry.evidence is not None
+            digest, rest = entry.evidence[:64], entry.evidence[64:]
+            pointer, hub = rest.split("@")
+            assert hub == "replay"
+            item = decode(bodies[digest], Limits())  # the pointer leads to the item the event came from
+            for part in filter(None, pointer.split("/")):
+                item = item[int(part)] if isinstance(item, list) else item[part]
+            chosen = select(item)
+            assert chosen is not None
+            assert entry.event_id in {e.id for e in chosen.normalize(item, Evidence(digest, pointer, hub))}
     finally:
         store.close()
 

@@ -44,9 +44,9 @@ from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
 from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
-from aegis.correlate.panes import NONE, SAMPLED, Fact, Pane, Summary
+from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
-from aegis.events import Entity, Event, Ip, Origin, Source, entity_from_dict
+from aegis.events import Entity, Event, Evidence, Ip, Origin, Source, entity_from_dict
 from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
 from aegis.store.base import BucketWrite, Store, Version
 
@@ -66,7 +66,7 @@ class CorrelationCounts:
     matches: int = 0
     buckets: int = 0
     incidents: int = 0
-    evidence: int = 0  # events written as evidence (they entered a pane's samples)
+    evidence: int = 0  # events written as evidence (of the batch's, those the changed incidents hold)
     too_late: int = 0
     conflicts: int = 0
     expired: int = 0
@@ -138,7 +138,11 @@ class Correlator:
         if self._expired_at != NONE and self._newest - self._expired_at < EXPIRE_EVERY // _US:
             return
         self._expired_at = self._newest
-        counts.expired += self.store.expire_buckets(self._newest - self.ttl_us)
+        before = self._newest - self.ttl_us
+        counts.expired += self.store.expire_buckets(before)
+        # and from the cache: an expired bucket's state would otherwise stay until pushed out
+        for key in [k for k, (_, state) in self._cache.items() if state.watermark < before]:
+            del self._cache[key]
 
     def _commit(self, additions: dict[str, tuple[Detection, str, list[Match]]], counts: CorrelationCounts) -> None:
         facts = _Facts()
@@ -247,13 +251,20 @@ class _Facts:
                 sequence=ev.sequence_number if ev.sequence_number is not None else -1,
                 severity=SEVERITY_ORDER.index(e.severity) if e.severity else NONE,
                 alert_kind=e.kind if e.source is Source.DEFENDER else None,
-                sample=(e.kind, e.source.value, e.title),
+                sample=(e.kind, e.source.value, e.title, where(ev)),
                 refs=frozenset(r for r, _ in refs),
                 entities=refs,
                 trusted=frozenset(r for r, x in refs if x.origin is not Origin.APP),
                 mark=f"{e.source.value}|{ev.hub}/{ev.partition}" if ev.partition is not None else e.source.value,
             )  # fmt: skip
         return got
+
+
+def where(ev: Evidence) -> str:
+    """Where an event's bytes are: the message's SHA-256 and the item's JSON pointer in it, and the
+    Event Hubs position when known (`<digest><pointer>@<hub>/<partition>#<sequence>`)."""
+    at = f"@{ev.hub}/{ev.partition}#{ev.sequence_number}" if ev.partition is not None else f"@{ev.hub}"
+    return f"{ev.message}{ev.pointer}{at}"
 
 
 def entity_ref(e: Entity) -> str:
@@ -309,9 +320,6 @@ class State:
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_json: orjson.Fragment | None = None  # `entities` serialized, until they change
-    # events of this batch that entered a pane's evidence samples: what any incident of the bucket
-    # can show is kept, with the pane, in the same commit
-    sampled: dict[str, Event] = field(default_factory=dict)
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
 
     def __post_init__(self) -> None:
@@ -406,7 +414,10 @@ class State:
         self.live = live
         c.incidents += len(upsert)
         head, chunks, dropped = self.dump()
-        evidence, self.sampled = list(self.sampled.values()), {}
+        # the batch's events that the changed incidents hold are kept with them; an earlier batch's
+        # are kept by where their bytes are (each timeline entry's `evidence`: Event Hubs, Capture)
+        held = {i for inc in upsert for i in inc.event_ids}
+        evidence = list({m.event.id: m.event for m in matches if m.event.id in held}.values()) if held else []
         return {"doc": head, "watermark": self.watermark, "chunks": chunks, "drop_chunks": dropped,
                 "upsert": upsert, "delete": delete, "evidence": evidence}  # fmt: skip
 
@@ -447,10 +458,7 @@ class State:
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
-            added = pane.add(f, m.steps, m.value, values_cap)
-            if added:
-                if added == SAMPLED:  # an incident may show it: kept with the pane
-                    self.sampled[f.id] = m.event
+            if pane.add(f, m.steps, m.value, values_cap):
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
                 hi = index if hi is None else max(hi, index)
@@ -526,8 +534,8 @@ class State:
         step_names = [st.name for st in d.steps] if d.steps else None
         timeline = tuple(
             TimelineEntry(time=_dt(t), event_id=i, kind=k, source=src, step=step_names[st] if step_names else None,
-                          title=title)
-            for t, i, st, k, src, title in samples
+                          title=title, evidence=at[0] if at else None)
+            for t, i, st, k, src, title, *at in samples
         )  # fmt: skip
         title = render_title(
             d.title, kind=samples[0][3] if samples else "", entities=entities, count=s.events, group=self.group

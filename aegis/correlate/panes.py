@@ -27,11 +27,11 @@ PANE_SAMPLES = 2
 PANE_KINDS = 8
 PANE_ENTITIES = 16
 NONE = -1
-SAMPLED = 2  # what `Pane.add` returns when the event became one of the pane's evidence samples
 MAX_SUM = 1e18  # a pane's sum saturates here (normalized numbers are at most 2**53, never negative or NaN)
 
-# (time µs, event id, step, kind, source, title)
-Sample = tuple[int, str, int, str, str, str | None]
+# (time µs, event id, step, kind, source, title, where its bytes are: `Fact.where`); panes stored
+# before the pointer have six fields
+Sample = tuple[Any, ...]
 
 
 class Fact(NamedTuple):
@@ -44,7 +44,7 @@ class Fact(NamedTuple):
     sequence: int
     severity: int
     alert_kind: str | None  # for Defender alerts
-    sample: tuple[str, str, str | None]  # kind, source, title
+    sample: tuple[str, str, str | None, str]  # kind, source, title, where (message digest, pointer, position)
     refs: frozenset[str]  # entity references
     entities: list[tuple[str, Any]]  # (reference, entity)
     trusted: frozenset[str] = frozenset()  # references of the entities not only an application named
@@ -92,19 +92,17 @@ class Pane:
     def end(self) -> int:
         return max(self.last)
 
-    def add(self, f: Fact, steps: list[int], value: Any, values_cap: int) -> int:
-        """Add one event's match (to one or more steps): 0 if the pane already had it, `SAMPLED` if
-        the event is now one of its evidence samples, 1 otherwise."""
+    def add(self, f: Fact, steps: list[int], value: Any, values_cap: int) -> bool:
+        """Add one event's match (to one or more steps); False if the pane already had it."""
         if self.ids is not None:
             if f.digest in self.ids:
-                return 0
+                return False
             self.ids.add(f.digest)
             if len(self.ids) > EXACT_IDS and f.position is not None:
                 self.ids = None  # Event Hubs positions guard against redelivery from here on
         self._json = None
         self.events += 1
         t = f.time
-        added = 1
         for s in steps:
             self.counts[s] += 1
             self.first[s] = t if self.first[s] == NONE else min(self.first[s], t)
@@ -114,7 +112,6 @@ class Pane:
                 bisect.insort(samples, (t, f.id, s, *f.sample))
                 if len(samples) > PANE_SAMPLES:
                     samples.pop()
-                added = SAMPLED if any(x[1] == f.id for x in samples) else added
         if value is not None:
             if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_SUM:
                 self.total = min(self.total + value, MAX_SUM)  # saturates: a sum can never overflow or go back
@@ -134,7 +131,7 @@ class Pane:
         self.entities.update(f.refs)
         if len(self.entities) > PANE_ENTITIES:
             self.entities = set(sorted(self.entities)[:PANE_ENTITIES])
-        return added
+        return True
 
     def dump(self) -> orjson.Fragment:
         """The pane as JSON, serialized again only after it changed."""

@@ -162,4 +162,4 @@ class BucketWrite:
     drop_chunks: Sequence[int] = ()  # pane chunks that are now empty
     upsert: Sequence[Incident] = ()  # the bucket's incidents that are new or changed
     delete: Sequence[str] = ()  # ids of the bucket's incidents that no longer exist
-    evidence: Sequence[Event] = ()  # events of the batch in its panes' evidence samples (what incidents show): kept
+    evidence: Sequence[Event] = ()  # events of the batch that its changed incidents hold: kept with them
