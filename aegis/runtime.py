@@ -41,7 +41,8 @@ def build_pipeline(
     path: it only records, and the response timer (`executor_run`) makes the calls, so a slow or
     throttled service never holds back an Event Hubs partition."""
     loaded = detections.load().detections
-    correlator = Correlator(loaded, store, lateness=cfg.lateness)
+    # on Table Storage expiry is a scan of the bucket heads: the response timer runs it (`executor_run`)
+    correlator = Correlator(loaded, store, lateness=cfg.lateness, expire_in_batch=cfg.store != "table")
     hook = None
     if respond:
         record = Responder(plan or load_response(cfg, folder, detection_ids=[d.id for d in loaded]), store)
@@ -119,10 +120,14 @@ def enrich_and_deliver(
 
 
 def executor_run() -> RunCounts | None:
-    """The response timer: plan what the outbox still holds (a crash between correlation and
-    response), settle the steps waiting for corroboration, then one executor pass over
-    every open step; None when nothing can run (the plan is a dry run)."""
+    """The response timer: expire idle correlation state where the ingest path does not (Table
+    Storage), plan what the outbox still holds (a crash between correlation and response), settle
+    the steps waiting for corroboration, then one executor pass over every open step; None when
+    nothing can run (the plan is a dry run)."""
     store, plan, cfg = pipeline().store, response(), settings.get()
+    correlator = pipeline().correlator
+    if correlator is not None and not correlator.expire_in_batch:
+        correlator.expire()  # idle buckets, by the event time this worker has seen
     Responder(plan, store).drain()
     corroborate(cfg, plan, store, store.incidents, connections)
     if plan.plan.mode != "execute":

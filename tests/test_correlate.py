@@ -264,6 +264,26 @@ def test_idle_buckets_expire_and_their_incidents_stay(store: Store):
     assert incident in store.incidents()  # the incident is the product: it stays
 
 
+def test_on_table_storage_the_ingest_path_makes_no_expiry_scan_and_the_timer_expires(table_store, monkeypatch):
+    """Expiry is a scan of the bucket heads on Table Storage: `process` never runs it there; the
+    response timer does (`Correlator.expire`), by the event time the worker has seen."""
+    from dataclasses import replace as copy
+
+    scans = []
+    real = table_store.expire_buckets
+    monkeypatch.setattr(table_store, "expire_buckets", lambda before: scans.append(before) or real(before))
+    c = Correlator([burst_detection()], table_store, lateness=timedelta(minutes=30), expire_in_batch=False)
+    first = flood(hours=0.1, per_second=1)
+    feed(c, first)
+    [incident] = table_store.incidents()
+    later = [copy(e, id=f"later-{e.id}", time=e.time + timedelta(hours=6), entities=(make_other_ip(),)) for e in first]
+    assert c.process(later[:50]).expired == 0
+    assert scans == []  # no scan on the ingest path
+    assert c.expire() == 1  # the timer: six hours idle in event time
+    assert table_store.load_buckets([incident.bucket]) == {}
+    assert c.expire() == 0  # at most once per ten minutes of event time
+
+
 def make_other_ip():
     from aegis.events import make_ip
 

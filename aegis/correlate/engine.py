@@ -90,8 +90,15 @@ class Match(NamedTuple):
 
 
 class Correlator:
-    def __init__(self, detections: Sequence[Detection], store: Store, *, lateness: timedelta = timedelta(hours=1)):
+    def __init__(
+        self, detections: Sequence[Detection], store: Store, *, lateness: timedelta = timedelta(hours=1),
+        expire_in_batch: bool = True,
+    ) -> None:  # fmt: skip
+        """`expire_in_batch`: expire idle buckets from `process` (cheap on SQLite); off, the caller
+        calls `expire` from a timer (Table Storage, where expiry is a scan of the bucket heads and
+        the ingest path makes none)."""
         self.detections = {d.id: d for d in detections}
+        self.expire_in_batch = expire_in_batch
         self.store = store
         self.lateness_us = lateness // _US
         # states this instance wrote last, by version: a bucket still at that version is not re-read
@@ -128,21 +135,23 @@ class Correlator:
             for key in additions:  # states may have been changed and not written
                 self._cache.pop(key, None)
             raise
-        self._expire(max((e.time - EPOCH) // _US for e in events), counts)
+        self._newest = max(self._newest, *((e.time - EPOCH) // _US for e in events))
+        if self.expire_in_batch:
+            counts.expired += self.expire()
         return counts
 
-    def _expire(self, newest: int, counts: CorrelationCounts) -> None:
-        """Drop the state of buckets idle for longer than the TTL, at most once per `EXPIRE_EVERY`
-        of event time (a scan of the bucket heads in Table Storage)."""
-        self._newest = max(self._newest, newest)
-        if self._expired_at != NONE and self._newest - self._expired_at < EXPIRE_EVERY // _US:
-            return
+    def expire(self) -> int:
+        """Drop the state of buckets idle for longer than the TTL in event time (the newest this
+        correlator has seen), at most once per `EXPIRE_EVERY` of it; how many buckets went."""
+        if self._newest == NONE or (self._expired_at != NONE and self._newest - self._expired_at < EXPIRE_EVERY // _US):
+            return 0
         self._expired_at = self._newest
         before = self._newest - self.ttl_us
-        counts.expired += self.store.expire_buckets(before)
+        gone = self.store.expire_buckets(before)
         # and from the cache: an expired bucket's state would otherwise stay until pushed out
         for key in [k for k, (_, state) in self._cache.items() if state.watermark < before]:
             del self._cache[key]
+        return gone
 
     def _commit(self, additions: dict[str, tuple[Detection, str, list[Match]]], counts: CorrelationCounts) -> None:
         facts = _Facts()
