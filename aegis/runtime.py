@@ -22,7 +22,7 @@ from aegis.events import Event
 from aegis.pipeline import Pipeline
 from aegis.records import Incident, Pending
 from aegis.registry import UnknownName
-from aegis.respond import playbooks
+from aegis.respond import connect, playbooks
 from aegis.respond.connect import Connections
 from aegis.respond.execute import Executor, RunCounts
 from aegis.respond.record import Responder
@@ -68,8 +68,6 @@ def response() -> playbooks.Response:
 def connections() -> Connections:
     """One credential (its token cache shared by every call) and the service endpoints, for the
     response, the enrichers, the deliverers, the corroboration sources and Teams."""
-    from aegis.respond import connect  # noqa: PLC0415
-
     return connect.from_settings(settings.get())
 
 
@@ -105,17 +103,17 @@ def enrich_run() -> tuple[int, int]:
 
 
 def enrich_and_deliver(
-    cfg: settings.Settings, store: Store, plan: playbooks.Response, connect: Callable[[], Connections] | None = None
+    cfg: settings.Settings, store: Store, plan: playbooks.Response, made: Callable[[], Connections] | None = None
 ) -> tuple[int, int]:
-    """Enrich the incidents that need it, then deliver them; `connect` gives the connections
-    (built only if an enricher or deliverer needs them)."""
+    """Enrich the incidents that need it, then deliver them; `made` gives the connections (built
+    only if an enricher or deliverer needs them; the settings' when not given)."""
     from aegis.deliver.run import Deliveries  # noqa: PLC0415  (the enrichers' SDKs load only here)
     from aegis.enrich.run import Enrichers  # noqa: PLC0415
 
-    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)), connect)
+    enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)), made)
     incidents = store.incidents()  # read once: enrichment does not change them
     enriched = enrichers.run(incidents, store)
-    delivered = Deliveries.from_settings(cfg, plan.plan.soc_channel, connect).run(incidents, store)
+    delivered = Deliveries.from_settings(cfg, plan.plan.soc_channel, made).run(incidents, store)
     return enriched, delivered
 
 
@@ -142,17 +140,16 @@ def load_response(cfg: settings.Settings, folder: Path | None = None, **kw: Any)
 
 def corroborate(
     cfg: settings.Settings, plan: playbooks.Response, store: Store, incidents: Callable[[], list[Incident]],
-    connect: Callable[[], Connections] | None = None,
+    made: Callable[[], Connections] | None = None,
 ) -> int:  # fmt: skip
-    """Ask the configured sources about the steps waiting for corroboration; how many were settled."""
+    """Ask the configured sources about the steps waiting for corroboration; how many were settled.
+    `made` gives the connections (the settings' when not given)."""
     if not cfg.corroborators:
         return 0
     from aegis.enrich.base import Context  # noqa: PLC0415  (the sources' SDKs load only here)
     from aegis.enrich.corroborate import Corroborator  # noqa: PLC0415
-    from aegis.respond import connect as connections_of  # noqa: PLC0415
 
-    made = connect() if connect is not None else connections_of.from_settings(cfg)
-    ctx = Context(connections=made, workspace=cfg.log_analytics_workspace)
+    ctx = Context(connections=made() if made else connect.from_settings(cfg), workspace=cfg.log_analytics_workspace)
     try:
         checker = Corroborator(cfg.corroborators, ctx)
     except UnknownName as exc:

@@ -257,7 +257,7 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO outbox (incident, fingerprint, doc) VALUES (?, ?, ?)",
                 [(i.id, fingerprint(doc), doc) for i, doc in docs],
             )
-            evidence = {e.id: e for w in ok for e in w.evidence}  # an event sampled by several buckets: once
+            evidence = {e.id: e for w in ok for e in w.evidence}  # an event held by incidents of several buckets: once
             cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
                             [_event_row(e) for e in evidence.values()])  # fmt: skip
         return Committed(versions, {w.key for w in writes} - versions.keys())
