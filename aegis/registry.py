@@ -12,7 +12,7 @@ that register or break a plugin of their own).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -38,6 +38,10 @@ class Registry(Mapping[str, T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
         return entry
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """A decorator: the decorated plugin (a function) is registered under `name`."""
+        return lambda entry: self.add(name, entry)
 
     def replace(self, name: str, entry: T) -> T:
         """Put a new version of a registered entry (a service module attaching an action's run)."""

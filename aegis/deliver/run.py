@@ -66,11 +66,7 @@ class DeliveryContext:
         return f"{self.console_url.rstrip('/')}/console/incidents/{incident.id}"
 
 
-def deliverer(name: str) -> Callable[[Run], Run]:
-    def register(fn: Run) -> Run:
-        return DELIVERERS.add(name, fn)
-
-    return register
+deliverer = DELIVERERS.register  # @deliverer("name") over a Run
 
 
 def summary(incident: Incident, ctx: DeliveryContext) -> list[str]:

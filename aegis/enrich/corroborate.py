@@ -60,12 +60,7 @@ Check = Callable[[Incident, StepRecord, Context], Answer | None]  # None: the so
 SOURCES: Registry[Check] = Registry("corroboration source")
 
 
-def source(name: str) -> Callable[[Check], Check]:
-    def register(fn: Check) -> Check:
-        SOURCES.add(name, fn)
-        return fn
-
-    return register
+source = SOURCES.register  # @source("name") over a Check
 
 
 @source("defender")
