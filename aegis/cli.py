@@ -129,8 +129,9 @@ def _where(cfg: settings.Settings) -> str:
     return str(cfg.db) if cfg.store == "sqlite" else "Azure Table Storage"
 
 
-def _print_counts(c: Counts, files: int, where: str, *, keep_all: bool) -> None:
-    out.print(f"Replayed {c.messages} messages from {files} file(s) into {where}")
+def _print_counts(c: Counts, files: int, cfg: settings.Settings) -> None:
+    keep_all = cfg.keep_events == "all"
+    out.print(f"Replayed {c.messages} messages from {files} file(s) into {_where(cfg)}")
     rows = [
         ("messages", c.messages, ""),
         ("  with events", c.with_events, ""),
@@ -178,7 +179,7 @@ def replay_cmd(
     files = replay.collect(paths)
     with _store(db, must_exist=False) as (cfg, store):
         counts = _replay(cfg, store, files, hub, per_line=lines, folder=folder)
-    _print_counts(counts, len(files), _where(cfg), keep_all=cfg.keep_events == "all")
+    _print_counts(counts, len(files), cfg)
 
 
 @app.command("purge")
@@ -272,7 +273,7 @@ def demo_cmd(
         top = _most_severe(shown)
         enriched = _enrichment(store, top.id) if top else []
     where = _where(cfg)
-    _print_counts(counts, len(files), where, keep_all=cfg.keep_events == "all")
+    _print_counts(counts, len(files), cfg)
     out.print()
     out.print(f"[bold]What is in {where}[/bold]: {len(events)} events, {len(dls)} dead letters")
     by_source = Counter(e.source.value for e in events)

@@ -110,6 +110,7 @@ def enrich_and_deliver(
     from aegis.deliver.run import Deliveries  # noqa: PLC0415  (the enrichers' SDKs load only here)
     from aegis.enrich.run import Enrichers  # noqa: PLC0415
 
+    made = made or connect.lazy(cfg)  # one for the enrichers and the deliverers
     enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)), made)
     incidents = store.incidents()  # read once: enrichment does not change them
     enriched = enrichers.run(incidents, store)
@@ -149,7 +150,7 @@ def corroborate(
     from aegis.enrich.base import Context  # noqa: PLC0415  (the sources' SDKs load only here)
     from aegis.enrich.corroborate import Corroborator  # noqa: PLC0415
 
-    ctx = Context(connections=made() if made else connect.from_settings(cfg), workspace=cfg.log_analytics_workspace)
+    ctx = Context(connections=(made or connect.lazy(cfg))(), workspace=cfg.log_analytics_workspace)
     try:
         checker = Corroborator(cfg.corroborators, ctx)
     except UnknownName as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,10 @@ def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     store.close()
 
 
-@pytest.fixture
-def table_store() -> Iterator[Store]:
-    """A TableStore on Azurite, with its own tables and container for this test."""
+@contextmanager
+def azurite_tables() -> Iterator[Callable[[], Store]]:
+    """Opens TableStores on Azurite over tables and a container of their own (each call a new
+    client on the same ones, as a restarted process would), and drops them afterwards."""
     from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient
 
@@ -66,13 +68,28 @@ def table_store() -> Iterator[Store]:
 
     conn = azurite_connection()
     prefix = "t" + uuid.uuid4().hex[:12]
-    store = tables.TableStore.from_connection_string(conn, prefix=prefix)
-    yield store
-    store.close()
-    service = TableServiceClient.from_connection_string(conn)
-    for name in ("events", "deadletters", "state", "response"):
-        service.delete_table(f"{prefix}{name}")
-    BlobServiceClient.from_connection_string(conn).delete_container(f"{prefix}-raw")
+    opened: list[Store] = []
+
+    def open_store() -> Store:
+        opened.append(tables.TableStore.from_connection_string(conn, prefix=prefix))
+        return opened[-1]
+
+    try:
+        yield open_store
+    finally:
+        for store in opened:
+            store.close()
+        service = TableServiceClient.from_connection_string(conn)
+        for name in ("events", "deadletters", "state", "response"):
+            service.delete_table(f"{prefix}{name}")
+        BlobServiceClient.from_connection_string(conn).delete_container(f"{prefix}-raw")
+
+
+@pytest.fixture
+def table_store() -> Iterator[Store]:
+    """A TableStore on Azurite, with its own tables and container for this test."""
+    with azurite_tables() as open_store:
+        yield open_store()
 
 
 @pytest.fixture(scope="session")

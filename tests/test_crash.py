@@ -12,7 +12,6 @@ runs once (`executor_run`'s order: drain the outbox, then execute).
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from aegis.respond import connect, playbooks
 from aegis.respond.execute import Executor
 from aegis.respond.record import Responder
 from aegis.store import SqliteStore, Store
-from tests.conftest import SAMPLES, azurite_connection
+from tests.conftest import SAMPLES, azurite_tables
 
 
 class Crash(BaseException):
@@ -66,33 +65,19 @@ class Faulty:
 @pytest.fixture(params=["sqlite", "table"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
     """Opens the same store anew, as a restarted process would."""
+    if request.param == "table":
+        with azurite_tables() as open_store:
+            yield open_store
+        return
     opened: list[Store] = []
-    if request.param == "sqlite":
 
-        def open_store() -> Store:
-            opened.append(SqliteStore(tmp_path / "aegis.db"))
-            return opened[-1]
-    else:
-        from azure.data.tables import TableServiceClient
-        from azure.storage.blob import BlobServiceClient
+    def open_sqlite() -> Store:
+        opened.append(SqliteStore(tmp_path / "aegis.db"))
+        return opened[-1]
 
-        from aegis.store.tables import TableStore
-
-        conn = azurite_connection()
-        prefix = "c" + uuid.uuid4().hex[:12]
-
-        def open_store() -> Store:
-            opened.append(TableStore.from_connection_string(conn, prefix=prefix))
-            return opened[-1]
-
-    yield open_store
+    yield open_sqlite
     for store in opened:
         store.close()
-    if request.param == "table":
-        service = TableServiceClient.from_connection_string(conn)
-        for name in ("events", "deadletters", "state", "response"):
-            service.delete_table(f"{prefix}{name}")
-        BlobServiceClient.from_connection_string(conn).delete_container(f"{prefix}-raw")
 
 
 @pytest.fixture(scope="module")

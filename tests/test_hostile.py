@@ -468,7 +468,7 @@ def test_aegis_replay_says_which_detection_failed(tmp_path):
 
     from rich.console import Console
 
-    from aegis import cli
+    from aegis import cli, settings
     from aegis.cli import _print_counts
     from aegis.pipeline import Counts
 
@@ -477,7 +477,7 @@ def test_aegis_replay_says_which_detection_failed(tmp_path):
     cli.err = Console(file=buffer, width=200)
     try:
         c = Counts(messages=1, detection_errors={"ai-x": 2}, error_reasons={"ai-x": "evaluation: KeyError: 'k'"})
-        _print_counts(c, 1, "x.db", keep_all=False)
+        _print_counts(c, 1, settings.load())
     finally:
         cli.err = old
     assert "detection ai-x failed in 2 batch(es) and changed nothing: evaluation: KeyError: 'k'" in buffer.getvalue()

@@ -68,8 +68,7 @@ class Sweeper:
     ) -> Sweeper:  # fmt: skip
         """With Teams cards when the plan names an on-call channel (Graph through `connections`, the
         worker's, or the settings' credential)."""
-        made = connections or (lambda: connect.from_settings(cfg))
-        teams = Teams(made()) if response.plan.on_call else None
+        teams = Teams((connections or connect.lazy(cfg))()) if response.plan.on_call else None
         return cls(response, store, incidents=incidents, teams=teams, console_url=cfg.console_url)
 
     def run(self) -> SweepCounts:

@@ -251,7 +251,7 @@ class Deliveries:
             names = DELIVERERS.require(cfg.deliverers or [])
         except UnknownName as exc:
             raise ConfigurationError(f"AEGIS_DELIVERERS: {exc}") from None
-        made = (connections or (lambda: connect.from_settings(cfg)))() if names else None
+        made = (connections or connect.lazy(cfg))() if names else None
         return cls(names, made, cfg.console_url, soc_channel, cfg.deliver_min_severity)
 
     def run(self, incidents: Iterable[Incident], store: Store, *, limit: int = 50) -> int:

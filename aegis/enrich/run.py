@@ -40,7 +40,7 @@ class Enrichers:
             names = ENRICHERS.require(cfg.enrichers if cfg.enrichers is not None else DEFAULTS[cfg.store])
         except UnknownName as exc:
             raise ConfigurationError(f"AEGIS_ENRICHERS: {exc}") from None
-        made = (connections or (lambda: connect.from_settings(cfg)))() if CLOUD & set(names) else None
+        made = (connections or connect.lazy(cfg))() if CLOUD & set(names) else None
         ctx = Context(connections=made, workspace=cfg.log_analytics_workspace, events=events)
         return cls(names, ctx, cfg.enrich_budget)
 

@@ -9,8 +9,9 @@ those retries means (`execute.py`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from azure.core import PipelineClient
@@ -79,6 +80,12 @@ def send(client: PipelineClient[HttpRequest, Any], request: HttpRequest) -> Any:
     if response.status_code >= 400:
         raise HttpResponseError(response=response)
     return response.json() if response.content else None
+
+
+def lazy(cfg: Settings) -> Callable[[], Connections]:
+    """The settings' connections, built on the first call and kept: one credential (and its token
+    cache) for everything a command or a timer run asks of it, none when nothing needs one."""
+    return cache(lambda: from_settings(cfg))
 
 
 def from_settings(cfg: Settings, credential: TokenCredential | None = None) -> Connections:

@@ -44,6 +44,8 @@ class Responder:
         plan gives again after it was denied or expired is proposed again (a new step, linked to the
         old one) only if the incident has grown since. `seen`: the entities of the batch's events,
         learned from (`learn`) with the incidents' own before anything is planned."""
+        if not incidents and not any(_pairing(e) for e in seen):
+            return 0  # nothing to plan and nothing to learn: no read of the store (most batches)
         known = self.learn([*seen, *(e for incident in incidents for e in incident.entities)])
         return sum(
             self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)[0]
@@ -77,10 +79,8 @@ class Responder:
         known = self.store.protected_aliases()
         new: set[str] = set()
         for e in entities:
-            if not isinstance(e, User) or e.origin is Origin.APP:  # an application's word teaches nothing
-                continue
-            ids = planner.identifiers(e)
-            if len(ids) > 1 and ids & (listed | known | new):
+            ids = _pairing(e)
+            if ids and ids & (listed | known | new):
                 new |= ids - listed - known
         if new:
             now = self.clock()
@@ -251,6 +251,15 @@ class Responder:
 def call(action: str, params: dict[str, Any]) -> str:
     """The exact request(s) the step makes with these parameters: what running it would do."""
     return ACTIONS[action].params.model_validate(params).request()
+
+
+def _pairing(e: Entity) -> set[str]:
+    """The identifiers a user entity pairs (a UPN with an object id), if Azure or Defender named it;
+    an application's word teaches nothing."""
+    if not isinstance(e, User) or e.origin is Origin.APP:
+        return set()
+    ids = planner.identifiers(e)
+    return ids if len(ids) > 1 else set()
 
 
 def _person(name: str) -> str:

@@ -9,10 +9,10 @@ event. Raw message bodies (up to the 1 MB Event Hubs limit, more than a table en
 blobs named by their SHA-256.
 
 Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
-(`RowKey` "bucket") and its incidents ("incident-<id>"), so that the bucket's optimistic write
-(ETag, If-Match), its incidents' changes, the events they hold as evidence ("event-<id>") and
-their outbox rows ("outbox-<id>-<fingerprint>": what
-the response has still to plan) are one entity-group transaction: all or nothing.
+(`RowKey` "bucket"), its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that
+the bucket's optimistic write (ETag, If-Match), its incidents' changes, the events they hold as
+evidence ("event-<id>") and their outbox rows ("outbox-<id>-<fingerprint>": what the response
+has still to plan) are one entity-group transaction: all or nothing.
 Documents larger than one property are split over binary properties `doc0`..`doc14`.
 
 Response records: one partition per incident in `{prefix}response`, holding its steps
@@ -113,7 +113,8 @@ class TableStore:
         """The events kept: incidents' evidence (rows in the buckets' partitions) and, with every event
         kept, the events table. A query over both tables: for the CLI and the enrichers, never ingest."""
         days, parameters = [], {}
-        times, at_parameters = ["RowKey gt @lo and RowKey lt @hi"], {"lo": EVIDENCE_ROW, "hi": EVIDENCE_END}
+        evidence, at_parameters = _rows_of(EVIDENCE)
+        times = [evidence]
         for name, op, at in (("since", "ge", since), ("until", "le", until)):
             if at is not None:
                 days.append(f"PartitionKey {op} @{name}")
@@ -165,8 +166,8 @@ class TableStore:
                         table.submit_transaction(chunk)
                         gone += len(chunk)
             evidence = self._state.query_entities(
-                "RowKey gt @lo and RowKey lt @hi and time lt @at",
-                parameters={"lo": EVIDENCE_ROW, "hi": EVIDENCE_END, "at": before.astimezone(UTC).isoformat()},
+                _rows_of(EVIDENCE)[0] + " and time lt @at",
+                parameters={**_rows_of(EVIDENCE)[1], "at": before.astimezone(UTC).isoformat()},
                 select=["PartitionKey", "RowKey"],
             )  # fmt: skip
             for row in evidence:
@@ -234,16 +235,16 @@ class TableStore:
                 row = {"PartitionKey": w.key, "RowKey": _chunk_row(n), **_pack(doc)}
                 ops.append(("upsert", row, {"mode": UpdateMode.REPLACE}))
             ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
-            ops += [("delete", {"PartitionKey": w.key, "RowKey": f"incident-{i}"}) for i in w.delete]
+            ops += [("delete", {"PartitionKey": w.key, "RowKey": f"{INCIDENT}-{i}"}) for i in w.delete]
             for i in w.upsert:
                 body = i.to_json()
                 packed = _pack(body)
-                entity = {"PartitionKey": w.key, "RowKey": f"incident-{i.id}", "last_seen": i.last_seen.isoformat()}
+                entity = {"PartitionKey": w.key, "RowKey": f"{INCIDENT}-{i.id}", "last_seen": i.last_seen.isoformat()}
                 ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
                 pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
                 ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
             for e in w.evidence:
-                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE_ROW}{e.id}", "time": e.time.isoformat()}
+                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE}-{e.id}", "time": e.time.isoformat()}
                 ops.append(("upsert", {**row, **_pack(e.to_json())}, {"mode": UpdateMode.REPLACE}))
             try:
                 results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
@@ -257,9 +258,8 @@ class TableStore:
         """A query over the state table (the outbox rows sit in their buckets' partitions, to be written
         in the buckets' transactions): the response timer's, once a minute, never the ingest path's."""
         with _translate():
-            rows = self._state.query_entities(
-                "RowKey gt @lo and RowKey lt @hi", parameters={"lo": "outbox-", "hi": "outbox."}
-            )
+            where, parameters = _rows_of(OUTBOX)
+            rows = self._state.query_entities(where, parameters=parameters)
             found = [(r.metadata["timestamp"], r["RowKey"], Incident.from_json(_unpack(r))) for r in rows]
         found.sort(key=lambda x: (x[0], x[1]))
         return [Pending(i, row.rsplit("-", 1)[1]) for _, row, i in found]
@@ -308,9 +308,8 @@ class TableStore:
 
     def incidents(self) -> list[Incident]:
         with _translate():
-            rows = self._state.query_entities(
-                "RowKey gt @lo and RowKey lt @hi", parameters={"lo": "incident-", "hi": "incident."}
-            )
+            where, parameters = _rows_of(INCIDENT)
+            rows = self._state.query_entities(where, parameters=parameters)
             found = [Incident.from_json(_unpack(r)) for r in rows]
         return sorted(found, key=lambda i: (i.last_seen, i.id))
 
@@ -505,7 +504,8 @@ class TableStore:
 
 
 BUCKET_ROW = "bucket"
-EVIDENCE_ROW, EVIDENCE_END = "event-", "event."  # in a bucket's partition: the events its incidents hold
+# the kinds of row in a bucket's partition besides its head and chunks: "<kind>-<id>"
+INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
 TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
@@ -514,7 +514,12 @@ _MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 Ki
 
 
 def _outbox_row(incident: str, fp: str) -> str:
-    return f"outbox-{incident}-{fp}"  # sorts after the incident rows
+    return f"{OUTBOX}-{incident}-{fp}"
+
+
+def _rows_of(kind: str) -> tuple[str, dict[str, str]]:
+    """The filter (and its parameters) of the rows of one kind ("<kind>-..."), in any partition."""
+    return "RowKey gt @lo and RowKey lt @hi", {"lo": f"{kind}-", "hi": f"{kind}."}
 
 
 def _chunk_row(n: int) -> str:
