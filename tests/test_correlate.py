@@ -14,6 +14,7 @@ import orjson
 
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
+from aegis.events import entity_from_dict
 from aegis.pipeline import Message, Pipeline
 from aegis.store import Store
 from aegis.store.base import BucketWrite
@@ -101,6 +102,32 @@ def test_a_stale_bucket_write_is_a_conflict_and_changes_nothing(store: Store):
     assert reread.chunks == {**bucket.chunks, chunk: b"[]"}  # nothing of the losing write landed
 
 
+class _Writes:
+    """A store that remembers the bucket writes it was given."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.writes = store, []
+
+    def commit_buckets(self, writes):
+        self.writes += writes
+        return self.store.commit_buckets(writes)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_buckets_entities_are_a_record_of_their_own_written_only_when_they_change(store: Store):
+    spy = _Writes(store)
+    run(spy, stream(), 5)  # type: ignore[arg-type]
+    assert len({w.key for w in spy.writes}) < len(spy.writes)  # buckets written in several batches
+    assert 0 < sum(w.entities is not None for w in spy.writes) < len(spy.writes) / 2
+    incident = next(i for i in store.incidents() if i.entities)
+    bucket = store.load_buckets([incident.bucket])[incident.bucket]
+    assert "entities" not in bucket.doc  # the head is small: the entities are apart, each once
+    kept = orjson.loads(bucket.entities)
+    assert set(incident.entities) <= {entity_from_dict(v) for v in kept.values()}
+
+
 def test_events_too_late_for_a_bucket_are_counted_not_merged(sqlite_store):
     from aegis.correlate import selftest
 
@@ -120,6 +147,7 @@ from datetime import timedelta
 import orjson
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
+from aegis.events import entity_from_dict
 from aegis.pipeline import Message, Pipeline
 from aegis.store.tables import TableStore
 from bench.generate import BodyGenerator

@@ -170,7 +170,7 @@ class Correlator:
                     elif bucket.doc is None:
                         state = self._cache[key][1]
                     else:
-                        state = State.load(bucket.doc, bucket.chunks)
+                        state = State.load(bucket.doc, bucket.chunks, bucket.entities)
                     write = state.apply(d, matches, facts, self.lateness_us, counts)
                 except Exception as exc:  # a rule kind's bug or a bad stored value: this detection sits the batch out
                     counts.failed(d.id, exc, "evaluation")
@@ -328,7 +328,7 @@ class State:
     stored: set[int] = field(default_factory=set)  # pane chunks in the store
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
-    entities_json: orjson.Fragment | None = None  # `entities` serialized, until they change
+    entities_changed: bool = True  # since they were last written (they are a record of their own)
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
 
     def __post_init__(self) -> None:
@@ -340,21 +340,25 @@ class State:
         return cls(d.id, group, pane, width, None, {}, {}, {}, {}, [], None, {})
 
     @classmethod
-    def load(cls, doc: dict[str, Any], chunks: Mapping[int, bytes]) -> State:
+    def load(cls, doc: dict[str, Any], chunks: Mapping[int, bytes], entities: bytes | None = None) -> State:
+        """From the stored head, pane chunks and entities (a head written before the entities had a
+        record of their own holds them: they are written apart at its next change)."""
         panes = {raw[0]: Pane.load(raw) for chunk in chunks.values() for raw in orjson.loads(chunk)}
         return cls(
             doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], _watermarks(doc),
-            doc["applied"], panes, doc["entities"], doc["group_refs"],
-            Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"], dict(doc["triggers"]), set(chunks),
+            doc["applied"], panes, orjson.loads(entities) if entities is not None else doc["entities"],
+            doc["group_refs"], Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
+            dict(doc["triggers"]), set(chunks), entities_changed=entities is None,
         )  # fmt: skip
 
-    def dump(self) -> tuple[bytes, dict[int, bytes], list[int]]:
-        """The head, the pane chunks that changed, and those now empty: a write of what changed."""
+    def dump(self) -> tuple[bytes, dict[int, bytes], list[int], bytes | None]:
+        """The head, the pane chunks that changed, those now empty, and the entities if they
+        changed: a write of what changed."""
         head = orjson.dumps(
             {
                 "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
                 "final_before": self.final_before, "watermarks": self.watermarks, "applied": self.applied,
-                "entities": self._entities_json(), "group_refs": self.group_refs,
+                "group_refs": self.group_refs,
                 "carry": self.carry.dump() if self.carry else None, "live": self.live,
                 "triggers": sorted(self.triggers.items()),
             }
@@ -367,7 +371,9 @@ class State:
         dropped = [n for n, panes in by_chunk.items() if not panes and n in self.stored]
         self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
-        return head, chunks, dropped
+        entities = orjson.dumps(self.entities) if self.entities_changed else None
+        self.entities_changed = False
+        return head, chunks, dropped, entities
 
     @property
     def watermark(self) -> int:
@@ -385,11 +391,6 @@ class State:
             slowest = NONE
         held = leader // self.pane_us - MAX_PANES + self.width  # finality no later than this keeps ≤ MAX_PANES panes
         return max((slowest - lateness_us) // self.pane_us, held)
-
-    def _entities_json(self) -> orjson.Fragment:
-        if self.entities_json is None:
-            self.entities_json = orjson.Fragment(orjson.dumps(self.entities))
-        return self.entities_json
 
     # --- one batch ---
 
@@ -422,13 +423,13 @@ class State:
         delete = [i for i in self.live if i not in computed]
         self.live = live
         c.incidents += len(upsert)
-        head, chunks, dropped = self.dump()
+        head, chunks, dropped, entities = self.dump()
         # the batch's events that the changed incidents hold are kept with them; an earlier batch's
         # are kept by where their bytes are (each timeline entry's `evidence`: Event Hubs, Capture)
         held = {i for inc in upsert for i in inc.event_ids}
         evidence = list({m.event.id: m.event for m in matches if m.event.id in held}.values()) if held else []
         return {"doc": head, "watermark": self.watermark, "chunks": chunks, "drop_chunks": dropped,
-                "upsert": upsert, "delete": delete, "evidence": evidence}  # fmt: skip
+                "entities": entities, "upsert": upsert, "delete": delete, "evidence": evidence}  # fmt: skip
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         applied, seen = dict(self.applied), self.applied
@@ -453,7 +454,7 @@ class State:
                 for ref, entity in f.entities:
                     if ref not in entities:
                         entities[ref] = entity
-                        self.entities_json = None
+                        self.entities_changed = True
                         if entity.origin is Origin.APP:
                             weak.add(ref)
                         if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
@@ -463,7 +464,7 @@ class State:
                     if ref in weak and ref in f.trusted:
                         entities[ref] = entity
                         weak.discard(ref)
-                        self.entities_json = None
+                        self.entities_changed = True
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
@@ -623,7 +624,7 @@ class State:
             used.update(self.carry.tail.entities)
         if not self.entities.keys() <= used:
             self.entities = {r: e for r, e in self.entities.items() if r in used}
-            self.entities_json = None
+            self.entities_changed = True
 
 
 def _watermarks(doc: dict[str, Any]) -> dict[str, int]:

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS bucket_chunks (
     doc BLOB NOT NULL,
     PRIMARY KEY (key, chunk)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bucket_entities (
+    key TEXT PRIMARY KEY,
+    doc BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     bucket TEXT NOT NULL,
@@ -219,7 +223,9 @@ class SqliteStore:
         chunks: dict[str, dict[int, bytes]] = {}
         for key, chunk, doc in self._select_in("SELECT key, chunk, doc FROM bucket_chunks WHERE key IN ({})", stale):
             chunks.setdefault(key, {})[chunk] = doc
-        out.update((key, Bucket(key, version, orjson.loads(doc), chunks.get(key, {}))) for key, version, doc in rows)
+        entities = dict(self._select_in("SELECT key, doc FROM bucket_entities WHERE key IN ({})", stale))
+        out.update((key, Bucket(key, version, orjson.loads(doc), chunks.get(key, {}), entities.get(key)))
+                   for key, version, doc in rows)  # fmt: skip
         return out
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
@@ -247,6 +253,8 @@ class SqliteStore:
                 "DELETE FROM bucket_chunks WHERE key = ? AND chunk = ?",
                 [(w.key, n) for w in ok for n in w.drop_chunks],
             )
+            cur.executemany("INSERT OR REPLACE INTO bucket_entities VALUES (?, ?)",
+                            [(w.key, w.entities) for w in ok if w.entities is not None])  # fmt: skip
             cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
             docs = [(i, i.to_json()) for w in ok for i in w.upsert]
             cur.executemany(
@@ -276,9 +284,9 @@ class SqliteStore:
 
     def expire_buckets(self, before: int) -> int:
         with self._write() as cur:
-            cur.execute(
-                "DELETE FROM bucket_chunks WHERE key IN (SELECT key FROM buckets WHERE watermark < ?)", (before,)
-            )
+            for part in ("bucket_chunks", "bucket_entities"):
+                cur.execute(f"DELETE FROM {part} WHERE key IN (SELECT key FROM buckets WHERE watermark < ?)",  # noqa: S608
+                            (before,))  # fmt: skip
             gone = cur.execute("DELETE FROM buckets WHERE watermark < ?", (before,)).rowcount
         return gone
 

@@ -9,7 +9,8 @@ event. Raw message bodies (up to the 1 MB Event Hubs limit, more than a table en
 blobs named by their SHA-256.
 
 Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
-(`RowKey` "bucket"), its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that
+(`RowKey` "bucket"), its entities ("bucket-entities": each once, rewritten only when they change),
+its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that
 the bucket's optimistic write (ETag, If-Match), its incidents' changes, the events they hold as
 evidence ("event-<id>") and their outbox rows ("outbox-<id>-<fingerprint>": what the response
 has still to plan) are one entity-group transaction: all or nothing.
@@ -210,8 +211,9 @@ class TableStore:
         found = next((r for r in rows if r["RowKey"] == BUCKET_ROW), None)
         if found is None:
             return None
-        chunks = {int(r["RowKey"].removeprefix("chunk-")): _unpack(r) for r in rows if r is not found}
-        return Bucket(key, str(found.metadata["etag"]), orjson.loads(_unpack(found)), chunks)
+        chunks = {int(r["RowKey"].removeprefix("chunk-")): _unpack(r) for r in rows if r["RowKey"].startswith("chunk-")}
+        entities = next((_unpack(r) for r in rows if r["RowKey"] == ENTITIES_ROW), None)
+        return Bucket(key, str(found.metadata["etag"]), orjson.loads(_unpack(found)), chunks, entities)
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
         """Each bucket's write is one entity-group transaction in its own partition (more only past
@@ -235,6 +237,9 @@ class TableStore:
                 row = {"PartitionKey": w.key, "RowKey": _chunk_row(n), **_pack(doc)}
                 ops.append(("upsert", row, {"mode": UpdateMode.REPLACE}))
             ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
+            if w.entities is not None:
+                ops.append(("upsert", {"PartitionKey": w.key, "RowKey": ENTITIES_ROW, **_pack(w.entities)},
+                            {"mode": UpdateMode.REPLACE}))  # fmt: skip
             ops += [("delete", {"PartitionKey": w.key, "RowKey": f"{INCIDENT}-{i}"}) for i in w.delete]
             for i in w.upsert:
                 body = i.to_json()
@@ -290,13 +295,13 @@ class TableStore:
             )  # fmt: skip
             for head in list(heads):
                 key = head["PartitionKey"]
-                chunks = self._state.query_entities(
+                parts = self._state.query_entities(  # its entities and pane chunks: between its head and incidents
                     "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
-                    parameters={"pk": key, "lo": "chunk-", "hi": "chunk."}, select=["RowKey"],
+                    parameters={"pk": key, "lo": BUCKET_ROW, "hi": "chunk."}, select=["RowKey"],
                 )  # fmt: skip
                 unchanged = {"etag": head.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
                 ops: list[Any] = [("delete", {"PartitionKey": key, "RowKey": BUCKET_ROW}, unchanged)]
-                ops += [("delete", {"PartitionKey": key, "RowKey": c["RowKey"]}) for c in chunks]
+                ops += [("delete", {"PartitionKey": key, "RowKey": c["RowKey"]}) for c in parts]
                 try:
                     for chunk in _transactions(ops):
                         self._state.submit_transaction(chunk)
@@ -504,6 +509,7 @@ class TableStore:
 
 
 BUCKET_ROW = "bucket"
+ENTITIES_ROW = "bucket-entities"  # sorts between the head and the chunks: read with them
 # the kinds of row in a bucket's partition besides its head and chunks: "<kind>-<id>"
 INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
