@@ -2,13 +2,14 @@
 at batch sizes 1, 100 and 500, for three implementations of the same rules over the same stream
 and a floor that runs no rules:
 
-- aegis:  the pipeline (SQLite: events, raw bodies, correlation panes and incidents committed
-          every batch);
+- aegis:  the pipeline (SQLite: correlation panes, incidents, the events they hold and the
+          outbox committed every batch);
 - naive:  what a first version does: stdlib json, one INSERT + COMMIT per event, and per batch the
           rules re-run from scratch over every stored event within reach (window + lateness), as a
           scheduled query would;
-- duckdb: the same decode and normalization, then the rule kinds as windowed SQL over the matches
-          in a DuckDB file, matches and triggers committed every batch (`duckdb_peer.py`);
+- duckdb: the same decode and normalization, then each batch as an Arrow table: matching,
+          grouping and every rule kind in SQL, matches pruned to the window's reach, matches and
+          triggers committed every batch in a DuckDB file (`duckdb_peer.py`);
 - floor:  what this contract cannot avoid: decode and normalize each body into events with their
           ids (the pipeline's own code: hash, orjson, bounds, normalizers), with no correlation and
           no store at all. Its rate bounds what aegis can reach on this machine with these

@@ -60,3 +60,45 @@ def test_the_floor_counts_the_events_the_pipeline_counts(tmp_path):
     run_aegis(ours, tmp_path, DETECTIONS)
     assert floor.complete
     assert floor.events == ours.events == 20 + 20 * 25
+
+
+CONDITIONS = [
+    {"field": "kind", "regex": "chat.*create$"},
+    {"field": "kind", "suffix": "_CREATE"},
+    {"field": "resource.name", "prefix": "OAI-1"},
+    {"not": {"field": "entities.user", "exists": True}},
+    {"field": "attributes.http_status", "in": [401, "403", 200]},
+    {"any": [{"field": "severity", "equals": "HIGH"}, {"field": "attributes.http_status", "lte": 399}]},
+    {"all": [{"field": "source", "equals": "resource_log"}, {"field": "attributes.total_tokens", "gt": 100}]},
+    {"field": "entities.ip.address", "exists": True},
+]
+
+
+@pytest.mark.parametrize("raw", CONDITIONS, ids=lambda c: str(c)[:60])
+def test_the_sql_peer_compiles_every_operator_as_the_engine_evaluates_it(tmp_path, raw):
+    """The peer is an oracle only if its SQL means what `conditions.py` means, operator by operator."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from pydantic import TypeAdapter
+
+    from aegis.correlate.conditions import Condition
+    from aegis.correlate.paths import compile_path
+    from aegis.pipeline import Message, Pipeline
+    from aegis.store import SqliteStore
+    from bench.duckdb_peer import DuckPeer, _paths, _sql
+
+    condition = TypeAdapter(Condition).validate_python(raw)
+    decoder = Pipeline(SqliteStore(":memory:"))
+    bodies = BodyGenerator(5, accounts=2, callers=3).bodies(30)
+    events = [e for b in bodies for e in decoder._one(Message(b, hub="t"), hashlib.sha256(b).hexdigest(),
+                                                        datetime.now(UTC))[0]]  # fmt: skip
+    peer = DuckPeer(tmp_path / "c.duckdb", [], lateness=timedelta(hours=1))
+    detection = DETECTIONS[0].model_copy(update={"match": condition, "steps": None, "group_by": ["id"]})
+    peer.getters = [(p, compile_path(p)) for p in _paths(detection)]
+    peer.db.register("ev", peer._columns(events))
+    held = {i for (i,) in peer.db.execute(f'SELECT "#id" FROM ev WHERE {_sql(condition)}').fetchall()}
+    expected = {e.id for e in events if condition.compile()(e)}
+    assert held == expected
+    assert 0 < len(expected) < len(events) or raw.get("not")  # each condition splits the stream
+    peer.close()
