@@ -31,6 +31,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute
 
 from aegis.correlate.conditions import All, AnyOf, Condition, FieldTest, Not
 from aegis.correlate.detections import Detection
@@ -60,14 +61,16 @@ class DuckPeer:
         self.getters = [(p, compile_path(p)) for p in self.paths]
         self.matching = " UNION ALL ".join(_matches(d) for d in detections)
         # how far back a match can still count: the window and the lateness, and a pane each side
-        self.reach = {d.id: (d.window or timedelta(0)) // _US + lateness_us + 2 * pane for d, pane, _ in self.detections}
+        self.reach = {
+            d.id: (d.window or timedelta(0)) // _US + lateness_us + 2 * pane for d, pane, _ in self.detections
+        }
         self.newest: int | None = None
 
     def process(self, events: Sequence[Event]) -> None:
         if not events:
             return
         batch = self._columns(events)
-        self.newest = max(self.newest or 0, max(batch.column("#t").to_pylist()))
+        self.newest = max(self.newest or 0, pa.compute.max(batch.column("#t")).as_py())
         self.db.register("ev", batch)
         self.db.execute("BEGIN TRANSACTION")
         self.db.execute(f"CREATE OR REPLACE TEMP TABLE batch AS {self.matching}")
@@ -86,7 +89,9 @@ class DuckPeer:
         # the event's own columns are named as no field path can be
         cols: dict[str, list[object]] = {"#id": [e.id for e in events], "#t": [(e.time - EPOCH) // _US for e in events]}
         for path, get in self.getters:
-            strings, numbers, flags = [], [], []
+            strings: list[object] = []
+            numbers: list[object] = []
+            flags: list[object] = []
             for e in events:
                 values = get(e)
                 strings.append([str(v.value if isinstance(v, Enum) else v) for v in values if isinstance(v, str)])
