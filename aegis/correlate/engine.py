@@ -55,6 +55,7 @@ CACHED_STATES = 20_000
 EXPIRE_EVERY = timedelta(minutes=10)
 PANES_PER_WINDOW = 30
 PANES_PER_CHUNK = 16  # panes are stored in chunks: a batch rewrites the chunks it changed
+ENTITY_SLACK = 32  # entities no pane refers to any more that a bucket keeps at most (so they are not rewritten)
 MAX_PANES = 512  # panes a bucket keeps at most: its document stays well under a table entity's 1 MiB
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -622,7 +623,7 @@ class State:
         if self.carry:
             used.update(self.carry.summary.entities)
             used.update(self.carry.tail.entities)
-        if not self.entities.keys() <= used:
+        if len(self.entities.keys() - used) > ENTITY_SLACK:  # not at each change: entities seen again stay
             self.entities = {r: e for r, e in self.entities.items() if r in used}
             self.entities_changed = True
 
