@@ -647,3 +647,28 @@ def test_what_a_status_left_after_the_sdk_retries_means(status, kind):
     got, message = classify(err)
     assert got == kind
     assert "abcdefghijklmnopqrstuvwxyz0123456789ABCD" not in message  # secret-looking runs are redacted
+
+
+def test_a_worker_builds_each_service_client_once_and_reuses_it(server):
+    """Clients are kept by the worker's connections, per service and what they are bound to (a
+    subscription, a vault): their connection pools outlive the call that built them."""
+    from types import SimpleNamespace
+
+    from aegis.enrich import log_analytics
+    from aegis.enrich.log_analytics import LogsQueryClient
+    from aegis.respond import cognitive, defender, mde, tickets
+
+    workspace = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/w"
+    conn = connections(server, sentinel_workspace=workspace)
+    one, two = account_id("rg1", "a1"), account_id("rg2", "a2")
+    assert cognitive._client(conn, one)[0] is cognitive._client(conn, two)[0]  # one subscription: one client
+    elsewhere = one.replace(SUB, "00000000-0000-0000-0000-000000000001")
+    assert cognitive._client(conn, elsewhere)[0] is not cognitive._client(conn, one)[0]
+    assert mde._client(conn) is mde._client(conn)
+    assert tickets.sentinel_client(conn)[0] is tickets.sentinel_client(conn)[0]
+    alert = f"/subscriptions/{SUB}/providers/microsoft.security/locations/westeurope/alerts/"
+    assert defender.alerts(alert + "a1", conn)[0]._client is defender.alerts(alert + "a2", conn)[0]._client
+    asks = SimpleNamespace(connections=conn)
+    assert isinstance(log_analytics.client(asks), LogsQueryClient)  # type: ignore[arg-type]
+    assert log_analytics.client(asks) is log_analytics.client(asks)  # type: ignore[arg-type]
+    assert mde._client(connections(server)) is not mde._client(conn)  # another worker's connections: its own

@@ -25,7 +25,8 @@ MAX_ROWS = 50
 def client(ctx: Context) -> LogsQueryClient:
     assert ctx.connections is not None
     conn = ctx.connections
-    return LogsQueryClient(conn.credential, endpoint=f"{conn.logs}/v1", audience=LOGS, **conn.sdk_options())
+    return conn.kept("logs", build=lambda: LogsQueryClient(conn.credential, endpoint=f"{conn.logs}/v1", audience=LOGS,
+                                                           **conn.sdk_options()))  # fmt: skip
 
 
 def questions(incident: Incident) -> list[tuple[str, str, dict[str, str]]]:

@@ -28,9 +28,9 @@ _ATTR = {"publicNetworkAccess": "public_network_access", "disableLocalAuth": "di
 def _client(conn: Connections, account: str) -> tuple[CognitiveServicesManagementClient, str, str]:
     rid = parse_resource_id(account)
     sub, group, name = rid.subscription or "", rid.resource_group or "", rid.name or ""  # AccountId has all three
-    client = CognitiveServicesManagementClient(
+    client = conn.kept("cognitiveservices", sub, build=lambda: CognitiveServicesManagementClient(
         conn.credential, sub, base_url=conn.arm, api_version=COGNITIVE_API, **conn.sdk_options()
-    )
+    ))  # fmt: skip
     return client, group, name
 
 
@@ -103,8 +103,9 @@ def rotate(p: RotateAiKeys, ctx: Context) -> dict[str, Any]:
         return {"account": p.account, "regenerated": wanted}
     vault_url, secret_name = _vault(ctx.connections, secret)
     conn = ctx.connections
-    vault = SecretClient(vault_url, conn.credential, api_version=KEY_VAULT_API,
-                         verify_challenge_resource=conn.vault is None, **conn.sdk_options())  # fmt: skip
+    vault = conn.kept("keyvault", vault_url, build=lambda: SecretClient(
+        vault_url, conn.credential, api_version=KEY_VAULT_API, verify_challenge_resource=conn.vault is None,
+        **conn.sdk_options()))  # fmt: skip
     held = vault.get_secret(secret_name).value
     keys = client.accounts.list_keys(group, name)
     holds = "Key1" if held == keys.key1 else "Key2" if held == keys.key2 else None

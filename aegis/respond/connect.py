@@ -9,10 +9,11 @@ those retries means (`execute.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
@@ -27,6 +28,8 @@ from aegis.errors import AegisError
 from aegis.records import StepRecord
 from aegis.settings import Settings
 from aegis.store import Store
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,17 @@ class Connections:
     timeout: float = 30.0  # seconds to connect, and to wait for an answer
     retries: int = 3  # the SDKs' own retries of 429 / 5xx / connection errors, per call
     tickets: Tickets = Tickets()
+    _clients: dict[tuple[Hashable, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def kept(self, *key: Hashable, build: Callable[[], T]) -> T:
+        """The client `build` makes for `key` (a service and what it is bound to: a subscription, a
+        vault), built on the first call and kept: later calls of the worker reuse its connection
+        pool (and, through the one credential, its tokens). Azure SDK clients are thread-safe."""
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = build()
+            return self._clients[key]  # type: ignore[no-any-return]
 
     def _retry(self) -> dict[str, Any]:
         return {"retry_total": self.retries, "retry_backoff_factor": 0.8, "retry_backoff_max": 60}

@@ -25,7 +25,9 @@ def alerts(alert: str, conn: Connections) -> tuple[AlertsOperations, str, dict[s
     m = _ALERT.match(alert)
     if m is None:
         raise ValueError(f"not a Defender for Cloud alert id: {alert}")
-    ops = SecurityCenter(conn.credential, m["sub"], base_url=conn.arm, **conn.sdk_options()).alerts
+    sub = m["sub"]
+    ops = conn.kept("security", sub, build=lambda: SecurityCenter(conn.credential, sub, base_url=conn.arm,
+                                                                  **conn.sdk_options())).alerts  # fmt: skip
     where = {"asc_location": m["location"], "alert_name": m["name"]}
     if m["rg"]:
         return ops, "resource_group", {"resource_group_name": m["rg"], **where}

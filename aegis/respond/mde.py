@@ -19,7 +19,10 @@ SCOPE = "https://api.securitycenter.microsoft.com/.default"  # the API's app id 
 
 
 def _client(conn: Connections) -> PipelineClient[HttpRequest, Any]:
-    return conn.rest_client(conn.mde, BearerTokenCredentialPolicy(conn.credential, SCOPE))
+    def build() -> PipelineClient[HttpRequest, Any]:
+        return conn.rest_client(conn.mde, BearerTokenCredentialPolicy(conn.credential, SCOPE))
+
+    return conn.kept("mde", build=build)
 
 
 def machine(client: PipelineClient[HttpRequest, Any], p: IsolateEndpoint | ReleaseEndpoint) -> str:

@@ -63,8 +63,9 @@ def sentinel_client(conn: Connections) -> tuple[SecurityInsightsMgmtClient, str,
     if not workspace:
         raise CannotRun("Microsoft Sentinel: set AEGIS_SENTINEL_WORKSPACE to the workspace's ARM id")
     ws = parse_resource_id(workspace)
-    client = SecurityInsightsMgmtClient(conn.credential, ws.subscription or "", base_url=conn.arm,
-                                        api_version=SENTINEL_API, **conn.sdk_options())  # fmt: skip
+    sub = ws.subscription or ""
+    client = conn.kept("securityinsights", sub, build=lambda: SecurityInsightsMgmtClient(
+        conn.credential, sub, base_url=conn.arm, api_version=SENTINEL_API, **conn.sdk_options()))  # fmt: skip
     return client, ws.resource_group or "", ws.name or ""
 
 
@@ -99,7 +100,8 @@ def upsert_sentinel(
 
 def _rest(base: str, user: str, secret: SecretStr, conn: Connections) -> PipelineClient[HttpRequest, Any]:
     token = base64.b64encode(f"{user}:{secret.get_secret_value()}".encode()).decode()
-    return conn.rest_client(base, HeadersPolicy({"Authorization": f"Basic {token}", "Accept": "application/json"}))
+    auth = HeadersPolicy({"Authorization": f"Basic {token}", "Accept": "application/json"})
+    return conn.kept("basic", base, user, build=lambda: conn.rest_client(base, auth))
 
 
 def _servicenow(p: OpenTicket, incident: str, conn: Connections) -> dict[str, Any]:
