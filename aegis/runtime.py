@@ -49,7 +49,8 @@ def build_pipeline(
 
         def hook(incidents: list[Incident], events: list[Event]) -> None:
             pending = [Pending.of(i) for i in incidents]  # the outbox entries the batch's commit wrote
-            record.respond_pending(pending, seen=[e for event in events for e in event.entities])
+            # planned now; cleared by the response timer's drain, off the ingest path
+            record.respond_pending(pending, seen=[e for event in events for e in event.entities], clear=False)
 
     return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs,
                     keep_events=cfg.keep_events == "all")  # fmt: skip

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aegis.events import DeadLetter, Event, Evidence, Ip, Source, User
+from aegis.events import DeadLetter, Event, Evidence, Ip, Severity, Source, User
 from aegis.pipeline import Message, Pipeline
 from aegis.store import Store
 from tests.conftest import SAMPLES
@@ -169,3 +169,30 @@ def test_the_local_ticket_is_one_per_incident_numbered_in_order(store):
     assert store.save_ticket("inc1", "t", "high", T0) == ("AEGIS-1", True)
     assert store.save_ticket("inc1", "t grown", "critical", T0) == ("AEGIS-1", False)
     assert store.save_ticket("inc2", "u", "low", T0) == ("AEGIS-2", True)
+
+
+def test_a_bucket_write_keeps_its_evidence_in_one_transaction_and_reads_it_back(store: Store):
+    """Eighty events an incident holds, one bucket write: on Table Storage one entity-group
+    transaction (the evidence is one row, not eighty), and the events read back, filtered and
+    purged one by one."""
+    from aegis.records import Incident
+    from aegis.store.base import BucketWrite
+
+    events = [event(i) for i in range(80)]
+    incident = Incident(id="inc-1", detection="d", bucket="d.k", group="g", title="t", severity=Severity.HIGH,
+                        first_seen=events[0].time, last_seen=events[-1].time, entities=(), atlas=(), owasp_llm=(),
+                        event_ids=tuple(e.id for e in events), event_count=80, timeline=())  # fmt: skip
+    calls = []
+    state = getattr(store, "_state", None)
+    if state is not None:  # Table Storage: count the round trips the write makes
+        real = state.submit_transaction
+        state.submit_transaction = lambda ops, **kw: calls.append(len(ops)) or real(ops, **kw)
+    write = BucketWrite("d.k", None, b"{}", chunks={0: b"[]"}, entities=b"{}", upsert=[incident], evidence=events)
+    assert store.commit_buckets([write]).versions
+    if state is not None:
+        assert calls == [6]  # head, chunk, entities, incident, outbox entry, evidence
+    assert store.events() == events
+    assert store.events(since=events[40].time) == events[40:]
+    assert store.events(until=events[9].time) == events[:10]
+    assert store.purge(events[-1].time + timedelta(seconds=1)) >= 80
+    assert store.events() == []

@@ -52,11 +52,13 @@ class Responder:
             for incident in incidents
         )
 
-    def respond_pending(self, pending: Sequence[Pending], *, seen: Iterable[Entity] = ()) -> int:
+    def respond_pending(self, pending: Sequence[Pending], *, seen: Iterable[Entity] = (), clear: bool = True) -> int:
         """Plan the response for incident changes from the outbox (or, on the ingest path, the batch's
-        own, just committed there), then clear those entries: a crash before the clear leaves them
-        for the next pass, which records nothing twice (steps are keyed). Of an incident changed more
-        than once, its latest state is planned; a fallback incident another one supersedes, none."""
+        own, just committed there), then clear those entries (unless not `clear`: the ingest path
+        leaves that to the timer's `drain`, so that a batch costs each partition it touches one read
+        and one write). An entry left, by a crash or on purpose, is planned again by the next pass,
+        which records nothing twice (steps are keyed). Of an incident changed more than once, its
+        latest state is planned; a fallback incident another one supersedes, none."""
         latest: dict[str, Incident] = {}
         for p in pending:
             mine = latest.get(p.incident.id)
@@ -64,7 +66,8 @@ class Responder:
                 latest[p.incident.id] = p.incident
         shown = [v.incident for v in views(latest.values()) if v.status != "superseded"]
         new = self.respond(shown, seen=seen)
-        self.store.clear_outbox(pending)
+        if clear:
+            self.store.clear_outbox(pending)
         return new
 
     def drain(self) -> int:

@@ -10,10 +10,10 @@ blobs named by their SHA-256.
 
 Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
 (`RowKey` "bucket"), its entities ("bucket-entities": each once, rewritten only when they change),
-its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that
-the bucket's optimistic write (ETag, If-Match), its incidents' changes, the events they hold as
-evidence ("event-<id>") and their outbox rows ("outbox-<id>-<fingerprint>": what the response
-has still to plan) are one entity-group transaction: all or nothing.
+its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that the bucket's optimistic
+write (ETag, If-Match), its incidents' changes, the events they hold as evidence ("event-<digest>":
+a write's evidence in one row, as a list) and their outbox rows ("outbox-<id>-<fingerprint>": what
+the response has still to plan) are one entity-group transaction: all or nothing.
 Documents larger than one property are split over binary properties `doc0`..`doc14`.
 
 Response records: one partition per incident in `{prefix}response`, holding its steps
@@ -120,8 +120,9 @@ class TableStore:
             if at is not None:
                 days.append(f"PartitionKey {op} @{name}")
                 parameters[name] = at.astimezone(UTC).strftime("%Y%m%d")
-                times.append(f"time {op} @{name}")
-                at_parameters[name] = at.astimezone(UTC).isoformat()
+        if since is not None:  # an evidence row's time is its latest event's: its others are sifted below
+            times.append("time ge @since")
+            at_parameters["since"] = since.astimezone(UTC).isoformat()
         found: dict[str, Event] = {}
         with _translate():
             rows = self._events.query_entities(" and ".join(days), parameters=parameters) if days else (
@@ -133,8 +134,8 @@ class TableStore:
                 e = Event.from_json(doc)
                 found[e.id] = e
             for entity in self._state.query_entities(" and ".join(times), parameters=at_parameters):
-                e = Event.from_json(_unpack(entity))
-                found.setdefault(e.id, e)
+                for e in _evidence_of(_unpack(entity)):
+                    found.setdefault(e.id, e)
         out = [e for e in found.values() if (since is None or e.time >= since) and (until is None or e.time <= until)]
         out.sort(key=lambda e: (e.time, e.id))
         return out[:limit] if limit else out
@@ -169,12 +170,12 @@ class TableStore:
             evidence = self._state.query_entities(
                 _rows_of(EVIDENCE)[0] + " and time lt @at",
                 parameters={**_rows_of(EVIDENCE)[1], "at": before.astimezone(UTC).isoformat()},
-                select=["PartitionKey", "RowKey"],
+                select=["PartitionKey", "RowKey", "count"],
             )  # fmt: skip
-            for row in evidence:
+            for row in evidence:  # rows whose latest event is older: every event in them is
                 with suppress(ResourceNotFoundError):
                     self._state.delete_entity(row["PartitionKey"], row["RowKey"])
-                    gone += 1
+                    gone += row.get("count") or 1
             for blob in self._raw.list_blobs():
                 if blob.last_modified is not None and blob.last_modified < before:
                     with suppress(ResourceNotFoundError):
@@ -248,9 +249,12 @@ class TableStore:
                 ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
                 pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
                 ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
-            for e in w.evidence:
-                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE}-{e.id}", "time": e.time.isoformat()}
-                ops.append(("upsert", {**row, **_pack(e.to_json())}, {"mode": UpdateMode.REPLACE}))
+            for events in _evidence_rows(w.evidence):  # one row for a write's evidence (more only past ~900 KB)
+                ids = hashlib.sha256("\n".join(sorted(e.id for e in events)).encode()).hexdigest()[:32]
+                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE}-{ids}", "count": len(events),
+                       "time": max(e.time for e in events).isoformat()}  # fmt: skip
+                doc = b"[" + b",".join(e.to_json() for e in events) + b"]"
+                ops.append(("upsert", {**row, **_pack(doc)}, {"mode": UpdateMode.REPLACE}))
             try:
                 results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
             except TableTransactionError as exc:
@@ -541,6 +545,26 @@ def _pack(doc: bytes) -> dict[str, Any]:
 
 def _unpack(entity: Mapping[str, Any]) -> bytes:
     return b"".join(bytes(entity[f"doc{n}"]) for n in range(_MAX_CHUNKS) if f"doc{n}" in entity)
+
+
+def _evidence_rows(events: Sequence[Event], budget: int = 900_000) -> list[list[Event]]:
+    """A write's evidence events in as few rows as their size allows (a row holds about 960 KB)."""
+    rows: list[list[Event]] = []
+    size = budget
+    for e in events:
+        n = len(e.to_json())
+        if size + n > budget:
+            rows.append([])
+            size = 0
+        rows[-1].append(e)
+        size += n
+    return rows
+
+
+def _evidence_of(doc: bytes) -> list[Event]:
+    """The events of an evidence row: a list (or, in a row written before they were packed, one)."""
+    raw = orjson.loads(doc)
+    return [Event.from_dict(x) for x in raw] if isinstance(raw, list) else [Event.from_dict(raw)]
 
 
 def _transactions(ops: list[Any]) -> list[list[Any]]:
