@@ -117,12 +117,11 @@ def _log_analytics(incident: Incident, step: StepRecord, ctx: Context) -> Answer
         query, values, what = "corroborate_user", {"user": step.params["user"]}, "sign-ins of the user"
     else:
         return None
-    with logs_client(ctx) as logs:
-        result = logs.query_workspace(
-            ctx.workspace,
-            kql.render(query, **values),
-            timespan=(incident.first_seen - SLACK, incident.last_seen + SLACK),
-        )
+    result = logs_client(ctx).query_workspace(  # the worker's client: kept open, not closed here
+        ctx.workspace,
+        kql.render(query, **values),
+        timespan=(incident.first_seen - SLACK, incident.last_seen + SLACK),
+    )
     tables = getattr(result, "tables", None) or getattr(result, "partial_data", None) or []
     count = int(tables[0].rows[0][0]) if tables and tables[0].rows and tables[0].rows[0] else 0
     if count > 0:

@@ -51,25 +51,23 @@ def log_analytics(incident: Incident, ctx: Context) -> dict[str, Any]:
         raise Skip("no network, user or AI account to ask about")
     start, end = window(incident, ctx)
     out: dict[str, Any] = {"workspace": ctx.workspace, "window": [start.isoformat(), end.isoformat()], "answers": []}
-    with client(ctx) as logs:
-        for label, name, values in asked:
-            answer: dict[str, Any] = {"question": label, "query": name}
-            try:
-                query = kql.render(name, **values)
-                result = logs.query_workspace(ctx.workspace, query, timespan=(start, end))
-            except kql.UnsafeValue as exc:
-                answer["error"] = str(exc)
-            except Exception as exc:
-                answer["error"] = error_text(exc)
+    logs = client(ctx)  # the worker's client: kept open, not closed here
+    for label, name, values in asked:
+        answer: dict[str, Any] = {"question": label, "query": name}
+        try:
+            query = kql.render(name, **values)
+            result = logs.query_workspace(ctx.workspace, query, timespan=(start, end))
+        except kql.UnsafeValue as exc:
+            answer["error"] = str(exc)
+        except Exception as exc:
+            answer["error"] = error_text(exc)
+        else:
+            if result.status == LogsQueryStatus.PARTIAL and isinstance(result, LogsQueryPartialResult):
+                tables, answer["partial"] = result.partial_data, str(result.partial_error)[:300]
             else:
-                if result.status == LogsQueryStatus.PARTIAL and isinstance(result, LogsQueryPartialResult):
-                    tables, answer["partial"] = result.partial_data, str(result.partial_error)[:300]
-                else:
-                    tables = result.tables
-                answer["rows"] = [
-                    dict(zip(t.columns, row, strict=False)) for t in tables[:1] for row in t.rows[:MAX_ROWS]
-                ]
-            out["answers"].append(answer)
+                tables = result.tables
+            answer["rows"] = [dict(zip(t.columns, row, strict=False)) for t in tables[:1] for row in t.rows[:MAX_ROWS]]
+        out["answers"].append(answer)
     return out
 
 
