@@ -112,7 +112,7 @@ def test_one_alert_in_three_shapes_normalizes_alike():
         (("properties", "systemAlertId"), None, "'systemAlertId' is missing"),
         (("properties", "systemAlertId"), "id with spaces/and slashes", "SystemAlertId has characters"),
         (("properties", "severity"), 3, "'severity' is a number"),
-        (("properties", "startTimeUtc"), "20th of November", "not an ISO 8601 time"),
+        (("properties", "startTimeUtc"), "20th of November", "is not a time"),
         (("properties", "entities"), {"type": "ip"}, "'entities' is an object, not an array"),
         (("properties", "extendedProperties"), ["x"], "'extendedProperties' is an array, not an object"),
         (("properties", "alertDisplayName"), {"x": 1}, "'alertDisplayName' is an object, not a string"),
@@ -238,3 +238,57 @@ def test_an_alert_link_that_is_not_a_clean_address_gives_no_alert_resource(link)
     export["AlertUri"] = link
     [e] = normalize_one(export)[1]
     assert e.entities_of(DefenderAlert) == []
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("2025-11-14T01:48:53.1234567Z", "2025-11-14T01:48:53.123456+00:00"),
+        ("2025-11-14T02:48:53+01:00", "2025-11-14T01:48:53+00:00"),
+        ("2025-11-14 01:48:53", "2025-11-14T01:48:53+00:00"),  # no zone: UTC
+        ("11/14/2025 1:48:53 AM", "2025-11-14T01:48:53+00:00"),
+        ("11/14/2025 1:48:53 PM", "2025-11-14T13:48:53+00:00"),
+        ("11/14/2025 12:05:00 AM", "2025-11-14T00:05:00+00:00"),
+        ("11/14/2025 12:05:00 PM", "2025-11-14T12:05:00+00:00"),
+        ("3/4/2025 13:05:09.25", "2025-03-04T13:05:09.250000+00:00"),  # month first, 24-hour clock
+    ],
+)
+def test_times_in_every_form_azure_writes(written, meant):
+    from aegis.normalize.fields import parse_time
+
+    parsed = parse_time(written)
+    assert parsed is not None and parsed.isoformat() == meant
+
+
+@pytest.mark.parametrize("written", ["14/11/2025 1:48:53 AM", "11/14/2025 13:48:53 PM", "yesterday", "1731548933"])
+def test_what_is_not_a_time_is_not_guessed(written):
+    from aegis.normalize.fields import parse_time
+
+    assert parse_time(written) is None
+
+
+def test_a_sign_in_whose_time_is_written_the_us_way_keeps_its_own_time():
+    record = sample("diagnostics/05-signin.json")["records"][0]
+    created = record["properties"].get("createdDateTime")
+    us = {**record, "time": "11/14/2025 1:48:53 AM"}
+    _, [e] = normalize_one(us)
+    if created:
+        assert e.time.isoformat().startswith(created[:19])
+    without = {**us, "properties": {k: v for k, v in record["properties"].items() if k != "createdDateTime"}}
+    _, [e] = normalize_one(without)
+    assert e.time.isoformat() == "2025-11-14T01:48:53+00:00"
+    with pytest.raises(MalformedInput, match="'time' is not a time"):
+        normalize_one({**without, "time": "soon"})
+
+
+def test_usage_records_with_single_element_token_arrays_and_the_callers_object_id():
+    record = sample("diagnostics/03-request-usage.json")["records"][0]
+    props = record["properties"]
+    props = {k: v for k, v in (orjson.loads(props) if isinstance(props, str) else props).items() if "okens" not in k}
+    caller = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    item = {**record, "properties": {**props, "promptTokens": [120], "generatedTokens": [30], "callerObjectId": caller}}
+    _, [e] = normalize_one(item)
+    assert (e.attributes["prompt_tokens"], e.attributes["completion_tokens"], e.attributes["total_tokens"]) == (
+        120, 30, 150)  # fmt: skip
+    assert "refused" not in e.attributes
+    assert User(object_id=caller) in e.entities

@@ -13,6 +13,7 @@ string; resource ids arrive upper-case; caller IPs arrive with the last octet ma
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aegis.arm import ResourceId
@@ -52,11 +53,12 @@ _CLAIM_UPN = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"
 _CLAIM_OID = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 _CLAIM_NAME = "name"
 
-# Token counts: no published AzureOpenAIRequestUsage sample exists, so accept the usual spellings.
+# Token counts: no published AzureOpenAIRequestUsage sample exists, so accept the usual spellings
+# (seen in the field: `promptTokens` and `generatedTokens`, each a single-element array)
 _TOKEN_FIELDS = {
     "prompttokens": "prompt_tokens", "inputtokens": "prompt_tokens",
     "completiontokens": "completion_tokens", "outputtokens": "completion_tokens",
-    "totaltokens": "total_tokens",
+    "generatedtokens": "completion_tokens", "totaltokens": "total_tokens",
 }  # fmt: skip
 
 
@@ -136,9 +138,17 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "correlation_id": f.text(item, "correlationId"),
         "refused": ",".join(refused) or None,
     }
+    # the sign-in's own time first: some pipelines write the record's `time` in a US form, or late
+    when = f.timestamp(props, "createdDateTime", fallback=(item, "time"))
     return [
         _event(
-            item, "diagnostics.signin", Source.SIGNIN_LOG, entities=entities, attributes=attributes, evidence=evidence
+            item,
+            "diagnostics.signin",
+            Source.SIGNIN_LOG,
+            entities=entities,
+            attributes=attributes,
+            evidence=evidence,
+            time=when,
         )
     ]
 
@@ -211,7 +221,8 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     ip = make_ip(item.get("callerIpAddress"))
     if ip:
         entities.append(ip)
-    caller_oid = f.guid(props.get("objectId"))
+    caller_oid = f.guid(props.get("objectId")) or f.guid(props.get("callerObjectId")) or f.guid(
+        item.get("callerObjectId"))  # fmt: skip
     if caller_oid:
         # The log names the caller's Entra object id without saying whether it is a user or a
         # service principal; it is kept as a user, and enrichment resolves it.
@@ -331,6 +342,7 @@ def _event(
     attributes: dict[str, Any],
     evidence: Evidence,
     rid: ResourceId | None = None,
+    time: datetime | None = None,
 ) -> Event:
     category = f.text(item, "category") or f.text(item, "type") or ""
     operation = attributes.get("operation") or ""
@@ -339,7 +351,7 @@ def _event(
         source=source,
         normalizer=name,
         kind=f"{category}:{operation}",
-        time=f.timestamp(item, "time"),
+        time=time or f.timestamp(item, "time"),
         evidence=evidence,
         resource=rid if rid is not None else f.resource(item, "resourceId"),
         entities=f.dedupe(entities),

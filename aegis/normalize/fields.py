@@ -126,21 +126,51 @@ def array(d: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def timestamp(d: dict[str, Any], *keys: str) -> datetime:
-    """The first present timestamp of `keys`, as an aware UTC datetime. Azure writes 7 fractional
-    digits and sometimes no zone (storage export): no zone means UTC."""
-    for key in keys:
-        value = text(d, key)
+# Times as Azure writes them. ISO 8601 first (any number of fractional digits, `Z` or an offset;
+# no zone means UTC, as storage exports write it), then the US form some exports and sign-in
+# pipelines write (`11/14/2025 1:48:53 AM`: month first, 12-hour clock, UTC). Nothing else is
+# guessed: not day-first dates, not epoch numbers, not words.
+_US_TIME = re.compile(
+    r"^(?P<mo>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})[ T](?P<h>\d{1,2}):(?P<mi>\d{2})"
+    r"(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,7}))?)?\s*(?P<ap>[AaPp][Mm])?$"
+)
+
+
+def parse_time(value: str) -> datetime | None:
+    """A time in a form Azure writes, as an aware UTC datetime; None if `value` is none of them."""
+    try:
+        parsed = datetime.fromisoformat(value)  # 3.11+: any number of fractional digits, "Z"
+    except ValueError:
+        m = _US_TIME.match(value)
+        if m is None:
+            return None
+        hour = int(m["h"])
+        if m["ap"]:
+            if not 1 <= hour <= 12:
+                return None
+            hour = hour % 12 + (12 if m["ap"].lower() == "pm" else 0)
+        try:
+            parsed = datetime(int(m["y"]), int(m["mo"]), int(m["d"]), hour, int(m["mi"]), int(m["s"] or 0),
+                              int((m["f"] or "0").ljust(6, "0")[:6]))  # fmt: skip
+        except ValueError:  # 13/45/2025, 25:00
+            return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def timestamp(d: dict[str, Any], *keys: str, fallback: tuple[dict[str, Any], str] | None = None) -> datetime:
+    """The first present of `keys` (then `fallback`, a field of another object), as an aware UTC
+    datetime. It must hold a time (`parse_time`): a present field that holds something else makes
+    the record malformed, as a field of the wrong type does, rather than another time being used."""
+    candidates = [(d, key) for key in keys] + ([fallback] if fallback else [])
+    for where, key in candidates:
+        value = text(where, key)
         if value is None:
             continue
-        try:
-            parsed = datetime.fromisoformat(value)  # 3.11+: any number of fractional digits, "Z"
-        except ValueError:
-            raise MalformedInput(f"'{key}' is not an ISO 8601 time") from None
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    raise MalformedInput(f"no event time: none of {', '.join(repr(k) for k in keys)} is present")
+        parsed = parse_time(value)
+        if parsed is None:
+            raise MalformedInput(f"'{key}' is not a time (ISO 8601, or M/D/YYYY h:mm:ss AM/PM)")
+        return parsed
+    raise MalformedInput(f"no event time: none of {', '.join(repr(k) for _, k in candidates)} is present")
 
 
 def resource(d: dict[str, Any], key: str, *, required: bool = False) -> ResourceId | None:
