@@ -136,6 +136,7 @@ def _print_counts(c: Counts, files: int, cfg: settings.Settings) -> None:
         ("messages", c.messages, ""),
         ("  with events", c.with_events, ""),
         ("  ignored", c.ignored, "valid, nothing to watch (assessments, secure scores, empty envelopes)"),
+        *((f"    items: {name}", n, "") for name, n in sorted(c.ignored_items.items())),
         ("  dead-lettered", c.dead_lettered, "see `aegis deadletters`" if c.dead_lettered else ""),
         (
             "events",

@@ -67,6 +67,7 @@ class Counts:
     dead_letters: int = 0
     new_dead_letters: int = 0
     by_normalizer: dict[str, int] = field(default_factory=dict)
+    ignored_items: dict[str, int] = field(default_factory=dict)  # normalizer → valid items it had nothing to take from
     matches: int = 0
     incident_updates: int = 0
     late: int = 0
@@ -125,7 +126,7 @@ class Pipeline:
         received = self.clock()
         for message in messages:
             digest = hashlib.sha256(message.body).hexdigest()
-            produced, failed = self._one(message, digest, received)
+            produced, failed = self._one(message, digest, received, counts.ignored_items)
             if produced:
                 counts.with_events += 1
             elif failed:
@@ -159,8 +160,11 @@ class Pipeline:
                 self.respond(correlated.changed, list(events.values()))
         return counts
 
-    def _one(self, message: Message, digest: str, received: datetime) -> tuple[list[Event], list[DeadLetter]]:
-        """The events and dead letters of one message (neither: it was ignored)."""
+    def _one(
+        self, message: Message, digest: str, received: datetime, ignored: dict[str, int] | None = None
+    ) -> tuple[list[Event], list[DeadLetter]]:
+        """The events and dead letters of one message (neither: it was ignored); the items ignored
+        are counted in `ignored`, by normalizer."""
 
         def dead(reason: str, pointer: str = "", normalizer: str | None = None) -> DeadLetter:
             log.warning("dead_lettered", reason=reason, pointer=pointer, message=digest, normalizer=normalizer)
@@ -186,6 +190,7 @@ class Pipeline:
 
         produced: list[Event] = []
         failed: list[DeadLetter] = []
+        ignored = {} if ignored is None else ignored
         # Event Hubs stamps the enqueue time; an event cannot have happened after it (beyond clock skew)
         arrived = (
             (min(message.enqueued_time, received), "enqueued") if message.enqueued_time else (received, "received")
@@ -198,22 +203,22 @@ class Pipeline:
             if chosen is None:
                 failed.append(dead("unrecognized item: not a Defender alert, export message or log record", pointer))
                 continue
-            carries = self.hubs.get(message.hub)
-            if carries is not None and chosen.hub != carries:
-                failed.append(dead(f"wrong hub: {chosen.name} items arrive on the {chosen.hub} hub, and "
-                                   f"{message.hub} is the {carries} hub", pointer, chosen.name))  # fmt: skip
-                continue
             evidence = Evidence(
                 digest, pointer, message.hub, message.partition, message.sequence_number, message.offset,
                 message.enqueued_time,
             )  # fmt: skip
             try:
                 made = chosen.normalize(item, evidence)
+                carries = self.hubs.get(message.hub)
+                if made and carries is not None and chosen.hub != carries:  # an item to ignore may come on any hub
+                    failed.append(dead(f"wrong hub: {chosen.name} items arrive on the {chosen.hub} hub, and "
+                                       f"{message.hub} is the {carries} hub", pointer, chosen.name))  # fmt: skip
+                    continue
                 for e in made:
                     _check_time(e, arrived, self.limits.max_skew)
                 produced += made
             except Ignored:
-                pass
+                ignored[chosen.name] = ignored.get(chosen.name, 0) + 1
             except MalformedInput as exc:
                 failed.append(dead(str(exc), pointer, chosen.name))
             except Exception as exc:  # a normalizer bug: keep the item, say which normalizer failed

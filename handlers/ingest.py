@@ -60,6 +60,7 @@ def ingest(hub: str, events: list[func.EventHubEvent]) -> None:
             events=counts.events,
             evidence=counts.evidence,
             ignored=counts.ignored,
+            ignored_items=counts.ignored_items or None,
             dead_lettered=counts.dead_lettered,
             incident_updates=counts.incident_updates,
             too_late=counts.late,

@@ -257,7 +257,8 @@ def test_times_in_every_form_azure_writes(written, meant):
     from aegis.normalize.fields import parse_time
 
     parsed = parse_time(written)
-    assert parsed is not None and parsed.isoformat() == meant
+    assert parsed is not None
+    assert parsed.isoformat() == meant
 
 
 @pytest.mark.parametrize("written", ["14/11/2025 1:48:53 AM", "11/14/2025 13:48:53 PM", "yesterday", "1731548933"])

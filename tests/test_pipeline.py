@@ -322,3 +322,25 @@ def test_an_event_dated_past_its_receive_time_is_dead_lettered_not_correlated():
     assert make_pipeline().process([msg(orjson.dumps({"records": [soon]}))]).events == 1
     forged = {**record, "time": "2026-11-25T12:59:00Z"}  # 59 minutes ahead is not (the old bound was an hour)
     assert make_pipeline().process([msg(orjson.dumps({"records": [forged]}))]).dead_letters == 1
+
+
+XDR_STREAMING = b"""{"records": [
+  {"time": "2026-11-20T09:00:00.0000000Z", "tenantId": "11111111-2222-3333-4444-555555555555",
+   "operationName": "Publish", "category": "AdvancedHunting-AlertInfo",
+   "properties": {"Timestamp": "2026-11-20T08:59:58Z", "AlertId": "da638000000000000000_1", "Title": "Suspicious",
+                  "Category": "Execution", "Severity": "High", "ServiceSource": "Microsoft Defender for Endpoint",
+                  "DetectionSource": "EDR", "AttackTechniques": "[\\"T1059\\"]"}},
+  {"time": "2026-11-20T09:00:00.0000000Z", "tenantId": "11111111-2222-3333-4444-555555555555",
+   "operationName": "Publish", "category": "AdvancedHunting-AlertEvidence",
+   "properties": {"Timestamp": "2026-11-20T08:59:58Z", "AlertId": "da638000000000000000_1", "EntityType": "Ip",
+                  "EvidenceRole": "Related", "RemoteIP": "203.0.113.9"}}]}"""
+
+
+@pytest.mark.parametrize("hub", ["defender-alerts", "ai-diagnostics"])
+def test_defender_xdr_streaming_records_are_ignored_and_counted_on_either_hub(hub):
+    from aegis.store import SqliteStore
+
+    p = Pipeline(SqliteStore(":memory:"), hubs={"defender-alerts": "alerts", "ai-diagnostics": "diagnostics"})
+    c = p.process([Message(XDR_STREAMING, hub=hub)])
+    assert (c.ignored, c.dead_lettered, c.events) == (1, 0, 0)
+    assert c.ignored_items == {"defender.xdr.streaming": 2}

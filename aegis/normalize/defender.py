@@ -145,6 +145,19 @@ def export_other(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     raise Ignored(f"Defender export message that is not an alert ({str(kind)[:80]})")
 
 
+def _is_xdr_streaming(item: dict[str, Any]) -> bool:
+    category = item.get("category")
+    return isinstance(category, str) and category.lower().startswith("advancedhunting-") and "properties" in item
+
+
+@normalizer("defender.xdr.streaming", source=Source.DEFENDER, accepts=_is_xdr_streaming)
+def xdr_streaming(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """Defender XDR streaming API records (`AdvancedHunting-AlertInfo`, `-AlertEvidence`, device
+    tables): valid Microsoft data, counted and not read (Defender for Cloud's own alerts, which
+    XDR also streams, arrive through continuous export, where they carry their AI context)."""
+    raise Ignored(f"Defender XDR streaming record ({str(item.get('category'))[:80]})")
+
+
 @normalizer("defender.alert.arm", source=Source.DEFENDER, accepts=_is_arm_alert)
 def arm_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """A Defender for Cloud alert as the ARM REST API returns it (camelCase under `properties`)."""
