@@ -293,3 +293,64 @@ def test_usage_records_with_single_element_token_arrays_and_the_callers_object_i
         120, 30, 150)  # fmt: skip
     assert "refused" not in e.attributes
     assert User(object_id=caller) in e.entities
+
+
+APIM = "/SUBSCRIPTIONS/00000000-1111-2222-3333-444444444444/RESOURCEGROUPS/RG-AI/PROVIDERS/MICROSOFT.APIMANAGEMENT/SERVICE/APIM-AI"
+
+
+def gateway_record(**props: Any) -> dict[str, Any]:
+    """A GatewayLogs record as a diagnostic setting sends it to Event Hubs (common schema, the
+    documented properties), written here for the test."""
+    return {
+        "time": "2026-11-20T09:14:02.1234567Z", "resourceId": APIM, "category": "GatewayLogs",
+        "operationName": "Microsoft.ApiManagement/GatewayLogs", "durationMs": 412, "callerIpAddress": "203.0.113.7",
+        "correlationId": "5b0c7e4e-7f0a-4e3c-9c8f-2a1d3e4f5a6b", "location": "West Europe",
+        "properties": {
+            "method": "POST", "url": "https://apim-ai.azure-api.net/openai/deployments/gpt-4o/chat/completions",
+            "backendMethod": "POST", "apiId": "azure-openai", "operationId": "ChatCompletions_Create",
+            "backendUrl": "https://oai-contoso-prod.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+                          "?api-version=2024-10-21",
+            "responseCode": 200, "backendResponseCode": 200, "requestSize": 812, "responseSize": 2400,
+            "apimSubscriptionId": "team-a", "isRequestSuccess": True, **props,
+        },
+    }  # fmt: skip
+
+
+def test_an_ai_gateway_request_names_the_backend_account_deployment_and_status():
+    name, [e] = normalize_one(gateway_record())
+    assert name == "diagnostics.gateway"
+    assert e.kind == "GatewayLogs:ChatCompletions_Create"
+    a = e.attributes
+    assert (a["backend_account"], a["backend_host"]) == ("oai-contoso-prod", "oai-contoso-prod.openai.azure.com")
+    assert (a["http_status"], a["request_bytes"], a["gateway_subscription"]) == (200, 812, "team-a")
+    assert "content_filtered" not in a
+    assert ModelDeployment(name="gpt-4o") in e.entities
+    [ip] = e.entities_of(Ip)
+    assert (ip.address, ip.prefix) == ("203.0.113.7", "203.0.113.0/24")
+    assert e.resource is not None and e.resource.type == "microsoft.apimanagement/service"
+
+
+def test_an_ai_gateway_request_the_content_filter_refused_says_so():
+    body = '{"error":{"code":"content_filter","message":"The response was filtered","status":400}}'
+    _, [e] = normalize_one(gateway_record(responseCode=400, backendResponseCode=400, backendResponseBody=body))
+    assert (e.attributes["http_status"], e.attributes["content_filtered"]) == (400, True)
+    ok = '{"choices":[{"content_filter_results":{"jailbreak":{"filtered":false}}}]}'
+    _, [fine] = normalize_one(gateway_record(backendResponseBody=ok))  # every answer names the filter: not a refusal
+    assert "content_filtered" not in fine.attributes
+
+
+def test_ai_gateway_llm_logs_carry_token_usage_model_and_deployment():
+    record = {**gateway_record(), "category": "GatewayLlmLogs"}
+    record["properties"] = {"DeploymentName": "gpt-4o-mini", "ModelName": "gpt-4o-mini", "PromptTokens": 1200,
+                            "CompletionTokens": [300], "ApiVersion": "2024-10-21", "SequenceNumber": 0}  # fmt: skip
+    name, [e] = normalize_one(record)
+    assert name == "diagnostics.gateway"
+    assert (e.attributes["prompt_tokens"], e.attributes["completion_tokens"], e.attributes["total_tokens"]) == (
+        1200, 300, 1500)  # fmt: skip
+    assert {ModelDeployment(name="gpt-4o-mini"), Model(name="gpt-4o-mini")} <= set(e.entities)
+
+
+def test_a_gateway_in_front_of_another_backend_names_no_ai_account():
+    _, [e] = normalize_one(gateway_record(backendUrl="https://evil.example/openai/deployments/x/chat"))
+    assert "backend_account" not in e.attributes
+    assert e.entities_of(ModelDeployment) == []

@@ -13,8 +13,10 @@ string; resource ids arrive upper-case; caller IPs arrive with the last octet ma
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from aegis.arm import ResourceId
 from aegis.events import (
@@ -281,6 +283,91 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             rid=rid,
         )
     ]
+
+
+GATEWAY_CATEGORIES = frozenset({"gatewaylogs", "gatewayllmlogs"})
+# the backend URL of an AI account behind the gateway: its custom subdomain, and the deployment
+_AI_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+_DEPLOYMENT_PATH = re.compile(r"/deployments/([A-Za-z0-9._-]{1,128})(?:/|$)")
+_FILTERED = ("content_filter", "responsibleaipolicyviolation")  # in a 400: the content filter refused
+
+
+def _is_gateway(item: dict[str, Any]) -> bool:
+    rid = item.get("resourceId")
+    return (_is_record(item) and _category(item) in GATEWAY_CATEGORIES and isinstance(rid, str)
+            and "/providers/microsoft.apimanagement/service/" in rid.lower())  # fmt: skip
+
+
+@normalizer("diagnostics.gateway", source=Source.RESOURCE_LOG, accepts=_is_gateway)
+def gateway_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
+    """API Management (AI gateway) in front of Azure OpenAI and AI Foundry: `GatewayLogs` (each
+    request: the backend AI account and deployment from `backendUrl`, the status the backend and
+    the client got, a content filter's refusal) and `GatewayLlmLogs` (token usage, model,
+    deployment)."""
+    rid = f.resource(item, "resourceId", required=True)
+    assert rid is not None
+    raw = f.obj(item, "properties")
+    props = {f.compact_key(k): v for k, v in raw.items() if isinstance(k, str)}  # camelCase, or PascalCase
+    refused: list[str] = []
+    entities: list[Entity] = []
+    ip = make_ip(item.get("callerIpAddress")) or make_ip(props.get("calleripaddress"))
+    if ip:
+        entities.append(ip)
+    backend = f.text(props, "backendurl", limit=2048)
+    host, deployment = _backend(backend)
+    deployment = f.text(props, "deploymentname", limit=128) or deployment
+    if deployment:
+        entities.append(ModelDeployment(name=deployment))
+    model = f.text(props, "modelname", limit=128)
+    if model:
+        entities.append(Model(name=model))
+    backend_status = f.number(props, "backendresponsecode", refused=refused)
+    client_status = f.number(props, "responsecode", refused=refused)
+    said = " ".join(str(props.get(k) or "")[:4096] for k in ("lasterrorreason", "lasterrormessage", "errors",
+                                                            "backendresponsebody", "responsebody")).lower()  # fmt: skip
+    status = backend_status if backend_status is not None else client_status
+    attributes: dict[str, Any] = {
+        "category": item.get("category"),
+        "operation": f.text(props, "operationid") or f.text(item, "operationName"),
+        "http_status": int(status) if status is not None else None,
+        "gateway_status": int(client_status) if client_status is not None else None,
+        "content_filtered": True if status == 400 and any(m in said for m in _FILTERED) else None,
+        "backend_host": host,
+        "backend_account": host.split(".", 1)[0] if host else None,
+        "api_name": f.text(props, "apiid"),
+        "api_version": f.text(props, "apiversion"),
+        "gateway_user": f.text(props, "userid"),
+        "gateway_subscription": f.text(props, "apimsubscriptionid"),
+        "request_bytes": f.number(props, "requestsize", refused=refused, minimum=0),
+        "response_bytes": f.number(props, "responsesize", refused=refused, minimum=0),
+        "duration_ms": f.number(item, "durationMs", refused=refused) or f.number(props, "totaltime", refused=refused),
+        "prompt_tokens": f.number(props, "prompttokens", refused=refused, minimum=0),
+        "completion_tokens": f.number(props, "completiontokens", refused=refused, minimum=0),
+        "total_tokens": f.number(props, "totaltokens", refused=refused, minimum=0),
+        "correlation_id": f.text(item, "correlationId") or f.text(props, "correlationid"),
+        "refused": None,
+    }
+    if attributes["total_tokens"] is None and (attributes["prompt_tokens"] or attributes["completion_tokens"]):
+        attributes["total_tokens"] = (attributes["prompt_tokens"] or 0) + (attributes["completion_tokens"] or 0)
+    attributes["refused"] = ",".join(refused) or None
+    made = _event(item, "diagnostics.gateway", Source.RESOURCE_LOG, entities=entities, attributes=attributes,
+                  evidence=evidence, rid=rid)  # fmt: skip
+    return [made]
+
+
+def _backend(url: str | None) -> tuple[str | None, str | None]:
+    """The AI account host and the deployment a backend URL names (None for another backend)."""
+    if not url:
+        return None, None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None, None
+    host = (parts.hostname or "").lower()
+    if not host.endswith(_AI_HOSTS):
+        return None, None
+    m = _DEPLOYMENT_PATH.search(parts.path)
+    return host, m.group(1) if m else None
 
 
 def _is_generic(item: dict[str, Any]) -> bool:
