@@ -148,6 +148,21 @@ class AiResource(Entity):
 
 
 @dataclass(frozen=True, slots=True)
+class AiProject(Entity):
+    """An AI Foundry project (`.../accounts/A/projects/P`): its own entity, beside its parent
+    account (`AiResource`), which is what joins it to the account's logs and alerts."""
+
+    type: str = field(default="ai_project", init=False, repr=False)
+    resource_id: str
+    name: str | None = None
+    account: str | None = None  # the parent account's ARM id
+
+    @property
+    def key(self) -> str:
+        return self.resource_id
+
+
+@dataclass(frozen=True, slots=True)
 class ModelDeployment(Entity):
     type: str = field(default="model_deployment", init=False, repr=False)
     name: str
@@ -194,7 +209,18 @@ class DefenderAlert(Entity):
 
 ENTITY_TYPES: dict[str, type[Entity]] = {
     cls.__dataclass_fields__["type"].default: cls  # type: ignore[misc]
-    for cls in (Ip, User, ServicePrincipal, Host, AiResource, ModelDeployment, Model, UserAgent, DefenderAlert)
+    for cls in (
+        Ip,
+        User,
+        ServicePrincipal,
+        Host,
+        AiResource,
+        AiProject,
+        ModelDeployment,
+        Model,
+        UserAgent,
+        DefenderAlert,
+    )
 }
 
 

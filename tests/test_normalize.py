@@ -327,7 +327,8 @@ def test_an_ai_gateway_request_names_the_backend_account_deployment_and_status()
     assert ModelDeployment(name="gpt-4o") in e.entities
     [ip] = e.entities_of(Ip)
     assert (ip.address, ip.prefix) == ("203.0.113.7", "203.0.113.0/24")
-    assert e.resource is not None and e.resource.type == "microsoft.apimanagement/service"
+    assert e.resource is not None
+    assert e.resource.type == "microsoft.apimanagement/service"
 
 
 def test_an_ai_gateway_request_the_content_filter_refused_says_so():
@@ -354,3 +355,38 @@ def test_a_gateway_in_front_of_another_backend_names_no_ai_account():
     _, [e] = normalize_one(gateway_record(backendUrl="https://evil.example/openai/deployments/x/chat"))
     assert "backend_account" not in e.attributes
     assert e.entities_of(ModelDeployment) == []
+
+
+def test_an_ai_foundry_project_joins_its_parent_account_and_stays_an_entity_of_its_own():
+    from aegis.arm import parse_resource_id
+    from aegis.events import AiProject
+    from aegis.normalize.fields import resource_entities
+
+    account = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/foundry-1"
+    for child in ("/projects/proj-a", "/projects/proj-a/connections/c1", "/projects/proj-a/agents/a1"):
+        got = resource_entities(parse_resource_id(account + child))
+        assert AiResource(resource_id=account.lower(), name="foundry-1") in got
+        [project] = [e for e in got if isinstance(e, AiProject)]
+        assert (project.name, project.account) == ("proj-a", account.lower())
+    assert resource_entities(parse_resource_id(account)) == [AiResource(resource_id=account.lower(), name="foundry-1")]
+    [deployment, parent] = resource_entities(parse_resource_id(account + "/deployments/gpt-4o"))
+    assert deployment == ModelDeployment(name="gpt-4o", resource_id=account.lower())
+    assert parent == AiResource(resource_id=account.lower(), name="foundry-1")
+
+
+def test_a_vm_alert_has_its_vm_as_a_host_once_even_when_its_entities_name_it_too():
+    from aegis.normalize.fields import dedupe
+
+    vm = "/subscriptions/s1/resourcegroups/rg/providers/microsoft.compute/virtualmachines/web-01"
+    alert = copy.deepcopy(sample("defender/01-jailbreak-arm.json"))
+    alert["properties"]["resourceIdentifiers"] = [{"type": "AzureResource", "azureResourceId": vm}]
+    alert["properties"]["entities"] = [{"type": "host", "hostName": "WEB-01", "azureID": vm, "omsAgentID": "x",
+                                        "operatingSystem": "Linux"}]  # fmt: skip
+    [e] = REGISTRY["defender.alert.arm"].normalize(alert, EVIDENCE)
+    [host] = e.entities_of(Host)
+    assert (host.name, host.azure_id, host.os) == ("WEB-01", vm, "Linux")
+    alert["properties"]["entities"] = []
+    [bare] = REGISTRY["defender.alert.arm"].normalize(alert, EVIDENCE)
+    assert [(h.name, h.azure_id) for h in bare.entities_of(Host)] == [("web-01", vm)]
+    mde = Host(name="web-01.contoso.com", mde_machine_id="4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f")
+    assert len(dedupe([Host(name="web-01", azure_id=vm), mde])) == 2  # no shared id or name: not guessed the same

@@ -118,8 +118,13 @@ def test_rest_api_list_alerts_example():
     )
     assert screensaver.kind == "VM_SuspiciousScreenSaver"
     assert screensaver.severity is Severity.MEDIUM
-    [host] = screensaver.entities_of(Host)
-    assert host.name == "vm2"
+    # the published example names vm1 as the affected resource (resourceIdentifiers) and vm2 in its
+    # entities: each VM is a host, the resource id's as much as the entity's
+    hosts = {h.name: h for h in screensaver.entities_of(Host)}
+    assert set(hosts) == {"vm1", "vm2"}
+    assert hosts["vm1"].azure_id
+    assert hosts["vm1"].azure_id.endswith("/virtualmachines/vm1")
+    host = hosts["vm2"]
     assert (
         host.azure_id
         == "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourcegroups/myrg2/providers/microsoft.compute/virtualmachines/vm2"

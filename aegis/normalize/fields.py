@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import math
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 from aegis.arm import ResourceId, parse_resource_id
 from aegis.decode import kind_of, loads_nested
 from aegis.errors import MalformedInput
-from aegis.events import ORIGIN_RANK, AiResource, Entity, ModelDeployment
+from aegis.events import ORIGIN_RANK, AiProject, AiResource, Entity, Host, ModelDeployment
 
 AI_PROVIDERS = ("microsoft.cognitiveservices", "microsoft.machinelearningservices")
 MAX_TEXT = 1024
@@ -209,23 +210,71 @@ def compact_key(key: str) -> str:
     return re.sub(r"[^a-z0-9]", "", key.lower())
 
 
+VM_TYPES = ("microsoft.compute/virtualmachines", "microsoft.compute/virtualmachinescalesets/virtualmachines")
+
+
+def _hosts_merged(entities: list[Entity]) -> list[Entity]:
+    """Hosts that share an Azure resource id, or a name when one has no id, as one host: the
+    fields of each, the richer one's (more fields known) where both have one."""
+    hosts = [e for e in entities if isinstance(e, Host)]
+    if len(hosts) < 2:
+        return entities
+    out: list[Entity] = []
+    merged: list[Host] = []
+    for e in entities:
+        if not isinstance(e, Host):
+            out.append(e)
+            continue
+        same = next((i for i, h in enumerate(merged) if _same_host(h, e)), None)
+        if same is None:
+            merged.append(e)
+            out.append(e)
+            continue
+        kept = merged[same]
+        fields_of = ("name", "azure_id", "mde_machine_id", "os")
+        richer, other = (e, kept) if sum(bool(getattr(e, k)) for k in fields_of) > sum(
+            bool(getattr(kept, k)) for k in fields_of) else (kept, e)  # fmt: skip
+        union = replace(richer, **{k: getattr(richer, k) or getattr(other, k) for k in fields_of})
+        out[out.index(kept)] = merged[same] = union
+    return out
+
+
+def _same_host(a: Host, b: Host) -> bool:
+    if a.azure_id and b.azure_id:
+        return a.azure_id.lower() == b.azure_id.lower()
+    if a.mde_machine_id and b.mde_machine_id:
+        return a.mde_machine_id == b.mde_machine_id
+    return bool(a.name and b.name and a.name.lower() == b.name.lower() and not (a.mde_machine_id and b.mde_machine_id))
+
+
 def resource_entities(rid: ResourceId) -> list[Entity]:
-    """An AI account, or an AI account and its model deployment, for an affected AI resource."""
+    """The entities an affected resource stands for: a virtual machine is a host; an AI account is
+    itself; anything inside one (a deployment, an AI Foundry project, a project's agent or
+    connection) is its parent account, with the deployment or the project as an entity too."""
+    if rid.type in VM_TYPES and rid.name:
+        return [Host(name=rid.name, azure_id=rid.id)]
     if rid.provider not in AI_PROVIDERS or rid.name is None:
         return []
+    chain = [rid]
+    while chain[-1].type is not None and chain[-1].type.count("/") > 1 and (up := chain[-1].parent()) is not None:
+        chain.append(up)
+    account = chain[-1]
+    out: list[Entity] = []
     if rid.type and rid.type.endswith("/deployments"):
-        parent = rid.parent()
-        out: list[Entity] = [ModelDeployment(name=rid.name, resource_id=parent.id if parent else None)]
-        if parent is not None and parent.name:
-            out.append(AiResource(resource_id=parent.id, name=parent.name))
-        return out
-    return [AiResource(resource_id=rid.id, name=rid.name)]
+        out.append(ModelDeployment(name=rid.name, resource_id=account.id if account is not rid else None))
+    project = next((r for r in chain if r.type == "microsoft.cognitiveservices/accounts/projects"), None)
+    if project is not None:
+        out.append(AiProject(resource_id=project.id, name=project.name, account=account.id))
+    if account.name and (account.type or "").count("/") == 1:
+        out.append(AiResource(resource_id=account.id, name=account.name))
+    return out
 
 
 def dedupe(entities: list[Entity]) -> tuple[Entity, ...]:
-    """One entity per (type, key): the first seen, or the one from the more trusted origin."""
+    """One entity per (type, key): the first seen, or the one from the more trusted origin. A host
+    named twice (by its VM resource id, and by an entity with its Defender for Endpoint id) is one."""
     seen: dict[tuple[str, str], Entity] = {}
-    for e in entities:
+    for e in _hosts_merged(entities):
         k = (e.type, e.key)
         kept = seen.get(k)
         if kept is None or ORIGIN_RANK[e.origin] > ORIGIN_RANK[kept.origin]:
