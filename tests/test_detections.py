@@ -163,3 +163,30 @@ def test_an_unknown_ai_alert_type_gets_the_generic_mapping():
     m = mapping.mapping_of("AI.Azure_NeverSeenBefore")
     assert m.generic
     assert m.atlas
+
+
+def test_a_small_incident_shows_every_event_and_its_title_names_the_network_it_grouped_on():
+    d = next(d for d in detections.load().detections if d.id == "ai-key-brute-force")
+    case = next(c for c in d.tests if c.name == "eight denials then success")
+    events = selftest.build_events(case)
+    store = SqliteStore(":memory:")
+    Correlator([d], store, lateness=timedelta(hours=1)).process(events)
+    [incident] = store.incidents()
+    assert incident.event_count == len(events) == 11
+    assert len(incident.timeline) == len(incident.event_ids) == 11  # all eight denials and three successes
+    assert sum(t.step == "denied" for t in incident.timeline) == 8
+    assert "203.0.113.0/24" in incident.title
+
+
+def test_an_alert_type_nobody_mapped_is_titled_by_its_display_name():
+    from dataclasses import replace as copy_with
+
+    d = next(d for d in detections.load().detections if d.id == "defender-ai-alert")
+    case = d.tests[0]
+    [alert] = [e for e in selftest.build_events(case) if e.source.value == "defender"][:1]
+    unknown = copy_with(alert, kind="AI.Azure_NeverSeenBefore", title="A brand-new AI threat was detected")
+    store = SqliteStore(":memory:")
+    Correlator([d], store, lateness=timedelta(hours=1)).process([alert, copy_with(unknown, id="u-1")])
+    titles = sorted(i.title for i in store.incidents())
+    assert any(t.startswith("A brand-new AI threat was detected on ") for t in titles)
+    assert any(t.startswith(alert.kind) for t in titles)  # a known type keeps its type

@@ -548,9 +548,10 @@ class State:
                           title=title, evidence=at[0] if at else None)
             for t, i, st, k, src, title, *at in samples
         )  # fmt: skip
-        title = render_title(
-            d.title, kind=samples[0][3] if samples else "", entities=entities, count=s.events, group=self.group
-        )
+        kind = samples[0][3] if samples else ""
+        if samples and samples[0][4] == Source.DEFENDER.value and samples[0][5] and mapping.mapping_of(kind).generic:
+            kind = samples[0][5]  # an alert type nobody mapped yet: its display name says more than its type
+        title = render_title(d.title, kind=kind, entities=entities, count=s.events, group=self.group)
         return Incident(
             id=ident,
             detection=d.id,

@@ -20,11 +20,12 @@ def incident_id(detection: str, group: str, first_event: str) -> str:
 
 def render_title(template: str, *, kind: str, entities: Iterable[Entity], count: int, group: str) -> str:
     values: dict[str, str] = {"group": group, "count": str(count), "kind": kind}
+    parts = set(group.split("|"))
     for ent in entities:
         if isinstance(ent, AiResource):
             values.setdefault("ai_resource", ent.name or ent.resource_id)
-        elif isinstance(ent, Ip):
-            values.setdefault("ip", ent.key)
+        elif isinstance(ent, Ip):  # the network the rule grouped on, when it grouped on one
+            values.setdefault("ip", ent.prefix if ent.prefix and ent.prefix in parts else ent.key)
         elif isinstance(ent, User):
             values.setdefault("user", ent.upn or ent.name or ent.object_id or "")
         elif isinstance(ent, Host):

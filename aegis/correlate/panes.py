@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import orjson
 
 EXACT_IDS = 16
-PANE_SAMPLES = 2
+PANE_SAMPLES = 16  # a pane's earliest events kept as evidence: all of them, up to this many
 PANE_KINDS = 8
 PANE_ENTITIES = 16
 NONE = -1
