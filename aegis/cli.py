@@ -430,7 +430,9 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         f"  detection   {i.detection}",
         f"  severity    {i.severity.value}    status {v.status}"
         + (f" (by {v.superseded_by})" if v.superseded_by else ""),
-        f"  seen        {i.first_seen:%Y-%m-%d %H:%M:%S} → {i.last_seen:%Y-%m-%d %H:%M:%S} UTC",
+        f"  seen        {i.first_seen:%Y-%m-%d %H:%M:%S} → {i.last_seen:%Y-%m-%d %H:%M:%S} UTC"
+        f" ({i.event_count} event(s))",
+        f"  why         {i.why or '-'}",
         "  ATLAS       " + ("; ".join(f"{t} {atlas.get(t, '')}" for t in i.atlas) or "-"),
         "  OWASP LLM   " + ("; ".join(f"{t} {owasp.get(t, '')}" for t in i.owasp_llm) or "-"),
         "  entities",

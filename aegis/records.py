@@ -69,6 +69,7 @@ class Incident:
     fallback: bool = False
     suppress_until: datetime | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    why: str | None = None  # what the rule reached at its latest firing, against what it asks
 
     def to_json(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_UTC_Z)
@@ -100,6 +101,7 @@ class Incident:
             fallback=d.get("fallback", False),
             suppress_until=datetime.fromisoformat(d["suppress_until"]) if d.get("suppress_until") else None,
             attributes=d.get("attributes", {}),
+            why=d.get("why"),
         )
 
     def summary(self, *, status: str = "open", superseded_by: str | None = None) -> dict[str, Any]:
@@ -117,6 +119,7 @@ class Incident:
             "owasp_llm": list(self.owasp_llm),
             "event_ids": list(self.event_ids),
             "event_count": self.event_count,
+            "why": self.why,
             "group": self.group,
             **({"superseded_by": superseded_by} if superseded_by else {}),
         }

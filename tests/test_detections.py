@@ -176,6 +176,7 @@ def test_a_small_incident_shows_every_event_and_its_title_names_the_network_it_g
     assert len(incident.timeline) == len(incident.event_ids) == 11  # all eight denials and three successes
     assert sum(t.step == "denied" for t in incident.timeline) == 8
     assert "203.0.113.0/24" in incident.title
+    assert incident.why == "8 denied then 3 accepted in 15m (needs 5, 1)"
 
 
 def test_an_alert_type_nobody_mapped_is_titled_by_its_display_name():
@@ -190,3 +191,21 @@ def test_an_alert_type_nobody_mapped_is_titled_by_its_display_name():
     titles = sorted(i.title for i in store.incidents())
     assert any(t.startswith("A brand-new AI threat was detected on ") for t in titles)
     assert any(t.startswith(alert.kind) for t in titles)  # a known type keeps its type
+
+
+@pytest.mark.parametrize("detection", detections.load().detections, ids=lambda d: d.id)
+def test_every_incident_says_why_it_fired_against_what_the_rule_asks(detection):
+    case = next((c for c in detection.tests if c.expect.incidents > 0), None)
+    assert case is not None, "every shipped detection has a test case that fires"
+    store = SqliteStore(":memory:")
+    Correlator([detection], store, lateness=timedelta(days=1)).process(selftest.build_events(case))
+    whys = [i.why for i in store.incidents()]
+    assert whys
+    assert all(whys)
+    if detection.kind == "single":
+        assert all(w.endswith("matching event(s)") for w in whys)
+    else:
+        assert all(" in " in w and "(needs " in w for w in whys), whys
+    if detection.threshold:
+        reached = [float(w.split(" ", 1)[0].replace(",", "").rstrip("+")) for w in whys]
+        assert all(r >= detection.threshold for r in reached), whys

@@ -569,7 +569,29 @@ class State:
             timeline=timeline,
             fallback=d.fallback,
             suppress_until=_dt(last_trigger_time + d.suppress_for // _US),
+            why=self._why(d, seg.triggers[-1]) if seg.triggers else None,
         )
+
+    def _why(self, d: Detection, trigger: Trigger) -> str:
+        """What the rule reached in the window of a firing, against what it asks, in words:
+        `11 events in 15m (needs 5)`, `8 denied then 3 accepted in 15m (needs 5, 1)`."""
+        window = [p for i, p in self.panes.items() if trigger.pane - self.width < i <= trigger.pane]
+        span = _duration(d.window) if d.window else ""
+        if d.kind == "single":
+            return f"{sum(p.events for p in window)} matching event(s)"
+        if d.kind == "event_count":
+            return f"{sum(p.events for p in window)} events in {span} (needs {_num(d.threshold)})"
+        if d.kind == "value_count":
+            distinct = len(set().union(*(p.values for p in window)))
+            more = "+" if distinct >= (d.threshold or 0) else ""
+            return f"{distinct}{more} distinct {d.field} in {span} (needs {_num(d.threshold)})"
+        if d.kind == "value_sum":
+            return f"{_num(sum(p.total for p in window))} {d.field} in {span} (needs {_num(d.threshold)})"
+        steps = d.steps or []
+        counts = [sum(p.counts[n] for p in window) for n in range(len(steps))]
+        joiner = " then " if d.kind == "temporal_ordered" else " and "
+        reached = joiner.join(f"{c} {s.name}" for c, s in zip(counts, steps, strict=True))
+        return f"{reached} in {span} (needs {', '.join(str(s.min) for s in steps)})"
 
     def _is_live(self, inc: Incident, seg: _Segment) -> bool:
         """After pruning: can the incident still change? (the carry's, or one with a trigger not final)"""
@@ -641,6 +663,18 @@ def _origin(raw: Entity | dict[str, Any]) -> Origin:
 
 def _entity(raw: Entity | dict[str, Any]) -> Entity:
     return entity_from_dict(raw) if isinstance(raw, dict) else raw
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _dt(us: int) -> datetime:

@@ -80,6 +80,7 @@ def summary(incident: Incident, ctx: DeliveryContext) -> list[str]:
         f"{incident.severity.value.upper()}: {incident.title}",
         f"Detection {incident.detection}; {incident.event_count} event(s) from {incident.first_seen:%Y-%m-%d %H:%M} "
         f"to {incident.last_seen:%Y-%m-%d %H:%M} UTC",
+        f"Why: {incident.why or '-'}",
         f"AI resources: {keys(AiResource)}",
         f"Callers: {keys(Ip)}; users: {keys(User)}; applications: {keys(ServicePrincipal)}",
         "MITRE ATLAS: " + ("; ".join(f"{t} {atlas.get(t, '')}".strip() for t in incident.atlas) or "-"),
