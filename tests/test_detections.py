@@ -209,3 +209,13 @@ def test_every_incident_says_why_it_fired_against_what_the_rule_asks(detection):
     if detection.threshold:
         reached = [float(w.split(" ", 1)[0].replace(",", "").rstrip("+")) for w in whys]
         assert all(r >= detection.threshold for r in reached), whys
+
+
+def test_an_escalation_needs_a_count_or_a_duration(tmp_path):
+    from aegis.correlate.detections import DetectionError
+
+    source = (detections.DETECTIONS_DIR / "ai-prompt-attack-slow-campaign.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(source.replace("  - {events: 20, severity: high}", "  - {severity: high}"))
+    with pytest.raises(DetectionError, match="needs `events`, `lasting` or both"):
+        detections.load([bad])

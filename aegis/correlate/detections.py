@@ -66,8 +66,18 @@ class Step(_Strict):
 
 
 class Escalation(_Strict):
-    events: int = Field(gt=1, description="at this many events in the incident")
+    """Raise the incident's severity once it holds `events` events, or has lasted `lasting` (from
+    its first event to its latest); with both, once both hold."""
+
+    events: int | None = Field(None, gt=1, description="at this many events in the incident")
+    lasting: Duration | None = Field(None, description="once the incident has lasted this long (a slow campaign)")
     severity: Severity
+
+    @model_validator(mode="after")
+    def _when(self) -> Escalation:
+        if self.events is None and self.lasting is None:
+            raise ValueError("an escalation needs `events`, `lasting` or both")
+        return self
 
 
 class SampleEvent(_Strict):

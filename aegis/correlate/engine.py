@@ -530,8 +530,9 @@ class State:
         severity = d.severity
         if d.severity_from_events and s.severity != NONE:
             severity = max(severity, SEVERITY_ORDER[s.severity], key=SEVERITY_ORDER.index)
+        lasted = (s.end - s.start[0]) * _US
         for step in d.escalate:
-            if s.events >= step.events:
+            if (step.events is None or s.events >= step.events) and (step.lasting is None or lasted >= step.lasting):
                 severity = max(severity, step.severity, key=SEVERITY_ORDER.index)
         atlas, owasp = list(d.atlas), list(d.owasp_llm)
         if d.alert_mapping:
