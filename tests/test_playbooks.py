@@ -442,3 +442,75 @@ def test_the_defender_alerts_of_an_incident_are_marked_in_progress(demo_incident
     assert sorted(s.target for s in steps) == alerts
     assert {(s.status, s.params["state"]) for s in steps} == {("dry_run", "inProgress")}  # automatic
     assert all("/providers/microsoft.security/locations/westeurope/alerts/" in a for a in alerts)
+
+
+def burst(*, ips: tuple[str, ...], sp: str | None = "0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f", user: str | None = None):
+    """A request-burst incident at high severity, of an embedding batch's shape."""
+    from datetime import UTC, datetime
+
+    from aegis.events import AiResource, Ip, ServicePrincipal, Severity, User
+    from aegis.records import Incident
+
+    now = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+    entities = [AiResource(resource_id=ACCOUNT.lower(), name="oai"), *(Ip(prefix=p) for p in ips)]
+    entities += [ServicePrincipal(app_id=sp)] if sp else []
+    entities += [User(upn=user)] if user else []
+    return Incident(id="burst-1", detection="ai-request-burst-by-caller", bucket="b", group=ips[0], title="burst",
+                    severity=Severity.HIGH, first_seen=now, last_seen=now, entities=tuple(entities), atlas=(),
+                    owasp_llm=(), event_ids=("e1",), event_count=4000, timeline=())  # fmt: skip
+
+
+def plan_with_expected(tmp_path: Path, entry: str):
+    folder = tmp_path / "playbooks"
+    shutil.copytree(playbooks.PLAYBOOKS_DIR, folder)
+    plan = folder / playbooks.PLAN_FILE
+    plan.write_text(plan.read_text() + f"\nexpected:\n  - {entry}\n")
+    return playbooks.load(folder)
+
+
+NIGHTLY = ("{name: nightly embedding batch, service_principals: [0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f], "
+           "networks: [10.20.0.0/16], severity: low}")  # fmt: skip
+
+
+def test_known_ordinary_work_is_held_low_and_never_disrupted_but_keeps_its_evidence(tmp_path):
+    from aegis.respond import planner
+
+    resp = plan_with_expected(tmp_path, NIGHTLY)
+    ours = burst(ips=("10.20.1.0/24",))
+    assert planner.expected_work(ours, resp.plan).name == "nightly embedding batch"
+    assert planner.playbooks_for(ours, resp.plan) == []  # held to low: no P1 trigger fires
+    disruptive = [s for s in planner.plan(ours, resp, playbooks=None) if ACTIONS[s.action].disruptive]
+    assert disruptive == []
+    asked = planner.plan(ours, resp, playbooks=["ai-cost-containment"])  # an engineer asks: their call
+    assert asked
+    assert all("expected work" not in (s.reason or "") for s in asked)
+    # anyone else in the incident, or a network outside the list, and it is not that work
+    assert planner.expected_work(burst(ips=("10.20.1.0/24",), user="mallory@contoso.com"), resp.plan) is None
+    assert planner.expected_work(burst(ips=("10.20.1.0/24", "81.2.69.0/24")), resp.plan) is None
+    assert planner.expected_work(burst(ips=("10.20.1.0/24",), sp="11111111-2222-3333-4444-555555555555"), resp.plan) is None
+    assert planner.playbooks_for(burst(ips=("81.2.69.0/24",)), resp.plan)  # the same burst from outside: paged
+    # held at high, its playbooks still run their tickets and notices, and nothing disruptive
+    loud = plan_with_expected(tmp_path / "loud", NIGHTLY.replace("severity: low", "severity: high"))
+    steps = planner.plan(ours, loud)
+    assert any(not ACTIONS[s.action].disruptive and s.status != "refused" for s in steps)
+    refused = [s for s in steps if ACTIONS[s.action].disruptive]
+    assert refused
+    assert all(s.status == "refused" and "expected work (nightly embedding batch" in s.reason for s in refused)
+
+
+def test_a_containment_that_would_not_stop_the_traffic_is_refused_with_the_reason(tmp_path):
+    from aegis.respond import planner
+
+    resp = playbooks.load()
+    private = planner.plan(burst(ips=("10.20.1.0/24",), sp=None), resp, playbooks=["ai-cost-containment"])
+    [contain] = [s for s in private if s.action == "contain_ai_resource"]
+    assert contain.status == "refused"
+    assert "private networks" in contain.reason
+    public = planner.plan(burst(ips=("81.2.69.0/24",), sp=None), resp, playbooks=["ai-cost-containment"])
+    [contain] = [s for s in public if s.action == "contain_ai_resource"]
+    assert contain.status == "awaiting_approval"
+
+
+def test_expected_work_must_name_its_callers(tmp_path):
+    with pytest.raises(playbooks.PlaybookError, match="names its callers"):
+        plan_with_expected(tmp_path, "{name: everything, detections: [ai-request-burst-by-caller]}")

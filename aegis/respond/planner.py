@@ -9,6 +9,7 @@ parameters, so the same step for the same incident is recognised however often i
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import fields as dc_fields
 from typing import Any
@@ -16,11 +17,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from aegis.events import ENTITY_TYPES, Entity, Host, Origin, User
+from aegis.events import ENTITY_TYPES, AiResource, Entity, Host, Ip, Origin, ServicePrincipal, User
 from aegis.records import SEVERITY_ORDER, Incident, PlannedStep
 from aegis.respond import templates
-from aegis.respond.actions import ACTIONS, Params
-from aegis.respond.playbooks import Playbook, Response, ResponsePlan, Step
+from aegis.respond.actions import ACTIONS, ContainAiResource, Params
+from aegis.respond.playbooks import Expected, Playbook, Response, ResponsePlan, Step
 from aegis.yamlfiles import describe
 
 _TARGET_FIELDS = ("user", "machine_id", "host_name")  # the parameters that name a user or a host
@@ -36,6 +37,8 @@ def plan(
     context["_aliases"] = aliases_of(incident)
     context["_learned"] = learned
     context["_sources"] = response.corroborators
+    if playbooks is None and (work := expected_work(incident, response.plan)) is not None:
+        context["_expected"] = work.name  # triggered steps only: a playbook an engineer asks for is theirs
     for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
         book = response.playbooks[name]
         for step in book.steps:
@@ -44,7 +47,11 @@ def plan(
 
 
 def playbooks_for(incident: Incident, plan_: ResponsePlan) -> list[str]:
-    level = SEVERITY_ORDER.index(incident.severity)
+    """The playbooks the plan's triggers select, at the incident's severity (held to an expected
+    work's, when the incident is that work: `expected_work`)."""
+    work = expected_work(incident, plan_)
+    severity = incident.severity if work is None else min(incident.severity, work.severity, key=SEVERITY_ORDER.index)
+    level = SEVERITY_ORDER.index(severity)
     names: list[str] = []
     for trigger in plan_.triggers:
         if trigger.detections and incident.detection not in trigger.detections:
@@ -131,7 +138,13 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     aliases = tuple(sorted(set().union(named, *(known.get(i, ()) for i in named))))
     reason = protected(params, plan_, aliases, context.get("_learned", frozenset()))
     if reason is None and spec.disruptive:
-        reason = _untrusted_target(incident, params, context.get("_item"))
+        expected = context.get("_expected")
+        reason = (
+            _untrusted_target(incident, params, context.get("_item"))
+            or (f"expected work ({expected}, in the response plan): no disruptive step is planned for it"
+                if expected else None)
+            or _misfit(incident, params)
+        )  # fmt: skip
     corroboration = ""
     if spec.disruptive:  # until a source confirms the evidence, one approval more (`corroborate.py` settles it)
         corroboration = PENDING if context.get("_sources") else NO_SOURCE
@@ -202,6 +215,63 @@ def _untrusted_target(incident: Incident, params: Params, item: object) -> str |
             "which cannot choose the target of a disruptive step: Azure's logs or a Defender alert must name it"
         )
     return None
+
+
+def expected_work(incident: Incident, plan_: ResponsePlan) -> Expected | None:
+    """The plan's expected work this incident is, if any: every caller it shows is listed (see
+    `playbooks.Expected`)."""
+    ips = [e for e in incident.entities if isinstance(e, Ip)]
+    identities = [e for e in incident.entities if isinstance(e, User | ServicePrincipal)]
+    accounts = [e.key for e in incident.entities if isinstance(e, AiResource)]
+    for work in plan_.expected:
+        if work.detections and incident.detection not in work.detections:
+            continue
+        if work.resources and not (accounts and set(accounts) <= {r.lower() for r in work.resources}):
+            continue
+        if work.networks and not (ips and all(_within(ip, work.networks) for ip in ips)):
+            continue
+        if work.service_principals or work.users:
+            listed = {v.lower() for v in (*work.service_principals, *work.users)}
+            if not (identities and all(identifiers_of_caller(e) & listed for e in identities)):
+                continue
+        return work
+    return None
+
+
+def identifiers_of_caller(e: Entity) -> set[str]:
+    if isinstance(e, ServicePrincipal):
+        return {v.lower() for v in (e.app_id, e.object_id) if v}
+    return identifiers(e)
+
+
+def _within(ip: Ip, networks: Iterable[str]) -> bool:
+    try:
+        mine = ipaddress.ip_network(ip.address or ip.prefix or "", strict=False)
+        return any(mine.version == n.version and mine.subnet_of(n)  # type: ignore[arg-type]
+                   for n in map(ipaddress.ip_network, networks))  # fmt: skip
+    except ValueError:
+        return False
+
+
+def _misfit(incident: Incident, params: Params) -> str | None:
+    """Why a containment would not stop the traffic the incident shows: closing an account's public
+    endpoint does nothing to callers that reach it over private networks (private endpoints)."""
+    if not isinstance(params, ContainAiResource) or params.mode == "disable_local_auth":
+        return None
+    ips = [e for e in incident.entities if isinstance(e, Ip)]
+    private = [ip for ip in ips if _private(ip)]
+    if ips and len(private) == len(ips):
+        shown = ", ".join(sorted({ip.key for ip in private})[:3])
+        return (f"the incident's callers ({shown}) reach the account over private networks: {params.mode} "
+                "closes its public endpoint and would not stop them (disable_local_auth would)")  # fmt: skip
+    return None
+
+
+def _private(ip: Ip) -> bool:
+    try:
+        return ipaddress.ip_network(ip.address or ip.prefix or "", strict=False).is_private
+    except ValueError:
+        return False
 
 
 def _as(alias: str, target: str) -> str:

@@ -19,7 +19,7 @@ from aegis.errors import AegisError
 from aegis.events import Severity
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS
-from aegis.respond.params import Guid, HostRef, ResourceGroupId, ResourceIdStr, TeamsChannel, UserRef
+from aegis.respond.params import Guid, HostRef, IpRange, ResourceGroupId, ResourceIdStr, TeamsChannel, UserRef
 from aegis.yamlfiles import describe, load_model
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "playbooks"
@@ -134,6 +134,31 @@ class Protected(_Strict):
     )
 
 
+class Expected(_Strict):
+    """Known, ordinary work (a service principal's nightly embedding batch, a load test from a
+    known network): its incidents are still recorded, with all their evidence, but their severity
+    is held to `severity` for the response and no disruptive step is planned for them.
+
+    An incident is this work when every caller it shows is listed: its networks are within
+    `networks`, its service principals and users among `service_principals` and `users`, its AI
+    accounts among `resources`, its detection among `detections` (each list left out is not
+    checked; at least one of the callers' lists must be given)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    detections: list[str] = Field(default_factory=list)
+    networks: list[IpRange] = Field(default_factory=list)
+    service_principals: list[Guid] = Field(default_factory=list, description="app ids or object ids")
+    users: list[UserRef] = Field(default_factory=list)
+    resources: list[ResourceIdStr] = Field(default_factory=list)
+    severity: Severity = Severity.LOW
+
+    @model_validator(mode="after")
+    def _names_callers(self) -> Expected:
+        if not (self.networks or self.service_principals or self.users):
+            raise ValueError("expected work names its callers: networks, service_principals or users")
+        return self
+
+
 class Corroboration(_Strict):
     """Anyone holding a hub's Send key can forge any message, so what a message says is a claim.
     Before a disruptive step may run, Aegis asks a source the sender cannot forge (the Defender
@@ -157,6 +182,9 @@ class ResponsePlan(_Strict):
     on_call: Channel | None = Field(None, description="the Teams channel where approval cards are posted")
     soc_channel: Channel | None = Field(None, description="the Teams channel where incident notices are posted")
     protected: Protected = Field(default_factory=Protected)
+    expected: list[Expected] = Field(
+        default_factory=list, description="known, ordinary work: held low for the response, never disrupted"
+    )
     rate_limits: dict[ActionName, RateLimit] = Field(default_factory=dict)  # type: ignore[valid-type]
     corroboration: Corroboration = Field(default_factory=Corroboration)
 
