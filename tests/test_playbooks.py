@@ -514,3 +514,22 @@ def test_a_containment_that_would_not_stop_the_traffic_is_refused_with_the_reaso
 def test_expected_work_must_name_its_callers(tmp_path):
     with pytest.raises(playbooks.PlaybookError, match="names its callers"):
         plan_with_expected(tmp_path, "{name: everything, detections: [ai-request-burst-by-caller]}")
+
+
+def test_one_person_named_by_upn_and_by_object_id_gets_one_step_per_action():
+    from dataclasses import replace as copy_with
+
+    from aegis.events import User
+    from aegis.respond import planner
+
+    oid = "7f3e2d1c-0b9a-4c8d-9e7f-6a5b4c3d2e1f"
+    named = (User(upn="mallory@contoso.com", object_id=oid, name="Mallory"), User(object_id=oid),
+             User(upn="mallory@contoso.com"), User(upn="bob@contoso.com"))  # fmt: skip
+    base = burst(ips=("81.2.69.0/24",), sp=None)
+    incident = copy_with(base, detection="ai-key-brute-force", entities=(*base.entities, *named))
+    steps = planner.plan(incident, playbooks.load(), playbooks=["ai-credential-compromise"])
+    for action in ("revoke_sessions", "disable_user"):
+        targets = sorted(s.target for s in steps if s.action == action)
+        assert len(targets) == 2, (action, targets)  # mallory once (all three of her), bob once
+    other = User(upn="mallory@contoso.com", object_id="00000000-0000-0000-0000-0000000000aa")
+    assert len(planner.people([named[0], other])) == 2  # one UPN, two object ids: two accounts, not guessed one

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import fields as dc_fields
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -86,7 +87,34 @@ def _steps(
         return [_one(incident, book, step, context, plan_)]
     kind = step.for_each.split(".")[1]
     items: list[Any] = context.get(f"_items.{kind}", context.get(step.for_each, []))
+    if kind == "user":
+        items = people(items)
     return [_one(incident, book, step, {**context, **_item(x)}, plan_) for x in items]
+
+
+def people(users: list[Any]) -> list[Any]:
+    """Users as the people they are: user entities that share a UPN or an object id (and do not
+    carry two different object ids) are one, with the fields of each: one person, one step."""
+    groups: list[tuple[set[str], User]] = []
+    for user in users:
+        ids, merged = identifiers(user), user
+        for g in [g for g in groups if g[0] & ids and _compatible(g[1], user)]:
+            ids |= g[0]
+            merged = _union(g[1], merged)
+            groups.remove(g)
+        groups.append((ids, merged))
+    return [u for _, u in groups]
+
+
+def _compatible(a: User, b: User) -> bool:
+    return not (a.object_id and b.object_id and a.object_id.lower() != b.object_id.lower())
+
+
+def _union(a: User, b: User) -> User:
+    names = ("upn", "object_id", "name", "tenant_id")
+    richer, other = (b, a) if sum(bool(getattr(b, n)) for n in names) > sum(bool(getattr(a, n)) for n in names) else (
+        a, b)  # fmt: skip
+    return replace(richer, **{n: getattr(richer, n) or getattr(other, n) for n in names})
 
 
 def _item(x: Entity | str) -> dict[str, Any]:
