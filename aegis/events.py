@@ -329,6 +329,21 @@ class Event:
         return cls.from_dict(orjson.loads(data))
 
 
+UNKNOWN_KIND = "unknown"  # an alert whose shape does not say its type (the activity-log copy of an alert)
+
+
+def richer(a: Event, b: Event) -> Event:
+    """Of two copies of one event (an alert delivered as its activity-log event, its export and its
+    ARM form: one id), the one that says more: a known type, then more entities, then more
+    attributes, then a title; between copies that say as much, `a`. Applied wherever copies meet,
+    so the richest form wins whatever order they came in."""
+    return b if _richness(b) > _richness(a) else a
+
+
+def _richness(e: Event) -> tuple[bool, int, int, bool]:
+    return e.kind != UNKNOWN_KIND, len(e.entities), len(e.attributes), e.title is not None
+
+
 def _parse_iso(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 

@@ -33,7 +33,7 @@ from aegis import normalize
 from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, decode, items, kind_of
 from aegis.errors import MalformedInput
-from aegis.events import DeadLetter, Event, Evidence
+from aegis.events import DeadLetter, Event, Evidence, richer
 from aegis.normalize import Ignored
 from aegis.normalize.registry import HubKind
 from aegis.records import Incident
@@ -138,7 +138,8 @@ class Pipeline:
             for event in produced:
                 counts.events += 1
                 counts.by_normalizer[event.normalizer] = counts.by_normalizer.get(event.normalizer, 0) + 1
-                events.setdefault(event.id, event)
+                known = events.get(event.id)
+                events[event.id] = event if known is None else richer(known, event)  # one alert in two shapes
             dead_letters += failed
         if raws or dead_letters or self.keep_events:
             kept = list(events.values()) if self.keep_events else []

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -345,3 +345,37 @@ def test_a_bucket_created_again_after_expiry_never_repeats_a_version(store: Stor
     assert store.load_buckets(["ai-x.k"], {"ai-x.k": first})["ai-x.k"].doc == {"n": 2}  # re-read, not "current"
     assert store.commit_buckets([BucketWrite("ai-x.k", first, b'{"n": 3}', watermark=200)]).conflicts == {"ai-x.k"}
     assert store.load_buckets(["ai-x.k"])["ai-x.k"].doc == {"n": 2}
+
+
+def test_one_alert_in_a_poor_and_a_rich_shape_ends_in_its_richest_form_whatever_the_order():
+    """An alert's activity-log copy (no type, no entities) and its export (type, entities) share its
+    id: the incident that holds it shows the richer copy, in either order, in one batch or two."""
+    from dataclasses import replace as copy_with
+
+    from aegis.correlate.detections import Detection
+    from aegis.events import UNKNOWN_KIND, Ip
+    from aegis.store import SqliteStore
+
+    any_alert = Detection.model_validate({
+        "id": "any-defender-alert", "title": "{kind}", "description": "d", "kind": "single", "severity": "low",
+        "group_by": ["resource.name"], "match": {"field": "source", "equals": "defender"},
+        "tests": [{"name": "t", "events": [{"kind": "AI.x"}], "expect": {"incidents": 1}}],
+    })  # fmt: skip
+    body = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
+    [rich] = Pipeline(SqliteStore(":memory:"))._one(Message(body, hub="t"), "d" * 64, datetime.now(UTC))[0]
+    poor = copy_with(
+        rich, kind=UNKNOWN_KIND, title=None, entities=(), attributes={}, normalizer="defender.alert.activity_log"
+    )
+    shown = []
+    for batches in ([[poor], [rich]], [[rich], [poor]], [[poor, rich]], [[rich, poor]]):
+        store = SqliteStore(":memory:")
+        correlator = Correlator([any_alert], store, lateness=LATENESS)
+        for batch in batches:
+            correlator.process(batch)
+        [incident] = store.incidents()
+        shown.append((incident.title, incident.timeline[0].kind, incident.event_count,
+                      sorted(e.key for e in incident.entities)))  # fmt: skip
+    assert shown[0][1] == rich.kind
+    assert shown[0][2] == 1
+    assert any(isinstance(e, Ip) for e in rich.entities)
+    assert len(set(map(repr, shown))) == 1, shown

@@ -487,7 +487,10 @@ def test_known_ordinary_work_is_held_low_and_never_disrupted_but_keeps_its_evide
     # anyone else in the incident, or a network outside the list, and it is not that work
     assert planner.expected_work(burst(ips=("10.20.1.0/24",), user="mallory@contoso.com"), resp.plan) is None
     assert planner.expected_work(burst(ips=("10.20.1.0/24", "81.2.69.0/24")), resp.plan) is None
-    assert planner.expected_work(burst(ips=("10.20.1.0/24",), sp="11111111-2222-3333-4444-555555555555"), resp.plan) is None
+    assert (
+        planner.expected_work(burst(ips=("10.20.1.0/24",), sp="11111111-2222-3333-4444-555555555555"), resp.plan)
+        is None
+    )
     assert planner.playbooks_for(burst(ips=("81.2.69.0/24",)), resp.plan)  # the same burst from outside: paged
     # held at high, its playbooks still run their tickets and notices, and nothing disruptive
     loud = plan_with_expected(tmp_path / "loud", NIGHTLY.replace("severity: low", "severity: high"))

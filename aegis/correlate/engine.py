@@ -46,7 +46,7 @@ from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
 from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
-from aegis.events import Entity, Event, Evidence, Ip, Origin, Source, entity_from_dict
+from aegis.events import Entity, Event, Evidence, Ip, Origin, Source, entity_from_dict, richer
 from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
 from aegis.store.base import BucketWrite, Store, Version
 
@@ -113,6 +113,10 @@ class Correlator:
 
     def process(self, events: Sequence[Event]) -> CorrelationCounts:
         counts = CorrelationCounts()
+        unique: dict[str, Event] = {}
+        for e in events:  # copies of one event (an alert in two shapes): the one that says more
+            unique[e.id] = richer(unique[e.id], e) if e.id in unique else e
+        events = list(unique.values()) if len(unique) < len(events) else events
         additions: dict[str, tuple[Detection, str, list[Match]]] = {}
         by_source: dict[str, list[Event]] = {}
         for e in events:

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from aegis.events import UNKNOWN_KIND
+
 EXACT_IDS = 16
 PANE_SAMPLES = 16  # a pane's earliest events kept as evidence: all of them, up to this many
 PANE_KINDS = 8
@@ -96,7 +98,7 @@ class Pane:
         """Add one event's match (to one or more steps); False if the pane already had it."""
         if self.ids is not None:
             if f.digest in self.ids:
-                return False
+                return self._again(f)
             self.ids.add(f.digest)
             if len(self.ids) > EXACT_IDS and f.position is not None:
                 self.ids = None  # Event Hubs positions guard against redelivery from here on
@@ -132,6 +134,25 @@ class Pane:
         if len(self.entities) > PANE_ENTITIES:
             self.entities = set(sorted(self.entities)[:PANE_ENTITIES])
         return True
+
+    def _again(self, f: Fact) -> bool:
+        """An event the pane holds, again: a redelivery (nothing changes), or another copy of it
+        that says more (an alert's export after its activity-log event): its entities join, and its
+        sample takes the richer copy's kind and title. True if the pane changed."""
+        changed = False
+        if not self.entities >= f.refs:
+            before = self.entities
+            self.entities = _bounded(self.entities | f.refs, PANE_ENTITIES)
+            changed = self.entities != before
+        for n, sample in enumerate(self.samples):
+            if sample[1] == f.id:
+                copy = (sample[0], f.id, sample[2], *f.sample)
+                if _says_more(copy, sample):
+                    self.samples[n] = copy
+                    changed = True
+        if changed:
+            self._json = None
+        return changed
 
     def dump(self) -> orjson.Fragment:
         """The pane as JSON, serialized again only after it changed."""
@@ -211,6 +232,11 @@ class Summary:
         events, start, end, severity, kinds, head, tail, entities = raw
         return cls(events, (start[0], start[1]) if start else None, end, severity, set(kinds),
                    [tuple(s) for s in head], [tuple(s) for s in tail], set(entities))  # fmt: skip
+
+
+def _says_more(a: Sample, b: Sample) -> bool:
+    """Whether sample `a` (kind, source, title at 3..5) names more of its event than `b`."""
+    return (a[3] != UNKNOWN_KIND, a[5] is not None) > (b[3] != UNKNOWN_KIND, b[5] is not None)
 
 
 def _bounded(items: set[str], cap: int) -> set[str]:

@@ -22,6 +22,7 @@ from aegis.arm import ResourceId, try_parse_resource_id
 from aegis.decode import kind_of, loads_nested
 from aegis.errors import MalformedInput
 from aegis.events import (
+    UNKNOWN_KIND,
     DefenderAlert,
     Entity,
     Event,
@@ -42,7 +43,6 @@ from aegis.normalize import redact
 from aegis.normalize.registry import Ignored, normalizer
 
 MAX_EXTENDED = 64
-UNKNOWN_KIND = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
