@@ -161,7 +161,8 @@ def xdr_streaming(item: dict[str, Any], evidence: Evidence) -> list[Event]:
 @normalizer("defender.alert.arm", source=Source.DEFENDER, accepts=_is_arm_alert)
 def arm_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """A Defender for Cloud alert as the ARM REST API returns it (camelCase under `properties`)."""
-    return [_alert(item["properties"], ARM, "defender.alert.arm", evidence, alert_resource(item.get("id")))]
+    return [_alert(item["properties"], ARM, "defender.alert.arm", evidence, alert_resource(item.get("id")),
+                   resource_name=item.get("name"))]  # fmt: skip
 
 
 @normalizer("defender.alert.sentinel", source=Source.DEFENDER, accepts=_is_sentinel_alert)
@@ -221,7 +222,10 @@ def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
 # --- the shared alert reader --------------------------------------------------------------------------
 
 
-def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: DefenderAlert | None = None) -> Event:
+def _alert(
+    p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: DefenderAlert | None = None, *,
+    resource_name: object = None,
+) -> Event:  # fmt: skip
     alert_id = _alert_id(f.text(p, n.system_alert_id, required=True))
     link = next((f.text(p, k) for k in n.link if p.get(k)), None)
     severity_raw = next((p[k] for k in n.severity if p.get(k) is not None), None)
@@ -260,6 +264,14 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: Def
             attributes[f"ext.{key[:64]}"] = f.number(extended, key, refused=refused)
     attributes["refused"] = ",".join(refused) or None
 
+    # An ARM alert's `name` is its own; one whose name is not its systemAlertId is another alert that
+    # shares that id (published examples hold such pairs): it is kept apart, by its name, and says
+    # which id it shares.
+    named = resource_name.strip() if isinstance(resource_name, str) else None
+    if named and named.lower() != alert_id.lower() and _ALERT_NAME.match(named):
+        attributes["shares_alert_id"] = alert_id
+        alert_id = named
+
     return Event(
         id=alert_id,
         source=Source.DEFENDER,
@@ -275,6 +287,7 @@ def _alert(p: dict[str, Any], n: _Names, name: str, evidence: Evidence, arm: Def
     )
 
 
+_ALERT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _ALERT_RESOURCE = re.compile(r"^(/subscriptions/[^/]+(?:/resourcegroups/[^/]+)?/providers/microsoft\.security"
                              r"/locations/[^/]+/alerts/[^/]+)(?:/.*)?$", re.IGNORECASE)  # fmt: skip
 # AlertUri / AlertLink: https://portal.azure.com/#blade/.../alertId/A/subscriptionId/S/resourceGroup/R/.../location/L
