@@ -390,3 +390,14 @@ def test_a_vm_alert_has_its_vm_as_a_host_once_even_when_its_entities_name_it_too
     assert [(h.name, h.azure_id) for h in bare.entities_of(Host)] == [("web-01", vm)]
     mde = Host(name="web-01.contoso.com", mde_machine_id="4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f")
     assert len(dedupe([Host(name="web-01", azure_id=vm), mde])) == 2  # no shared id or name: not guessed the same
+
+
+def test_a_sentinel_row_is_the_same_alert_as_its_export_copy_by_vendor_original_id():
+    export = REGISTRY["defender.alert.arm"].normalize(sample("defender/01-jailbreak-arm.json"), EVIDENCE)[0]
+    row = sample("defender/04-sentinel-securityalert.json")
+    row = {**row, "SystemAlertId": "6f0f3c2a-9d1e-4b7c-8a5f-2e1d0c9b8a7f", "VendorOriginalId": export.id.upper()}
+    _, [e] = normalize_one(row)
+    assert e.id == export.id
+    assert e.attributes["sentinel_alert_id"] == "6f0f3c2a-9d1e-4b7c-8a5f-2e1d0c9b8a7f"
+    _, [own] = normalize_one(sample("defender/04-sentinel-securityalert.json"))  # a vendor id that is no alert id
+    assert own.id == sample("defender/04-sentinel-securityalert.json")["SystemAlertId"].lower()

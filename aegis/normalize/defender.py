@@ -168,7 +168,13 @@ def arm_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
 @normalizer("defender.alert.sentinel", source=Source.DEFENDER, accepts=_is_sentinel_alert)
 def sentinel_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     """A Defender alert as a row of the Log Analytics / Sentinel `SecurityAlert` table."""
-    return [_alert(item, SENTINEL, "defender.alert.sentinel", evidence)]
+    event = _alert(item, SENTINEL, "defender.alert.sentinel", evidence)
+    # Sentinel gives the row an id of its own (SystemAlertId); Defender's is VendorOriginalId
+    vendor = item.get("VendorOriginalId")
+    if isinstance(vendor, str) and _DEFENDER_ID.match(vendor.strip()) and vendor.strip().lower() != event.id:
+        event = replace(event, id=vendor.strip().lower(),
+                        attributes={**event.attributes, "sentinel_alert_id": event.id})  # fmt: skip
+    return [event]
 
 
 @normalizer("defender.alert.export", source=Source.DEFENDER, accepts=_is_export_alert)
@@ -287,6 +293,7 @@ def _alert(
     )
 
 
+_DEFENDER_ID = re.compile(r"^\d{10,20}_[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 _ALERT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _ALERT_RESOURCE = re.compile(r"^(/subscriptions/[^/]+(?:/resourcegroups/[^/]+)?/providers/microsoft\.security"
                              r"/locations/[^/]+/alerts/[^/]+)(?:/.*)?$", re.IGNORECASE)  # fmt: skip
