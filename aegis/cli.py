@@ -410,7 +410,7 @@ def _incident_table(listed: list[View]) -> None:
 def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id.")], db: DbOption = None) -> None:
     """One incident, readably, with its evidence timeline."""
     from aegis.correlate import mapping  # noqa: PLC0415
-    from aegis.records import views  # noqa: PLC0415
+    from aegis.records import alert_details, views  # noqa: PLC0415
     from aegis.respond import planner  # noqa: PLC0415
     from aegis.respond import playbooks as response  # noqa: PLC0415
 
@@ -418,6 +418,7 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         found = [v for v in views(store.incidents()) if v.incident.id == incident_id]
         kept = _enrichment(store, incident_id)
         steps = store.steps(incident=incident_id)
+        alerts = alert_details(store.evidence(found[0].incident)) if found else []
     if not found:
         raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
     v = found[0]
@@ -435,6 +436,17 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         f"  why         {i.why or '-'}",
         "  ATLAS       " + ("; ".join(f"{t} {atlas.get(t, '')}" for t in i.atlas) or "-"),
         "  OWASP LLM   " + ("; ".join(f"{t} {owasp.get(t, '')}" for t in i.owasp_llm) or "-"),
+        f"  alerts ({len(alerts)})",
+        *[
+            line
+            for a in alerts
+            for line in (
+                f"    {a.title or a.kind}  [{a.kind}, {a.severity or '-'}]",
+                *([f"      ATT&CK: {', '.join(a.tactics)}"] if a.tactics else []),
+                *([f"      {a.description[:300]}"] if a.description else []),
+                *([f"      {a.link}"] if a.link else []),
+            )
+        ],
         "  entities",
         *[f"    {e.type:<17} {e.key}" for e in i.entities],
         f"  timeline ({len(i.timeline)} events)",

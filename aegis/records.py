@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -321,3 +322,60 @@ class Enrichment:
     def from_json(cls, doc: bytes | str) -> Enrichment:
         d = orjson.loads(doc)
         return cls(**{**d, "at": datetime.fromisoformat(d["at"])})
+
+
+# --- what an analyst reads of an incident's alerts ------------------------------------------------
+
+# Defender's alert `intent` (a kill-chain phase) as MITRE ATT&CK tactics; Probing and Exploitation
+# are Defender's own phases, with no ATT&CK tactic, and are shown as they are
+INTENT_TACTICS: dict[str, tuple[str, ...]] = {
+    "preattack": ("TA0043 Reconnaissance", "TA0042 Resource Development"), "initialaccess": ("TA0001 Initial Access",),
+    "execution": ("TA0002 Execution",), "persistence": ("TA0003 Persistence",),
+    "privilegeescalation": ("TA0004 Privilege Escalation",), "defenseevasion": ("TA0005 Defense Evasion",),
+    "credentialaccess": ("TA0006 Credential Access",), "discovery": ("TA0007 Discovery",),
+    "lateralmovement": ("TA0008 Lateral Movement",), "collection": ("TA0009 Collection",),
+    "exfiltration": ("TA0010 Exfiltration",), "commandandcontrol": ("TA0011 Command and Control",),
+    "impact": ("TA0040 Impact",), "probing": ("Probing",), "exploitation": ("Exploitation",),
+}  # fmt: skip
+# links an alert may carry that the console shows as links: Microsoft's portals, over https
+PORTAL_HOSTS = frozenset({"portal.azure.com", "security.microsoft.com", "portal.azure.us", "portal.azure.cn",
+                          "ms.portal.azure.com"})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDetail:
+    id: str
+    kind: str
+    title: str | None
+    description: str | None
+    link: str | None  # a portal link, or None when the alert's link is not one
+    tactics: tuple[str, ...]
+    severity: str | None
+
+
+def alert_details(events: Iterable[Any]) -> list[AlertDetail]:
+    """The Defender alerts among an incident's kept events, as an analyst reads them: display name,
+    description, portal link (only a Microsoft portal's, over https: the field is the sender's) and
+    the ATT&CK tactics of the alert's intent."""
+    out = []
+    for e in events:
+        if getattr(e.source, "value", e.source) != "defender":
+            continue
+        intent = str(e.attributes.get("intent") or "")
+        tactics = tuple(dict.fromkeys(t for part in re.split(r"[,;\s]+", intent) if part
+                                      for t in INTENT_TACTICS.get(part.lower(), (safe_text(part)[:40],))))  # fmt: skip
+        out.append(AlertDetail(e.id, e.kind, e.title, e.attributes.get("description"),
+                               _portal_link(e.attributes.get("link")), tactics,
+                               e.severity.value if e.severity else None))  # fmt: skip
+    return out
+
+
+def _portal_link(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > 2048:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return None
+    ok = parts.scheme == "https" and (parts.hostname or "").lower() in PORTAL_HOSTS and not parts.username
+    return value.strip() if ok else None

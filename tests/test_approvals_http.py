@@ -232,3 +232,8 @@ def test_the_incident_page_shows_the_timeline_next_steps_and_enrichment(app, fun
     assert "ai-credential-compromise" in html
     assert "<strong>local</strong> · ok" in html
     assert "203.0.113.0/24" in html
+    # the alert it holds, as an analyst reads it: display name, portal link, ATT&CK tactic of its intent
+    assert "<h2>Alerts</h2>" in html
+    assert '<a href="https://portal.azure.com/' in html
+    assert "TA0" in html
+    assert f"Why</dt><dd>{incident.why}" in html

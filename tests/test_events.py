@@ -59,3 +59,25 @@ def test_severity_parse_is_case_insensitive_and_strict():
     assert Severity.parse(" informational ") is Severity.INFORMATIONAL
     assert Severity.parse("Severe") is None
     assert Severity.parse(3) is None
+
+
+def test_an_alerts_details_show_only_a_portal_link_and_name_its_attack_tactics():
+    from dataclasses import replace as copy_with
+    from datetime import UTC, datetime
+
+    from aegis.events import Event, Evidence, Source
+    from aegis.records import alert_details
+
+    base = Event(id="a1", source=Source.DEFENDER, normalizer="defender.alert.arm", kind="AI.Azure_Jailbreak",
+                 time=datetime(2026, 11, 20, tzinfo=UTC), evidence=Evidence("0" * 64, "", "h"), title="Jailbreak",
+                 attributes={"intent": "PrivilegeEscalation, Probing", "description": "d",
+                             "link": "https://portal.azure.com/#blade/x/alertId/a1"})  # fmt: skip
+    [shown] = alert_details([base])
+    assert shown.link == "https://portal.azure.com/#blade/x/alertId/a1"
+    assert shown.tactics == ("TA0004 Privilege Escalation", "Probing")
+    for link in ("javascript:alert(1)", "http://portal.azure.com/x", "https://portal.azure.com.evil.example/x",
+                 "https://user@portal.azure.com/x", "https://evil.example/portal.azure.com"):  # fmt: skip
+        [shown] = alert_details([copy_with(base, attributes={**base.attributes, "link": link})])
+        assert shown.link is None, link
+    log = copy_with(base, source=Source.RESOURCE_LOG)
+    assert alert_details([log]) == []

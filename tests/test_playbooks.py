@@ -184,10 +184,11 @@ def test_the_plan_for_a_prompt_attack_then_credential_theft(demo_incidents):
     assert (contain.approvals, contain.status, contain.corroboration) == (2, "awaiting_approval", planner.NO_SOURCE)
     rotate = next(s for s in steps if s.action == "rotate_ai_keys")
     assert (rotate.approvals, rotate.status) == (3, "awaiting_approval")
-    users = [e.key for e in incident.entities if e.type == "user"]
+    people = planner.people([e for e in incident.entities if e.type == "user"])
     revokes = [s for s in steps if s.action == "revoke_sessions"]
-    assert users
-    assert [s.target for s in revokes] == [f"user:{u.lower()}" for u in users]  # one step per user entity
+    assert people
+    assert [s.target for s in revokes] == [f"user:{u.key.lower()}" for u in people]  # one step per person
+    assert len(people) < len([e for e in incident.entities if e.type == "user"])  # her UPN and her object id
     ticket = next(s for s in steps if s.action == "open_ticket")
     assert (ticket.status, ticket.params["title"]) == ("dry_run", incident.title)
     again = plan(incident, playbooks.load())

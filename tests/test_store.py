@@ -196,3 +196,20 @@ def test_a_bucket_write_keeps_its_evidence_in_one_transaction_and_reads_it_back(
     assert store.events(until=events[9].time) == events[:10]
     assert store.purge(events[-1].time + timedelta(seconds=1)) >= 80
     assert store.events() == []
+
+
+def test_an_incidents_evidence_is_read_back_by_its_event_ids(store: Store):
+    from dataclasses import replace as copy_with
+
+    from aegis.records import Incident, TimelineEntry
+    from aegis.store.base import BucketWrite
+
+    events = [event(i) for i in range(5)]
+    incident = Incident(id="inc-2", detection="d", bucket="d.k2", group="g", title="t", severity=Severity.HIGH,
+                        first_seen=events[0].time, last_seen=events[-1].time, entities=(), atlas=(), owasp_llm=(),
+                        event_ids=tuple(e.id for e in events[:3]), event_count=5,
+                        timeline=tuple(TimelineEntry(time=e.time, event_id=e.id, kind=e.kind, source="resource_log")
+                                       for e in events[:3]))  # fmt: skip
+    store.commit_buckets([BucketWrite("d.k2", None, b"{}", upsert=[incident], evidence=events[:2])])
+    assert store.evidence(incident) == events[:2]  # the third is not kept: not there, not guessed
+    assert store.evidence(copy_with(incident, event_ids=())) == []

@@ -42,7 +42,7 @@ from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.timeline import chart
 from aegis.correlate import mapping
 from aegis.errors import AegisError, InputNotFound
-from aegis.records import Enrichment, Incident, StepRecord, View, views
+from aegis.records import Enrichment, Incident, StepRecord, View, alert_details, views
 from aegis.respond import planner
 from aegis.respond.playbooks import Response as Plan
 from aegis.respond.record import DecisionRefused, Responder, call
@@ -158,6 +158,7 @@ class Console:
         return self._render(
             request, "incident.html", view=view, i=view.incident, chart=chart(view.incident), advice=advice,
             enrichment=self.enrichment(view.incident.id) if self.enrichment else [],
+            alerts=alert_details(self.store.evidence(view.incident)),
             atlas=mapping.atlas_names(), owasp=mapping.owasp_names(), steps=steps, calls=_calls(steps),
             playbooks=sorted(self.response.playbooks), message=request.query_params.get("message"),
         )  # fmt: skip

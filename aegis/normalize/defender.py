@@ -14,6 +14,7 @@ Shapes (field names: `../shared/reference/defender-alert-json-shape.md`):
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -270,13 +271,13 @@ def _alert(
             attributes[f"ext.{key[:64]}"] = f.number(extended, key, refused=refused)
     attributes["refused"] = ",".join(refused) or None
 
-    # An ARM alert's `name` is its own; one whose name is not its systemAlertId is another alert that
-    # shares that id (published examples hold such pairs): it is kept apart, by its name, and says
-    # which id it shares.
-    named = resource_name.strip() if isinstance(resource_name, str) else None
-    if named and named.lower() != alert_id.lower() and _ALERT_NAME.match(named):
+    # An ARM alert's `name` is its own, and normally its systemAlertId; one whose name is not may be
+    # another alert that shares that id (published examples hold such pairs): it is kept apart by an
+    # id of both, and says which id it shares.
+    named = resource_name.strip().lower() if isinstance(resource_name, str) else None
+    if named and named != alert_id:
         attributes["shares_alert_id"] = alert_id
-        alert_id = named
+        alert_id = f"{alert_id}~{hashlib.sha256(named.encode()).hexdigest()[:12]}"
 
     return Event(
         id=alert_id,
@@ -294,7 +295,6 @@ def _alert(
 
 
 _DEFENDER_ID = re.compile(r"^\d{10,20}_[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
-_ALERT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _ALERT_RESOURCE = re.compile(r"^(/subscriptions/[^/]+(?:/resourcegroups/[^/]+)?/providers/microsoft\.security"
                              r"/locations/[^/]+/alerts/[^/]+)(?:/.*)?$", re.IGNORECASE)  # fmt: skip
 # AlertUri / AlertLink: https://portal.azure.com/#blade/.../alertId/A/subscriptionId/S/resourceGroup/R/.../location/L

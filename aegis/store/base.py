@@ -86,6 +86,11 @@ class Store(Protocol):
 
     def incidents(self) -> list[Incident]: ...
 
+    def evidence(self, incident: Incident) -> list[Event]:
+        """The events of the incident's timeline that are kept (stored with it as evidence, or with
+        every event kept), by its `event_ids`: what the console and the CLI show of its alerts."""
+        ...
+
     # --- the response: planned steps, the audit log, local tickets, learned protected identifiers ---
 
     def add_steps(self, steps: Sequence[StepRecord], audit: Sequence[AuditEntry]) -> int:

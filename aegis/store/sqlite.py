@@ -298,6 +298,10 @@ class SqliteStore:
         with self._lock, _translate(self.path):
             return _rows_in(self._db.cursor(), query, keys)
 
+    def evidence(self, incident: Incident) -> list[Event]:
+        rows = self._select_in("SELECT doc FROM events WHERE id IN ({})", list(incident.event_ids))
+        return sorted((Event.from_json(r[0]) for r in rows), key=lambda e: (e.time, e.id))
+
     def incidents(self) -> list[Incident]:
         with self._lock, _translate(self.path):
             rows = self._db.execute("SELECT doc FROM incidents ORDER BY last_seen, id").fetchall()

@@ -315,6 +315,27 @@ class TableStore:
                         raise
         return gone
 
+    def evidence(self, incident: Incident) -> list[Event]:
+        """The evidence rows of the incident's bucket partition (one query); an event kept only in
+        the events table (every event kept) is a point read there, by its day and id."""
+        wanted = set(incident.event_ids)
+        found: dict[str, Event] = {}
+        where, parameters = _rows_of(EVIDENCE)
+        with _translate():
+            rows = self._state.query_entities(
+                f"PartitionKey eq @pk and {where}", parameters={**parameters, "pk": incident.bucket}
+            )
+            for row in rows:
+                found.update((e.id, e) for e in _evidence_of(_unpack(row)) if e.id in wanted)
+            for entry in incident.timeline:
+                if entry.event_id in found or entry.event_id not in wanted:
+                    continue
+                with suppress(ResourceNotFoundError):
+                    entity = self._events.get_entity(entry.time.astimezone(UTC).strftime("%Y%m%d"), entry.event_id)
+                    doc = entity.get("doc") or self._raw.download_blob(f"events/{entry.event_id}").readall()
+                    found[entry.event_id] = Event.from_json(doc)
+        return sorted(found.values(), key=lambda e: (e.time, e.id))
+
     def incidents(self) -> list[Incident]:
         with _translate():
             where, parameters = _rows_of(INCIDENT)
