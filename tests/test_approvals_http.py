@@ -237,3 +237,4 @@ def test_the_incident_page_shows_the_timeline_next_steps_and_enrichment(app, fun
     assert '<a href="https://portal.azure.com/' in html
     assert "TA0" in html
     assert f"Why</dt><dd>{incident.why}" in html
+    assert f"Grouped on</dt><dd><code>{incident.group}</code>" in html

@@ -201,7 +201,9 @@ def test_incidents_json_and_show(tmp_path):
     assert any(i["status"] == "superseded" for i in everything)
     shown = aegis("incidents", "show", attack["id"], "--db", db)
     assert shown.returncode == 0
-    for text in ("AML.T0054 LLM Jailbreak", "LLM01 Prompt Injection", "timeline (2 events)", "[prompt attack]"):
+    for text in ("AML.T0054 LLM Jailbreak", "LLM01 Prompt Injection", "timeline (2 events)", "[prompt attack]",
+                 f"group       {attack['group']}", "why         1 prompt attack then 1 credential theft",
+                 "alerts (2)", "ATT&CK: TA0006 Credential Access"):  # fmt: skip
         assert text in shown.stdout
     missing = aegis("incidents", "show", "nope", "--db", db)
     assert missing.returncode == 1
