@@ -260,13 +260,13 @@ def expected_work(incident: Incident, plan_: ResponsePlan) -> Expected | None:
             continue
         if work.service_principals or work.users:
             listed = {v.lower() for v in (*work.service_principals, *work.users)}
-            if not (identities and all(identifiers_of_caller(e) & listed for e in identities)):
+            if not (identities and all(_caller_ids(e) & listed for e in identities)):
                 continue
         return work
     return None
 
 
-def identifiers_of_caller(e: Entity) -> set[str]:
+def _caller_ids(e: Entity) -> set[str]:
     if isinstance(e, ServicePrincipal):
         return {v.lower() for v in (e.app_id, e.object_id) if v}
     return identifiers(e)
