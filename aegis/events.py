@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -222,6 +223,18 @@ ENTITY_TYPES: dict[str, type[Entity]] = {
         DefenderAlert,
     )
 }
+
+
+E = TypeVar("E", bound="Entity")
+
+
+def union(a: E, b: E) -> E:
+    """Two entities of one real thing as one: the fields of each, the richer one's (more fields
+    known) where both have one; its origin too."""
+    names = [f.name for f in dataclass_fields(a) if f.name not in ("type", "origin")]
+    known = [sum(bool(getattr(x, n)) for n in names) for x in (a, b)]
+    richer, other = (b, a) if known[1] > known[0] else (a, b)
+    return replace(richer, **{n: getattr(richer, n) or getattr(other, n) for n in names})
 
 
 def entity_from_dict(raw: Mapping[str, Any]) -> Entity:

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import math
 import re
-from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -21,7 +20,7 @@ import orjson
 from aegis.arm import ResourceId, parse_resource_id
 from aegis.decode import kind_of, loads_nested
 from aegis.errors import MalformedInput
-from aegis.events import ORIGIN_RANK, AiProject, AiResource, Entity, Host, ModelDeployment
+from aegis.events import ORIGIN_RANK, AiProject, AiResource, Entity, Host, ModelDeployment, union
 
 AI_PROVIDERS = ("microsoft.cognitiveservices", "microsoft.machinelearningservices")
 MAX_TEXT = 1024
@@ -231,11 +230,7 @@ def _hosts_merged(entities: list[Entity]) -> list[Entity]:
             out.append(e)
             continue
         kept = merged[same]
-        fields_of = ("name", "azure_id", "mde_machine_id", "os")
-        richer, other = (e, kept) if sum(bool(getattr(e, k)) for k in fields_of) > sum(
-            bool(getattr(kept, k)) for k in fields_of) else (kept, e)  # fmt: skip
-        union = replace(richer, **{k: getattr(richer, k) or getattr(other, k) for k in fields_of})
-        out[out.index(kept)] = merged[same] = union
+        out[out.index(kept)] = merged[same] = union(kept, e)
     return out
 
 

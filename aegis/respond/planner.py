@@ -12,13 +12,12 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import fields as dc_fields
-from dataclasses import replace
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from aegis.events import ENTITY_TYPES, AiResource, Entity, Host, Ip, Origin, ServicePrincipal, User
+from aegis.events import ENTITY_TYPES, AiResource, Entity, Host, Ip, Origin, ServicePrincipal, User, union
 from aegis.records import SEVERITY_ORDER, Incident, PlannedStep
 from aegis.respond import templates
 from aegis.respond.actions import ACTIONS, ContainAiResource, Params
@@ -100,7 +99,7 @@ def people(users: list[Any]) -> list[Any]:
         ids, merged = identifiers(user), user
         for g in [g for g in groups if g[0] & ids and _compatible(g[1], user)]:
             ids |= g[0]
-            merged = _union(g[1], merged)
+            merged = union(g[1], merged)
             groups.remove(g)
         groups.append((ids, merged))
     return [u for _, u in groups]
@@ -108,13 +107,6 @@ def people(users: list[Any]) -> list[Any]:
 
 def _compatible(a: User, b: User) -> bool:
     return not (a.object_id and b.object_id and a.object_id.lower() != b.object_id.lower())
-
-
-def _union(a: User, b: User) -> User:
-    names = ("upn", "object_id", "name", "tenant_id")
-    richer, other = (b, a) if sum(bool(getattr(b, n)) for n in names) > sum(bool(getattr(a, n)) for n in names) else (
-        a, b)  # fmt: skip
-    return replace(richer, **{n: getattr(richer, n) or getattr(other, n) for n in names})
 
 
 def _item(x: Entity | str) -> dict[str, Any]:
