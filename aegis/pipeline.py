@@ -192,6 +192,7 @@ class Pipeline:
         produced: list[Event] = []
         failed: list[DeadLetter] = []
         ignored = {} if ignored is None else ignored
+        carries = self.hubs.get(message.hub)  # the kind of hub the message came on, when configured
         # Event Hubs stamps the enqueue time; an event cannot have happened after it (beyond clock skew)
         arrived = (
             (min(message.enqueued_time, received), "enqueued") if message.enqueued_time else (received, "received")
@@ -210,7 +211,6 @@ class Pipeline:
             )  # fmt: skip
             try:
                 made = chosen.normalize(item, evidence)
-                carries = self.hubs.get(message.hub)
                 if made and carries is not None and chosen.hub != carries:  # an item to ignore may come on any hub
                     failed.append(dead(f"wrong hub: {chosen.name} items arrive on the {chosen.hub} hub, and "
                                        f"{message.hub} is the {carries} hub", pointer, chosen.name))  # fmt: skip

@@ -263,14 +263,7 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "location": f.text(item, "location"),
         "level": f.text(item, "level"),
     }
-    for key, _value in props.items():
-        name = _TOKEN_FIELDS.get(f.compact_key(key)) if isinstance(key, str) else None
-        if name:
-            attributes[name] = f.number(props, key, refused=refused, minimum=0)
-    if "total_tokens" not in attributes and {"prompt_tokens", "completion_tokens"} & attributes.keys():
-        parts = [attributes.get("prompt_tokens"), attributes.get("completion_tokens")]
-        if any(p is not None for p in parts):
-            attributes["total_tokens"] = min(sum(p for p in parts if p is not None), f.MAX_NUMBER)
+    attributes |= _tokens(props, refused)
     attributes["refused"] = ",".join(refused) or None
     return [
         _event(
@@ -341,14 +334,9 @@ def gateway_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "request_bytes": f.number(props, "requestsize", refused=refused, minimum=0),
         "response_bytes": f.number(props, "responsesize", refused=refused, minimum=0),
         "duration_ms": f.number(item, "durationMs", refused=refused) or f.number(props, "totaltime", refused=refused),
-        "prompt_tokens": f.number(props, "prompttokens", refused=refused, minimum=0),
-        "completion_tokens": f.number(props, "completiontokens", refused=refused, minimum=0),
-        "total_tokens": f.number(props, "totaltokens", refused=refused, minimum=0),
         "correlation_id": f.text(item, "correlationId") or f.text(props, "correlationid"),
-        "refused": None,
+        **_tokens(props, refused),
     }
-    if attributes["total_tokens"] is None and (attributes["prompt_tokens"] or attributes["completion_tokens"]):
-        attributes["total_tokens"] = (attributes["prompt_tokens"] or 0) + (attributes["completion_tokens"] or 0)
     attributes["refused"] = ",".join(refused) or None
     made = _event(item, "diagnostics.gateway", Source.RESOURCE_LOG, entities=entities, attributes=attributes,
                   evidence=evidence, rid=rid)  # fmt: skip
@@ -368,6 +356,20 @@ def _backend(url: str | None) -> tuple[str | None, str | None]:
         return None, None
     m = _DEPLOYMENT_PATH.search(parts.path)
     return host, m.group(1) if m else None
+
+
+def _tokens(props: dict[str, Any], refused: list[str]) -> dict[str, Any]:
+    """Token counts under any of their usual spellings (`_TOKEN_FIELDS`), and the total as their
+    sum when it is not given."""
+    out: dict[str, Any] = {}
+    for key in props:
+        name = _TOKEN_FIELDS.get(f.compact_key(key)) if isinstance(key, str) else None
+        if name:
+            out[name] = f.number(props, key, refused=refused, minimum=0)
+    parts = [p for p in (out.get("prompt_tokens"), out.get("completion_tokens")) if p is not None]
+    if "total_tokens" not in out and parts:
+        out["total_tokens"] = min(sum(parts), f.MAX_NUMBER)
+    return out
 
 
 def _is_generic(item: dict[str, Any]) -> bool:
