@@ -37,9 +37,12 @@ def plan(
     context["_aliases"] = aliases_of(incident)
     context["_learned"] = learned
     context["_sources"] = response.corroborators
-    if playbooks is None and (work := expected_work(incident, response.plan)) is not None:
-        context["_expected"] = work.name  # triggered steps only: a playbook an engineer asks for is theirs
-    for name in playbooks_for(incident, response.plan) if playbooks is None else playbooks:
+    if playbooks is None:
+        work = expected_work(incident, response.plan)
+        if work is not None:
+            context["_expected"] = work.name  # triggered steps only: a playbook an engineer asks for is theirs
+        playbooks = _triggered(incident, response.plan, work)
+    for name in playbooks:
         book = response.playbooks[name]
         for step in book.steps:
             out += _steps(incident, book, step, context, response.plan)
@@ -49,7 +52,10 @@ def plan(
 def playbooks_for(incident: Incident, plan_: ResponsePlan) -> list[str]:
     """The playbooks the plan's triggers select, at the incident's severity (held to an expected
     work's, when the incident is that work: `expected_work`)."""
-    work = expected_work(incident, plan_)
+    return _triggered(incident, plan_, expected_work(incident, plan_))
+
+
+def _triggered(incident: Incident, plan_: ResponsePlan, work: Expected | None) -> list[str]:
     severity = incident.severity if work is None else min(incident.severity, work.severity, key=SEVERITY_ORDER.index)
     level = SEVERITY_ORDER.index(severity)
     names: list[str] = []
