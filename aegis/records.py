@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from aegis.events import Entity, Severity, entity_from_dict
+from aegis.events import Entity, Event, Severity, Source, entity_from_dict
 
 PIPELINE = "aegis"  # the requester of every step the plan produces
 
@@ -353,18 +353,19 @@ class AlertDetail:
     severity: str | None
 
 
-def alert_details(events: Iterable[Any]) -> list[AlertDetail]:
+def alert_details(events: Iterable[Event]) -> list[AlertDetail]:
     """The Defender alerts among an incident's kept events, as an analyst reads them: display name,
     description, portal link (only a Microsoft portal's, over https: the field is the sender's) and
     the ATT&CK tactics of the alert's intent."""
     out = []
     for e in events:
-        if getattr(e.source, "value", e.source) != "defender":
+        if e.source is not Source.DEFENDER:
             continue
         intent = str(e.attributes.get("intent") or "")
         tactics = tuple(dict.fromkeys(t for part in re.split(r"[,;\s]+", intent) if part
                                       for t in INTENT_TACTICS.get(part.lower(), (safe_text(part)[:40],))))  # fmt: skip
-        out.append(AlertDetail(e.id, e.kind, e.title, e.attributes.get("description"),
+        description = e.attributes.get("description")
+        out.append(AlertDetail(e.id, e.kind, e.title, description if isinstance(description, str) else None,
                                _portal_link(e.attributes.get("link")), tactics,
                                e.severity.value if e.severity else None))  # fmt: skip
     return out

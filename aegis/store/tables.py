@@ -249,11 +249,11 @@ class TableStore:
                 ops.append(("upsert", {**entity, **packed}, {"mode": UpdateMode.REPLACE}))
                 pending = {"PartitionKey": w.key, "RowKey": _outbox_row(i.id, fingerprint(body)), **packed}
                 ops.append(("upsert", pending, {"mode": UpdateMode.REPLACE}))
-            for events in _evidence_rows(w.evidence):  # one row for a write's evidence (more only past ~900 KB)
-                ids = hashlib.sha256("\n".join(sorted(e.id for e in events)).encode()).hexdigest()[:32]
-                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE}-{ids}", "count": len(events),
-                       "time": max(e.time for e in events).isoformat()}  # fmt: skip
-                doc = b"[" + b",".join(e.to_json() for e in events) + b"]"
+            for held in _evidence_rows(w.evidence):  # one row for a write's evidence (more only past ~900 KB)
+                ids = hashlib.sha256("\n".join(sorted(e.id for e, _ in held)).encode()).hexdigest()[:32]
+                row = {"PartitionKey": w.key, "RowKey": f"{EVIDENCE}-{ids}", "count": len(held),
+                       "time": max(e.time for e, _ in held).isoformat()}  # fmt: skip
+                doc = b"[" + b",".join(doc for _, doc in held) + b"]"
                 ops.append(("upsert", {**row, **_pack(doc)}, {"mode": UpdateMode.REPLACE}))
             try:
                 results = [self._state.submit_transaction(chunk) for chunk in _transactions(ops)]
@@ -568,17 +568,18 @@ def _unpack(entity: Mapping[str, Any]) -> bytes:
     return b"".join(bytes(entity[f"doc{n}"]) for n in range(_MAX_CHUNKS) if f"doc{n}" in entity)
 
 
-def _evidence_rows(events: Sequence[Event], budget: int = 900_000) -> list[list[Event]]:
-    """A write's evidence events in as few rows as their size allows (a row holds about 960 KB)."""
-    rows: list[list[Event]] = []
+def _evidence_rows(events: Sequence[Event], budget: int = 900_000) -> list[list[tuple[Event, bytes]]]:
+    """A write's evidence events, each with its JSON, in as few rows as their size allows (a row
+    holds about 960 KB)."""
+    rows: list[list[tuple[Event, bytes]]] = []
     size = budget
     for e in events:
-        n = len(e.to_json())
-        if size + n > budget:
+        doc = e.to_json()
+        if size + len(doc) > budget:
             rows.append([])
             size = 0
-        rows[-1].append(e)
-        size += n
+        rows[-1].append((e, doc))
+        size += len(doc)
     return rows
 
 
