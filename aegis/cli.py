@@ -429,7 +429,8 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         f"{i.title}",
         f"  id          {i.id}",
         f"  detection   {i.detection}",
-        f"  group       {i.group}",
+        f"  group       {i.grouped_on}",
+        f"  tenant      {i.tenant or '-'}",
         f"  severity    {i.severity.value}    status {v.status}"
         + (f" (by {v.superseded_by})" if v.superseded_by else ""),
         f"  seen        {i.first_seen:%Y-%m-%d %H:%M:%S} → {i.last_seen:%Y-%m-%d %H:%M:%S} UTC"

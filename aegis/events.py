@@ -306,6 +306,9 @@ class Event:
     title: str | None = None
     entities: tuple[Entity, ...] = ()
     attributes: Mapping[str, Scalar] = field(default_factory=dict)
+    # the Entra tenant (lower-case GUID) the event belongs to: from the payload where it says so, or
+    # from the subscription's tenant (`tenancy.py`); None when nothing says
+    tenant: str | None = None
 
     def entities_of(self, cls: type[Entity]) -> list[Any]:
         return [e for e in self.entities if isinstance(e, cls)]
@@ -335,6 +338,7 @@ class Event:
             entities=tuple(entities),
             attributes=dict(d.get("attributes", {})),
             evidence=Evidence(**ev),
+            tenant=d.get("tenant"),
         )
 
     @classmethod

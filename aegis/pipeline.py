@@ -38,6 +38,7 @@ from aegis.normalize import Ignored
 from aegis.normalize.registry import HubKind
 from aegis.records import Incident
 from aegis.store import Store
+from aegis.tenancy import Tenancy
 
 log = structlog.get_logger("aegis.pipeline")
 
@@ -97,6 +98,7 @@ class Pipeline:
         respond: Callable[[list[Incident], list[Event]], None] | None = None,
         hubs: Mapping[str, HubKind] | None = None,
         keep_events: bool = False,
+        tenancy: Tenancy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -112,6 +114,7 @@ class Pipeline:
         # given the incidents a batch created or changed, and its events (the response plan learns
         # from every event which identities belong to protected users before it plans)
         self.respond = respond
+        self.tenancy = tenancy or Tenancy()  # which tenant each event belongs to (`tenancy.py`)
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -217,7 +220,7 @@ class Pipeline:
                     continue
                 for e in made:
                     _check_time(e, arrived, self.limits.max_skew)
-                produced += made
+                produced += map(self.tenancy.assign, made)
             except Ignored:
                 ignored[chosen.name] = ignored.get(chosen.name, 0) + 1
             except MalformedInput as exc:

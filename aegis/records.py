@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from aegis.events import Entity, Event, Severity, Source, entity_from_dict
+from aegis.tenancy import split_group
 
 PIPELINE = "aegis"  # the requester of every step the plan produces
 
@@ -71,6 +72,12 @@ class Incident:
     suppress_until: datetime | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     why: str | None = None  # what the rule reached at its latest firing, against what it asks
+    tenant: str | None = None  # the Entra tenant of its events (`tenancy.py`)
+
+    @property
+    def grouped_on(self) -> str:
+        """The values the rule grouped on (the group without its tenant)."""
+        return split_group(self.group)[1]
 
     def to_json(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_UTC_Z)
@@ -103,6 +110,7 @@ class Incident:
             suppress_until=datetime.fromisoformat(d["suppress_until"]) if d.get("suppress_until") else None,
             attributes=d.get("attributes", {}),
             why=d.get("why"),
+            tenant=d.get("tenant"),
         )
 
     def summary(self, *, status: str = "open", superseded_by: str | None = None) -> dict[str, Any]:
@@ -121,7 +129,8 @@ class Incident:
             "event_ids": list(self.event_ids),
             "event_count": self.event_count,
             "why": self.why,
-            "group": self.group,
+            "group": self.grouped_on,
+            "tenant": self.tenant,
             **({"superseded_by": superseded_by} if superseded_by else {}),
         }
 

@@ -7,6 +7,7 @@ naming the variable and what it needs, at start-up rather than at the first mess
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -17,8 +18,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aegis.decode import Limits
 from aegis.errors import ConfigurationError
+from aegis.tenancy import Tenancy
 
 ENV_PREFIX = "AEGIS_"
+_GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 class Settings(BaseSettings):
@@ -40,6 +43,17 @@ class Settings(BaseSettings):
     defender_hub: str = Field("defender-alerts", description="Event hub receiving Defender continuous export.")
     diagnostics_hub: str = Field("ai-diagnostics", description="Event hub receiving diagnostic settings.")
     consumer_group: str = Field("aegis", description="Consumer group of the ingest functions.")
+
+    tenant_id: str | None = Field(
+        None,
+        description="The Entra tenant of the watched subscriptions (GUID): events that name none belong to it.",
+        pattern=_GUID,
+    )
+    tenants: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Subscriptions of other tenants, SUBSCRIPTION=TENANT comma-separated (GUIDs): their "
+        "events belong to that tenant, whatever the payload says.",
+    )
 
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger message bodies are dead-lettered.")
     max_depth: int = Field(64, gt=1, le=512, description="Deeper JSON nesting is dead-lettered.")
@@ -72,7 +86,7 @@ class Settings(BaseSettings):
     log_analytics_workspace: str | None = Field(
         None,
         description="Workspace id (GUID) the log_analytics enricher queries.",
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        pattern=_GUID,
     )
     enrichers: Annotated[list[str] | None, NoDecode] = Field(
         None,
@@ -120,6 +134,29 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _subscription_tenants(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for entry in (e.strip() for e in value.split(",")):
+            sub, sep, tenant = (part.strip().lower() for part in entry.partition("="))
+            if not entry:
+                continue
+            if not sep or not re.match(_GUID, sub) or not re.match(_GUID, tenant):
+                raise ValueError(
+                    f"{entry!r} is not SUBSCRIPTION=TENANT with two GUIDs "
+                    "(example: 00000000-0000-0000-0000-000000000001=00000000-0000-0000-0000-00000000000a)"
+                )
+            pairs[sub] = tenant
+        return pairs
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
     @model_validator(mode="after")
     def _two_hubs(self) -> Settings:
         if self.defender_hub == self.diagnostics_hub:
@@ -145,6 +182,10 @@ class Settings(BaseSettings):
     @property
     def limits(self) -> Limits:
         return Limits(max_body_bytes=self.max_body_bytes, max_depth=self.max_depth, max_skew=self.max_clock_skew)
+
+    @property
+    def tenancy(self) -> Tenancy:
+        return Tenancy(home=self.tenant_id, by_subscription=self.tenants)
 
     @property
     def hubs(self) -> dict[str, Literal["alerts", "diagnostics"]]:

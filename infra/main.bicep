@@ -22,6 +22,9 @@ param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
 
+@description('Watched subscriptions of other Entra tenants (Azure Lighthouse), SUBSCRIPTION=TENANT comma-separated: their events belong to that tenant. The deployment\'s own tenant is the default.')
+param subscriptionTenants string = ''
+
 @description('Optional ticket systems (open_ticket): sites and accounts; put the secrets in the Key Vault as servicenow-password / jira-token.')
 param servicenowInstance string = ''
 param servicenowUser string = ''
@@ -104,6 +107,7 @@ module app 'modules/functionapp.bicep' = {
     logAnalyticsWorkspaceGuid: monitoring.outputs.workspaceCustomerId
     sentinelWorkspaceId: sentinelWorkspaceId
     deliverers: deliverers
+    subscriptionTenants: subscriptionTenants
     keyVaultName: vault.outputs.name
     servicenowInstance: servicenowInstance
     servicenowUser: servicenowUser

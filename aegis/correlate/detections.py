@@ -36,6 +36,9 @@ from aegis.yamlfiles import load_model
 DETECTIONS_DIR = Path(__file__).resolve().parents[2] / "detections"
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# group paths whose values name one tenant's thing: ARM ids, alert ids
+TENANT_SCOPED = frozenset({"id", "resource", "resource.id", "entities.ai_resource", "entities.ai_project",
+                           "entities.defender_alert"})  # fmt: skip
 TITLE_FIELDS = ("group", "ai_resource", "ip", "user", "host", "kind", "count")
 
 
@@ -90,6 +93,7 @@ class SampleEvent(_Strict):
     resource: str | None = None
     entities: dict[str, str | list[str]] = Field(default_factory=dict)
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    tenant: str | None = Field(None, description="the Entra tenant the event belongs to")
     repeat: int = Field(1, ge=1, le=1000)
     every: Duration = timedelta(seconds=1)
 
@@ -189,6 +193,13 @@ class Detection(_Strict):
     @cached_property
     def group_getters(self) -> list[Getter]:
         return [compile_path(p) for p in self.group_by]
+
+    @cached_property
+    def by_tenant(self) -> bool:
+        """Whether a group carries its events' tenant: unless a value it groups on already names
+        one tenant's thing (an ARM resource, an alert), two tenants seen from one network, or two
+        hosts of one name, would otherwise share an incident."""
+        return not any(p in TENANT_SCOPED for p in self.group_by)
 
     @cached_property
     def value_getter(self) -> Getter | None:

@@ -49,6 +49,7 @@ from aegis.errors import StoreUnavailable
 from aegis.events import Entity, Event, Evidence, Ip, Origin, Source, entity_from_dict, richer
 from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
 from aegis.store.base import BucketWrite, Store, Version
+from aegis.tenancy import TENANT_PART, split_group
 
 MAX_CONFLICT_RETRIES = 8
 CACHED_STATES = 20_000
@@ -212,7 +213,7 @@ class Correlator:
     def _match(
         d: Detection, events: Sequence[Event], out: dict[str, tuple[Detection, str, list[Match]]], c: CorrelationCounts
     ) -> None:
-        value_of, predicates, getters = d.value_getter, d.predicates, d.group_getters
+        value_of, predicates, getters, by_tenant = d.value_getter, d.predicates, d.group_getters, d.by_tenant
         for e in events:
             steps = [i for i, predicate in enumerate(predicates) if predicate(e)]
             if not steps:
@@ -222,8 +223,9 @@ class Correlator:
                 values = value_of(e)
                 value = values[0] if values else None
             match = Match(e, steps, value)
+            tenant = f"{TENANT_PART}{e.tenant}|" if by_tenant and e.tenant else ""
             for parts in itertools.product(*[g(e) for g in getters]):
-                group = "|".join(map(str, parts))
+                group = tenant + "|".join(map(str, parts))
                 key = bucket_key(d.id, group)
                 entry = out.get(key)
                 if entry is None:
@@ -270,6 +272,7 @@ class _Facts:
                 entities=refs,
                 trusted=frozenset(r for r, x in refs if x.origin is not Origin.APP),
                 mark=f"{e.source.value}|{ev.hub}/{ev.partition}" if ev.partition is not None else e.source.value,
+                tenant=e.tenant,
             )  # fmt: skip
         return got
 
@@ -334,6 +337,7 @@ class State:
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_changed: bool = True  # since they were last written (they are a record of their own)
+    tenant: str | None = None  # the tenant of its events (the group's, when the group carries one)
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
 
     def __post_init__(self) -> None:
@@ -353,7 +357,7 @@ class State:
             doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], _watermarks(doc),
             doc["applied"], panes, orjson.loads(entities) if entities is not None else doc["entities"],
             doc["group_refs"], Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
-            dict(doc["triggers"]), set(chunks), entities_changed=entities is None,
+            dict(doc["triggers"]), set(chunks), entities_changed=entities is None, tenant=doc.get("tenant"),
         )  # fmt: skip
 
     def dump(self) -> tuple[bytes, dict[int, bytes], list[int], bytes | None]:
@@ -365,7 +369,7 @@ class State:
                 "final_before": self.final_before, "watermarks": self.watermarks, "applied": self.applied,
                 "group_refs": self.group_refs,
                 "carry": self.carry.dump() if self.carry else None, "live": self.live,
-                "triggers": sorted(self.triggers.items()),
+                "triggers": sorted(self.triggers.items()), "tenant": self.tenant,
             }
         )  # fmt: skip
         by_chunk = {
@@ -455,6 +459,8 @@ class State:
                 continue
             if f.position is not None and f.sequence > applied.get(f.position, -1):
                 applied[f.position] = f.sequence
+            if self.tenant is None and f.tenant is not None:
+                self.tenant = f.tenant
             if not entities.keys() >= f.refs:
                 for ref, entity in f.entities:
                     if ref not in entities:
@@ -556,7 +562,7 @@ class State:
         kind = samples[0][3] if samples else ""
         if samples and samples[0][4] == Source.DEFENDER.value and samples[0][5] and mapping.mapping_of(kind).generic:
             kind = samples[0][5]  # an alert type nobody mapped yet: its display name says more than its type
-        title = render_title(d.title, kind=kind, entities=entities, count=s.events, group=self.group)
+        title = render_title(d.title, kind=kind, entities=entities, count=s.events, group=split_group(self.group)[1])
         return Incident(
             id=ident,
             detection=d.id,
@@ -575,6 +581,7 @@ class State:
             fallback=d.fallback,
             suppress_until=_dt(last_trigger_time + d.suppress_for // _US),
             why=self._why(d, seg.triggers[-1]) if seg.triggers else None,
+            tenant=self.tenant,
         )
 
     def _why(self, d: Detection, trigger: Trigger) -> str:

@@ -51,6 +51,7 @@ class Fact(NamedTuple):
     entities: list[tuple[str, Any]]  # (reference, entity)
     trusted: frozenset[str] = frozenset()  # references of the entities not only an application named
     mark: str = ""  # the watermark it advances: its source, and its Event Hubs partition when known
+    tenant: str | None = None
 
 
 _NO_VALUES: set[str] = set()  # shared and never added to: most panes have no values or alert types

@@ -91,6 +91,7 @@ def _event(test: str, index: int, n: int, spec: SampleEvent, time: datetime) -> 
         severity=spec.severity,
         entities=tuple(entities),
         attributes=dict(spec.attributes),
+        tenant=spec.tenant,
     )
 
 

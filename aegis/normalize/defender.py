@@ -222,6 +222,7 @@ def activity_log_alert(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             title=title,
             entities=f.dedupe(entities),
             attributes={k: v for k, v in attributes.items() if v is not None},
+            tenant=f.guid(item.get("tenantId")),
         )
     ]
 
@@ -291,6 +292,7 @@ def _alert(
         title=next((f.text(p, k, limit=f.MAX_TITLE) for k in n.display_name if p.get(k)), None),
         entities=f.dedupe(entities),
         attributes={k: v for k, v in attributes.items() if v is not None},
+        tenant=_tenant(p, n),
     )
 
 
@@ -346,6 +348,20 @@ def _affected_resource(p: dict[str, Any], n: _Names) -> ResourceId | None:
             if rid is not None:
                 return rid
     return None
+
+
+def _tenant(p: dict[str, Any], n: _Names) -> str | None:
+    """The alert's tenant, from its resource identifiers: the affected resource's tenant, else the
+    Entra tenant it names."""
+    found: dict[str, str] = {}
+    for ident in f.array(p, n.resource_identifiers):
+        if isinstance(ident, dict):
+            lowered = {str(k).lower(): v for k, v in ident.items()}
+            for key in ("azureresourcetenantid", "aadtenantid"):
+                tenant = f.guid(lowered.get(key))
+                if tenant:
+                    found.setdefault(key, tenant)
+    return found.get("azureresourcetenantid") or found.get("aadtenantid")
 
 
 def _end_time(p: dict[str, Any], n: _Names) -> str | None:

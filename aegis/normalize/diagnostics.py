@@ -54,6 +54,7 @@ _APP_SIGNIN = frozenset(
 _CLAIM_UPN = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"
 _CLAIM_OID = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 _CLAIM_NAME = "name"
+_CLAIM_TID = "http://schemas.microsoft.com/identity/claims/tenantid"
 
 # Token counts: no published AzureOpenAIRequestUsage sample exists, so accept the usual spellings
 # (seen in the field: `promptTokens` and `generatedTokens`, each a single-element array)
@@ -151,6 +152,7 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             attributes=attributes,
             evidence=evidence,
             time=when,
+            tenant=f.guid(item.get("tenantId")) or f.guid(props.get("resourceTenantId")),
         )
     ]
 
@@ -208,6 +210,7 @@ def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             attributes=attributes,
             evidence=evidence,
             rid=rid,
+            tenant=f.guid(claims.get(_CLAIM_TID)),
         )
     ]
 
@@ -432,6 +435,7 @@ def _event(
     evidence: Evidence,
     rid: ResourceId | None = None,
     time: datetime | None = None,
+    tenant: str | None = None,
 ) -> Event:
     category = f.text(item, "category") or f.text(item, "type") or ""
     operation = attributes.get("operation") or ""
@@ -445,4 +449,6 @@ def _event(
         resource=rid if rid is not None else f.resource(item, "resourceId"),
         entities=f.dedupe(entities),
         attributes={k: v for k, v in attributes.items() if v is not None},
+        # tenant-level records say their tenant (sign-ins do); others get their subscription's
+        tenant=tenant or f.guid(item.get("tenantId")),
     )

@@ -25,6 +25,7 @@ param logAnalyticsWorkspaceGuid string = ''
 param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
+param subscriptionTenants string = ''
 @description('Optional ticket systems: their sites and accounts; the secrets stay in Key Vault (servicenow-password, jira-token) and reach the app as Key Vault references.')
 param keyVaultName string = ''
 param servicenowInstance string = ''
@@ -71,6 +72,8 @@ var settings = {
   AEGIS_ENRICH_BUDGET: '20'
   AEGIS_CORROBORATORS: empty(logAnalyticsWorkspaceGuid) ? 'defender,entra' : 'defender,log_analytics,entra'
   AEGIS_DELIVERERS: deliverers
+  AEGIS_TENANT_ID: tenant().tenantId // events that name no tenant belong to the deployment's
+  AEGIS_TENANTS: subscriptionTenants
   AEGIS_DELIVER_MIN_SEVERITY: 'medium'
   AEGIS_CONSOLE_URL: consoleUrl
   AEGIS_LOG_FORMAT: 'json'
