@@ -116,6 +116,7 @@ class ServicePrincipal(Entity):
     app_id: str | None = None
     object_id: str | None = None
     name: str | None = None
+    kind: str | None = None  # "application" or "managed_identity", when a source says which
 
     @property
     def key(self) -> str:

@@ -32,6 +32,7 @@ import structlog
 from aegis import normalize
 from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, decode, items, kind_of
+from aegis.directory import Directory
 from aegis.errors import MalformedInput
 from aegis.events import DeadLetter, Event, Evidence, richer
 from aegis.normalize import Ignored
@@ -115,6 +116,7 @@ class Pipeline:
         # from every event which identities belong to protected users before it plans)
         self.respond = respond
         self.tenancy = tenancy or Tenancy()  # which tenant each event belongs to (`tenancy.py`)
+        self.directory = Directory(store, clock=clock)  # one entity per principal (`directory.py`)
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -144,6 +146,8 @@ class Pipeline:
                 known = events.get(event.id)
                 events[event.id] = event if known is None else richer(known, event)  # one alert in two shapes
             dead_letters += failed
+        if events:  # each principal as the directory knows it, before anything is kept or correlated
+            events = {e.id: e for e in self.directory.apply(list(events.values()))}
         if raws or dead_letters or self.keep_events:
             kept = list(events.values()) if self.keep_events else []
             result = self.store.save(raws, kept, dead_letters, received=received)

@@ -389,3 +389,42 @@ def _portal_link(value: object) -> str | None:
         return None
     ok = parts.scheme == "https" and (parts.hostname or "").lower() in PORTAL_HOSTS and not parts.username
     return value.strip() if ok else None
+
+
+# --- the directory: who an object id, a UPN, is ---------------------------------------------------
+
+
+PRINCIPAL_KINDS = ("user", "service_principal", "managed_identity")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """What the stream (or Graph) has said about one Entra principal: its object id, what kind of
+    principal it is, and its aliases. Kept under each of its keys (`keys`); `conflict` when two
+    sources disagreed on it (then no alias of it is used)."""
+
+    kind: str  # one of PRINCIPAL_KINDS
+    object_id: str | None = None
+    upn: str | None = None
+    name: str | None = None
+    app_id: str | None = None
+    tenant: str | None = None
+    source: str = ""  # what paired them: signin_log, activity_log, defender, graph
+    learned: str = ""  # when, ISO 8601
+    conflict: bool = False
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k in (principal_key("oid", self.object_id), principal_key("upn", self.upn)) if k]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Principal:
+        return cls(**orjson.loads(data))
+
+
+def principal_key(kind: str, value: str | None) -> str | None:
+    """The directory's key of an object id (`oid:<guid>`) or a UPN (`upn:<lower case>`)."""
+    return f"{kind}:{value.lower()}" if value else None

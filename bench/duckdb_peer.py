@@ -38,6 +38,7 @@ from aegis.correlate.detections import Detection
 from aegis.correlate.engine import geometry
 from aegis.correlate.paths import compile_path
 from aegis.events import Event
+from aegis.tenancy import TENANT_PART
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -87,7 +88,8 @@ class DuckPeer:
     def _columns(self, events: Sequence[Event]) -> pa.Table:
         """The batch as Arrow: id, time (µs) and, per field path, its values split by type."""
         # the event's own columns are named as no field path can be
-        cols: dict[str, list[object]] = {"#id": [e.id for e in events], "#t": [(e.time - EPOCH) // _US for e in events]}
+        cols: dict[str, list[object]] = {"#id": [e.id for e in events], "#t": [(e.time - EPOCH) // _US for e in events],
+                                         "#tenant": [e.tenant for e in events]}  # fmt: skip
         for path, get in self.getters:
             strings: list[object] = []
             numbers: list[object] = []
@@ -98,7 +100,7 @@ class DuckPeer:
                 numbers.append([float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)])
                 flags.append([v for v in values if isinstance(v, bool)])
             cols[path], cols[f"{path}#n"], cols[f"{path}#b"] = strings, numbers, flags
-        types = {"#id": pa.string(), "#t": pa.int64(),
+        types = {"#id": pa.string(), "#t": pa.int64(), "#tenant": pa.string(),
                  **{c: _LIST_TYPES.get(c[-2:], pa.list_(pa.string())) for c in cols if not c.startswith("#")}}  # fmt: skip
         return pa.table({c: pa.array(v, type=types[c]) for c, v in cols.items()})
 
@@ -146,6 +148,8 @@ def _matches(d: Detection) -> str:
     steps = ", ".join(f"CASE WHEN {c} THEN {i} END" for i, c in enumerate(conditions))
     groups = ", ".join(f"unnest(ev.{_q(p)}) AS g{i}(v)" for i, p in enumerate(d.group_by))
     grp = " || '|' || ".join(f"g{i}.v" for i in range(len(d.group_by)))
+    if d.by_tenant:  # the group carries the event's tenant, as the engine's does (`aegis.tenancy`)
+        grp = f"""coalesce({_literal(TENANT_PART)} || ev."#tenant" || '|', '') || {grp}"""
     if d.field:
         s, n = f"ev.{_q(d.field)}", f"ev.{_q(d.field + '#n')}"
         num, val = f"{n}[1]", f"coalesce({s}[1], CAST({n}[1] AS VARCHAR))"

@@ -64,6 +64,8 @@ class BodyGenerator:
         t = self._time()
         ip = f"{self.rng.choice(self.callers)}.{self.rng.randint(1, 254)}"
         alert_id = f"{self.rng.randint(2**60, 2**62)}_{self._guid()}"
+        user = self.rng.randint(1, 500)  # one person: one UPN, one object id
+        user_oid = str(uuid.UUID(int=user, version=4))
         stamp = t.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
         export = {
             "VendorName": "Microsoft", "AlertType": self.rng.choice(ALERT_TYPES), "ProductName": "Microsoft Defender for Cloud",
@@ -75,7 +77,7 @@ class BodyGenerator:
             "Entities": [
                 {"$id": "2", "Address": ip, "Location": {"CountryCode": "NL", "Asn": 64500}, "Type": "ip"},
                 {"$id": "3", "ResourceId": account, "Type": "azure-resource"},
-                {"$id": "4", "Name": f"user{self.rng.randint(1, 500)}", "UPNSuffix": "contoso.com", "AadUserId": self._guid(), "Type": "account"},
+                {"$id": "4", "Name": f"user{user}", "UPNSuffix": "contoso.com", "AadUserId": user_oid, "Type": "account"},
                 {"$ref": "2"},
             ],
             "ResourceIdentifiers": [{"$id": "5", "AzureResourceId": account, "Type": "AzureResource"}],
@@ -83,7 +85,7 @@ class BodyGenerator:
             "ExtendedProperties": {
                 "Deployment name": f"gpt-4o-{self.rng.randint(1, 5)}", "Model name": "gpt-4o", "Client IP address": ip,
                 "User agent": self.rng.choice(["python-requests/2.32.3", "openai-python/1.54.0", "curl/8.5.0"]),
-                "Client principal name": f"user{self.rng.randint(1, 500)}@contoso.com", "resourceType": "Azure OpenAI",
+                "Client principal name": f"user{user}@contoso.com", "resourceType": "Azure OpenAI",
                 "Investigation steps": FILLER, "Potential causes": FILLER,
             },
             "AlertUri": f"https://portal.azure.com/#blade/Microsoft_Azure_Security/AlertBlade/alertId/{alert_id}",

@@ -188,7 +188,10 @@ def test_the_plan_for_a_prompt_attack_then_credential_theft(demo_incidents):
     revokes = [s for s in steps if s.action == "revoke_sessions"]
     assert people
     assert [s.target for s in revokes] == [f"user:{u.key.lower()}" for u in people]  # one step per person
-    assert len(people) < len([e for e in incident.entities if e.type == "user"])  # her UPN and her object id
+    # her UPN-only entity (an alert's extended property) and her object id are one user: the
+    # directory learned the pairing from another alert, and the planner would merge them too
+    (mallory,) = [e for e in incident.entities if e.type == "user"]
+    assert (mallory.upn, mallory.object_id) == ("mallory@contoso.com", "7d3e9a61-2c4b-4f1e-8a5d-6b9c0e1f2a3b")
     ticket = next(s for s in steps if s.action == "open_ticket")
     assert (ticket.status, ticket.params["title"]) == ("dry_run", incident.title)
     again = plan(incident, playbooks.load())

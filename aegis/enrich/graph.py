@@ -15,9 +15,10 @@ from msgraph.generated.models.user import User as GraphUser
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
+from aegis.directory import GRAPH
 from aegis.enrich.base import Context, Skip, enricher, error_text
 from aegis.events import ServicePrincipal, User
-from aegis.records import Incident
+from aegis.records import Incident, Principal
 from aegis.respond import graph
 
 USER_FIELDS = ["id", "displayName", "userPrincipalName", "department", "jobTitle", "accountEnabled"]
@@ -81,3 +82,17 @@ async def _service_principal(client: GraphServiceClient, object_id: str, app_id:
     ]
     return {"id": sp.id, "app_id": sp.app_id, "name": sp.display_name, "enabled": sp.account_enabled,
             "type": sp.service_principal_type, "owners": names[:20]}  # fmt: skip
+
+
+def principals_of(result: dict[str, Any]) -> list[Principal]:
+    """What Graph answered, as the directory's entries: its word on who each object id is."""
+    out = []
+    for u in result.get("users", ()):
+        if u.get("id") and not u.get("error"):
+            out.append(Principal("user", str(u["id"]).lower(), (u.get("upn") or "").lower() or None, u.get("name"),
+                                 source=GRAPH))  # fmt: skip
+    for sp in result.get("service_principals", ()):
+        if sp.get("id") and not sp.get("error"):
+            kind = "managed_identity" if str(sp.get("type") or "").lower() == "managedidentity" else "service_principal"
+            out.append(Principal(kind, str(sp["id"]).lower(), None, sp.get("name"), sp.get("app_id"), source=GRAPH))
+    return out

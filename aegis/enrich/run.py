@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from aegis.directory import Directory
 from aegis.enrich import defender, graph, local, log_analytics  # noqa: F401  (each registers its enricher)
 from aegis.enrich.base import ENRICHERS, Context, enrich, version
 from aegis.errors import ConfigurationError
@@ -58,6 +59,12 @@ class Enrichers:
     def run(self, incidents: Iterable[Incident], store: Store, *, limit: int = 50) -> int:
         """Enrich up to `limit` pending incidents, newest evidence first; how many were enriched."""
         todo = sorted(self.pending(incidents, store), key=lambda i: i.last_seen, reverse=True)[:limit]
+        directory = Directory(store)
         for incident in todo:
-            store.save_enrichment(incident.id, enrich(incident, self.names, self.ctx, budget=self.budget))
+            found = enrich(incident, self.names, self.ctx, budget=self.budget)
+            store.save_enrichment(incident.id, found)
+            # Graph's word on who each principal is: the directory's, from now on (`aegis.directory`)
+            directory.learn(
+                p for e in found if e.name == "graph" and e.status == "ok" for p in graph.principals_of(e.result)
+            )
         return len(todo)

@@ -103,7 +103,8 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         sp_name = f.text(props, "servicePrincipalName") or f.text(props, "appDisplayName")
         app_id, sp_id = f.guid(props.get("appId")), f.guid(props.get("servicePrincipalId"))
         if app_id or sp_id or sp_name:
-            entities.append(ServicePrincipal(app_id=app_id, object_id=sp_id, name=sp_name))
+            kind = "managed_identity" if category == "managedidentitysigninlogs" else "application"
+            entities.append(ServicePrincipal(app_id=app_id, object_id=sp_id, name=sp_name, kind=kind))
     else:
         upn = f.text(props, "userPrincipalName")
         user_id = f.guid(props.get("userId"))

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, Pending, StepRecord
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,16 @@ class Store(Protocol):
         ...
 
     def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None: ...
+
+    # --- the directory: principals by object id and UPN (`aegis.directory`) ---
+
+    def principals(self, keys: Sequence[str]) -> dict[str, Principal]:
+        """The directory's entries under these keys (`oid:<guid>`, `upn:<upn>`), those there are."""
+        ...
+
+    def save_principals(self, entries: Mapping[str, Principal]) -> None:
+        """Write (replace) the directory's entries under these keys."""
+        ...
 
     # --- enrichment and delivery ---
 

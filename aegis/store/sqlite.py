@@ -14,7 +14,7 @@ import orjson
 
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, Pending, StepRecord, fingerprint, sortable
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, fingerprint, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS protected_aliases (
     id TEXT PRIMARY KEY,
     learned TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS principals (
+    key TEXT PRIMARY KEY,
+    doc BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS response_steps (
     key TEXT PRIMARY KEY,
@@ -388,6 +392,24 @@ class SqliteStore:
         with self._write() as cur:
             cur.executemany("INSERT OR IGNORE INTO protected_aliases VALUES (?, ?)",
                             [(i, now.isoformat()) for i in identifiers])  # fmt: skip
+
+    # --- the directory ---
+
+    def principals(self, keys: Sequence[str]) -> dict[str, Principal]:
+        found: dict[str, Principal] = {}
+        with self._lock, _translate(self.path):
+            for i in range(0, len(keys), 500):
+                part = list(keys[i : i + 500])
+                marks = ",".join("?" * len(part))
+                query = f"SELECT key, doc FROM principals WHERE key IN ({marks})"  # noqa: S608  (values bound)
+                rows = self._db.execute(query, part).fetchall()
+                found.update((k, Principal.from_json(doc)) for k, doc in rows)
+        return found
+
+    def save_principals(self, entries: Mapping[str, Principal]) -> None:
+        with self._write() as cur:
+            cur.executemany("INSERT OR REPLACE INTO principals VALUES (?, ?)",
+                            [(k, p.to_json()) for k, p in entries.items()])  # fmt: skip
 
     # --- enrichment ---
 

@@ -61,7 +61,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, Pending, StepRecord, fingerprint, sortable
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, fingerprint, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
@@ -466,6 +466,31 @@ class TableStore:
         with _translate():
             self._insert(self._response, rows)
 
+    # --- the directory: partition `principals` of the response table, a row per key ---
+
+    def principals(self, keys: Sequence[str]) -> dict[str, Principal]:
+        rows = {_principal_row(k): k for k in keys}
+        names = list(rows)
+        # a filter holds at most 15 comparisons: the partition's and 14 row keys
+        parts = [names[i : i + 14] for i in range(0, len(names), 14)]
+
+        def query(part: list[str]) -> list[dict[str, Any]]:
+            where = " or ".join(f"RowKey eq @r{n}" for n in range(len(part)))
+            params = {"pk": PRINCIPALS_PARTITION, **{f"r{n}": r for n, r in enumerate(part)}}
+            return list(self._response.query_entities(f"PartitionKey eq @pk and ({where} )", parameters=params))
+
+        with _translate():
+            found = [row for got in self._pool.map(query, parts) for row in got]
+        return {rows[r["RowKey"]]: Principal.from_json(r["doc"]) for r in found if r["RowKey"] in rows}
+
+    def save_principals(self, entries: Mapping[str, Principal]) -> None:
+        rows = [{"PartitionKey": PRINCIPALS_PARTITION, "RowKey": _principal_row(k), "key": k[:1024],
+                 "doc": p.to_json().decode()} for k, p in entries.items()]  # fmt: skip
+        with _translate():
+            for i in range(0, len(rows), _TRANSACTION_SIZE):
+                self._response.submit_transaction([("upsert", r, {"mode": UpdateMode.REPLACE})
+                                                   for r in rows[i : i + _TRANSACTION_SIZE]])  # fmt: skip
+
     # --- enrichment and delivery: rows `<kind>-<name>` of its partition ---
 
     def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
@@ -538,10 +563,15 @@ ENTITIES_ROW = "bucket-entities"  # sorts between the head and the chunks: read 
 # the kinds of row in a bucket's partition besides its head and chunks: "<kind>-<id>"
 INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
+PRINCIPALS_PARTITION = "principals"  # in the response table: the directory (`aegis.directory`)
 TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
 _CHUNK = 64 * 1024
 _MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 KiB leave room for keys
+
+
+def _principal_row(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]  # a UPN may hold characters a row key may not (#)
 
 
 def _outbox_row(incident: str, fp: str) -> str:
