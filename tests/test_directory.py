@@ -165,7 +165,8 @@ def test_a_forged_pairing_after_the_real_one_is_a_conflict_and_moves_no_name_ont
     assert all(e.conflict for e in keys.values())
     # Graph settles it: its word replaces the stream's
     Directory(store, clock=lambda: NOW).learn(
-        graph.principals_of({"users": [{"id": MALLORY_OID, "upn": MALLORY, "name": "Mallory"}]}))
+        graph.principals_of({"users": [{"id": MALLORY_OID, "upn": MALLORY, "name": "Mallory"}]})
+    )
     fresh = Directory(store, clock=lambda: NOW)
     (event,) = fresh.apply([_normalized(alert(0, upn=MALLORY))])
     (user,) = [e for e in event.entities if isinstance(e, User)]
