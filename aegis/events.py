@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 import orjson
@@ -87,6 +87,11 @@ class Ip(Entity):
     type: str = field(default="ip", init=False, repr=False)
     prefix: str
     address: str | None = None
+    # derived: RFC 1918, ULA or link-local, where a private endpoint's (a virtual network's) callers are
+    private: bool = field(default=False, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "private", _private(self.address or self.prefix.partition("/")[0]))
 
     @property
     def masked(self) -> bool:
@@ -232,7 +237,7 @@ E = TypeVar("E", bound="Entity")
 def union(a: E, b: E) -> E:
     """Two entities of one real thing as one: the fields of each, the richer one's (more fields
     known) where both have one; its origin too."""
-    names = [f.name for f in dataclass_fields(a) if f.name not in ("type", "origin")]
+    names = [n for n in _given(type(a)) if n != "origin"]
     known = [sum(bool(getattr(x, n)) for n in names) for x in (a, b)]
     richer, other = (b, a) if known[1] > known[0] else (a, b)
     return replace(richer, **{n: getattr(richer, n) or getattr(other, n) for n in names})
@@ -241,10 +246,18 @@ def union(a: E, b: E) -> E:
 def entity_from_dict(raw: Mapping[str, Any]) -> Entity:
     """An entity from its JSON form (`{"type": "ip", "prefix": ..., ...}`, nulls allowed; an entity
     stored before origins were recorded is `azure`)."""
-    fields = {k: v for k, v in raw.items() if v is not None}
+    cls = ENTITY_TYPES[raw["type"]]
+    given = _given(cls)
+    fields = {k: v for k, v in raw.items() if v is not None and k in given}  # derived fields are made again
     if "origin" in fields:
         fields["origin"] = Origin(fields["origin"])
-    return ENTITY_TYPES[fields.pop("type")](**fields)
+    return cls(**fields)
+
+
+@cache
+def _given(cls: type[Entity]) -> frozenset[str]:
+    """The fields an entity is built from (not its type, nor what it derives)."""
+    return frozenset(f.name for f in dataclass_fields(cls) if f.init)
 
 
 def make_ip(value: object) -> Ip | None:
@@ -273,6 +286,21 @@ def _make_ip(value: str) -> Ip | None:
         return None
     bits = 24 if addr.version == 4 else 64
     return Ip(prefix=str(ipaddress.ip_network(f"{addr}/{bits}", strict=False)), address=str(addr))
+
+
+# the networks a private endpoint's (or a virtual network's) caller comes from: not Python's
+# `is_private`, which also counts the documentation ranges, which samples use as public callers
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                                                    "fc00::/7", "fe80::/10"))  # fmt: skip
+
+
+@lru_cache(maxsize=8192)
+def _private(text: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(addr.version == net.version and addr in net for net in _PRIVATE)
 
 
 # --- the event -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ application teaches nothing, Graph settles), on both stores."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,10 +181,7 @@ def test_an_applications_word_teaches_nothing():
     store = SqliteStore(":memory:")
     d = Directory(store, clock=lambda: NOW)
     event = _normalized(alert(0, upn=MALLORY, oid=MALLORY_OID))
-    app = copy.copy(event)
-    object.__setattr__(app, "entities", tuple(
-        e.__class__(**{**{f: getattr(e, f) for f in e.__dataclass_fields__ if f != "type"}, "origin": Origin.APP})
-        for e in event.entities))  # fmt: skip
+    app = replace(event, entities=tuple(replace(e, origin=Origin.APP) for e in event.entities))
     d.apply([app])
     assert store.principals([f"upn:{MALLORY}"]) == {}
 

@@ -39,6 +39,7 @@ _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d
 # group paths whose values name one tenant's thing: ARM ids, alert ids
 TENANT_SCOPED = frozenset({"id", "resource", "resource.id", "entities.ai_resource", "entities.ai_project",
                            "entities.defender_alert"})  # fmt: skip
+BASELINE_KINDS = ("event_count", "value_sum")  # the kinds whose threshold a group's normal can raise
 TITLE_FIELDS = ("group", "ai_resource", "ip", "user", "host", "kind", "count")
 
 
@@ -81,6 +82,38 @@ class Escalation(_Strict):
         if self.events is None and self.lasting is None:
             raise ValueError("an escalation needs `events`, `lasting` or both")
         return self
+
+
+class Baseline(_Strict):
+    """Far above normal means above this group's normal: the group's total per window (events, or
+    the summed field) learned from the stream itself, in event time, as an average that forgets
+    with `half_life`. Once `warmup` of event time is learned, the rule fires only where the window
+    reaches `factor` times that normal as well as its threshold. Until then the threshold alone
+    decides, and a window's share of what is learned is capped at what would have fired: so a group
+    first seen under attack does not learn the attack as its normal within hours (a new group that
+    always runs heavy fires once, for the warm-up, then only far above its normal)."""
+
+    factor: float = Field(gt=1, le=1000, description="fire at this many times the group's normal (and the threshold)")
+    half_life: Duration = Field(timedelta(days=1), description="how fast the normal forgets: this old counts half")
+    warmup: Duration = Field(timedelta(days=1), description="event time learned before the normal counts")
+
+
+class Weight(_Strict):
+    """What a SOC weighs: when at least `share` of an incident's events hold `when` (an Entra
+    identity rather than a key, a private network, successful answers), its severity moves by
+    `severity` levels (down for ordinary work, up for what makes it worse). The evidence stays."""
+
+    name: str = Field(min_length=1, max_length=64)
+    when: Condition
+    share: float = Field(gt=0, le=1, description="of the incident's events")
+    severity: int = Field(ge=-4, le=4, description="levels to move: negative lowers")
+
+    @field_validator("severity")
+    @classmethod
+    def _moves(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("a weight moves the severity by at least one level")
+        return value
 
 
 class SampleEvent(_Strict):
@@ -129,6 +162,8 @@ class Detection(_Strict):
     match: Condition | None = None
     steps: list[Step] | None = Field(None, min_length=2)
     threshold: float | None = Field(None, gt=0)
+    baseline: Baseline | None = None
+    weigh: list[Weight] = Field(default_factory=list, max_length=8)
     field: str | None = None
     tests: list[DetectionCase] = Field(min_length=1)
 
@@ -171,6 +206,8 @@ class Detection(_Strict):
             raise ValueError(f"kind {self.kind} does not take {', '.join(sorted(extra))}")
         if self.field is not None:
             compile_path(self.field)
+        if self.baseline is not None and self.kind not in BASELINE_KINDS:
+            raise ValueError(f"a baseline needs a volume rule: kind {' or '.join(BASELINE_KINDS)}")
         return self
 
     # --- compiled forms (built once per loaded detection) ---
@@ -182,6 +219,11 @@ class Detection(_Strict):
             return [s.match.compile() for s in self.steps]
         assert self.match is not None
         return [self.match.compile()]
+
+    @cached_property
+    def weights(self) -> list[Predicate]:
+        """One predicate per weight, over the events the detection matches."""
+        return [w.when.compile() for w in self.weigh]
 
     @cached_property
     def sources(self) -> frozenset[str] | None:

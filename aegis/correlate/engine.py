@@ -46,7 +46,7 @@ from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
 from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
-from aegis.events import Entity, Event, Evidence, Ip, Origin, Source, entity_from_dict, richer
+from aegis.events import Entity, Event, Evidence, Ip, Origin, Severity, Source, entity_from_dict, richer
 from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
 from aegis.store.base import BucketWrite, Store, Version
 from aegis.tenancy import TENANT_PART, split_group
@@ -89,6 +89,7 @@ class Match(NamedTuple):
     event: Event
     steps: list[int]
     value: Any
+    traits: int = 0  # a bit per weight of the detection the event holds
 
 
 class Correlator:
@@ -214,6 +215,7 @@ class Correlator:
         d: Detection, events: Sequence[Event], out: dict[str, tuple[Detection, str, list[Match]]], c: CorrelationCounts
     ) -> None:
         value_of, predicates, getters, by_tenant = d.value_getter, d.predicates, d.group_getters, d.by_tenant
+        weights = d.weights
         for e in events:
             steps = [i for i, predicate in enumerate(predicates) if predicate(e)]
             if not steps:
@@ -222,7 +224,8 @@ class Correlator:
             if value_of is not None:
                 values = value_of(e)
                 value = values[0] if values else None
-            match = Match(e, steps, value)
+            traits = sum(1 << k for k, holds in enumerate(weights) if holds(e)) if weights else 0
+            match = Match(e, steps, value, traits)
             tenant = f"{TENANT_PART}{e.tenant}|" if by_tenant and e.tenant else ""
             for parts in itertools.product(*[g(e) for g in getters]):
                 group = tenant + "|".join(map(str, parts))
@@ -338,6 +341,7 @@ class State:
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_changed: bool = True  # since they were last written (they are a record of their own)
     tenant: str | None = None  # the tenant of its events (the group's, when the group carries one)
+    normal: list[float] | None = None  # the group's learned normal (`baseline`): [average, windows, next window]
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
 
     def __post_init__(self) -> None:
@@ -358,6 +362,7 @@ class State:
             doc["applied"], panes, orjson.loads(entities) if entities is not None else doc["entities"],
             doc["group_refs"], Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
             dict(doc["triggers"]), set(chunks), entities_changed=entities is None, tenant=doc.get("tenant"),
+            normal=doc.get("normal"),
         )  # fmt: skip
 
     def dump(self) -> tuple[bytes, dict[int, bytes], list[int], bytes | None]:
@@ -369,7 +374,7 @@ class State:
                 "final_before": self.final_before, "watermarks": self.watermarks, "applied": self.applied,
                 "group_refs": self.group_refs,
                 "carry": self.carry.dump() if self.carry else None, "live": self.live,
-                "triggers": sorted(self.triggers.items()), "tenant": self.tenant,
+                "triggers": sorted(self.triggers.items()), "tenant": self.tenant, "normal": self.normal,
             }
         )  # fmt: skip
         by_chunk = {
@@ -415,7 +420,7 @@ class State:
         if self.final_before is not None:
             lo = max(lo, self.final_before)
         panes = [self.panes[i] for i in sorted(i for i in self.panes if lo - self.width < i <= hi)]
-        fresh = KINDS[d.kind].evaluate(panes, d, self.width, lo)
+        fresh = KINDS[d.kind].evaluate(panes, d, self.width, lo, self.threshold(d))
         self.triggers = {p: s for p, s in self.triggers.items() if not lo <= p <= hi}
         self.triggers.update((t.pane, t.start) for t in fresh)
         segments = self._segments(d, [Trigger(p, s) for p, s in sorted(self.triggers.items())])
@@ -479,7 +484,7 @@ class State:
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
-            if pane.add(f, m.steps, m.value, values_cap):
+            if pane.add(f, m.steps, m.value, values_cap, m.traits):
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
                 hi = index if hi is None else max(hi, index)
@@ -544,6 +549,7 @@ class State:
         for step in d.escalate:
             if (step.events is None or s.events >= step.events) and (step.lasting is None or lasted >= step.lasting):
                 severity = max(severity, step.severity, key=SEVERITY_ORDER.index)
+        severity, weighed = _weighed(d, s, severity)
         atlas, owasp = list(d.atlas), list(d.owasp_llm)
         if d.alert_mapping:
             for k in sorted(s.kinds):
@@ -580,8 +586,9 @@ class State:
             timeline=timeline,
             fallback=d.fallback,
             suppress_until=_dt(last_trigger_time + d.suppress_for // _US),
-            why=self._why(d, seg.triggers[-1]) if seg.triggers else None,
+            why=_joined(self._why(d, seg.triggers[-1]) if seg.triggers else None, weighed),
             tenant=self.tenant,
+            attributes={"weighed": weighed} if weighed else {},
         )
 
     def _why(self, d: Detection, trigger: Trigger) -> str:
@@ -591,19 +598,70 @@ class State:
         span = _duration(d.window) if d.window else ""
         if d.kind == "single":
             return f"{sum(p.events for p in window)} matching event(s)"
+        needs = _num(round(self.threshold(d)))
+        normal = self.learned(d)
+        if normal is not None and d.baseline is not None:
+            needs += (
+                f": {d.baseline.factor:g}× this group's normal of {_num(round(normal))}, at least {_num(d.threshold)}"
+            )
         if d.kind == "event_count":
-            return f"{sum(p.events for p in window)} events in {span} (needs {_num(d.threshold)})"
+            return f"{sum(p.events for p in window)} events in {span} (needs {needs})"
         if d.kind == "value_count":
             distinct = len(set().union(*(p.values for p in window)))
             more = "+" if distinct >= (d.threshold or 0) else ""
             return f"{distinct}{more} distinct {d.field} in {span} (needs {_num(d.threshold)})"
         if d.kind == "value_sum":
-            return f"{_num(sum(p.total for p in window))} {d.field} in {span} (needs {_num(d.threshold)})"
+            return f"{_num(sum(p.total for p in window))} {d.field} in {span} (needs {needs})"
         steps = d.steps or []
         counts = [sum(p.counts[n] for p in window) for n in range(len(steps))]
         joiner = " then " if d.kind == "temporal_ordered" else " and "
         reached = joiner.join(f"{c} {s.name}" for c, s in zip(counts, steps, strict=True))
         return f"{reached} in {span} (needs {', '.join(str(s.min) for s in steps)})"
+
+    # --- the group's normal (`Detection.baseline`) ---
+
+    def threshold(self, d: Detection) -> float:
+        """What a window must reach: the detection's threshold, or `factor` times the group's
+        normal once `warmup` windows are learned, whichever is more."""
+        normal = self.learned(d)
+        base = d.threshold or 0.0
+        return base if normal is None or d.baseline is None else max(base, d.baseline.factor * normal)
+
+    def learned(self, d: Detection) -> float | None:
+        """The group's normal total per window, once warm (the average, corrected for its start)."""
+        if d.baseline is None or self.normal is None:
+            return None
+        if self.normal[1] * self.width * self.pane_us < d.baseline.warmup // _US:
+            return None
+        raw, n, _ = self.normal
+        return float(raw / (1 - (1 - self._alpha(d)) ** n))
+
+    def _alpha(self, d: Detection) -> float:
+        assert d.baseline is not None
+        return float(1 - 0.5 ** (self.width * self.pane_us / (d.baseline.half_life // _US)))
+
+    def _learn(self, d: Detection, final_before: int) -> None:
+        """Fold the windows (tumbling, `width` panes) that became final into the normal: each
+        window's total, capped at what would have fired then; empty windows count as nothing."""
+        if not self.panes:
+            return
+        width, alpha = self.width, self._alpha(d)
+        if self.normal is None:
+            self.normal = [0.0, 0, min(self.panes) // width]
+        raw, n, at = self.normal
+        done = final_before // width  # the windows before this one are final
+        if done <= at:
+            return
+        totals: dict[int, float] = {}
+        for i, p in self.panes.items():
+            if at <= i // width < done:
+                totals[i // width] = totals.get(i // width, 0.0) + (p.total if d.kind == "value_sum" else p.events)
+        for w in sorted(totals):
+            raw, n = raw * (1 - alpha) ** (w - at), n + (w - at)  # the empty windows before it
+            self.normal = [raw, n, w]
+            x = min(totals[w], self.threshold(d))
+            raw, n, at = raw + alpha * (x - raw), n + 1, w + 1
+        self.normal = [raw * (1 - alpha) ** (done - at), n + (done - at), done]
 
     def _is_live(self, inc: Incident, seg: _Segment) -> bool:
         """After pruning: can the incident still change? (the carry's, or one with a trigger not final)"""
@@ -621,6 +679,8 @@ class State:
         if self.final_before is not None and final_before <= self.final_before:
             return
         self.final_before = final_before
+        if d.baseline is not None:
+            self._learn(d, final_before)
         for seg, ident in zip(reversed(segments), reversed(ids), strict=True):
             finals = [t for t in seg.triggers if t.pane < final_before]
             if not finals:
@@ -661,6 +721,28 @@ class State:
         if len(self.entities.keys() - used) > ENTITY_SLACK:  # not at each change: entities seen again stay
             self.entities = {r: e for r, e in self.entities.items() if r in used}
             self.entities_changed = True
+
+
+def _weighed(d: Detection, s: Summary, severity: Severity) -> tuple[Severity, str | None]:
+    """The severity once the detection's weights are applied to the incident's events, and what
+    moved it ("private network 100%, Entra identity 98%: 2 lower")."""
+    if not d.weigh or not s.events:
+        return severity, None
+    moved, held = 0, []
+    for k, w in enumerate(d.weigh):
+        share = (s.traits[k] if k < len(s.traits) else 0) / s.events
+        if share >= w.share:
+            moved += w.severity
+            held.append(f"{w.name} {share:.0%}")
+    if not held:
+        return severity, None
+    level = min(max(SEVERITY_ORDER.index(severity) + moved, 0), len(SEVERITY_ORDER) - 1)
+    way = f"{abs(moved)} lower" if moved < 0 else f"{moved} higher" if moved > 0 else "no change"
+    return SEVERITY_ORDER[level], f"{', '.join(held)}: {way}"
+
+
+def _joined(why: str | None, weighed: str | None) -> str | None:
+    return f"{why}; weighed: {weighed}" if why and weighed else why
 
 
 def _watermarks(doc: dict[str, Any]) -> dict[str, int]:

@@ -36,18 +36,19 @@ class Trigger:
 @dataclass(frozen=True, slots=True)
 class KindSpec:
     name: str
-    evaluate: Callable[[Sequence[Pane], Any, int, int], list[Trigger]]
+    evaluate: Callable[[Sequence[Pane], Any, int, int, float], list[Trigger]]
     needs: frozenset[str]  # detection fields this kind requires
     forbids: frozenset[str]
 
 
 KINDS: Registry[KindSpec] = Registry("rule kind")
-Evaluate = Callable[[Sequence[Pane], Any, int, int], list[Trigger]]
+Evaluate = Callable[[Sequence[Pane], Any, int, int, float], list[Trigger]]
 
 
 def kind(name: str, *, needs: set[str], forbids: set[str]) -> Callable[[Evaluate], Evaluate]:
     """Register a kind. Its function takes the panes (ascending), the detection, the window in
-    panes and the first pane at which a trigger may still change (earlier ones are final)."""
+    panes, the first pane at which a trigger may still change (earlier ones are final), and the
+    threshold to reach (the detection's, or more where its group's normal asks more: `baseline`)."""
 
     def register(fn: Evaluate) -> Evaluate:
         KINDS.add(name, KindSpec(name, fn, frozenset(needs), frozenset(forbids)))
@@ -57,7 +58,7 @@ def kind(name: str, *, needs: set[str], forbids: set[str]) -> Callable[[Evaluate
 
 
 @kind("single", needs={"match"}, forbids={"steps", "threshold", "field", "window"})
-def _single(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+def _single(panes: Sequence[Pane], d: Any, width: int, since: int, threshold: float) -> list[Trigger]:
     return [Trigger(p.index, p.index) for p in panes if p.index >= since]
 
 
@@ -88,7 +89,7 @@ def _running(
 
 
 @kind("event_count", needs={"match", "window", "threshold"}, forbids={"steps", "field"})
-def _event_count(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+def _event_count(panes: Sequence[Pane], d: Any, width: int, since: int, threshold: float) -> list[Trigger]:
     total = [0]
 
     def add(p: Pane) -> None:
@@ -97,11 +98,11 @@ def _event_count(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[
     def drop(p: Pane) -> None:
         total[0] -= p.events
 
-    return _running(panes, width, since, add=add, drop=drop, fires=lambda: total[0] >= d.threshold)
+    return _running(panes, width, since, add=add, drop=drop, fires=lambda: total[0] >= threshold)
 
 
 @kind("value_count", needs={"match", "window", "threshold", "field"}, forbids={"steps"})
-def _value_count(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+def _value_count(panes: Sequence[Pane], d: Any, width: int, since: int, threshold: float) -> list[Trigger]:
     seen: Counter[Any] = Counter()
 
     def add(p: Pane) -> None:
@@ -113,23 +114,23 @@ def _value_count(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[
             if seen[v] <= 0:
                 del seen[v]
 
-    return _running(panes, width, since, add=add, drop=drop, fires=lambda: len(seen) >= d.threshold)
+    return _running(panes, width, since, add=add, drop=drop, fires=lambda: len(seen) >= threshold)
 
 
 @kind("value_sum", needs={"match", "window", "threshold", "field"}, forbids={"steps"})
-def _value_sum(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+def _value_sum(panes: Sequence[Pane], d: Any, width: int, since: int, threshold: float) -> list[Trigger]:
     # summed afresh per pane (not a running float), so the result does not depend on the order
     # in which panes came and went
     out, window = [], _Window(panes, width)
     for i, p in enumerate(panes):
         window.advance(i, lambda _: None)
-        if p.index >= since and sum(q.total for q in panes[window.lo : i + 1]) >= d.threshold:
+        if p.index >= since and sum(q.total for q in panes[window.lo : i + 1]) >= threshold:
             out.append(Trigger(p.index, panes[window.lo].index))
     return out
 
 
 @kind("temporal", needs={"steps", "window"}, forbids={"match", "threshold", "field"})
-def _temporal(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+def _temporal(panes: Sequence[Pane], d: Any, width: int, since: int, threshold: float) -> list[Trigger]:
     mins = [s.min for s in d.steps]
     seen = [0] * len(mins)
 
@@ -148,7 +149,7 @@ def _temporal(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Tri
 
 
 @kind("temporal_ordered", needs={"steps", "window"}, forbids={"match", "threshold", "field"})
-def _temporal_ordered(panes: Sequence[Pane], d: Any, width: int, since: int) -> list[Trigger]:
+def _temporal_ordered(panes: Sequence[Pane], d: Any, width: int, since: int, threshold: float) -> list[Trigger]:
     mins = [s.min for s in d.steps]
     last = len(mins) - 1
     out, window = [], _Window(panes, width)

@@ -17,6 +17,7 @@ always kept by id.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -73,6 +74,7 @@ class Pane:
         "samples",
         "severity",
         "total",
+        "traits",
         "values",
     )  # fmt: skip
 
@@ -89,14 +91,16 @@ class Pane:
         self.ids: set[str] | None = set()  # id digests; None once the pane only counts
         self.samples: list[Sample] = []  # sorted
         self.entities: set[str] = set()  # entity references
+        self.traits: list[int] = []  # per weight of the detection (`weigh`), the events that hold it
         self._json: orjson.Fragment | None = None
 
     @property
     def end(self) -> int:
         return max(self.last)
 
-    def add(self, f: Fact, steps: list[int], value: Any, values_cap: int) -> bool:
-        """Add one event's match (to one or more steps); False if the pane already had it."""
+    def add(self, f: Fact, steps: list[int], value: Any, values_cap: int, traits: int = 0) -> bool:
+        """Add one event's match (to one or more steps; `traits`: a bit per weight it holds); False
+        if the pane already had it."""
         if self.ids is not None:
             if f.digest in self.ids:
                 return self._again(f)
@@ -134,6 +138,8 @@ class Pane:
         self.entities.update(f.refs)
         if len(self.entities) > PANE_ENTITIES:
             self.entities = set(sorted(self.entities)[:PANE_ENTITIES])
+        if traits:
+            self.traits = add_traits(self.traits, traits)
         return True
 
     def _again(self, f: Fact) -> bool:
@@ -161,7 +167,7 @@ class Pane:
             self._json = orjson.Fragment(orjson.dumps([
                 self.index, self.events, self.counts, self.first, self.last, self.total,
                 sorted(self.values) if self.values else [], self.severity, sorted(self.kinds) if self.kinds else [],
-                None if self.ids is None else sorted(self.ids), self.samples, sorted(self.entities),
+                None if self.ids is None else sorted(self.ids), self.samples, sorted(self.entities), self.traits,
             ]))  # fmt: skip
         return self._json
 
@@ -169,7 +175,8 @@ class Pane:
     def load(cls, raw: list[Any]) -> Pane:
         p = cls.__new__(cls)
         (p.index, p.events, p.counts, p.first, p.last, p.total, values, p.severity, kinds, ids, samples,
-         entities) = raw  # fmt: skip
+         entities) = raw[:12]  # fmt: skip
+        p.traits = list(raw[12]) if len(raw) > 12 else []  # a pane stored before weights has none
         p.values, p.kinds, p.entities = set(values), set(kinds), set(entities)
         if not isinstance(p.total, int | float) or not 0 <= p.total <= MAX_SUM:  # NaN too: state from before the bound
             p.total = 0.0
@@ -191,6 +198,7 @@ class Summary:
     head: list[Sample] = field(default_factory=list)  # the earliest samples, sorted
     tail: list[Sample] = field(default_factory=list)  # the latest samples, sorted
     entities: set[str] = field(default_factory=set)
+    traits: list[int] = field(default_factory=list)  # per weight, the events that hold it
 
     SAMPLES = 50
     KINDS = 32
@@ -198,7 +206,7 @@ class Summary:
 
     def add(self, p: Pane) -> None:
         start = (p.samples[0][0], p.samples[0][1]) if p.samples else None
-        self.merge(Summary(p.events, start, p.end, p.severity, p.kinds, p.samples, p.samples, p.entities))
+        self.merge(Summary(p.events, start, p.end, p.severity, p.kinds, p.samples, p.samples, p.entities, p.traits))
 
     def merge(self, other: Summary) -> None:
         self.events += other.events
@@ -208,6 +216,8 @@ class Summary:
         self.severity = max(self.severity, other.severity)
         self.kinds = _bounded(self.kinds | other.kinds, self.KINDS)
         self.entities = _bounded(self.entities | other.entities, self.ENTITIES)
+        if other.traits:
+            self.traits = [a + b for a, b in itertools.zip_longest(self.traits, other.traits, fillvalue=0)]
         head, tail = other.head, other.tail
         if head and (len(self.head) < self.SAMPLES or head[0] < self.head[-1]):
             self.head = sorted(set(self.head).union(head))[: self.SAMPLES]
@@ -219,20 +229,34 @@ class Summary:
 
     def copy(self) -> Summary:
         return Summary(self.events, self.start, self.end, self.severity, set(self.kinds), list(self.head),
-                       list(self.tail), set(self.entities))  # fmt: skip
+                       list(self.tail), set(self.entities), list(self.traits))  # fmt: skip
 
     def samples(self) -> list[Sample]:
         return sorted(set(self.head) | set(self.tail))
 
     def dump(self) -> list[Any]:
         return [self.events, self.start, self.end, self.severity, sorted(self.kinds), self.head, self.tail,
-                sorted(self.entities)]  # fmt: skip
+                sorted(self.entities), self.traits]  # fmt: skip
 
     @classmethod
     def load(cls, raw: list[Any]) -> Summary:
-        events, start, end, severity, kinds, head, tail, entities = raw
+        events, start, end, severity, kinds, head, tail, entities = raw[:8]
         return cls(events, (start[0], start[1]) if start else None, end, severity, set(kinds),
-                   [tuple(s) for s in head], [tuple(s) for s in tail], set(entities))  # fmt: skip
+                   [tuple(s) for s in head], [tuple(s) for s in tail], set(entities),
+                   list(raw[8]) if len(raw) > 8 else [])  # fmt: skip
+
+
+def add_traits(counts: list[int], bits: int) -> list[int]:
+    """`counts` (per weight) with one more event for each weight whose bit is set."""
+    out = list(counts)
+    k = 0
+    while bits:
+        if bits & 1:
+            out += [0] * (k + 1 - len(out))
+            out[k] += 1
+        bits >>= 1
+        k += 1
+    return out
 
 
 def _says_more(a: Sample, b: Sample) -> bool:

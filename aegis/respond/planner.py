@@ -285,19 +285,12 @@ def _misfit(incident: Incident, params: Params) -> str | None:
     if not isinstance(params, ContainAiResource) or params.mode == "disable_local_auth":
         return None
     ips = [e for e in incident.entities if isinstance(e, Ip)]
-    private = [ip for ip in ips if _private(ip)]
+    private = [ip for ip in ips if ip.private]
     if ips and len(private) == len(ips):
         shown = ", ".join(sorted({ip.key for ip in private})[:3])
         return (f"the incident's callers ({shown}) reach the account over private networks: {params.mode} "
                 "closes its public endpoint and would not stop them (disable_local_auth would)")  # fmt: skip
     return None
-
-
-def _private(ip: Ip) -> bool:
-    try:
-        return ipaddress.ip_network(ip.address or ip.prefix or "", strict=False).is_private
-    except ValueError:
-        return False
 
 
 def _as(alias: str, target: str) -> str:
