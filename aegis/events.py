@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import orjson
@@ -231,13 +231,16 @@ ENTITY_TYPES: dict[str, type[Entity]] = {
 }
 
 
+# the fields each entity is built from (not its type, nor what it derives)
+_GIVEN = {cls: frozenset(f.name for f in dataclass_fields(cls) if f.init) for cls in ENTITY_TYPES.values()}
+
 E = TypeVar("E", bound="Entity")
 
 
 def union(a: E, b: E) -> E:
     """Two entities of one real thing as one: the fields of each, the richer one's (more fields
     known) where both have one; its origin too."""
-    names = [n for n in _given(type(a)) if n != "origin"]
+    names = [n for n in _GIVEN[type(a)] if n != "origin"]
     known = [sum(bool(getattr(x, n)) for n in names) for x in (a, b)]
     richer, other = (b, a) if known[1] > known[0] else (a, b)
     return replace(richer, **{n: getattr(richer, n) or getattr(other, n) for n in names})
@@ -247,17 +250,12 @@ def entity_from_dict(raw: Mapping[str, Any]) -> Entity:
     """An entity from its JSON form (`{"type": "ip", "prefix": ..., ...}`, nulls allowed; an entity
     stored before origins were recorded is `azure`)."""
     cls = ENTITY_TYPES[raw["type"]]
-    given = _given(cls)
+    given = _GIVEN[cls]
     fields = {k: v for k, v in raw.items() if v is not None and k in given}  # derived fields are made again
     if "origin" in fields:
         fields["origin"] = Origin(fields["origin"])
     return cls(**fields)
 
-
-@cache
-def _given(cls: type[Entity]) -> frozenset[str]:
-    """The fields an entity is built from (not its type, nor what it derives)."""
-    return frozenset(f.name for f in dataclass_fields(cls) if f.init)
 
 
 def make_ip(value: object) -> Ip | None:
