@@ -257,7 +257,6 @@ def entity_from_dict(raw: Mapping[str, Any]) -> Entity:
     return cls(**fields)
 
 
-
 def make_ip(value: object) -> Ip | None:
     """An `Ip` from a full address or one whose last octet is masked with `*` (`81.2.69.***`,
     `20.236.11.**`). Anything else is not an IP and gives None."""

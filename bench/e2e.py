@@ -44,7 +44,7 @@ from aegis.correlate import detections
 from aegis.correlate.detections import Detection
 from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, items
-from aegis.events import Event, Evidence
+from aegis.events import Event, Evidence, richer
 from aegis.pipeline import Message, Pipeline, cycle_collector_paused
 from aegis.store import SqliteStore
 from bench.duckdb_peer import DuckPeer
@@ -103,15 +103,16 @@ def run_aegis(run: Run, tmp: Path, dets: list[Detection]) -> Signals:
 
 def run_duckdb(run: Run, tmp: Path, dets: list[Detection]) -> Signals:
     peer = DuckPeer(tmp / "peer.duckdb", dets, lateness=LATENESS)
-    decoder = Pipeline(SqliteStore(":memory:"))  # only its decode + normalize step is used
+    # only its decode + normalize step and its directory are used: the events the correlator gets
+    decoder = Pipeline(SqliteStore(tmp / "peer-directory.db"))
 
     def step(batch: Sequence[Message]) -> int:
         events: dict[str, Event] = {}
         now = datetime.now(UTC)
         for m in batch:
             for e in decoder._one(m, hashlib.sha256(m.body).hexdigest(), now)[0]:
-                events.setdefault(e.id, e)
-        peer.process(list(events.values()))
+                events[e.id] = richer(events[e.id], e) if e.id in events else e
+        peer.process(decoder.directory.apply(list(events.values())))
         return len(events)
 
     run.drive(step)

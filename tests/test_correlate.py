@@ -379,3 +379,24 @@ def test_one_alert_in_a_poor_and_a_rich_shape_ends_in_its_richest_form_whatever_
     assert shown[0][2] == 1
     assert any(isinstance(e, Ip) for e in rich.entities)
     assert len(set(map(repr, shown))) == 1, shown
+
+
+def test_the_evidence_kept_is_the_richest_copy_of_an_alert_on_both_stores(store: Store):
+    """The activity-log copy first, then the export: the store keeps (and shows the analyst) the
+    export, not the copy it happened to write first."""
+    from dataclasses import replace as copy_with
+
+    from aegis.events import UNKNOWN_KIND
+    from aegis.records import alert_details
+
+    body = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
+    [rich] = Pipeline(store)._one(Message(body, hub="t"), "d" * 64, datetime.now(UTC))[0]
+    poor = copy_with(rich, kind=UNKNOWN_KIND, title=None, entities=(), attributes={},
+                     normalizer="defender.alert.activity_log")  # fmt: skip
+    correlator = Correlator(detections.load().detections, store, lateness=LATENESS)
+    correlator.process([poor])
+    correlator.process([rich])
+    [incident] = [i for i in store.incidents() if rich.id in i.event_ids]
+    [kept] = store.evidence(incident)
+    assert (kept.kind, kept.title) == (rich.kind, rich.title)
+    assert [a.kind for a in alert_details([kept])] == [rich.kind]

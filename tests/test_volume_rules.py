@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import yaml
@@ -177,3 +178,46 @@ def test_weights_count_every_event_of_a_long_incident_through_the_store_round_tr
     assert incident.event_count == 14_400
     assert incident.severity.value == "informational"  # high (past 3,000 events), 3 lower
     assert "100%" in incident.attributes["weighed"]
+
+
+def flood_of(sizes: list[int], *, alert: bool = False) -> Any:
+    """320 keyed requests from one public network with these request sizes (in turn), and, with
+    `alert`, Defender's wallet alert on the resource among them: the incident of the bytes rule."""
+    from aegis.events import Ip
+
+    rid = parse_resource_id(OAI)
+    events = [Event(id=f"{n:032d}", source=Source.RESOURCE_LOG, normalizer="test", kind="RequestResponse:Create",
+                    time=START + timedelta(milliseconds=500 * n), evidence=Evidence("0" * 64, f"/{n}", "test", "0", n),
+                    resource=rid, entities=(Ip(prefix="81.2.69.0/24"), AiResource(resource_id=rid.id)),
+                    attributes={"category": "RequestResponse", "http_status": 200,
+                                "request_bytes": sizes[n % len(sizes)]})
+              for n in range(320)]  # fmt: skip
+    if alert:
+        events.append(Event(id="1" * 32, source=Source.DEFENDER, normalizer="test", kind="AI.Azure_DOWVolumeAnomaly",
+                            time=START + timedelta(minutes=1), evidence=Evidence("0" * 64, "/a", "test"),
+                            resource=rid, entities=(AiResource(resource_id=rid.id),)))  # fmt: skip
+    rule = Detection.model_validate(shipped("ai-denial-of-wallet-resource") | {"baseline": None, "threshold": 1e6})
+    (incident,) = run(rule, events)
+    return incident
+
+
+def test_even_sizes_weigh_a_flood_one_level_down_and_uneven_ones_do_not():
+    even = flood_of([4000, 4100, 3900])
+    uneven = flood_of([400, 9000, 2500, 12000, 800])
+    assert (even.severity.value, uneven.severity.value) == ("low", "medium")
+    assert "steady sizes (±" in even.attributes["weighed"]
+    assert "weighed" not in uneven.attributes
+
+
+def test_an_incident_with_defenders_alert_is_never_weighed_down():
+    alerted = flood_of([4000, 4100, 3900], alert=True)
+    assert alerted.severity.value == "medium"
+    assert "weighed" not in alerted.attributes
+
+
+def test_a_weight_is_one_test_or_the_other():
+    with pytest.raises(ValueError, match="either `when` with `share`, or `steady` with `spread`"):
+        Detection.model_validate(
+            shipped("ai-request-burst-by-caller")
+            | {"weigh": [{"name": "x", "steady": "attributes.request_bytes", "share": 0.5, "severity": -1}]}
+        )

@@ -100,12 +100,17 @@ class Baseline(_Strict):
 
 class Weight(_Strict):
     """What a SOC weighs: when at least `share` of an incident's events hold `when` (an Entra
-    identity rather than a key, a private network, successful answers), its severity moves by
-    `severity` levels (down for ordinary work, up for what makes it worse). The evidence stays."""
+    identity rather than a key, a private network, successful answers), or, with `steady`, when
+    that numeric field varies across its events by at most `spread` (standard deviation over mean:
+    a batch job's even sizes, not a probe's), its severity moves by `severity` levels: down for
+    ordinary work (never for an incident that holds a Defender alert), up for what makes it worse.
+    The evidence stays."""
 
     name: str = Field(min_length=1, max_length=64)
-    when: Condition
-    share: float = Field(gt=0, le=1, description="of the incident's events")
+    when: Condition | None = None
+    share: float | None = Field(None, gt=0, le=1, description="of the incident's events")
+    steady: str | None = Field(None, description="a numeric field path: its values' spread is weighed")
+    spread: float | None = Field(None, gt=0, le=10, description="at most this standard deviation over the mean")
     severity: int = Field(ge=-4, le=4, description="levels to move: negative lowers")
 
     @field_validator("severity")
@@ -114,6 +119,20 @@ class Weight(_Strict):
         if value == 0:
             raise ValueError("a weight moves the severity by at least one level")
         return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Weight:
+        share = self.when is not None and self.share is not None
+        steady = self.steady is not None and self.spread is not None
+        if (
+            share == steady
+            or (self.when is None) != (self.share is None)
+            or (self.steady is None) != (self.spread is None)
+        ):
+            raise ValueError("a weight is either `when` with `share`, or `steady` with `spread`")
+        if self.steady is not None:
+            compile_path(self.steady)
+        return self
 
 
 class SampleEvent(_Strict):
@@ -222,8 +241,13 @@ class Detection(_Strict):
 
     @cached_property
     def weights(self) -> list[Predicate]:
-        """One predicate per weight, over the events the detection matches."""
-        return [w.when.compile() for w in self.weigh]
+        """One predicate per `when` weight (in order), over the events the detection matches."""
+        return [w.when.compile() for w in self.weigh if w.when is not None]
+
+    @cached_property
+    def steadies(self) -> list[Getter]:
+        """One getter per `steady` weight (in order): the field whose spread is weighed."""
+        return [compile_path(w.steady) for w in self.weigh if w.steady is not None]
 
     @cached_property
     def sources(self) -> frozenset[str] | None:

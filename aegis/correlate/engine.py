@@ -89,7 +89,8 @@ class Match(NamedTuple):
     event: Event
     steps: list[int]
     value: Any
-    traits: int = 0  # a bit per weight of the detection the event holds
+    traits: int = 0  # a bit per `when` weight of the detection the event holds
+    sizes: tuple[Any, ...] = ()  # its value of each `steady` weight's field (None: none)
 
 
 class Correlator:
@@ -215,7 +216,7 @@ class Correlator:
         d: Detection, events: Sequence[Event], out: dict[str, tuple[Detection, str, list[Match]]], c: CorrelationCounts
     ) -> None:
         value_of, predicates, getters, by_tenant = d.value_getter, d.predicates, d.group_getters, d.by_tenant
-        weights = d.weights
+        weights, steadies = d.weights, d.steadies
         for e in events:
             steps = [i for i, predicate in enumerate(predicates) if predicate(e)]
             if not steps:
@@ -225,7 +226,8 @@ class Correlator:
                 values = value_of(e)
                 value = values[0] if values else None
             traits = sum(1 << k for k, holds in enumerate(weights) if holds(e)) if weights else 0
-            match = Match(e, steps, value, traits)
+            sizes = tuple(_size(get(e)) for get in steadies) if steadies else ()
+            match = Match(e, steps, value, traits, sizes)
             tenant = f"{TENANT_PART}{e.tenant}|" if by_tenant and e.tenant else ""
             for parts in itertools.product(*[g(e) for g in getters]):
                 group = tenant + "|".join(map(str, parts))
@@ -484,7 +486,7 @@ class State:
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
-            if pane.add(f, m.steps, m.value, values_cap, m.traits):
+            if pane.add(f, m.steps, m.value, values_cap, traits=m.traits, sizes=m.sizes):
                 self.dirty.add(index // PANES_PER_CHUNK)
                 lo = index if lo is None else min(lo, index)
                 hi = index if hi is None else max(hi, index)
@@ -725,20 +727,41 @@ class State:
 
 def _weighed(d: Detection, s: Summary, severity: Severity) -> tuple[Severity, str | None]:
     """The severity once the detection's weights are applied to the incident's events, and what
-    moved it ("private network 100%, Entra identity 98%: 2 lower")."""
+    moved it ("Entra identity 100%, steady sizes (±3%): 2 lower"). An incident that holds a
+    Defender alert is never weighed down: Defender judged it an attack."""
     if not d.weigh or not s.events:
         return severity, None
-    moved, held = 0, []
-    for k, w in enumerate(d.weigh):
-        share = (s.traits[k] if k < len(s.traits) else 0) / s.events
-        if share >= w.share:
-            moved += w.severity
-            held.append(f"{w.name} {share:.0%}")
+    moved, held, k, j = 0, [], 0, 0
+    alerted = bool(s.kinds)  # Defender judged part of it an attack: nothing weighs it down
+    for w in d.weigh:
+        if w.share is not None:
+            share = (s.traits[k] if k < len(s.traits) else 0) / s.events
+            k += 1
+            if share >= w.share and not (alerted and w.severity < 0):
+                moved += w.severity
+                held.append(f"{w.name} {share:.0%}")
+        elif w.spread is not None:
+            n, total, squares = s.moments[j] if j < len(s.moments) else (0.0, 0.0, 0.0)
+            j += 1
+            if n >= MIN_STEADY and total > 0:
+                mean = total / n
+                spread = math.sqrt(max(squares / n - mean * mean, 0.0)) / mean
+                if spread <= w.spread and not (alerted and w.severity < 0):
+                    moved += w.severity
+                    held.append(f"{w.name} (±{spread:.0%})")
     if not held:
         return severity, None
     level = min(max(SEVERITY_ORDER.index(severity) + moved, 0), len(SEVERITY_ORDER) - 1)
     way = f"{abs(moved)} lower" if moved < 0 else f"{moved} higher" if moved > 0 else "no change"
     return SEVERITY_ORDER[level], f"{', '.join(held)}: {way}"
+
+
+MIN_STEADY = 20  # values a `steady` weight needs before it can say sizes are even
+
+
+def _size(values: list[Any]) -> float | None:
+    v = values[0] if values else None
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1e15 else None
 
 
 def _joined(why: str | None, weighed: str | None) -> str | None:

@@ -71,6 +71,7 @@ class Pane:
         "index",
         "kinds",
         "last",
+        "moments",
         "samples",
         "severity",
         "total",
@@ -91,16 +92,19 @@ class Pane:
         self.ids: set[str] | None = set()  # id digests; None once the pane only counts
         self.samples: list[Sample] = []  # sorted
         self.entities: set[str] = set()  # entity references
-        self.traits: list[int] = []  # per weight of the detection (`weigh`), the events that hold it
+        self.traits: list[int] = []  # per `when` weight of the detection (`weigh`), the events that hold it
+        self.moments: list[list[float]] = []  # per `steady` weight: [values, sum, sum of squares]
         self._json: orjson.Fragment | None = None
 
     @property
     def end(self) -> int:
         return max(self.last)
 
-    def add(self, f: Fact, steps: list[int], value: Any, values_cap: int, traits: int = 0) -> bool:
-        """Add one event's match (to one or more steps; `traits`: a bit per weight it holds); False
-        if the pane already had it."""
+    def add(
+        self, f: Fact, steps: list[int], value: Any, values_cap: int, *, traits: int = 0, sizes: tuple[Any, ...] = ()
+    ) -> bool:
+        """Add one event's match (to one or more steps; `traits`: a bit per `when` weight it holds,
+        `sizes`: its value of each `steady` weight's field); False if the pane already had it."""
         if self.ids is not None:
             if f.digest in self.ids:
                 return self._again(f)
@@ -140,6 +144,8 @@ class Pane:
             self.entities = set(sorted(self.entities)[:PANE_ENTITIES])
         if traits:
             self.traits = add_traits(self.traits, traits)
+        if sizes:
+            self.moments = add_moments(self.moments, sizes)
         return True
 
     def _again(self, f: Fact) -> bool:
@@ -168,6 +174,7 @@ class Pane:
                 self.index, self.events, self.counts, self.first, self.last, self.total,
                 sorted(self.values) if self.values else [], self.severity, sorted(self.kinds) if self.kinds else [],
                 None if self.ids is None else sorted(self.ids), self.samples, sorted(self.entities), self.traits,
+                self.moments,
             ]))  # fmt: skip
         return self._json
 
@@ -177,6 +184,7 @@ class Pane:
         (p.index, p.events, p.counts, p.first, p.last, p.total, values, p.severity, kinds, ids, samples,
          entities) = raw[:12]  # fmt: skip
         p.traits = list(raw[12]) if len(raw) > 12 else []  # a pane stored before weights has none
+        p.moments = [list(m) for m in raw[13]] if len(raw) > 13 else []
         p.values, p.kinds, p.entities = set(values), set(kinds), set(entities)
         if not isinstance(p.total, int | float) or not 0 <= p.total <= MAX_SUM:  # NaN too: state from before the bound
             p.total = 0.0
@@ -198,7 +206,8 @@ class Summary:
     head: list[Sample] = field(default_factory=list)  # the earliest samples, sorted
     tail: list[Sample] = field(default_factory=list)  # the latest samples, sorted
     entities: set[str] = field(default_factory=set)
-    traits: list[int] = field(default_factory=list)  # per weight, the events that hold it
+    traits: list[int] = field(default_factory=list)  # per `when` weight, the events that hold it
+    moments: list[list[float]] = field(default_factory=list)  # per `steady` weight: [values, sum, sum of squares]
 
     SAMPLES = 50
     KINDS = 32
@@ -206,7 +215,8 @@ class Summary:
 
     def add(self, p: Pane) -> None:
         start = (p.samples[0][0], p.samples[0][1]) if p.samples else None
-        self.merge(Summary(p.events, start, p.end, p.severity, p.kinds, p.samples, p.samples, p.entities, p.traits))
+        self.merge(Summary(p.events, start, p.end, p.severity, p.kinds, p.samples, p.samples, p.entities, p.traits,
+                           p.moments))  # fmt: skip
 
     def merge(self, other: Summary) -> None:
         self.events += other.events
@@ -218,6 +228,9 @@ class Summary:
         self.entities = _bounded(self.entities | other.entities, self.ENTITIES)
         if other.traits:
             self.traits = [a + b for a, b in itertools.zip_longest(self.traits, other.traits, fillvalue=0)]
+        if other.moments:
+            pairs = itertools.zip_longest(self.moments, other.moments, fillvalue=[0.0, 0.0, 0.0])
+            self.moments = [[x + y for x, y in zip(a, b, strict=True)] for a, b in pairs]
         head, tail = other.head, other.tail
         if head and (len(self.head) < self.SAMPLES or head[0] < self.head[-1]):
             self.head = sorted(set(self.head).union(head))[: self.SAMPLES]
@@ -229,21 +242,22 @@ class Summary:
 
     def copy(self) -> Summary:
         return Summary(self.events, self.start, self.end, self.severity, set(self.kinds), list(self.head),
-                       list(self.tail), set(self.entities), list(self.traits))  # fmt: skip
+                       list(self.tail), set(self.entities), list(self.traits),
+                       [list(m) for m in self.moments])  # fmt: skip
 
     def samples(self) -> list[Sample]:
         return sorted(set(self.head) | set(self.tail))
 
     def dump(self) -> list[Any]:
         return [self.events, self.start, self.end, self.severity, sorted(self.kinds), self.head, self.tail,
-                sorted(self.entities), self.traits]  # fmt: skip
+                sorted(self.entities), self.traits, self.moments]  # fmt: skip
 
     @classmethod
     def load(cls, raw: list[Any]) -> Summary:
         events, start, end, severity, kinds, head, tail, entities = raw[:8]
         return cls(events, (start[0], start[1]) if start else None, end, severity, set(kinds),
                    [tuple(s) for s in head], [tuple(s) for s in tail], set(entities),
-                   list(raw[8]) if len(raw) > 8 else [])  # fmt: skip
+                   list(raw[8]) if len(raw) > 8 else [], [list(m) for m in raw[9]] if len(raw) > 9 else [])  # fmt: skip
 
 
 def add_traits(counts: list[int], bits: int) -> list[int]:
@@ -256,6 +270,17 @@ def add_traits(counts: list[int], bits: int) -> list[int]:
             out[k] += 1
         bits >>= 1
         k += 1
+    return out
+
+
+def add_moments(moments: list[list[float]], sizes: tuple[Any, ...]) -> list[list[float]]:
+    """`moments` (per `steady` weight) with one event's values added (None: it has none)."""
+    out = [list(m) for m in moments] + [[0.0, 0.0, 0.0] for _ in range(len(sizes) - len(moments))]
+    for m, v in zip(out, sizes, strict=False):
+        if v is not None:
+            m[0] += 1
+            m[1] += v
+            m[2] += v * v
     return out
 
 

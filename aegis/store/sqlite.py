@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from aegis.errors import StoreError, StoreUnavailable
-from aegis.events import DeadLetter, Event
+from aegis.events import DeadLetter, Event, richer
 from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, fingerprint, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
@@ -273,7 +273,12 @@ class SqliteStore:
                 [(i.id, fingerprint(doc), doc) for i, doc in docs],
             )
             evidence = {e.id: e for w in ok for e in w.evidence}  # an event held by incidents of several buckets: once
-            cur.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            # a copy stored before stays unless this one says more (one alert in two shapes: the richest)
+            for (doc,) in _rows_in(cur, "SELECT doc FROM events WHERE id IN ({})", list(evidence)):
+                kept = Event.from_json(doc)
+                if richer(kept, evidence[kept.id]) is kept:
+                    del evidence[kept.id]
+            cur.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?)",
                             [_event_row(e) for e in evidence.values()])  # fmt: skip
         return Committed(versions, {w.key for w in writes} - versions.keys())
 

@@ -60,7 +60,7 @@ from azure.data.tables import (
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from aegis.errors import StoreError, StoreUnavailable
-from aegis.events import DeadLetter, Event
+from aegis.events import DeadLetter, Event, richer
 from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, fingerprint, sortable
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
@@ -325,8 +325,10 @@ class TableStore:
             rows = self._state.query_entities(
                 f"PartitionKey eq @pk and {where}", parameters={**parameters, "pk": incident.bucket}
             )
-            for row in rows:
-                found.update((e.id, e) for e in _evidence_of(_unpack(row)) if e.id in wanted)
+            for row in rows:  # a later write may hold another copy of an event: the richest is shown
+                for e in _evidence_of(_unpack(row)):
+                    if e.id in wanted:
+                        found[e.id] = richer(found[e.id], e) if e.id in found else e
             for entry in incident.timeline:
                 if entry.event_id in found or entry.event_id not in wanted:
                     continue
