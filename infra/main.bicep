@@ -13,8 +13,17 @@ param location string
 @description('Client id of the Entra ID app registration people sign in to (app roles Aegis.Approver, Aegis.Reader): infra/grant-permissions.sh creates it.')
 param authClientId string
 
-@description('ARM ids of the AI accounts (Azure OpenAI, AI Foundry, AI services) whose resource logs go to the pipeline.')
-param aiAccountIds array = []
+@description('ARM ids of the AI accounts (Azure OpenAI, AI Foundry, AI services) whose resource logs go to the pipeline, comma-separated.')
+param aiAccountIds string = ''
+
+@description('Enable the Defender for Cloud plan for AI services on this subscription (billed per tokens scanned): what raises the AI alerts.')
+param enableDefenderForAi bool = true
+
+@description('Object id of Defender for Cloud\'s service principal ("Windows Azure Security Resource Provider") in this tenant: infra/find-defender-principal.sh sets it.')
+param defenderPrincipalId string
+
+@description('A suffix of the Key Vault\'s name, kept in the azd environment (infra/find-defender-principal.sh): a new one after azd down.')
+param vaultSuffix string = ''
 
 @description('Optional: the ARM id of an existing Microsoft Sentinel workspace (tickets and delivery).')
 param sentinelWorkspaceId string = ''
@@ -36,6 +45,7 @@ param jiraProject string = ''
 param grantAiContributor bool = true
 
 var token = toLower(uniqueString(subscription().id, environmentName, location))
+var aiAccounts = empty(aiAccountIds) ? [] : split(replace(aiAccountIds, ' ', ''), ',')
 var tags = { 'azd-env-name': environmentName, application: 'aegis' }
 var defenderHub = 'defender-alerts'
 var diagnosticsHub = 'ai-diagnostics'
@@ -81,7 +91,8 @@ module eventhubs 'modules/eventhubs.bicep' = {
 module vault 'modules/keyvault.bicep' = {
   scope: rg
   name: 'keyvault'
-  params: { name: 'kv-aegis-${take(token, 13)}', location: location, tags: tags }
+  // purge protection keeps a deleted vault's name 90 days: the suffix changes after `azd down`
+  params: { name: 'kv-aegis-${take(toLower(uniqueString(token, vaultSuffix)), 13)}', location: location, tags: tags }
 }
 
 module app 'modules/functionapp.bicep' = {
@@ -149,12 +160,17 @@ module export 'modules/security-export.bicep' = {
     name: 'aegis-alerts-export'
     location: location
     tags: tags
-    alertsHubId: eventhubs.outputs.defenderHubId
-    sendRuleId: eventhubs.outputs.sendRuleId
+    eventHubNamespaceName: eventhubs.outputs.name
+    alertsHubName: defenderHub
+    defenderPrincipalId: defenderPrincipalId
   }
 }
 
-module diagnostics 'modules/ai-diagnostics.bicep' = [for (account, i) in aiAccountIds: {
+module defenderForAi 'modules/defender-ai.bicep' = if (enableDefenderForAi) {
+  name: 'defender-ai'
+}
+
+module diagnostics 'modules/ai-diagnostics.bicep' = [for (account, i) in aiAccounts: {
   scope: resourceGroup(split(account, '/')[2], split(account, '/')[4])
   name: 'ai-diagnostics-${i}'
   params: { accountName: last(split(account, '/')), hubName: diagnosticsHub, sendRuleId: eventhubs.outputs.sendRuleId }

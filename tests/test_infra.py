@@ -114,3 +114,53 @@ def test_storage_allows_no_shared_keys_and_key_vault_keeps_purge_protection():
     vault = parse(INFRA / "modules" / "keyvault.bicep")["resources"]["vault"]["config"]["properties"]
     assert vault["enableRbacAuthorization"] is True
     assert vault["enablePurgeProtection"] is True
+
+
+def test_continuous_export_sends_as_a_trusted_service_with_a_role_on_the_alerts_hub_and_no_key():
+    export = parse(INFRA / "modules" / "security-export.bicep")
+    (action,) = export["resources"]["automation"]["config"]["properties"]["actions"]
+    assert action["isTrustedServiceEnabled"] is True
+    assert "connectionString" not in action  # no SAS key: Defender's own identity sends
+    sender = export["resources"]["sender"]["config"]
+    assert "hub" in str(sender["scope"])  # the alerts hub alone, not the namespace
+    assert "2b629674-e913-4c01-ae53-ef4638d8f975" in (INFRA / "modules" / "security-export.bicep").read_text()
+    assert "defenderPrincipalId" in str(sender["properties"]["principalId"])
+    hook = (ROOT / "azure.yaml").read_text()
+    assert "infra/find-defender-principal.sh" in hook
+    assert "Windows Azure Security Resource Provider" in (INFRA / "find-defender-principal.sh").read_text()
+
+
+def test_the_defender_plan_for_ai_services_is_on_by_default_and_prompts_stay_out_of_alerts():
+    main = (INFRA / "main.bicep").read_text()
+    assert re.search(r"param enableDefenderForAi bool = true", main)
+    assert re.search(r"module defenderForAi 'modules/defender-ai\.bicep' = if \(enableDefenderForAi\)", main)
+    plan = parse(INFRA / "modules" / "defender-ai.bicep")["resources"]["ai"]["config"]
+    assert plan["name"] == "AI"
+    assert plan["properties"]["pricingTier"] == "Standard"
+    assert re.search(r"param promptEvidence bool = false", (INFRA / "modules" / "defender-ai.bicep").read_text())
+
+
+def test_every_parameter_azd_fills_is_a_string_or_a_bool_and_the_vault_name_changes_after_azd_down():
+    """`${VAR=[]}` arrays need an azd newer than some users have: every value azd substitutes is a
+    plain string (lists comma-separated); the Key Vault's purge protection keeps a deleted vault's
+    name for 90 days, so its name takes a suffix the postdown hook clears."""
+    import json
+
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    declared = dict(re.findall(r"^param (\w+) (\w+)", (INFRA / "main.bicep").read_text(), re.MULTILINE))
+    for name in params:
+        assert declared[name] in ("string", "bool"), name
+    assert "vaultSuffix" in params
+    assert "uniqueString(token, vaultSuffix)" in (INFRA / "main.bicep").read_text()
+    azure = (ROOT / "azure.yaml").read_text()
+    assert re.search(r'requiredVersions:\n  azd: ">= 1\.\d+\.\d+"', azure)
+    assert "postdown:" in azure
+    assert 'azd env set AEGIS_VAULT_SUFFIX ""' in azure
+
+
+def test_every_ai_account_given_gets_a_diagnostic_setting():
+    main = (INFRA / "main.bicep").read_text()
+    assert "split(replace(aiAccountIds, ' ', ''), ',')" in main
+    assert re.search(r"module diagnostics 'modules/ai-diagnostics\.bicep' = \[for \(account, i\) in aiAccounts:", main)
+    setting = parse(INFRA / "modules" / "ai-diagnostics.bicep")["resources"]["diagnostics"]["config"]["properties"]
+    assert setting["logs"] == [{"categoryGroup": "allLogs", "enabled": True}]

@@ -25,8 +25,9 @@ MAX_ROWS = 50
 def client(ctx: Context) -> LogsQueryClient:
     assert ctx.connections is not None
     conn = ctx.connections
-    return conn.kept("logs", build=lambda: LogsQueryClient(conn.credential, endpoint=f"{conn.logs}/v1", audience=LOGS,
-                                                           **conn.sdk_options()))  # fmt: skip
+    # the base endpoint: azure-monitor-query 2.x adds the API version (`/v1`) itself
+    return conn.kept("logs", build=lambda: LogsQueryClient(conn.credential, endpoint=conn.logs.rstrip("/"),
+                                                           audience=LOGS, **conn.sdk_options()))  # fmt: skip
 
 
 def questions(incident: Incident) -> list[tuple[str, str, dict[str, str]]]:
