@@ -784,6 +784,33 @@ def send_cmd(
     out.print(", ".join(f"{n} message(s) to {hub}" for hub, n in sent.items()) + f" on {namespace}")
 
 
+teams_app = typer.Typer(help="The Teams app of the approvals bot.", no_args_is_help=True)
+app.add_typer(teams_app, name="teams")
+
+
+@teams_app.command("manifest")
+def teams_manifest_cmd(
+    path: Annotated[Path, typer.Option("--out", help="Where to write the package (a zip).")] = Path("aegis-teams.zip"),
+    bot_id: Annotated[
+        str | None, typer.Option(help="The Azure Bot's app id [default: AEGIS_BOT_APP_ID; azd output].")
+    ] = None,
+    console_url: Annotated[str | None, typer.Option(help="The console's URL [default: AEGIS_CONSOLE_URL].")] = None,
+) -> None:
+    """Write the Teams app package (manifest and icons) a Teams admin uploads to give the on-call
+    channel's team the approvals bot."""
+    from aegis.approvals import teamsapp  # noqa: PLC0415
+
+    cfg = settings.load()
+    bot = bot_id or cfg.bot_app_id
+    if not bot or not re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", bot):
+        raise AegisError("--bot-id: give the Azure Bot's app id, a GUID (`azd env get-value AEGIS_BOT_APP_ID`)")
+    url = console_url or cfg.console_url
+    if not url.startswith("https://"):
+        raise AegisError(f"--console-url {url!r}: Teams needs the deployed console's https URL (AEGIS_CONSOLE_URL)")
+    path.write_bytes(teamsapp.package(bot.lower(), url))
+    out.print(f"{path}: upload it in the Teams admin center (Manage apps → Upload), then add the app to the team")
+
+
 @app.command("serve")
 def serve_cmd(
     db: DbOption = None,

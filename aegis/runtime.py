@@ -13,7 +13,8 @@ import structlog
 from starlette.applications import Starlette
 
 from aegis import log, settings
-from aegis.approvals import web
+from aegis.approvals import bot, web
+from aegis.approvals.botauth import BotAuth
 from aegis.approvals.sweep import SweepCounts, Sweeper
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
@@ -88,7 +89,21 @@ def pipeline() -> Pipeline:
 def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
-    return web.create_app(web.Console.over(pipeline().store, response(), web.easy_auth_identity))
+    store, plan, cfg = pipeline().store, response(), settings.get()
+    console = web.Console.over(store, plan, web.easy_auth_identity)
+    endpoint = None
+    if cfg.bot_app_id:  # the Teams bot's /api/messages: decisions on the approval cards
+        conn = connections()
+        decisions = bot.Decisions(
+            Responder(plan, store),
+            plan.plan,
+            bot.checked_groups(conn),
+            incident=lambda ident: next((i for i in store.incidents() if i.id == ident), None),
+            console_url=cfg.console_url,
+        )
+        auth = BotAuth(cfg.bot_app_id, bot.json_getter(conn), cfg.bot_openid_metadata)
+        endpoint = web.BotEndpoint(auth, decisions)
+    return web.create_app(console, bot=endpoint)
 
 
 def sweep() -> SweepCounts:

@@ -118,6 +118,22 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_project: str | None = Field(None, description="The Jira project key tickets go to.")
 
+    bot_app_id: str | None = Field(
+        None,
+        description="The Azure Bot's Microsoft app id (its managed identity's client id): Teams cards.",
+        pattern=_GUID,
+    )
+    bot_service_url: str = Field(
+        "https://smba.trafficmanager.net/teams/",
+        description="The Teams channel's Bot Connector service URL.",
+        pattern=r"^https://[^\s/?#]+(:[0-9]+)?(/[^\s?#]*)?$",
+    )
+    bot_openid_metadata: str = Field(
+        "https://login.botframework.com/v1/.well-known/openidconfiguration",
+        description="The Bot Framework's OpenID metadata: the keys that sign the activities sent to /api/messages.",
+        pattern=r"^https://[^\s?#]+$",
+    )
+
     console_url: str = Field(
         "http://127.0.0.1:8765",
         description="Public URL of the console (https://APP.azurewebsites.net): the links in Teams cards.",

@@ -1,6 +1,6 @@
 """The approvals API, the analyst console and the approvals timer.
 
-Both HTTP functions hand the request to one ASGI app (`aegis.approvals.web`, through
+The HTTP functions hand the request to one ASGI app (`aegis.approvals.web`, through
 `func.AsgiMiddleware`): `/api/approvals/...` needs a function key as well as a signed-in
 approver; `/console/...` is for people in a browser, signed in by App Service Authentication
 (Entra ID), which the app requires (`aegis.approvals.identity`). host.json sets no route prefix,
@@ -37,6 +37,13 @@ async def approvals_api(req: func.HttpRequest, context: func.Context) -> func.Ht
 
 @bp.route(route="console/{*rest}", methods=METHODS, auth_level=func.AuthLevel.ANONYMOUS)
 async def console(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return await _asgi().handle_async(req, context)  # type: ignore[no-any-return]
+
+
+# Teams sends the approval cards' actions here: outside App Service Authentication (infra excludes
+# the path), proven by the Bot Framework's signed token instead (`aegis.approvals.botauth`)
+@bp.route(route="api/messages", methods=[func.HttpMethod.POST], auth_level=func.AuthLevel.ANONYMOUS)
+async def bot_messages(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return await _asgi().handle_async(req, context)  # type: ignore[no-any-return]
 
 

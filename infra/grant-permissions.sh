@@ -19,7 +19,7 @@ GRAPH_PERMISSIONS=(
   User.EnableDisableAccount.All    # disable_user, enable_user
   User.Read.All                    # disable_user / enable_user by UPN; the graph enricher (users, managers)
   Application.Read.All             # the graph enricher (service principals, owners)
-  GroupMember.Read.All             # escalation: @mention the on-call group's members
+  GroupMember.Read.All             # escalation: @mention the on-call group's members; Teams decisions: group membership
   SecurityAlert.Read.All           # defender_xdr delivery: find the XDR alerts of an incident
   SecurityIncident.ReadWrite.All   # defender_xdr delivery: comment on the XDR incident
   AuditLog.Read.All                # corroboration (entra): the user's sign-in records
@@ -29,9 +29,9 @@ MDE_PERMISSIONS=(
   Machine.Isolate                  # isolate_endpoint, release_endpoint
   Machine.Read.All                 # isolate_endpoint by host name (machine lookup)
 )
-# Delegated only (Graph has no application permission to post in a channel): ChannelMessage.Send and
-# ChannelMessage.ReadWrite for the approval cards, escalations and SOC notices. Grant them to the
-# service account whose credential posts (see infra/README.md), not to the managed identity.
+# Teams messages (approval cards, escalations, SOC notices, notify) need no Graph permission: they go
+# through the Azure Bot on the same managed identity (infra/modules/bot.bicep), installed in the team
+# with the Teams app `aegis teams manifest` writes.
 
 create_app() {
   local name=${1:-aegis-console} id

@@ -128,6 +128,18 @@ module app 'modules/functionapp.bicep' = {
   }
 }
 
+module bot 'modules/bot.bicep' = {
+  scope: rg
+  name: 'bot'
+  params: {
+    name: 'bot-aegis-${token}'
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    appUrl: app.outputs.url
+  }
+}
+
 module roles 'modules/roles.bicep' = {
   scope: rg
   name: 'roles'
@@ -183,3 +195,4 @@ output AEGIS_CONSOLE_URL string = app.outputs.url
 output AEGIS_EVENTHUB_NAMESPACE string = eventhubs.outputs.fullyQualifiedNamespace
 output AEGIS_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AEGIS_KEY_VAULT_URI string = vault.outputs.uri
+output AEGIS_BOT_APP_ID string = bot.outputs.appId

@@ -1,6 +1,7 @@
 """Approvals: records bound to the parameters' digest, people-requested steps, who may decide (App
 Service Authentication principals), the approvals timer (expiry, escalation) and the Teams cards,
-posted through the real msgraph-sdk client to the local HTTPS server."""
+posted through the Bot Connector API (and the group members read with msgraph-sdk) to the local
+HTTPS server."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import orjson
 import pytest
 
 from aegis.approvals import identity
+from aegis.approvals.bot import BotCards
 from aegis.approvals.identity import Forbidden, NotSignedIn
 from aegis.approvals.sweep import Sweeper
-from aegis.approvals.teams import Teams, card
+from aegis.approvals.teams import card
 from aegis.events import AiResource, Severity, User
 from aegis.records import Incident, TimelineEntry
 from aegis.respond import playbooks
+from aegis.respond.connect import Bot
 from aegis.respond.record import DecisionRefused, Responder
 from tests.helpers import corroborate_all
 from tests.test_execute import connections
@@ -83,6 +86,10 @@ def incident(title: str = "Jailbreak then key theft <script>alert(1)</script>") 
 @pytest.fixture
 def case(tmp_path, store):
     """The plan's steps for one incident, recorded on SQLite and on Table Storage (Azurite)."""
+    return planned(tmp_path, store)
+
+
+def planned(tmp_path, store):
     clock = Clock()
     resp = plan(tmp_path)
     responder = Responder(resp, store, clock=clock)
@@ -304,9 +311,10 @@ def test_without_teams_the_timer_still_expires_and_escalates_in_the_audit_log(ca
     assert [a.detail for a in store.audit_log() if a.event == "escalated"] == ["to AI platform on-call"] * 2
 
 
-# --- Teams through Graph (msgraph-sdk against the local HTTPS server) -------------------------------------
+# --- Teams through the bot (the Bot Connector API against the local HTTPS server) ---------------------------
 
-MESSAGES = f"/v1.0/teams/{TEAM}/channels/{CHANNEL}/messages"
+BOT, TENANT = "11111111-2222-4333-8444-555555555555", "0f7c2d1a-5b3e-4c8d-9e6f-1a2b3c4d5e6f"
+CONVERSATIONS = "/teams/v3/conversations"
 
 
 @pytest.fixture
@@ -315,47 +323,61 @@ def server(tmp_path):
         yield srv
 
 
-def teams(server: WireServer) -> Teams:
-    return Teams(dataclasses.replace(connections(server), retries=0))
+def teams(server: WireServer) -> BotCards:
+    bot = Bot(BOT, TENANT, f"{server.url}/teams/")
+    return BotCards(dataclasses.replace(connections(server), retries=0, bot=bot))
 
 
-def chat_message(mid: str) -> dict:
-    """The documented answer of POST .../messages (chatMessage, trimmed to what matters)."""
-    return {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#teams('x')/channels('y')/messages/$entity",
-            "id": mid, "messageType": "message", "createdDateTime": "2026-11-26T09:00:00.000Z",
-            "body": {"contentType": "html", "content": "<attachment id=\"a\"></attachment>"}}  # fmt: skip
+def conversation(activity: str) -> dict:
+    """The documented answer of POST /v3/conversations (ConversationResourceResponse)."""
+    return {
+        "id": f"{CHANNEL};messageid={activity}",
+        "activityId": activity,
+        "serviceUrl": "https://smba.example/teams/",
+    }
 
 
-def test_the_card_is_posted_and_updated_through_graph_with_plain_text_fields(case, server):
+def test_the_card_is_posted_and_updated_through_the_bot_with_plain_text_fields(case, server):
     resp, store, clock, responder = case
-    server.expect(
-        "POST", MESSAGES, Reply(201, chat_message("1616990032035")), Reply(201, chat_message("1616990032036"))
-    )
-    sweep = Sweeper(resp, store, incidents=lambda: [incident()], teams=teams(server), console_url="https://aegis.example",
+    server.expect("POST", CONVERSATIONS, Reply(201, conversation("1616990032035")),
+                  Reply(201, conversation("1616990032036")))  # fmt: skip
+    cards = teams(server)
+    sweep = Sweeper(resp, store, incidents=lambda: [incident()], teams=cards, console_url="https://aegis.example",
                     clock=clock)  # fmt: skip
     assert sweep.run().cards_posted == 2
     first = server.seen[0]
     assert first.headers["authorization"] == "Bearer test-token"
-    [attachment] = first.body["attachments"]
+    assert ("https://api.botframework.com/.default",) in cards.conn.credential.scopes  # the Bot Framework's audience
+    assert first.body["isGroup"] is True
+    assert first.body["bot"] == {"id": f"28:{BOT}"}
+    assert first.body["channelData"] == {"channel": {"id": CHANNEL}, "tenant": {"id": TENANT}}
+    [attachment] = first.body["activity"]["attachments"]
     assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
-    assert first.body["body"] == {
-        "contentType": "html",
-        "content": f'<attachment id="{attachment["id"]}"></attachment>',
-    }
-    content = orjson.loads(attachment["content"])  # Graph takes the card as a JSON string
-    step = store.step(next(s.key for s in store.steps() if s.card == "1616990032035"))
+    content = attachment["content"]
+    thread = f"{CHANNEL};messageid=1616990032035"
+    step = store.step(next(s.key for s in store.steps() if s.card == f"{thread}|1616990032035"))
     runs = [i["text"] for block in content["body"] if block["type"] == "RichTextBlock" for i in block["inlines"]]
     assert incident().title in " ".join(runs)  # as a TextRun: plain text, no markdown, no HTML
     assert step.digest[:16] in runs
-    links = {a["title"]: a["url"] for a in content["actions"]}
-    assert links["Approve…"] == f"https://aegis.example/console/approvals/{step.key}?decision=approve"
-    assert links["Deny…"].endswith("?decision=deny")
+    actions = {a["title"]: a for a in content["actions"]}
+    approve = actions["Approve"]
+    assert (approve["type"], approve["verb"], approve["data"]) == (
+        "Action.Execute",
+        "approve",
+        {"step": step.key, "digest": step.digest},
+    )  # bound to what the card shows
+    deny = actions["Deny…"]["card"]
+    assert deny["body"][0] == {"type": "Input.Text", "id": "reason", "label": "Why deny?", "isRequired": True,
+                               "maxLength": 500, "errorMessage": "A denial needs a reason."}  # fmt: skip
+    assert deny["actions"][0]["verb"] == "deny"
+    assert actions["Open in the console"]["url"] == f"https://aegis.example/console/approvals/{step.key}"
 
     responder.decide(step.key, "alice@contoso.com", approve=True)
-    server.expect("PATCH", f"{MESSAGES}/1616990032035", Reply(204))
+    server.expect("PUT", f"{CONVERSATIONS}/{thread}/activities/1616990032035", Reply(200, {"id": "1616990032035"}))
     assert sweep.run().cards_updated == 1
-    patch = server.seen[-1]
-    updated = orjson.loads(patch.body["attachments"][0]["content"])
+    put = server.seen[-1]
+    assert put.body["id"] == "1616990032035"
+    updated = put.body["attachments"][0]["content"]
     assert updated["body"][0]["text"] == "Step dry run"
     assert [a["title"] for a in updated["actions"]] == ["Open in the console"]
 
@@ -363,7 +385,7 @@ def test_the_card_is_posted_and_updated_through_graph_with_plain_text_fields(cas
 def test_escalation_replies_in_the_cards_thread_mentioning_the_groups_members(case, server):
     resp, store, clock, _ = case
     for mid in ("m1", "m2"):
-        server.expect("POST", MESSAGES, Reply(201, chat_message(mid)))
+        server.expect("POST", CONVERSATIONS, Reply(201, conversation(mid)))
     sweep = Sweeper(resp, store, incidents=lambda: [incident()], teams=teams(server), clock=clock)
     sweep.run()
     members = {"value": [{"@odata.type": "#microsoft.graph.user", "id": "aaaa-1", "displayName": "Ada <Ops>"},
@@ -372,30 +394,40 @@ def test_escalation_replies_in_the_cards_thread_mentioning_the_groups_members(ca
         server.expect(
             "GET", f"/v1.0/groups/{ONCALL}/members/graph.user", Reply(200, members)
         )  # the SDK casts with the short alias
-        server.expect("POST", f"{MESSAGES}/{mid}/replies", Reply(201, chat_message(mid + "r")))
+        server.expect("POST", f"{CONVERSATIONS}/{CHANNEL};messageid={mid}/activities", Reply(201, {"id": mid + "r"}))
     clock.now += timedelta(minutes=15, seconds=1)
     assert sweep.run().escalated == 2
     lookup = next(s for s in server.seen if s.method == "GET")
     assert lookup.query["$select"] == ["id,displayName"]
     assert lookup.query["$top"] == ["20"]
-    reply = next(s for s in server.seen if s.path.endswith("/replies"))
-    assert reply.body["body"]["content"].endswith('<at id="0">Ada &lt;Ops&gt;</at> <at id="1">Bo</at>')
-    assert reply.body["mentions"][0]["mentioned"]["user"] == {
-        "@odata.type": "#microsoft.graph.teamworkUserIdentity", "id": "aaaa-1", "displayName": "Ada <Ops>",
-        "userIdentityType": "aadUser",
-    }  # fmt: skip
+    reply = next(s for s in server.seen if s.path.endswith("/activities") and s.method == "POST")
+    assert reply.body["textFormat"] == "xml"
+    assert reply.body["text"].endswith("<at>Ada &lt;Ops&gt;</at> <at>Bo</at>")
+    assert reply.body["entities"][0] == {"type": "mention", "text": "<at>Ada &lt;Ops&gt;</at>",
+                                         "mentioned": {"id": "aaaa-1", "name": "Ada <Ops>"}}  # fmt: skip
 
 
-def test_a_failing_graph_call_is_retried_next_run_and_blocks_nothing(case, server):
+def test_a_failing_bot_call_is_retried_next_run_and_blocks_nothing(case, server):
     resp, store, clock, _ = case
-    server.expect("POST", MESSAGES, Reply(403, {"error": {"code": "Forbidden", "message": "no ChannelMessage.Send"}}),
-                  Reply(201, chat_message("m2")))  # fmt: skip
+    server.expect("POST", CONVERSATIONS, Reply(403, {"error": {"code": "BotNotInConversationRoster",
+                                                                "message": "the bot is not in the team"}}),
+                  Reply(201, conversation("m2")))  # fmt: skip
     sweep = Sweeper(resp, store, incidents=lambda: [incident()], teams=teams(server), clock=clock)
     counts = sweep.run()
     assert (counts.cards_posted, counts.errors) == (1, 1)
-    server.expect("POST", MESSAGES, Reply(201, chat_message("m3")))
+    server.expect("POST", CONVERSATIONS, Reply(201, conversation("m3")))
     assert sweep.run().cards_posted == 1
-    assert sorted(s.card for s in store.steps() if s.card) == ["m2", "m3"]
+    assert sorted(s.card.rpartition("|")[2] for s in store.steps() if s.card) == ["m2", "m3"]
+
+
+def test_a_card_posted_through_graph_before_the_bot_is_posted_again(case, server):
+    resp, store, clock, _ = case
+    for step in store.steps(status=["awaiting_approval"]):
+        store.replace_step(step.next(card="1616990032035", card_shows="dry_run"), audit=[])  # a Graph message id
+    server.expect("POST", CONVERSATIONS, Reply(201, conversation("n1")), Reply(201, conversation("n2")))
+    counts = Sweeper(resp, store, incidents=lambda: [incident()], teams=teams(server), clock=clock).run()
+    assert (counts.cards_posted, counts.cards_updated, counts.errors) == (2, 0, 0)
+    assert not [s for s in server.seen if s.method == "PUT"]
 
 
 def test_the_card_text_is_never_markup():

@@ -20,7 +20,7 @@ from tests.wire import Reply, WireServer
 
 ACCOUNT = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg/providers/microsoft.cognitiveservices/accounts/oai"
 SOC = Channel(team="0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c", channel="19:soc0123@thread.tacv2")
-MESSAGES = f"/v1.0/teams/{SOC.team}/channels/{SOC.channel}/messages"
+CONVERSATIONS = "/teams/v3/conversations"  # the Bot Connector at the local server
 
 
 def incident(count: int = 2, severity: Severity = Severity.HIGH) -> Incident:
@@ -117,24 +117,24 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
 
 def test_the_soc_notice_is_posted_once_then_updated_in_its_thread(server, sqlite_store):
     deliveries = Deliveries(["teams"], connections(server), "https://aegis.example", SOC)
-    server.expect(
-        "POST", MESSAGES, Reply(201, {"id": "1700000000001", "body": {"contentType": "html", "content": "x"}})
-    )
+    thread = f"{SOC.channel};messageid=1700000000001"
+    server.expect("POST", CONVERSATIONS, Reply(201, {"id": thread, "activityId": "1700000000001"}))
     assert deliveries.run([incident()], sqlite_store) == 1
-    first = server.seen[-1].body["body"]
-    assert first["contentType"] == "html"
-    assert "&lt;img src=x onerror=alert(1)&gt;" in first["content"]
+    first = server.seen[-1].body
+    assert first["channelData"]["channel"] == {"id": SOC.channel}
+    assert first["activity"]["textFormat"] == "xml"
+    assert "&lt;img src=x onerror=alert(1)&gt;" in first["activity"]["text"]
     assert deliveries.run([incident()], sqlite_store) == 0
 
-    server.expect("POST", f"{MESSAGES}/1700000000001/replies", Reply(503, {"error": {"code": "ServiceUnavailable"}}))
-    server.expect("POST", f"{MESSAGES}/1700000000001/replies", Reply(201, {"id": "r2"}))
+    replies = f"{CONVERSATIONS}/{thread}/activities"
+    server.expect("POST", replies, Reply(503, {"error": {"code": "ServiceUnavailable"}}), Reply(201, {"id": "r2"}))
     deliveries = dataclasses.replace(deliveries, connections=dataclasses.replace(connections(server), retries=0))
     assert deliveries.run([incident(count=3)], sqlite_store) == 1  # the update failed: recorded, thread kept
     [kept] = sqlite_store.enrichment("inc1", kind="deliver")
-    assert (kept.status, kept.result["message"]) == ("error", "1700000000001")
+    assert (kept.status, kept.result["message"]) == ("error", f"{thread}|1700000000001")
     assert deliveries.run([incident(count=3)], sqlite_store) == 1  # tried again, in the same thread
-    assert server.seen[-1].body["body"]["content"].startswith("Updated:")
-    assert [s.path for s in server.seen if s.method == "POST"].count(MESSAGES) == 1  # never a second notice
+    assert server.seen[-1].body["text"].startswith("Updated:")
+    assert [s.path for s in server.seen if s.method == "POST"].count(CONVERSATIONS) == 1  # never a second notice
 
 
 def test_quiet_incidents_and_unconfigured_deliverers_send_nothing(server, sqlite_store):

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from aegis.events import AiResource, Host, Severity, User
 from aegis.records import Incident
 from aegis.respond import playbooks
-from aegis.respond.connect import Connections, Tickets
+from aegis.respond.connect import Bot, Connections, Tickets
 from aegis.respond.execute import Executor, classify
 from aegis.respond.record import Responder
 from aegis.respond.tickets import sentinel_id
@@ -65,9 +65,14 @@ def server(tmp_path):
         yield srv
 
 
+BOT_ID, BOT_TENANT = "11111111-2222-4333-8444-555555555555", "0f7c2d1a-5b3e-4c8d-9e6f-1a2b3c4d5e6f"
+
+
 def connections(server: WireServer, **tickets: Any) -> Connections:
+    """Every service at the local server: the Bot Connector under /teams/, Graph under /v1.0."""
     return Connections(Token(), arm=server.url, graph=server.url + "/v1.0", mde=server.url, vault=server.url,
-                       ca_file=str(server.ca_file), timeout=2.0, retries=2, tickets=Tickets(**tickets))  # fmt: skip
+                       ca_file=str(server.ca_file), timeout=2.0, retries=2, tickets=Tickets(**tickets),
+                       bot=Bot(BOT_ID, BOT_TENANT, f"{server.url}/teams/"))  # fmt: skip
 
 
 PLAN = """
@@ -442,7 +447,7 @@ def test_the_local_ticket_is_one_per_incident(tmp_path, server):
     assert second == {"system": "local", "ticket": "AEGIS-1", "created": False}
 
 
-# --- Teams notification (Graph ChannelMessage) -----------------------------------------------------------------
+# --- Teams notification (through the bot: the Bot Connector API) ---------------------------------------------
 
 
 def test_notify_posts_html_escaped_text_to_the_channel(tmp_path, server):
@@ -454,12 +459,13 @@ def test_notify_posts_html_escaped_text_to_the_channel(tmp_path, server):
     store, clock = SqliteStore(":memory:"), Clock()
     resp = response(tmp_path, steps)
     plan_and_approve(resp, store, clock, incident(account_id("rg", "oai")))
-    path = "/v1.0/teams/0f9a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c/channels/19:abc@thread.tacv2/messages"
-    server.expect("POST", path, Reply(201, {"id": "1616990032035", "body": {"contentType": "html", "content": "x"}}))
+    thread = "19:abc@thread.tacv2;messageid=1616990032035"
+    server.expect("POST", "/teams/v3/conversations", Reply(201, {"id": thread, "activityId": "1616990032035"}))
     assert executor(resp, store, server, clock).run().succeeded == 1, store.steps()[0].reason
     [seen] = server.seen
-    assert seen.body["body"] == {"contentType": "html", "content": "high: Credential theft &lt;b&gt;"}
-    assert store.steps()[0].outcome == {"message": "1616990032035"}
+    assert seen.body["channelData"]["channel"] == {"id": "19:abc@thread.tacv2"}
+    assert seen.body["activity"] == {"type": "message", "textFormat": "xml", "text": "high: Credential theft &lt;b&gt;"}
+    assert store.steps()[0].outcome == {"thread": thread, "message": "1616990032035"}
 
 
 # --- the engine: retries, failures, at most once, order, blast radius ----------------------------------------

@@ -164,3 +164,17 @@ def test_every_ai_account_given_gets_a_diagnostic_setting():
     assert re.search(r"module diagnostics 'modules/ai-diagnostics\.bicep' = \[for \(account, i\) in aiAccounts:", main)
     setting = parse(INFRA / "modules" / "ai-diagnostics.bicep")["resources"]["diagnostics"]["config"]["properties"]
     assert setting["logs"] == [{"categoryGroup": "allLogs", "enabled": True}]
+
+
+def test_teams_goes_through_a_bot_on_the_managed_identity_whose_endpoint_checks_its_own_tokens():
+    bot = parse(INFRA / "modules" / "bot.bicep")["resources"]
+    props = bot["bot"]["config"]["properties"]
+    assert props["msaAppType"] == "UserAssignedMSI"  # no app secret anywhere
+    assert "identityClientId" in str(props["msaAppId"])
+    assert props["disableLocalAuth"] is True
+    assert "/api/messages" in str(props["endpoint"])
+    assert bot["teams"]["config"]["name"] == "MsTeamsChannel"
+    app = (INFRA / "modules" / "functionapp.bicep").read_text()
+    assert "excludedPaths: ['/api/messages']" in app  # Teams cannot sign in: botauth checks the token instead
+    assert "AEGIS_BOT_APP_ID: identityClientId" in app
+    assert "ChannelMessage" not in (INFRA / "grant-permissions.sh").read_text()  # no delegated Graph posting

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from aegis.approvals.teams import Teams, card
+from aegis.approvals.bot import BotCards, CardGone
+from aegis.approvals.teams import card
 from aegis.records import AuditEntry, Incident, StepRecord
 from aegis.respond import connect
 from aegis.respond.playbooks import Channel, Response
@@ -66,9 +67,14 @@ class Sweeper:
         cls, response: Response, store: Store, incidents: Callable[[], list[Incident]], cfg: Settings,
         connections: Callable[[], connect.Connections] | None = None,
     ) -> Sweeper:  # fmt: skip
-        """With Teams cards when the plan names an on-call channel (Graph through `connections`, the
-        worker's, or the settings' credential)."""
-        teams = Teams((connections or connect.lazy(cfg))()) if response.plan.on_call else None
+        """With Teams cards when the plan names an on-call channel and a bot is configured (the Bot
+        Connector with `connections`' credential: the worker's, or the settings')."""
+        teams = None
+        if response.plan.on_call is not None:
+            if not cfg.bot_app_id or not cfg.tenant_id:
+                log.warning("teams_cards_off", reason="AEGIS_BOT_APP_ID and AEGIS_TENANT_ID are needed to post cards")
+            else:
+                teams = BotCards((connections or connect.lazy(cfg))())
         return cls(response, store, incidents=incidents, teams=teams, console_url=cfg.console_url)
 
     def run(self) -> SweepCounts:
@@ -118,19 +124,22 @@ class Sweeper:
         by_id = {i.id: i for i in self.incidents()}
         for step in stale:
             content = card(step, by_id.get(step.incident), self.console_url)
-            message = step.card
+            message, posted = step.card, False
             try:
                 if message:
-                    self.teams.update_card(where, message, content)
-                    counts.cards_updated += 1
-                else:
-                    message = self.teams.post_card(where, content)
+                    try:
+                        self.teams.update_card(where, message, content)
+                        counts.cards_updated += 1
+                    except CardGone:  # a card posted before the bot: post it again, the bot's way
+                        message = None
+                if not message:
+                    message, posted = self.teams.post_card(where, content), True
                     counts.cards_posted += 1
             except Exception as exc:
                 counts.errors += 1
                 log.warning("card_failed", step=step.key, error=type(exc).__name__)
                 continue
-            self._remember(step, message, posted=not step.card)
+            self._remember(step, message, posted=posted)
 
     def _remember(self, step: StepRecord, message: str, posted: bool) -> None:
         """Write the card's id and the status it shows over the step's revision; if the step was

@@ -1,47 +1,29 @@
-"""Approval cards in the on-call Teams channel, through Microsoft Graph (msgraph-sdk).
+"""The approval card, and the on-call groups' members it @mentions (Microsoft Graph).
 
-A step that needs approval gets an Adaptive Card in the plan's `on_call` channel: the incident
-summary, the exact step and parameters, and Approve / Deny links to the console (a link opens the
-step's page; the decision itself is a POST there, so a link preview or a prefetch decides nothing).
-When the step is decided, expires or is superseded, the card is updated to say so, without links.
-An escalation is a reply in the card's thread that @mentions the members of the contact's group.
+A step that needs approval gets an Adaptive Card in the plan's `on_call` channel, posted by the bot
+(`bot.py`): the incident summary, the exact step and parameters, and Approve / Deny as Universal
+Actions (`Action.Execute`, bound to the step's key and the digest of the parameters shown; a denial
+asks for its reason), with the console one click away. When the step is decided, expires or is
+superseded, the card is updated to say so, without actions.
 
 Incident fields are attacker-controlled: on the card they are `TextRun`s of a `RichTextBlock`,
 which Teams renders as plain text (no markdown, so no disguised links); in HTML they are escaped.
-
-Graph's `ChannelMessage.Send` and message updates are delegated permissions: the credential given
-here must act for a user (a service account), not the app's managed identity (infra/README.md).
 """
 
 from __future__ import annotations
 
-import html
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from msgraph.generated.groups.item.members.graph_user.graph_user_request_builder import GraphUserRequestBuilder
-from msgraph.generated.models.body_type import BodyType
-from msgraph.generated.models.chat_message import ChatMessage
-from msgraph.generated.models.chat_message_attachment import ChatMessageAttachment
-from msgraph.generated.models.chat_message_mention import ChatMessageMention
-from msgraph.generated.models.chat_message_mentioned_identity_set import ChatMessageMentionedIdentitySet
-from msgraph.generated.models.item_body import ItemBody
-from msgraph.generated.models.teamwork_user_identity import TeamworkUserIdentity
-from msgraph.generated.models.teamwork_user_identity_type import TeamworkUserIdentityType
 from msgraph.graph_service_client import GraphServiceClient
 
 from aegis.records import Incident, StepRecord
 from aegis.respond import graph
 from aegis.respond.connect import Connections
-from aegis.respond.playbooks import Channel
 from aegis.respond.record import call
 
-CARD = "application/vnd.microsoft.card.adaptive"
 MAX_MENTIONS = 20
-T = TypeVar("T")
 
 
 def card(step: StepRecord, incident: Incident | None, console_url: str) -> dict[str, Any]:
@@ -69,86 +51,35 @@ def card(step: StepRecord, incident: Incident | None, console_url: str) -> dict[
             {"type": "TextRun", "text": f"{label}: ", "weight": "Bolder"},
             {"type": "TextRun", "text": str(value)[:1000], "fontType": font},  # plain text: no markdown
         ]})  # fmt: skip
-    actions = [{"type": "Action.OpenUrl", "title": "Open in the console", "url": link}]
+    actions: list[dict[str, Any]] = [{"type": "Action.OpenUrl", "title": "Open in the console", "url": link}]
     if waiting:
+        bound = {"step": step.key, "digest": step.digest}  # the decision is for these parameters only
+        reason = {"type": "Input.Text", "id": "reason", "label": "Why deny?", "isRequired": True, "maxLength": 500,
+                  "errorMessage": "A denial needs a reason."}  # fmt: skip
         actions = [
-            {"type": "Action.OpenUrl", "title": "Approve…", "url": f"{link}?decision=approve"},
-            {"type": "Action.OpenUrl", "title": "Deny…", "url": f"{link}?decision=deny"},
+            {"type": "Action.Execute", "title": "Approve", "verb": "approve", "data": bound, "style": "positive"},
+            {"type": "Action.ShowCard", "title": "Deny…", "card": {
+                "type": "AdaptiveCard", "body": [reason],
+                "actions": [{"type": "Action.Execute", "title": "Deny", "verb": "deny", "data": bound,
+                             "style": "destructive"}]}},
             *actions,
-        ]
+        ]  # fmt: skip
     return {"type": "AdaptiveCard", "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "version": "1.4", "body": body, "actions": actions}  # fmt: skip
 
 
-def _message(content: dict[str, Any]) -> ChatMessage:
-    attachment_id = uuid.uuid4().hex
-    return ChatMessage(
-        body=ItemBody(content_type=BodyType.Html, content=f'<attachment id="{attachment_id}"></attachment>'),
-        attachments=[
-            ChatMessageAttachment(id=attachment_id, content_type=CARD, content=orjson.dumps(content).decode())
-        ],
-    )
+def group_members(conn: Connections, group: str, limit: int = MAX_MENTIONS) -> list[tuple[str, str]]:
+    """GET /groups/{id}/members/microsoft.graph.user: (object id, display name) of up to `limit` members."""
 
+    async def work(client: GraphServiceClient) -> list[tuple[str, str]]:
+        fields = ["id", "displayName"]
+        query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(select=fields, top=limit)
+        config = GraphUserRequestBuilder.GraphUserRequestBuilderGetRequestConfiguration(query_parameters=query)
+        found = await client.groups.by_group_id(group).members.graph_user.get(request_configuration=config)
+        people = [u for u in (found.value if found and found.value else []) if u.id][:limit]
+        return [(str(u.id), u.display_name or str(u.id)) for u in people]
 
-@dataclass(frozen=True)
-class Teams:
-    """Posts and updates approval cards; each call opens a Graph client on its own event loop."""
-
-    conn: Connections
-
-    def _run(self, work: Callable[[GraphServiceClient], Awaitable[T]]) -> T:
-        return graph.using(self.conn, work)
-
-    def post_card(self, where: Channel, content: dict[str, Any]) -> str:
-        """POST /teams/{team}/channels/{channel}/messages with the card; the message id."""
-
-        async def work(client: GraphServiceClient) -> str:
-            sent = (
-                await client.teams.by_team_id(where.team)
-                .channels.by_channel_id(where.channel)
-                .messages.post(_message(content))
-            )
-            if sent is None or not sent.id:
-                raise ValueError("Graph created the message but returned no id")
-            return sent.id
-
-        return self._run(work)
-
-    def update_card(self, where: Channel, message: str, content: dict[str, Any]) -> None:
-        """PATCH /teams/{team}/channels/{channel}/messages/{message} with the new card."""
-
-        async def work(client: GraphServiceClient) -> None:
-            messages = client.teams.by_team_id(where.team).channels.by_channel_id(where.channel).messages
-            await messages.by_chat_message_id(message).patch(_message(content))
-
-        self._run(work)
-
-    def escalate(self, where: Channel, message: str, group: str, text: str) -> int:
-        """Reply in the card's thread, @mentioning the group's members (at most 20); how many."""
-
-        async def work(client: GraphServiceClient) -> int:
-            query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(
-                select=["id", "displayName"], top=MAX_MENTIONS
-            )
-            config = GraphUserRequestBuilder.GraphUserRequestBuilderGetRequestConfiguration(query_parameters=query)
-            found = await client.groups.by_group_id(group).members.graph_user.get(request_configuration=config)
-            people = [u for u in (found.value if found and found.value else []) if u.id][:MAX_MENTIONS]
-            mentions, tags = [], []
-            for n, person in enumerate(people):
-                shown = person.display_name or person.id or ""
-                tags.append(f'<at id="{n}">{html.escape(shown)}</at>')
-                user = TeamworkUserIdentity(
-                    id=person.id, display_name=shown, user_identity_type=TeamworkUserIdentityType.AadUser
-                )
-                mentioned = ChatMessageMentionedIdentitySet(user=user)
-                mentions.append(ChatMessageMention(id=n, mention_text=shown, mentioned=mentioned))
-            content = html.escape(text) + ("<br>" + " ".join(tags) if tags else "")
-            reply = ChatMessage(body=ItemBody(content_type=BodyType.Html, content=content), mentions=mentions)
-            messages = client.teams.by_team_id(where.team).channels.by_channel_id(where.channel).messages
-            await messages.by_chat_message_id(message).replies.post(reply)
-            return len(mentions)
-
-        return self._run(work)
+    return graph.using(conn, work)
 
 
 def _iso(value: Any) -> str:

@@ -29,6 +29,7 @@ import orjson
 import structlog
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -38,6 +39,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from aegis.approvals import identity
+from aegis.approvals.bot import Decisions
+from aegis.approvals.botauth import BotAuth, Unauthorized
 from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.timeline import chart
 from aegis.correlate import mapping
@@ -273,10 +276,39 @@ def _same_origin(request: Request) -> None:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) -> Starlette:
+@dataclass(frozen=True)
+class BotEndpoint:
+    """`/api/messages`: what Teams sends the bot (the cards' Universal Actions), proven by its token."""
+
+    auth: BotAuth
+    decisions: Decisions
+    max_body: int = 262_144  # an invoke is a few KB
+
+    async def messages(self, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > self.max_body:
+            return _json({"error": "activity too large"}, status=413)
+        try:
+            activity = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _json({"error": "not JSON"}, status=400)
+        if not isinstance(activity, dict):
+            return _json({"error": "not an activity"}, status=400)
+        try:
+            self.auth.verify(request.headers.get("authorization"), activity)
+        except Unauthorized as exc:
+            log.warning("bot_unauthorized", reason=str(exc)[:200])
+            return _json({"error": "unauthorized"}, status=401)  # the reason is logged, not told
+        answer = await run_in_threadpool(self.decisions.answer, activity)  # the store and Graph block
+        return Response(status_code=200) if answer is None else _json(answer)
+
+
+def create_app(
+    console: Console, *, allowed_hosts: Sequence[str] | None = None, bot: BotEndpoint | None = None
+) -> Starlette:
     """The ASGI app. `allowed_hosts`: the Host names it answers (`aegis serve`: loopback, so that a
     page on another site cannot reach it through DNS rebinding); None answers any (the Functions
-    host, whose front end routes only the app's own names)."""
+    host, whose front end routes only the app's own names). `bot`: the Teams bot's `/api/messages`."""
     c = console
 
     async def errors(request: Request, exc: Exception) -> Response:
@@ -314,6 +346,7 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
             Route("/api/approvals", c.api_list),
             Route("/api/approvals/{key}", c.api_get),
             Route("/api/approvals/{key}/{verb:str}", c.api_decide, methods=["POST"]),
+            *([Route("/api/messages", bot.messages, methods=["POST"])] if bot is not None else []),
         ],
         exception_handlers={HTTPException: errors, AegisError: errors},
         middleware=[Middleware(SecurityHeaders)]

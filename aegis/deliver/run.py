@@ -28,9 +28,6 @@ from azure.mgmt.securityinsight.models import AttackTactic, Bookmark, Relation
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
-from msgraph.generated.models.body_type import BodyType
-from msgraph.generated.models.chat_message import ChatMessage
-from msgraph.generated.models.item_body import ItemBody
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.security.alert_comment import AlertComment
 from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import Alerts_v2RequestBuilder
@@ -44,6 +41,7 @@ from aegis.events import AiResource, DefenderAlert, Host, Ip, ServicePrincipal, 
 from aegis.records import SEVERITY_ORDER, Enrichment, Incident, views
 from aegis.registry import Registry, UnknownName
 from aegis.respond import connect, graph, tickets
+from aegis.respond.botconnector import BotConnector, text_activity
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
 from aegis.settings import Settings
@@ -168,27 +166,18 @@ def _evidence_bookmark(incident: Incident, ctx: DeliveryContext, notes: str) -> 
 
 @deliverer("teams")
 def teams(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
-    if ctx.connections is None or ctx.soc_channel is None:
-        raise Skip("no SOC channel in the response plan (soc_channel) or no Graph connection")
-    conn, where = ctx.connections, ctx.soc_channel
+    """A notice in the SOC channel through the bot: a thread per incident, a reply when it grows."""
+    if ctx.connections is None or ctx.soc_channel is None or ctx.connections.bot is None:
+        raise Skip("no SOC channel in the response plan (soc_channel) or no Azure Bot (AEGIS_BOT_APP_ID)")
+    bot, where = BotConnector(ctx.connections), ctx.soc_channel
     before = ctx.previous.get("teams")
-    thread = before.result.get("message") if before else None  # kept through a failed update too
-    lines = summary(incident, ctx)
+    kept = str(before.result.get("message") or "") if before else ""  # kept through a failed update too
+    thread = kept.rpartition("|")[0]  # "<thread>|<activity>"; a notice posted through Graph before has none
     if thread:
-        lines = ["Updated:", *lines]
-    content = _html(lines)
-
-    async def work(client: GraphServiceClient) -> str | None:
-        messages = client.teams.by_team_id(where.team).channels.by_channel_id(where.channel).messages
-        message = ChatMessage(body=ItemBody(content_type=BodyType.Html, content=content))
-        if thread:
-            await messages.by_chat_message_id(str(thread)).replies.post(message)
-            return str(thread)
-        sent = await messages.post(message)
-        return sent.id if sent else None
-
-    message = graph.using(conn, work)
-    return {"message": message, "replied": bool(thread)}
+        bot.reply(thread, text_activity(_html(["Updated:", *summary(incident, ctx)])))
+        return {"message": kept, "replied": True}
+    thread, activity = bot.start_thread(where.channel, text_activity(_html(summary(incident, ctx))))
+    return {"message": f"{thread}|{activity}", "replied": False}
 
 
 @deliverer("defender_xdr")

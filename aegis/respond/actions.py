@@ -427,9 +427,10 @@ class OpenTicket(Params):
 
 @action(
     "notify",
-    permission="Microsoft Graph permission ChannelMessage.Send (delegated: Graph has no application permission "
-    "to post in a channel outside migration)",
-    rest=f"POST {GRAPH}/teams/{{team}}/channels/{{channel}}/messages  body {{body: {{contentType: html, content}}}}",
+    permission="the Azure Bot on the app's managed identity, installed in the channel's team (Teams app from "
+    "`aegis teams manifest`): Graph has no application permission to post in a channel",
+    rest="POST https://smba.trafficmanager.net/teams/v3/conversations  body {isGroup: true, channelData: "
+    "{channel: {id: channel}}, activity: {type: message, textFormat: xml, text}}  (Bot Connector API)",
     reversible=False,
     disruptive=False,
 )

@@ -45,6 +45,15 @@ class Tickets:
 
 
 @dataclass(frozen=True)
+class Bot:
+    """The Azure Bot on the app's managed identity: its app id, its tenant, the Teams Bot Connector."""
+
+    app_id: str
+    tenant: str
+    service_url: str = "https://smba.trafficmanager.net/teams/"
+
+
+@dataclass(frozen=True)
 class Connections:
     credential: TokenCredential
     arm: str = "https://management.azure.com"
@@ -56,6 +65,7 @@ class Connections:
     timeout: float = 30.0  # seconds to connect, and to wait for an answer
     retries: int = 3  # the SDKs' own retries of 429 / 5xx / connection errors, per call
     tickets: Tickets = Tickets()
+    bot: Bot | None = None  # the Azure Bot that posts in Teams (None: no Teams messages)
     _clients: dict[tuple[Hashable, ...], Any] = field(default_factory=dict, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -111,8 +121,9 @@ def from_settings(cfg: Settings, credential: TokenCredential | None = None) -> C
         servicenow_user=cfg.servicenow_user, servicenow_password=cfg.servicenow_password,
         jira_site=cfg.jira_site, jira_user=cfg.jira_user, jira_token=cfg.jira_token, jira_project=cfg.jira_project,
     )  # fmt: skip
+    bot = Bot(cfg.bot_app_id, cfg.tenant_id, cfg.bot_service_url) if cfg.bot_app_id and cfg.tenant_id else None
     return Connections(credential, arm=cfg.arm_endpoint, graph=cfg.graph_endpoint, mde=cfg.mde_endpoint,
-                       logs=cfg.logs_endpoint, tickets=tickets)  # fmt: skip
+                       logs=cfg.logs_endpoint, tickets=tickets, bot=bot)  # fmt: skip
 
 
 class CannotRun(AegisError):

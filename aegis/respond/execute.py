@@ -32,7 +32,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 from kiota_abstractions.api_error import APIError
 
 from aegis.records import AuditEntry, StepRecord
-from aegis.respond import cognitive, connect, defender, graph, mde, planner, tickets
+from aegis.respond import botconnector, cognitive, connect, defender, graph, mde, planner, tickets
 from aegis.respond.actions import ACTIONS
 from aegis.respond.connect import CannotRun, Connections, Context, ProtectedAsset
 from aegis.respond.playbooks import Response
@@ -43,7 +43,7 @@ from aegis.store import Store
 log = structlog.get_logger("aegis.respond")
 
 # each service module attaches the runs of its actions (`@runs`): one without a run cannot be executed
-_SERVICES = (cognitive, defender, graph, mde, tickets)
+_SERVICES = (botconnector, cognitive, defender, graph, mde, tickets)
 _NOT_RUNNABLE = sorted(name for name, spec in ACTIONS.items() if spec.run is None)
 if _NOT_RUNNABLE:
     raise RuntimeError(f"actions no service module runs: {', '.join(_NOT_RUNNABLE)}")

@@ -7,7 +7,6 @@ honours `Retry-After` on 429 and 503); the base URL and the CA bundle can be poi
 from __future__ import annotations
 
 import asyncio
-import html
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,15 +17,12 @@ from azure.core.credentials import TokenCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
 from kiota_http.middleware.options import RetryHandlerOption
-from msgraph.generated.models.body_type import BodyType
-from msgraph.generated.models.chat_message import ChatMessage
-from msgraph.generated.models.item_body import ItemBody
 from msgraph.generated.models.user import User
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory  # type: ignore[import-untyped]
 
-from aegis.respond.actions import DisableUser, EnableUser, Notify, RevokeSessions, runs
+from aegis.respond.actions import DisableUser, EnableUser, RevokeSessions, runs
 from aegis.respond.connect import Connections, Context
 
 GRAPH = "https://graph.microsoft.com/v1.0"
@@ -66,15 +62,6 @@ async def set_account_enabled(graph: GraphServiceClient, p: DisableUser | Enable
     return {"account_enabled": enabled}
 
 
-async def post_message(graph: GraphServiceClient, p: Notify) -> dict[str, Any]:
-    """POST /teams/{team}/channels/{channel}/messages {"body": {"contentType": "html", "content"}}.
-    The text is HTML-escaped: incident fields are attacker-shaped and must not become markup."""
-    content = html.escape(p.text).replace("\n", "<br>")
-    message = ChatMessage(body=ItemBody(content_type=BodyType.Html, content=content))
-    sent = await graph.teams.by_team_id(p.team).channels.by_channel_id(p.channel).messages.post(message)
-    return {"message": sent.id if sent else None}
-
-
 GraphCall = Callable[[GraphServiceClient, Any], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 
@@ -101,4 +88,3 @@ def run(call: GraphCall) -> Callable[[Any, Context], dict[str, Any]]:
 runs("revoke_sessions")(run(revoke_sessions))
 runs("disable_user")(run(set_account_enabled))
 runs("enable_user")(run(set_account_enabled))
-runs("notify")(run(post_message))

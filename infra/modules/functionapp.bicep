@@ -75,6 +75,9 @@ var settings = {
   AEGIS_TENANT_ID: tenant().tenantId // events that name no tenant belong to the deployment's
   AEGIS_TENANTS: subscriptionTenants
   AEGIS_DELIVER_MIN_SEVERITY: 'medium'
+  AEGIS_BOT_APP_ID: identityClientId // the Azure Bot runs on the app's user-assigned identity (UserAssignedMSI)
+  AEGIS_BOT_SERVICE_URL: 'https://smba.trafficmanager.net/teams/'
+  AEGIS_BOT_OPENID_METADATA: 'https://login.botframework.com/v1/.well-known/openidconfiguration'
   AEGIS_CONSOLE_URL: consoleUrl
   AEGIS_LOG_FORMAT: 'json'
   AEGIS_LOG_LEVEL: 'INFO'
@@ -161,6 +164,8 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
       requireAuthentication: true
       unauthenticatedClientAction: 'RedirectToLoginPage'
       redirectToProvider: 'azureactivedirectory'
+      // Teams cannot sign in: the bot's endpoint checks the Bot Framework's signed token itself
+      excludedPaths: ['/api/messages']
     }
     identityProviders: {
       azureActiveDirectory: {
