@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from aegis import log, settings
+from aegis import log, settings, tracing
 from aegis.errors import AegisError, InputNotFound
 
 if TYPE_CHECKING:  # the heavy parts are imported by the commands that need them: `aegis --help` stays fast
@@ -78,6 +78,7 @@ def _store(db: Path | None, *, must_exist: bool) -> Iterator[tuple[settings.Sett
 
     cfg = settings.load(db=db)
     log.configure(json=cfg.log_format == "json", level=cfg.log_level if _Options.verbose else "ERROR")
+    tracing.configure(cfg.trace)  # AEGIS_TRACE=console prints the spans of what the command does
     if must_exist and cfg.store == "sqlite" and not cfg.db.exists():
         raise InputNotFound(f"no database at {cfg.db}: run `aegis replay PATH` or `aegis demo` first, or pass --db")
     store = open_store(cfg)

@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Any
 
+import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -31,9 +32,13 @@ def redact(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDi
     return event_dict
 
 
-def configure(*, json: bool, level: str = "INFO", stream: Any = None) -> None:
-    """Set up structlog and the `aegis` stdlib logger. Later calls reconfigure (CLI options)."""
+def configure(*, json: bool, level: str = "INFO", stream: Any = None, attributes: bool = False) -> None:
+    """Set up structlog and the `aegis` stdlib logger. Later calls reconfigure (CLI options).
+    `attributes`: each field as an attribute of the log record (what the OpenTelemetry handler
+    sends to Application Insights as `customDimensions`), the message the event alone."""
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    if attributes:
+        renderer = _as_attributes
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -51,7 +56,9 @@ def configure(*, json: bool, level: str = "INFO", stream: Any = None) -> None:
     logger.setLevel(level)
     for h in [h for h in logger.handlers if getattr(h, "_aegis", False)]:
         logger.removeHandler(h)
-    if stream is not None or not _in_functions_worker():
+    if attributes:  # the OpenTelemetry handler ships them: the worker's root handler would send them twice
+        logger.propagate = False
+    elif stream is not None or not _in_functions_worker():
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._aegis = True  # type: ignore[attr-defined]
@@ -59,11 +66,23 @@ def configure(*, json: bool, level: str = "INFO", stream: Any = None) -> None:
         logger.propagate = False
 
 
-def configure_from_settings(settings: Any) -> None:
+def configure_from_settings(settings: Any, *, attributes: bool = False) -> None:
     if structlog.is_configured():
         return
     json = settings.log_format == "json" or (settings.log_format == "auto" and settings.in_azure)
-    configure(json=json, level=settings.log_level)
+    configure(json=json, level=settings.log_level, attributes=attributes)
+
+
+def _as_attributes(logger: WrappedLogger, method: str, event_dict: EventDict) -> dict[str, Any]:
+    """The stdlib call's arguments: the event as the message, every other field in `extra`, as a
+    value OpenTelemetry can carry (a number, text or flag; anything else as JSON)."""
+    event = str(event_dict.pop("event", ""))
+    extra = {k: v if isinstance(v, str | int | float | bool) else orjson.dumps(v, default=str).decode()
+             for k, v in event_dict.items() if k not in _RESERVED}  # fmt: skip
+    return {"msg": event, "extra": extra}
+
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 def _in_functions_worker() -> bool:

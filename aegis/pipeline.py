@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from aegis import normalize
+from aegis import normalize, tracing
 from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, decode, items, kind_of
 from aegis.directory import Directory
@@ -120,7 +120,13 @@ class Pipeline:
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
-        with cycle_collector_paused():
+        sequences = [m.sequence_number for m in messages if m.sequence_number is not None]
+        first = messages[0] if messages else None
+        with cycle_collector_paused(), tracing.span(
+            "aegis.batch", **{"messaging.batch.message_count": len(messages)}, hub=first.hub if first else None,
+            partition=first.partition if first else None, **{"aegis.sequence.first": min(sequences, default=None),
+                                                             "aegis.sequence.last": max(sequences, default=None)},
+        ):  # fmt: skip
             return self._process(messages)
 
     def _process(self, messages: Sequence[Message]) -> Counts:
@@ -129,25 +135,27 @@ class Pipeline:
         events: dict[str, Event] = {}
         dead_letters: list[DeadLetter] = []
         received = self.clock()
-        for message in messages:
-            digest = hashlib.sha256(message.body).hexdigest()
-            produced, failed = self._one(message, digest, received, counts.ignored_items)
-            if produced:
-                counts.with_events += 1
-            elif failed:
-                counts.dead_lettered += 1
-            else:
-                counts.ignored += 1
-            if failed or (produced and self.keep_events):
-                raws[digest] = message.body
-            for event in produced:
-                counts.events += 1
-                counts.by_normalizer[event.normalizer] = counts.by_normalizer.get(event.normalizer, 0) + 1
-                known = events.get(event.id)
-                events[event.id] = event if known is None else richer(known, event)  # one alert in two shapes
-            dead_letters += failed
-        if events:  # each principal as the directory knows it, before anything is kept or correlated
-            events = {e.id: e for e in self.directory.apply(list(events.values()))}
+        with tracing.span("aegis.normalize") as normalizing:
+            for message in messages:
+                digest = hashlib.sha256(message.body).hexdigest()
+                produced, failed = self._one(message, digest, received, counts.ignored_items)
+                if produced:
+                    counts.with_events += 1
+                elif failed:
+                    counts.dead_lettered += 1
+                else:
+                    counts.ignored += 1
+                if failed or (produced and self.keep_events):
+                    raws[digest] = message.body
+                for event in produced:
+                    counts.events += 1
+                    counts.by_normalizer[event.normalizer] = counts.by_normalizer.get(event.normalizer, 0) + 1
+                    known = events.get(event.id)
+                    events[event.id] = event if known is None else richer(known, event)  # one alert in two shapes
+                dead_letters += failed
+            if events:  # each principal as the directory knows it, before anything is kept or correlated
+                events = {e.id: e for e in self.directory.apply(list(events.values()))}
+            normalizing.set_attributes({"aegis.events": len(events), "aegis.dead_letters": len(dead_letters)})
         if raws or dead_letters or self.keep_events:
             kept = list(events.values()) if self.keep_events else []
             result = self.store.save(raws, kept, dead_letters, received=received)
@@ -157,7 +165,10 @@ class Pipeline:
                 counts.duplicates = counts.events - result.new_events
         counts.dead_letters = len(dead_letters)
         if self.correlator is not None and events:
-            correlated = self.correlator.process(list(events.values()))
+            with tracing.span("aegis.correlate") as correlating:
+                correlated = self.correlator.process(list(events.values()))
+                correlating.set_attributes({"aegis.incidents": tracing.ids([i.id for i in correlated.changed]),
+                                            "aegis.matches": correlated.matches})  # fmt: skip
             counts.matches = correlated.matches
             counts.incident_updates = correlated.incidents
             counts.evidence = correlated.evidence
@@ -165,7 +176,8 @@ class Pipeline:
             counts.detection_errors = {d: n for d, (n, _) in correlated.errors.items()}
             counts.error_reasons = {d: reason for d, (_, reason) in correlated.errors.items()}
             if self.respond is not None:
-                self.respond(correlated.changed, list(events.values()))
+                with tracing.span("aegis.respond", incidents=tracing.ids([i.id for i in correlated.changed])):
+                    self.respond(correlated.changed, list(events.values()))
         return counts
 
     def _one(

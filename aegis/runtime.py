@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 
-from aegis import log, settings
+from aegis import log, settings, tracing
 from aegis.approvals import bot, web
 from aegis.approvals.botauth import BotAuth
 from aegis.approvals.sweep import SweepCounts, Sweeper
@@ -82,7 +82,8 @@ def reset() -> None:
 @lru_cache(maxsize=1)
 def pipeline() -> Pipeline:
     cfg = settings.get()
-    log.configure_from_settings(cfg)
+    traced = tracing.configure(cfg.trace, managed_identity_client_id=cfg.managed_identity_client_id)
+    log.configure_from_settings(cfg, attributes=traced == "azure")
     return build_pipeline(cfg, open_store(cfg), respond=True, plan=response())
 
 

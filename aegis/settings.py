@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         pattern=r"^https?://[^\s/?#]+(:[0-9]+)?/?$",
     )
 
+    trace: Literal["auto", "azure", "console", "off"] = Field(
+        "auto",
+        description="Traces: azure (Application Insights through OpenTelemetry, with the managed identity), "
+        "console (spans on stderr), off; auto: azure when running in Azure with a connection string, else off.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON when running in Azure, readable console output elsewhere."
     )

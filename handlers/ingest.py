@@ -17,7 +17,7 @@ from typing import Any
 import azure.functions as func
 import structlog
 
-from aegis import runtime, settings
+from aegis import runtime, settings, tracing
 from aegis.pipeline import Message
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -45,13 +45,17 @@ def to_messages(hub: str, events: list[func.EventHubEvent]) -> list[Message]:
     ]
 
 
-def ingest(hub: str, events: list[func.EventHubEvent]) -> None:
+def ingest(hub: str, events: list[func.EventHubEvent], context: func.Context | None = None) -> None:
     messages = to_messages(hub, events)
     seqs = [m.sequence_number for m in messages if m.sequence_number is not None]
-    with structlog.contextvars.bound_contextvars(
-        hub=hub,
-        partition=messages[0].partition if messages else None,
-        sequence_range=f"{min(seqs)}-{max(seqs)}" if seqs else None,
+    invocation = getattr(context, "trace_context", None)  # the host's trace of this invocation
+    with (
+        tracing.continued(getattr(invocation, "Traceparent", None), getattr(invocation, "Tracestate", None)),
+        structlog.contextvars.bound_contextvars(
+            hub=hub,
+            partition=messages[0].partition if messages else None,
+            sequence_range=f"{min(seqs)}-{max(seqs)}" if seqs else None,
+        ),
     ):
         counts = runtime.pipeline().process(messages)
         log.info(
@@ -77,9 +81,9 @@ def ingest(hub: str, events: list[func.EventHubEvent]) -> None:
     cardinality="many",
     data_type="binary",
 )
-def defender_alerts(events: list[func.EventHubEvent]) -> None:
+def defender_alerts(events: list[func.EventHubEvent], context: func.Context) -> None:
     """Defender for Cloud continuous export: alerts (and the assessments that share the hub)."""
-    ingest(settings.get().defender_hub, events)
+    ingest(settings.get().defender_hub, events, context)
 
 
 @retry
@@ -91,9 +95,9 @@ def defender_alerts(events: list[func.EventHubEvent]) -> None:
     cardinality="many",
     data_type="binary",
 )
-def ai_diagnostics(events: list[func.EventHubEvent]) -> None:
+def ai_diagnostics(events: list[func.EventHubEvent], context: func.Context) -> None:
     """Diagnostic settings of AI accounts, the activity log and Entra sign-in logs."""
-    ingest(settings.get().diagnostics_hub, events)
+    ingest(settings.get().diagnostics_hub, events, context)
 
 
 def _partition(events: list[func.EventHubEvent]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import pytest
@@ -16,6 +17,15 @@ from tests.conftest import SAMPLES
 
 ENVELOPE = (SAMPLES / "diagnostics" / "01-requestresponse-envelope.json").read_bytes()
 ALERT = (SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes()
+
+
+class Invocation:
+    """What the host passes as `context`: here, an invocation with no trace of the host's."""
+
+    trace_context: Any = None
+
+
+INVOCATION: Any = Invocation()
 
 
 @pytest.fixture
@@ -65,7 +75,7 @@ def test_a_batch_with_a_bad_message_stores_the_good_ones_and_dead_letters_the_ba
     monkeypatch.setenv("AEGIS_KEEP_EVENTS", "all")  # every event kept, to see each with its Event Hubs position
     runtime.reset()
 
-    ingest.ai_diagnostics(hub_events([ENVELOPE, b'{"records": [', ENVELOPE]))
+    ingest.ai_diagnostics(hub_events([ENVELOPE, b'{"records": [', ENVELOPE]), INVOCATION)
     store = runtime.pipeline().store
     events = store.events()
     assert len(events) == 25
@@ -82,8 +92,8 @@ def test_a_redelivered_batch_changes_nothing(functions, db):
     from handlers import ingest
 
     batch = hub_events([ALERT, b"not json"])
-    ingest.defender_alerts(batch)
-    ingest.defender_alerts(batch)  # Event Hubs delivers at least once
+    ingest.defender_alerts(batch, INVOCATION)
+    ingest.defender_alerts(batch, INVOCATION)  # Event Hubs delivers at least once
     store = runtime.pipeline().store
     assert len(store.events()) == 1
     assert len(store.dead_letters()) == 1
@@ -94,7 +104,7 @@ def test_hub_names_come_from_settings(functions, db, monkeypatch):
 
     monkeypatch.setenv("AEGIS_DEFENDER_HUB", "export-prod")
     runtime.reset()
-    ingest.defender_alerts(hub_events([ALERT]))
+    ingest.defender_alerts(hub_events([ALERT]), INVOCATION)
     assert runtime.pipeline().store.events()[0].evidence.hub == "export-prod"
 
 
@@ -106,7 +116,7 @@ def test_a_transient_store_fault_fails_the_batch_for_the_retry_policy(functions,
 
     monkeypatch.setattr(runtime.pipeline().store, "commit_buckets", unavailable)  # the batch's correlation commit
     with pytest.raises(StoreUnavailable):
-        ingest.ai_diagnostics(hub_events([ENVELOPE]))
+        ingest.ai_diagnostics(hub_events([ENVELOPE]), INVOCATION)
 
 
 def test_the_core_does_not_import_azure_functions():
@@ -132,7 +142,7 @@ def test_ingested_alerts_get_their_response_planned_and_the_timer_runs_nothing_i
     from handlers import ingest, respond
 
     bodies = [p.read_bytes() for p in sorted((SAMPLES / "defender").glob("*.json"))]
-    ingest.defender_alerts(hub_events(bodies))
+    ingest.defender_alerts(hub_events(bodies), INVOCATION)
     store = runtime.pipeline().store
     steps = store.steps()
     assert steps, "the incidents the batch created have no response recorded"

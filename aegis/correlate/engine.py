@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import orjson
 import structlog
 
+from aegis import tracing
 from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
 from aegis.correlate.incidents import incident_id, render_title
@@ -193,7 +194,9 @@ class Correlator:
                         self._cache.pop(key, None)  # its cached states may be half-applied: read them again
                 writes = [w for w in writes if pending[w.key][0].id not in failed]
                 pending = {k: v for k, v in pending.items() if v[0].id not in failed}
-            committed = self.store.commit_buckets(writes)
+            with tracing.span("aegis.store.commit", buckets=len(writes)) as committing:
+                committed = self.store.commit_buckets(writes)
+                committing.set_attribute("aegis.conflicts", len(committed.conflicts))
             upserts = {w.key: w.upsert for w in writes}
             for key, version in committed.versions.items():
                 counts.changed += upserts[key]

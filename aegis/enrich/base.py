@@ -10,6 +10,7 @@ unchanged one is not.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 import structlog
 
+from aegis import tracing
 from aegis.records import Enrichment, Incident
 from aegis.registry import Registry
 from aegis.respond.connect import Connections
@@ -73,7 +75,9 @@ def enrich(
     at = ctx.now
     v = version(incident)
     pool = ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="enrich")
-    futures = {name: pool.submit(_timed, registry[name], incident, ctx) for name in names}
+    # each in a copy of this context: its span joins the caller's trace (OpenTelemetry keeps it in contextvars)
+    futures = {name: pool.submit(contextvars.copy_context().run, _timed, registry[name], incident, ctx, name)
+               for name in names}  # fmt: skip
     wait(futures.values(), timeout=budget)
     pool.shutdown(wait=False, cancel_futures=True)  # a late enricher finishes on its own; nobody waits for it
     out = []
@@ -93,9 +97,10 @@ def enrich(
     return out
 
 
-def _timed(fn: Run, incident: Incident, ctx: Any) -> tuple[dict[str, Any], int]:
+def _timed(fn: Run, incident: Incident, ctx: Any, name: str) -> tuple[dict[str, Any], int]:
     t = time.monotonic()
-    result = fn(incident, ctx)
+    with tracing.span("aegis.enrich", incident=incident.id, enricher=name):
+        result = fn(incident, ctx)
     return result, int((time.monotonic() - t) * 1000)
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.policies import RetryPolicy, UserAgentPolicy
+from azure.core.pipeline.policies import DistributedTracingPolicy, RetryPolicy, UserAgentPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
@@ -92,7 +92,8 @@ class Connections:
     def rest_client(self, base_url: str, auth: Any) -> PipelineClient[HttpRequest, Any]:
         """An azure-core pipeline for the services with no Python SDK (Defender for Endpoint, ServiceNow,
         Jira): the SDKs' retry policy and transport options, then `auth`."""
-        policies = [UserAgentPolicy("aegis"), RetryPolicy(**self._retry()), auth]
+        # a span per call (as the SDKs make), in the trace of the batch or run that makes it
+        policies = [UserAgentPolicy("aegis"), RetryPolicy(**self._retry()), auth, DistributedTracingPolicy()]
         return PipelineClient(base_url=base_url.rstrip("/"), policies=policies,
                               transport=RequestsTransport(**self._transport()))  # fmt: skip
 

@@ -31,6 +31,7 @@ import structlog
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from kiota_abstractions.api_error import APIError
 
+from aegis import tracing
 from aegis.records import AuditEntry, StepRecord
 from aegis.respond import botconnector, cognitive, connect, defender, graph, mde, planner, tickets
 from aegis.respond.actions import ACTIONS
@@ -169,7 +170,9 @@ class Executor:
         try:
             context = Context(self.connections, self.store, claimed, dict(self.response.plan.protected.tags))
             assert spec.run is not None  # every action has one: checked at import
-            outcome = spec.run(params, context)
+            with tracing.span("aegis.action", step=step.key, action=step.action, incident=step.incident,
+                              target=step.target, attempt=claimed.attempts):  # fmt: skip
+                outcome = spec.run(params, context)
         except ProtectedAsset as exc:  # seen only now, on the resource itself: refused, not failed
             refused = claimed.next(status="refused", reason=str(exc), started=None)
             self._write(refused, "refused", str(exc), self.clock())
