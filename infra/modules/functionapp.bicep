@@ -78,6 +78,7 @@ var settings = {
   AEGIS_BOT_APP_ID: identityClientId // the Azure Bot runs on the app's user-assigned identity (UserAssignedMSI)
   AEGIS_BOT_SERVICE_URL: 'https://smba.trafficmanager.net/teams/'
   AEGIS_BOT_OPENID_METADATA: 'https://login.botframework.com/v1/.well-known/openidconfiguration'
+  AEGIS_TRACE: 'azure' // OpenTelemetry to Application Insights (host.json telemetryMode), with the managed identity
   AEGIS_CONSOLE_URL: consoleUrl
   AEGIS_LOG_FORMAT: 'json'
   AEGIS_LOG_LEVEL: 'INFO'
