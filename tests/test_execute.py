@@ -662,7 +662,7 @@ def test_a_worker_builds_each_service_client_once_and_reuses_it(server):
 
     from aegis.enrich import log_analytics
     from aegis.enrich.log_analytics import LogsQueryClient
-    from aegis.respond import cognitive, defender, mde, tickets
+    from aegis.respond import cognitive, defender, mde, sentinel
 
     workspace = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/w"
     conn = connections(server, sentinel_workspace=workspace)
@@ -671,7 +671,7 @@ def test_a_worker_builds_each_service_client_once_and_reuses_it(server):
     elsewhere = one.replace(SUB, "00000000-0000-0000-0000-000000000001")
     assert cognitive._client(conn, elsewhere)[0] is not cognitive._client(conn, one)[0]
     assert mde._client(conn) is mde._client(conn)
-    assert tickets.sentinel_client(conn)[0] is tickets.sentinel_client(conn)[0]
+    assert sentinel.workspace(conn).client is sentinel.workspace(conn).client
     alert = f"/subscriptions/{SUB}/providers/microsoft.security/locations/westeurope/alerts/"
     assert defender.alerts(alert + "a1", conn)[0]._client is defender.alerts(alert + "a2", conn)[0]._client
     asks = SimpleNamespace(connections=conn)

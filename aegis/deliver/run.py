@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.mgmt.securityinsight.models import AttackTactic, Bookmark, Relation
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
@@ -44,11 +43,11 @@ from aegis.respond import connect, graph, tickets
 from aegis.respond.botconnector import BotConnector, text_activity
 from aegis.respond.connect import Connections
 from aegis.respond.playbooks import Channel
+from aegis.respond.sentinel import TACTICS, workspace
 from aegis.settings import Settings
 from aegis.store import Store
 
 DELIVERERS: Registry[Run] = Registry("deliverer")
-SENTINEL_TACTICS = {t.value for t in AttackTactic}  # ATLAS tactics that ATT&CK (and Sentinel) also name
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def _evidence_bookmark(incident: Incident, ctx: DeliveryContext, notes: str) -> 
     bookmark (where they are writable) related to the incident: PUT bookmarks/{id}, PUT
     incidents/{id}/relations/{name}; both ids derived from the Aegis incident, so a retry updates."""
     assert ctx.connections is not None
-    client, group, ws = tickets.sentinel_client(ctx.connections)
+    sentinel = workspace(ctx.connections)
     bookmark = tickets.sentinel_id(incident.id, "evidence")
     mappings = [m for e in incident.entities[:50] if (m := _entity_mapping(e)) is not None]
     tactics = [t.replace(" ", "") for t in mapping.atlas_tactics(incident.atlas)]
@@ -155,12 +154,12 @@ def _evidence_bookmark(incident: Incident, ctx: DeliveryContext, notes: str) -> 
         "notes": notes[:5000], "labels": ["aegis", *incident.atlas, *incident.owasp_llm],
         "eventTime": incident.last_seen.isoformat(), "queryStartTime": incident.first_seen.isoformat(),
         "queryEndTime": incident.last_seen.isoformat(), "entityMappings": mappings,
-        "tactics": [t for t in tactics if t in SENTINEL_TACTICS], "techniques": _attack_techniques(ctx),
+        "tactics": [t for t in tactics if t in TACTICS], "techniques": _attack_techniques(ctx),
     }  # fmt: skip
-    saved = client.bookmarks.create_or_update(group, ws, bookmark, Bookmark({"properties": props}))
+    saved = sentinel.put(f"bookmarks/{bookmark}", {"properties": props})
     relation = tickets.sentinel_id(incident.id, "evidence-relation")
-    client.incident_relations.create_or_update(group, ws, tickets.sentinel_id(incident.id), relation,
-                                               Relation({"properties": {"relatedResourceId": saved.id}}))  # fmt: skip
+    sentinel.put(f"incidents/{tickets.sentinel_id(incident.id)}/relations/{relation}",
+                 {"properties": {"relatedResourceId": saved.get("id")}})  # fmt: skip
     return {"bookmark": bookmark, "entities": len(mappings), "tactics": props["tactics"]}
 
 

@@ -2,7 +2,7 @@
 grown incident plans a new step with its new title or severity; it updates the same ticket).
 
 - local: the store's own ticket table (the embedded default);
-- sentinel: a Microsoft Sentinel incident (azure-mgmt-securityinsight, api-version 2024-09-01), its
+- sentinel: a Microsoft Sentinel incident (its REST API, 2024-09-01: `sentinel.py`), its
   id derived from the Aegis incident id; an existing one keeps its status, owner and classification;
 - servicenow: the Table API, the incident found again by `correlation_id`;
 - jira: REST v3, the issue found again by its `aegis-<incident>` label.
@@ -19,18 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import PipelineClient
-from azure.core.exceptions import ResourceNotFoundError
 from azure.core.pipeline.policies import HeadersPolicy
 from azure.core.rest import HttpRequest
-from azure.mgmt.securityinsight import SecurityInsightsMgmtClient
-from azure.mgmt.securityinsight.models import Incident as SentinelIncident
 from pydantic import SecretStr
 
-from aegis.arm import parse_resource_id
 from aegis.respond.actions import OpenTicket, runs
 from aegis.respond.connect import CannotRun, Connections, Context, send
+from aegis.respond.sentinel import workspace
 
-SENTINEL_API = "2024-09-01"
 _NAMESPACE = uuid.UUID("5d9f3b1e-6a0c-4e57-9d2a-ae9150000000")  # Aegis incidents, as Sentinel incident ids
 _SENTINEL_SEVERITY = {"critical": "High", "high": "High", "medium": "Medium", "low": "Low",
                       "informational": "Informational"}  # fmt: skip
@@ -57,32 +53,20 @@ def _sentinel(p: OpenTicket, incident: str, conn: Connections) -> dict[str, Any]
     return upsert_sentinel(conn, incident, title=p.title, severity=p.severity, description=_description(p, incident))
 
 
-def sentinel_client(conn: Connections) -> tuple[SecurityInsightsMgmtClient, str, str]:
-    """The Sentinel client for the configured workspace: (client, resource group, workspace name)."""
-    workspace = conn.tickets.sentinel_workspace
-    if not workspace:
-        raise CannotRun("Microsoft Sentinel: set AEGIS_SENTINEL_WORKSPACE to the workspace's ARM id")
-    ws = parse_resource_id(workspace)
-    sub = ws.subscription or ""
-    client = conn.kept("securityinsights", sub, build=lambda: SecurityInsightsMgmtClient(
-        conn.credential, sub, base_url=conn.arm, api_version=SENTINEL_API, **conn.sdk_options()))  # fmt: skip
-    return client, ws.resource_group or "", ws.name or ""
-
-
 def upsert_sentinel(
     conn: Connections, incident: str, *, title: str, severity: str, description: str, labels: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Create or update the Sentinel incident of an Aegis incident (its id is `sentinel_id`): GET, then
     PUT with the etag read. An existing incident keeps its status, owner, classification and the
     labels people added; ours are added to them."""
-    client, group, name = sentinel_client(conn)
+    sentinel = workspace(conn)
     sid = sentinel_id(incident)
     props: dict[str, Any] = {"title": title[:250], "severity": _SENTINEL_SEVERITY[severity],
                              "description": description[:5000]}  # fmt: skip
     ours = [{"labelName": n[:256], "labelType": "User"} for n in ("aegis", *labels)]
     body: dict[str, Any]
-    try:
-        current = client.incidents.get(group, name, sid).as_dict()
+    current = sentinel.get(f"incidents/{sid}")
+    if current is not None:
         keep = {k: v for k, v in current.get("properties", {}).items() if k in ("status", "owner", "classification",
                 "classificationReason", "classificationComment")}  # fmt: skip
         had = current.get("properties", {}).get("labels") or []
@@ -90,10 +74,10 @@ def upsert_sentinel(
         merged = [*had, *[lab for lab in ours if lab["labelName"] not in names]]
         body = {"etag": current.get("etag"), "properties": {**keep, **props, "labels": merged}}
         created = False
-    except ResourceNotFoundError:
+    else:
         body = {"properties": {**props, "status": "New", "labels": ours}}
         created = True
-    result = client.incidents.create_or_update(group, name, sid, SentinelIncident(body)).as_dict()
+    result = sentinel.put(f"incidents/{sid}", body)
     number = result.get("properties", {}).get("incidentNumber")
     return {"system": "sentinel", "ticket": sid, "number": number, "created": created}
 
