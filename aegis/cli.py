@@ -16,8 +16,9 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -783,6 +784,57 @@ def send_cmd(
     bodies = [m.body for f in files for m in replay.messages(f, "send")]
     sent = send.send(namespace, DefaultAzureCredential(), bodies, send.Hubs(defender_hub, diagnostics_hub))
     out.print(", ".join(f"{n} message(s) to {hub}" for hub, n in sent.items()) + f" on {namespace}")
+
+
+@app.command("drill")
+def drill_cmd(
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="The same stages on the embedded default, with a recorded alert shape (no Azure call)."
+        ),
+    ] = False,
+    db: DbOption = None,
+    timeout: Annotated[
+        str, typer.Option(help="How long to wait for the stages, in minutes (Defender takes some).")
+    ] = "30",
+    as_json: Annotated[bool, typer.Option("--json", help="The stages as one JSON object.")] = False,
+) -> None:
+    """Prove the AI incident response end to end: a test prompt Prompt Shields blocks as a jailbreak,
+    Defender's alert on the hub, Aegis's incident, the plan's steps and the Teams card, each with its
+    latency. Exit status 1 names the stage that never came."""
+    from aegis import drill  # noqa: PLC0415
+
+    if not timeout.isdigit() or not 1 <= int(timeout) <= 240:
+        raise AegisError(f"--timeout {timeout!r}: give whole minutes from 1 to 240 (example: --timeout 30)")
+    if local:
+        if db is None:  # a fresh database each time, as `aegis demo` has
+            db = DEMO_DB.with_name("aegis-drill.db")
+            for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                path.unlink(missing_ok=True)
+        with _store(db, must_exist=False) as (cfg, _):
+            work = lambda: drill.local(cfg, SAMPLES / "defender" / "01-jailbreak-arm.json")  # noqa: E731
+            report, failed = _drill(work)
+    else:
+        cfg = settings.load()
+        report, failed = _drill(lambda: drill.deployed(cfg, timeout=timedelta(minutes=int(timeout))))
+    if as_json:
+        _print_json({**(report.to_dict() if report else {"ok": False}), **({"error": failed} if failed else {})})
+    elif report is not None:
+        for line in report.lines():
+            out.print(line, markup=False)
+    if failed:
+        out.print(f"drill failed: {failed}", markup=False)
+        raise typer.Exit(1)
+
+
+def _drill(work: Any) -> tuple[Any, str | None]:
+    from aegis.drill import DrillFailed  # noqa: PLC0415
+
+    try:
+        return work(), None
+    except DrillFailed as exc:
+        return getattr(exc, "report", None), str(exc)
 
 
 teams_app = typer.Typer(help="The Teams app of the approvals bot.", no_args_is_help=True)

@@ -134,6 +134,18 @@ class Settings(BaseSettings):
         pattern=r"^https://[^\s?#]+$",
     )
 
+    drill_account: str | None = Field(
+        None, description="`aegis drill`: the ARM id of the AI account whose drill deployment gets the test prompt."
+    )
+    drill_deployment: str | None = Field(
+        None, description="`aegis drill`: the model deployment (with Prompt Shields on) the test prompt goes to."
+    )
+    drill_endpoint: str | None = Field(
+        None,
+        description="`aegis drill`: the account's endpoint [default: https://NAME.openai.azure.com/].",
+        pattern=r"^https://[^\s/?#]+/?$",
+    )
+
     console_url: str = Field(
         "http://127.0.0.1:8765",
         description="Public URL of the console (https://APP.azurewebsites.net): the links in Teams cards.",

@@ -20,6 +20,9 @@ BICEP = sorted(INFRA.rglob("*.bicep"))
 NOT_DEPLOYED = {
     "AEGIS_DB": "the SQLite file of the embedded default (the cloud store is Table Storage)",
     "AEGIS_STORAGE_CONNECTION_STRING": "Azurite and development only: the cloud uses identity-based endpoints",
+    "AEGIS_DRILL_ACCOUNT": "`aegis drill` runs on an operator's machine, not in the app",
+    "AEGIS_DRILL_DEPLOYMENT": "`aegis drill` runs on an operator's machine, not in the app",
+    "AEGIS_DRILL_ENDPOINT": "`aegis drill` runs on an operator's machine, not in the app",
 }
 # Read by the Functions host and its extensions, not by aegis/settings.py.
 HOST_SETTINGS = {
