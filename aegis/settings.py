@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     defender_hub: str = Field("defender-alerts", description="Event hub receiving Defender continuous export.")
     diagnostics_hub: str = Field("ai-diagnostics", description="Event hub receiving diagnostic settings.")
     consumer_group: str = Field("aegis", description="Consumer group of the ingest functions.")
+    diagnostics_regions: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other regions with a diagnostics namespace of their own, comma-separated (eastus,swedencentral): "
+        "each gets an ingest trigger on the connection AEGIS_EVENTHUB_<REGION>.",
+    )
 
     tenant_id: str | None = Field(
         None,
@@ -184,6 +189,17 @@ class Settings(BaseSettings):
                 )
             pairs[sub] = tenant
         return pairs
+
+    @field_validator("diagnostics_regions", mode="before")
+    @classmethod
+    def _regions(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        regions = [r.strip().lower() for r in value.split(",") if r.strip()]
+        for r in regions:
+            if not re.fullmatch(r"[a-z0-9]{2,40}", r):
+                raise ValueError(f"{r!r} is not an Azure region name as ARM writes it (example: eastus,swedencentral)")
+        return list(dict.fromkeys(regions))
 
     @field_validator("tenant_id")
     @classmethod

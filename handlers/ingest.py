@@ -100,6 +100,26 @@ def ai_diagnostics(events: list[func.EventHubEvent], context: func.Context) -> N
     ingest(settings.get().diagnostics_hub, events, context)
 
 
+def _regional(region: str) -> None:
+    """The ingest trigger of another region's diagnostics namespace (Azure Monitor sends an AI
+    account's logs only to a namespace of its own region): the same hub name and consumer group,
+    on the connection AEGIS_EVENTHUB_<REGION>."""
+
+    def handler(events: list[func.EventHubEvent], context: func.Context) -> None:
+        ingest(settings.get().diagnostics_hub, events, context)
+
+    handler.__name__ = handler.__qualname__ = f"ai_diagnostics_{region}"
+    handler.__doc__ = f"Diagnostic settings of the AI accounts in {region}."
+    retry(bp.event_hub_message_trigger(
+        arg_name="events", connection=f"{CONNECTION}_{region.upper()}", event_hub_name="%AEGIS_DIAGNOSTICS_HUB%",
+        consumer_group="%AEGIS_CONSUMER_GROUP%", cardinality="many", data_type="binary",
+    )(handler))  # fmt: skip
+
+
+for _region in settings.get().diagnostics_regions:  # AEGIS_DIAGNOSTICS_REGIONS (infra sets it)
+    _regional(_region)
+
+
 def _partition(events: list[func.EventHubEvent]) -> str | None:
     """The partition id, from the batch's shared trigger metadata (`PartitionContext`)."""
     if not events:

@@ -16,6 +16,9 @@ param authClientId string
 @description('ARM ids of the AI accounts (Azure OpenAI, AI Foundry, AI services) whose resource logs go to the pipeline, comma-separated.')
 param aiAccountIds string = ''
 
+@description('Other regions of watched AI accounts, comma-separated (eastus,swedencentral): Azure Monitor sends an account\'s logs only to a namespace of its own region, so each gets one, consumed by the app.')
+param diagnosticsRegions string = ''
+
 @description('Enable the Defender for Cloud plan for AI services on this subscription (billed per tokens scanned): what raises the AI alerts.')
 param enableDefenderForAi bool = true
 
@@ -46,6 +49,8 @@ param grantAiContributor bool = true
 
 var token = toLower(uniqueString(subscription().id, environmentName, location))
 var aiAccounts = empty(aiAccountIds) ? [] : split(replace(aiAccountIds, ' ', ''), ',')
+// regions besides the deployment's, each with a namespace of its own for the diagnostic settings there
+var otherRegions = empty(diagnosticsRegions) ? [] : split(toLower(replace(diagnosticsRegions, ' ', '')), ',')
 var tags = { 'azd-env-name': environmentName, application: 'aegis' }
 var defenderHub = 'defender-alerts'
 var diagnosticsHub = 'ai-diagnostics'
@@ -88,6 +93,26 @@ module eventhubs 'modules/eventhubs.bicep' = {
   }
 }
 
+module regional 'modules/eventhubs.bicep' = [for region in otherRegions: {
+  scope: rg
+  name: 'eventhubs-${region}'
+  params: {
+    name: 'evhns-aegis-${token}-${region}'
+    location: region
+    tags: tags
+    defenderHub: defenderHub
+    diagnosticsHub: diagnosticsHub
+    consumerGroup: consumerGroup
+    alertsHub: false
+    receiverPrincipalId: identity.outputs.principalId
+  }
+}]
+
+// each region's Send-only rule, in the order of `ruleRegions`: for the diagnostic setting of an account there
+var ruleRegions = concat([location], otherRegions)
+var regionalRules = [for (region, i) in otherRegions: regional[i].outputs.sendRuleId]
+var sendRules = concat([eventhubs.outputs.sendRuleId], regionalRules)
+
 module vault 'modules/keyvault.bicep' = {
   scope: rg
   name: 'keyvault'
@@ -119,6 +144,7 @@ module app 'modules/functionapp.bicep' = {
     sentinelWorkspaceId: sentinelWorkspaceId
     deliverers: deliverers
     subscriptionTenants: subscriptionTenants
+    regionalNamespaces: [for (region, i) in otherRegions: { region: region, namespace: regional[i].outputs.fullyQualifiedNamespace }]
     keyVaultName: vault.outputs.name
     servicenowInstance: servicenowInstance
     servicenowUser: servicenowUser
@@ -185,7 +211,7 @@ module defenderForAi 'modules/defender-ai.bicep' = if (enableDefenderForAi) {
 module diagnostics 'modules/ai-diagnostics.bicep' = [for (account, i) in aiAccounts: {
   scope: resourceGroup(split(account, '/')[2], split(account, '/')[4])
   name: 'ai-diagnostics-${i}'
-  params: { accountName: last(split(account, '/')), hubName: diagnosticsHub, sendRuleId: eventhubs.outputs.sendRuleId }
+  params: { accountName: last(split(account, '/')), hubName: diagnosticsHub, regions: ruleRegions, sendRules: sendRules }
 }]
 
 output AZURE_LOCATION string = location

@@ -169,3 +169,37 @@ def test_a_worker_builds_its_plan_and_its_connections_once(db, monkeypatch):
         runtime.sweep()
         runtime.enrich_run()
     assert (len(built), len(loaded)) == (1, 1)
+
+
+def test_each_other_region_gets_its_own_diagnostics_trigger_on_its_own_connection(tmp_path):
+    """AEGIS_DIAGNOSTICS_REGIONS (infra sets it): a trigger per region's namespace, the same hub
+    and consumer group, the connection AEGIS_EVENTHUB_<REGION>; none without it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = (
+        "import json, function_app\n"
+        "fns = {f.get_function_name(): json.loads(f.get_function_json())['bindings'][0] "
+        "for f in function_app.app.get_functions()}\n"
+        "print(json.dumps({n: b for n, b in fns.items() if n.startswith('ai_diagnostics')}))"
+    )
+    env = {**os.environ, "AEGIS_DIAGNOSTICS_REGIONS": "EastUS, swedencentral", "AEGIS_DB": str(tmp_path / "f.db")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120, check=True)  # fmt: skip
+    bindings = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(bindings) == ["ai_diagnostics", "ai_diagnostics_eastus", "ai_diagnostics_swedencentral"]
+    east = bindings["ai_diagnostics_eastus"]
+    assert (east["connection"], east["eventHubName"], east["consumerGroup"]) == (
+        "AEGIS_EVENTHUB_EASTUS",
+        "%AEGIS_DIAGNOSTICS_HUB%",
+        "%AEGIS_CONSUMER_GROUP%",
+    )
+    assert east["cardinality"].lower() == "many"
+    env["AEGIS_DIAGNOSTICS_REGIONS"] = "east us"
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode != 0
+    assert "AEGIS_DIAGNOSTICS_REGIONS" in refused.stderr

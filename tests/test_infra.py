@@ -161,12 +161,35 @@ def test_every_parameter_azd_fills_is_a_string_or_a_bool_and_the_vault_name_chan
     assert 'azd env set AEGIS_VAULT_SUFFIX ""' in azure
 
 
-def test_every_ai_account_given_gets_a_diagnostic_setting():
+def test_every_ai_account_given_gets_a_diagnostic_setting_into_a_namespace_of_its_region():
+    """Azure Monitor sends an account's logs only to a namespace of its region: each region named in
+    `diagnosticsRegions` gets one (diagnostics hub only, the app a reader of it), and each account's
+    setting takes the Send rule of its own region's namespace, looked up by the account's location;
+    the app gets a connection and a trigger for each."""
     main = (INFRA / "main.bicep").read_text()
     assert "split(replace(aiAccountIds, ' ', ''), ',')" in main
     assert re.search(r"module diagnostics 'modules/ai-diagnostics\.bicep' = \[for \(account, i\) in aiAccounts:", main)
+    assert re.search(r"module regional 'modules/eventhubs\.bicep' = \[for region in otherRegions:", main)
+    looped = parse(INFRA / "main.bicep")["modules"]["regional"]["config"]
+    assert looped["loop_type"]["detail"] == {"item_name": "region", "array_name": "otherRegions"}
+    regional = looped["config"]["params"]
+    assert regional["alertsHub"] is False
+    assert regional["location"] == "region"  # each namespace in its own region
+    assert "principalId" in str(regional["receiverPrincipalId"])
+    # the regions and their rules, in one order: the deployment's first, then the others
+    assert "var ruleRegions = concat([location], otherRegions)" in main
+    assert "var sendRules = concat([eventhubs.outputs.sendRuleId], regionalRules)" in main
+    assert "var regionalRules = [for (region, i) in otherRegions: regional[i].outputs.sendRuleId]" in main
     setting = parse(INFRA / "modules" / "ai-diagnostics.bicep")["resources"]["diagnostics"]["config"]["properties"]
     assert setting["logs"] == [{"categoryGroup": "allLogs", "enabled": True}]
+    assert "sendRules[indexOf(regions, account.location)]" in (INFRA / "modules" / "ai-diagnostics.bicep").read_text()
+    hubs = (INFRA / "modules" / "eventhubs.bicep").read_text()
+    assert "var names = alertsHub ? [defenderHub, diagnosticsHub] : [diagnosticsHub]" in hubs
+    assert "a638d3c7-ab3a-418d-83e6-5f17a39d4fde" in hubs  # Event Hubs Data Receiver for the app there
+    app = (INFRA / "modules" / "functionapp.bicep").read_text()
+    for suffix in ("fullyQualifiedNamespace", "credential", "clientId"):
+        assert f"'AEGIS_EVENTHUB_${{toUpper(n.region)}}__{suffix}'" in app
+    assert "AEGIS_DIAGNOSTICS_REGIONS: join(regionNames, ',')" in app
 
 
 def test_teams_goes_through_a_bot_on_the_managed_identity_whose_endpoint_checks_its_own_tokens():

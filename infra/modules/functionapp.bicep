@@ -26,6 +26,8 @@ param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
 param subscriptionTenants string = ''
+@description('The other regions\' diagnostics namespaces: [{region, namespace}]; the app consumes each (AEGIS_EVENTHUB_<REGION>).')
+param regionalNamespaces array = []
 @description('Optional ticket systems: their sites and accounts; the secrets stay in Key Vault (servicenow-password, jira-token) and reach the app as Key Vault references.')
 param keyVaultName string = ''
 param servicenowInstance string = ''
@@ -37,6 +39,16 @@ param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 
 var consoleUrl = 'https://${name}.azurewebsites.net'
+
+// the identity-based connection of each other region's diagnostics namespace (its ingest trigger's)
+var regionalConnectionsByRegion = [for n in regionalNamespaces: [
+  { name: 'AEGIS_EVENTHUB_${toUpper(n.region)}__fullyQualifiedNamespace', value: n.namespace }
+  { name: 'AEGIS_EVENTHUB_${toUpper(n.region)}__credential', value: 'managedidentity' }
+  { name: 'AEGIS_EVENTHUB_${toUpper(n.region)}__clientId', value: identityClientId }
+]]
+var regionalConnections = flatten(regionalConnectionsByRegion)
+var regionNames = [for n in regionalNamespaces: n.region]
+var staticSettings = [for s in items(union(settings, optional)): { name: s.key, value: s.value }]
 
 // Every setting the app reads (aegis/settings.py, the Functions host). tests/test_infra.py fails if
 // the code reads one that is not here, or if one here is read by nothing.
@@ -53,6 +65,7 @@ var settings = {
   AEGIS_EVENTHUB__clientId: identityClientId
   AEGIS_DEFENDER_HUB: defenderHub
   AEGIS_DIAGNOSTICS_HUB: diagnosticsHub
+  AEGIS_DIAGNOSTICS_REGIONS: join(regionNames, ',')
   AEGIS_CONSUMER_GROUP: consumerGroup
   AEGIS_STORE: 'table'
   AEGIS_TABLE_ENDPOINT: storageTableEndpoint
@@ -142,7 +155,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: [for s in items(union(settings, optional)): { name: s.key, value: s.value }]
+      appSettings: concat(staticSettings, regionalConnections)
     }
   }
 }
