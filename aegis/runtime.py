@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 
 from aegis import log, settings, tracing
 from aegis.approvals import bot, web
-from aegis.approvals.botauth import BotAuth
+from aegis.approvals.botauth import BotAuth, EntraBearer
 from aegis.approvals.sweep import SweepCounts, Sweeper
 from aegis.correlate import detections
 from aegis.correlate.engine import Correlator
@@ -91,7 +91,12 @@ def console_app() -> Starlette:
     """The approvals API and console (one ASGI app) behind App Service Authentication. In execute
     mode an approved step is run by the response timer, within a minute."""
     store, plan, cfg = pipeline().store, response(), settings.get()
-    console = web.Console.over(store, plan, web.easy_auth_identity)
+    who: Callable[[Any], Any] = web.easy_auth_identity
+    if cfg.console_auth == "bearer":
+        if not cfg.tenant_id or not cfg.auth_client_id:
+            raise ConfigurationError("AEGIS_CONSOLE_AUTH=bearer needs AEGIS_TENANT_ID and AEGIS_AUTH_CLIENT_ID")
+        who = web.bearer_identity(EntraBearer(cfg.tenant_id, cfg.auth_client_id, bot.json_getter(connections())).verify)
+    console = web.Console.over(store, plan, who)
     endpoint = None
     if cfg.bot_app_id:  # the Teams bot's /api/messages: decisions on the approval cards
         conn = connections()

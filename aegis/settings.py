@@ -123,6 +123,15 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_project: str | None = Field(None, description="The Jira project key tickets go to.")
 
+    console_auth: Literal["easy_auth", "bearer"] = Field(
+        "easy_auth",
+        description="Who calls the console and approvals API: easy_auth (the principal App Service Authentication "
+        "passes) or bearer (an Entra ID access token for AEGIS_AUTH_CLIENT_ID, checked by the app itself: where the "
+        "platform does not block unauthenticated callers, as on Flex Consumption).",
+    )
+    auth_client_id: str | None = Field(
+        None, description="The console's app registration (client id): the audience of bearer tokens.", pattern=_GUID
+    )
     bot_app_id: str | None = Field(
         None,
         description="The Azure Bot's Microsoft app id (its managed identity's client id): Teams cards.",

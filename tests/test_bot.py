@@ -119,7 +119,7 @@ def test_a_key_not_endorsed_for_teams_or_unknown_is_refused_and_unknown_ids_cann
     with pytest.raises(Unauthorized, match="not endorsed for the channel 'msteams'"):
         a.verify(f"Bearer {token()}", activity())
     for n in range(5):
-        with pytest.raises(Unauthorized, match="not one the Bot Framework publishes"):
+        with pytest.raises(Unauthorized, match="not one its issuer publishes"):
             a.verify(f"Bearer {token(kid=f'made-up-{n}')}", activity())
     assert [s.path for s in server.seen] == [METADATA, KEYS]  # one fetch, however many unknown ids
 
@@ -276,3 +276,48 @@ def test_every_state_of_the_card_passes_the_adaptive_cards_library(case):
     assert adaptive_card_problems(
         {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "Bogus"}]}
     )  # it can fail
+
+
+# --- the console's callers by their Entra ID token (AEGIS_CONSOLE_AUTH=bearer) ---
+
+TENANT = "0f7c2d1a-5b3e-4c8d-9e6f-1a2b3c4d5e6f"
+CONSOLE_APP = "c0c0c0c0-1111-4222-8333-444444444444"
+
+
+def entra_token(*, key: Any = SIGNER, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": f"https://login.microsoftonline.com/{TENANT}/v2.0", "aud": f"api://{CONSOLE_APP}", "tid": TENANT,
+            "oid": ALICE, "preferred_username": "Alice@Contoso.com", "roles": ["Aegis.Approver"],
+            "exp": now + 600, "nbf": now - 10, **claims}  # fmt: skip
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+def entra(server: WireServer) -> Any:
+    from aegis.approvals.botauth import EntraBearer
+
+    meta = f"/{TENANT}/v2.0/.well-known/openid-configuration"
+    server.expect("GET", meta, Reply(200, {"issuer": f"https://login.microsoftonline.com/{TENANT}/v2.0",
+                                           "jwks_uri": f"{server.url}/{TENANT}/discovery/v2.0/keys"}))  # fmt: skip
+    server.expect("GET", f"/{TENANT}/discovery/v2.0/keys", Reply(200, {"keys": [{**SIGNER_JWK, "kid": "k1"}]}))
+    conn = dataclasses.replace(connections(server), retries=0)
+    return EntraBearer(TENANT, CONSOLE_APP, json_getter(conn), authority=server.url)
+
+
+def test_a_console_caller_is_who_their_entra_token_says_and_a_forged_easy_auth_header_is_nobody(server):
+    from aegis.approvals import identity
+    from aegis.approvals.identity import NotSignedIn
+
+    verify = entra(server).verify
+    who = identity.from_bearer({"authorization": f"Bearer {entra_token()}"}, verify)
+    assert (who.name, who.id, who.roles) == ("alice@contoso.com", ALICE, frozenset({"Aegis.Approver"}))
+    forged = identity.encode_easy_auth("mallory@contoso.com", "99999999-0000-4000-8000-000000000000",
+                                       roles=("Aegis.Approver",))  # fmt: skip
+    for headers in (
+        {"x-ms-client-principal": forged},  # what a platform that does not block callers would let through
+        {"authorization": f"Bearer {entra_token(key=FORGER)}", "x-ms-client-principal": forged},
+        {"authorization": f"Bearer {entra_token(aud='api://another-app')}"},
+        {"authorization": f"Bearer {entra_token(tid='11111111-1111-1111-1111-111111111111')}"},
+        {"authorization": f"Bearer {entra_token(exp=int(time.time()) - 3600)}"},
+    ):
+        with pytest.raises(NotSignedIn):
+            identity.from_bearer(headers, verify)

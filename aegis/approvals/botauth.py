@@ -41,18 +41,23 @@ Fetch = Callable[[str], Mapping[str, Any]]  # GET an https URL, its JSON
 
 
 @dataclass
-class BotAuth:
-    app_id: str  # the bot's Microsoft app id: the audience its tokens are for
+class SignedTokens:
+    """JWTs signed by the keys an OpenID provider publishes (its metadata's `jwks_uri`), fetched
+    over https, kept for a day, fetched again for an unknown key id at most every five minutes."""
+
     fetch: Fetch
-    metadata_url: str = OPENID_METADATA
+    metadata_url: str
     clock: Callable[[], float] = time.time
     _keys: dict[str, PyJWK] = field(default_factory=dict, repr=False)
     _endorsements: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     _fetched: float = field(default=-1e18, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def verify(self, authorization: str | None, activity: Mapping[str, Any]) -> dict[str, Any]:
-        """The token's claims, if it proves the activity; else `Unauthorized`."""
+    def claims(
+        self, authorization: str | None, *, audience: str | list[str], issuer: str | list[str]
+    ) -> tuple[str, dict[str, Any]]:
+        """(signing key id, claims) of the `Bearer` token, if signed by a published key (RS256), for
+        `audience`, from `issuer`, unexpired; else `Unauthorized`."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("no bearer token")
         token = authorization.removeprefix("Bearer ").strip()
@@ -65,19 +70,16 @@ class BotAuth:
         kid = str(header.get("kid") or "")
         key = self._key(kid)
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=["RS256"], audience=self.app_id, issuer=ISSUER, leeway=LEEWAY,
+            found: dict[str, Any] = jwt.decode(
+                token, key.key, algorithms=["RS256"], audience=audience, issuer=issuer, leeway=LEEWAY,
                 options={"require": ["exp", "iss", "aud"]},
             )  # fmt: skip
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"the token is not valid: {exc}") from None
-        channel = str(activity.get("channelId") or "")
-        if channel not in self._endorsements.get(kid, frozenset()):
-            raise Unauthorized(f"the signing key is not endorsed for the channel {channel[:32]!r}")
-        service = str(activity.get("serviceUrl") or "")
-        if claims.get("serviceurl", claims.get("serviceUrl")) != service:
-            raise Unauthorized("the activity's serviceUrl is not the one its token was issued for")
-        return claims
+        return kid, found
+
+    def endorsed(self, kid: str) -> frozenset[str]:
+        return self._endorsements.get(kid, frozenset())
 
     def _key(self, kid: str) -> PyJWK:
         with self._lock:
@@ -88,7 +90,7 @@ class BotAuth:
                 self._refresh(now)
             key = self._keys.get(kid)
         if key is None:
-            raise Unauthorized(f"the token's signing key {kid[:64]!r} is not one the Bot Framework publishes")
+            raise Unauthorized(f"the token's signing key {kid[:64]!r} is not one its issuer publishes")
         return key
 
     def _refresh(self, now: float) -> None:
@@ -105,3 +107,52 @@ class BotAuth:
             kid = str(raw.get("kid") or "")
             keys[kid], endorsements[kid] = key, frozenset(map(str, raw.get("endorsements") or ()))
         self._keys, self._endorsements, self._fetched = keys, endorsements, now
+
+
+@dataclass
+class BotAuth:
+    """The Bot Framework's tokens on `/api/messages`."""
+
+    app_id: str  # the bot's Microsoft app id: the audience its tokens are for
+    fetch: Fetch
+    metadata_url: str = OPENID_METADATA
+    tokens: SignedTokens = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = SignedTokens(self.fetch, self.metadata_url)
+
+    def verify(self, authorization: str | None, activity: Mapping[str, Any]) -> dict[str, Any]:
+        """The token's claims, if it proves the activity; else `Unauthorized`."""
+        kid, claims = self.tokens.claims(authorization, audience=self.app_id, issuer=ISSUER)
+        channel = str(activity.get("channelId") or "")
+        if channel not in self.tokens.endorsed(kid):
+            raise Unauthorized(f"the signing key is not endorsed for the channel {channel[:32]!r}")
+        service = str(activity.get("serviceUrl") or "")
+        if claims.get("serviceurl", claims.get("serviceUrl")) != service:
+            raise Unauthorized("the activity's serviceUrl is not the one its token was issued for")
+        return claims
+
+
+@dataclass
+class EntraBearer:
+    """Entra ID access tokens for the console's app registration (`api://<client id>`): who calls,
+    proven by the token itself rather than by a header a platform may or may not have set."""
+
+    tenant: str
+    client_id: str
+    fetch: Fetch
+    authority: str = "https://login.microsoftonline.com"  # where its metadata and keys are fetched
+    issuer_authority: str = "https://login.microsoftonline.com"  # what its tokens name as their issuer
+    tokens: SignedTokens = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = SignedTokens(self.fetch, f"{self.authority}/{self.tenant}/v2.0/.well-known/openid-configuration")
+
+    def verify(self, authorization: str | None) -> dict[str, Any]:
+        """The claims of a valid token for this app, from this tenant (v2 or v1 issuer)."""
+        issuers = [f"{self.issuer_authority}/{self.tenant}/v2.0", f"https://sts.windows.net/{self.tenant}/"]
+        audiences = [f"api://{self.client_id}", self.client_id]
+        _, claims = self.tokens.claims(authorization, audience=audiences, issuer=issuers)
+        if str(claims.get("tid", "")).lower() != self.tenant.lower():
+            raise Unauthorized("the token is not for this tenant")
+        return claims

@@ -19,11 +19,13 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
+from aegis.approvals.botauth import Unauthorized
 from aegis.errors import AegisError
 from aegis.respond.playbooks import ResponsePlan
 
@@ -87,6 +89,23 @@ def from_easy_auth(headers: Mapping[str, str], *, environ: Mapping[str, str] = o
         roles=frozenset(values(role_typ, "roles", ROLE)),
         groups=frozenset(g.lower() for g in values("groups")),
     )
+
+
+def from_bearer(headers: Mapping[str, str], verify: Callable[[str | None], Mapping[str, Any]]) -> Principal:
+    """The caller an Entra ID access token proves (`Authorization: Bearer`, checked by `verify`):
+    what the app believes where App Service Authentication does not block unauthenticated callers
+    (the Flex Consumption plan, as its documentation says), whatever headers come with it."""
+    try:
+        claims = verify(headers.get("authorization") or headers.get("Authorization"))
+    except Unauthorized as exc:
+        raise NotSignedIn(f"sign in with an Entra ID token for this app ({exc})") from None
+    oid = str(claims.get("oid") or "")
+    name = str(claims.get("preferred_username") or claims.get("upn") or "") or (f"app:{oid}" if oid else "")
+    if not oid:
+        raise NotSignedIn("the token names no object id")
+    return Principal(name=name.strip().lower()[:256], id=oid.lower(),
+                     roles=frozenset(map(str, claims.get("roles") or ())),
+                     groups=frozenset(str(g).lower() for g in claims.get("groups") or ()))  # fmt: skip
 
 
 def encode_easy_auth(name: str, oid: str, *, roles: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> str:

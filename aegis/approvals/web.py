@@ -390,6 +390,11 @@ def easy_auth_identity(request: Request) -> Principal:
     return identity.from_easy_auth(request.headers)
 
 
+def bearer_identity(verify: Callable[[str | None], Any]) -> Callable[[Request], Principal]:
+    """Who calls, by the Entra ID access token they present (`AEGIS_CONSOLE_AUTH=bearer`)."""
+    return lambda request: identity.from_bearer(request.headers, verify)
+
+
 def iso(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 

@@ -88,6 +88,10 @@ var settings = {
   AEGIS_TENANT_ID: tenant().tenantId // events that name no tenant belong to the deployment's
   AEGIS_TENANTS: subscriptionTenants
   AEGIS_DELIVER_MIN_SEVERITY: 'medium'
+  // Flex Consumption's App Service Authentication does not block unauthenticated callers (its documentation):
+  // the app believes only an Entra ID token it checks itself (aegis/approvals/identity.py, from_bearer)
+  AEGIS_CONSOLE_AUTH: 'bearer'
+  AEGIS_AUTH_CLIENT_ID: authClientId
   AEGIS_BOT_APP_ID: identityClientId // the Azure Bot runs on the app's user-assigned identity (UserAssignedMSI)
   AEGIS_BOT_SERVICE_URL: 'https://smba.trafficmanager.net/teams/'
   AEGIS_BOT_OPENID_METADATA: 'https://login.botframework.com/v1/.well-known/openidconfiguration'
