@@ -261,27 +261,29 @@ class Summary:
 
 
 def add_traits(counts: list[int], bits: int) -> list[int]:
-    """`counts` (per weight) with one more event for each weight whose bit is set."""
-    out = list(counts)
+    """`counts` (per weight; the pane's own list, grown in place) with one more event for each
+    weight whose bit is set."""
     k = 0
     while bits:
         if bits & 1:
-            out += [0] * (k + 1 - len(out))
-            out[k] += 1
+            if k >= len(counts):
+                counts.extend([0] * (k + 1 - len(counts)))
+            counts[k] += 1
         bits >>= 1
         k += 1
-    return out
+    return counts
 
 
 def add_moments(moments: list[list[float]], sizes: tuple[Any, ...]) -> list[list[float]]:
-    """`moments` (per `steady` weight) with one event's values added (None: it has none)."""
-    out = [list(m) for m in moments] + [[0.0, 0.0, 0.0] for _ in range(len(sizes) - len(moments))]
-    for m, v in zip(out, sizes, strict=False):
+    """`moments` (per `steady` weight; the pane's own lists, in place) with one event's values
+    added (None: it has none)."""
+    moments.extend([0.0, 0.0, 0.0] for _ in range(len(sizes) - len(moments)))
+    for m, v in zip(moments, sizes, strict=False):
         if v is not None:
             m[0] += 1
             m[1] += v
             m[2] += v * v
-    return out
+    return moments
 
 
 def _says_more(a: Sample, b: Sample) -> bool:
