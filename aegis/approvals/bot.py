@@ -38,8 +38,6 @@ from aegis.respond.record import Responder
 
 log = structlog.get_logger("aegis.bot")
 
-MAX_MENTIONS = 20
-
 
 @dataclass(frozen=True)
 class BotCards:
@@ -59,7 +57,7 @@ class BotCards:
     def escalate(self, where: Channel, message: str, group: str, text: str) -> int:
         """A reply in the card's thread that @mentions the group's members (at most 20); how many."""
         thread, _ = _reference(message)
-        people = group_members(self.conn, group, MAX_MENTIONS)
+        people = group_members(self.conn, group)  # at most MAX_MENTIONS (teams.py)
         tags = [f"<at>{html.escape(name)}</at>" for _, name in people]
         mentions = [{"type": "mention", "text": tag, "mentioned": {"id": oid, "name": name}}
                     for tag, (oid, name) in zip(tags, people, strict=True)]  # fmt: skip

@@ -71,10 +71,11 @@ class Sweeper:
         Connector with `connections`' credential: the worker's, or the settings')."""
         teams = None
         if response.plan.on_call is not None:
-            if not cfg.bot_app_id or not cfg.tenant_id:
+            conn = (connections or connect.lazy(cfg))()
+            if conn.bot is None:  # the connections say whether a bot is configured (`connect.from_settings`)
                 log.warning("teams_cards_off", reason="AEGIS_BOT_APP_ID and AEGIS_TENANT_ID are needed to post cards")
             else:
-                teams = BotCards((connections or connect.lazy(cfg))())
+                teams = BotCards(conn)
         return cls(response, store, incidents=incidents, teams=teams, console_url=cfg.console_url)
 
     def run(self) -> SweepCounts:
