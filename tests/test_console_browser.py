@@ -26,6 +26,7 @@ import pytest
 from aegis import settings
 from aegis.approvals import identity, web
 from aegis.pipeline import Message
+from aegis.records import SEVERITY_ORDER, views
 from aegis.respond import playbooks
 from aegis.respond.record import Responder
 from aegis.store import SqliteStore
@@ -127,7 +128,9 @@ def test_an_on_call_engineer_approves_the_pending_step_and_sees_it_run_with_its_
     page = context.new_page()
     page.goto(f"{base}/console")
     assert page.locator("header .who").inner_text() == "oncall@contoso.com · approver"
-    assert page.locator("table.incidents tbody tr").count() == len(store.incidents())
+    # superseded incidents (every event of theirs in another incident) are hidden until asked for
+    shown = [v for v in views(store.incidents()) if v.status != "superseded"]
+    assert page.locator("table.incidents tbody tr").count() == len(shown)
     page.get_by_role("link", name="Approvals").first.click()
     section = page.locator("section.approval", has=page.locator("h2", has_text="contain_ai_resource")).first
     key = section.get_attribute("id").removeprefix("step-")
@@ -189,6 +192,7 @@ def test_self_approval_is_refused_and_an_alert_field_with_script_is_shown_as_tex
     page.goto(f"{base}/console")
     assert page.locator("header .who").inner_text() == "bob@contoso.com · approver"
 
+    page.goto(f"{base}/console?superseded=1")  # single-alert incidents that a campaign holds too
     link = page.locator("table.incidents a", has_text="AI.Azure_Jailbreak")
     hrefs = [link.nth(n).get_attribute("href") for n in range(link.count())]
     assert hrefs
@@ -223,3 +227,58 @@ def test_self_approval_is_refused_and_an_alert_field_with_script_is_shown_as_tex
         assert all(s.approvers == () for s in refused)
     finally:
         store.close()
+
+
+def test_an_analyst_narrows_the_incident_list_and_shares_the_view_as_a_link(browser, signed_in_console):
+    base, store = signed_in_console
+    header = identity.encode_easy_auth("analyst@contoso.com", "0e0e0e0e-1111-2222-3333-444444444444",
+                                       roles=("Aegis.Reader",))  # fmt: skip
+    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    page = context.new_page()
+    page.goto(f"{base}/console")
+    rows = page.locator("table.incidents tbody tr")
+    severities = [rows.nth(n).get_attribute("data-severity") for n in range(rows.count())]
+    ranks = [-[s.value for s in SEVERITY_ORDER].index(s) for s in severities]
+    assert ranks == sorted(ranks), severities  # the plan's tiers follow severity: most severe first
+    assert "superseded" not in {rows.nth(n).get_attribute("data-status") for n in range(rows.count())}
+    everything = views(store.incidents())
+    high = sum(1 for v in everything if v.incident.severity.value == "high" and v.status != "superseded")
+    assert page.locator("a.facet[data-severity=high] b").inner_text() == str(high)
+    # an entity reads as its resource name; the full ARM id is on hover
+    name = page.locator("td.entities .name", has_text="oai-contoso-prod").first
+    assert name.inner_text() == "oai-contoso-prod"
+    assert name.get_attribute("title").startswith("/subscriptions/")
+    assert page.locator("figure.volume svg rect").count() >= 1  # events over time, drawn without a script
+
+    page.locator("a.facet[data-severity=high]").click()  # a count is a filter
+    page.wait_for_url("**/console?severity=high")
+    assert {rows.nth(n).get_attribute("data-severity") for n in range(rows.count())} == {"high"}
+    assert rows.count() == high
+
+    page.fill("input[name=q]", "203.0.113")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**q=203.0.113**")
+    assert "severity=high" in page.url  # the form keeps the other filters
+    assert rows.count() >= 1
+    for n in range(rows.count()):
+        row_id = rows.nth(n).get_attribute("data-id")
+        found = next(v.incident for v in everything if v.incident.id == row_id)
+        assert found.severity.value == "high"
+        assert any("203.0.113" in e.key for e in found.entities) or "203.0.113" in found.title
+    shared = page.url
+    other = browser.new_context(extra_http_headers={identity.HEADER: header}).new_page()
+    other.goto(shared)  # the link is the view
+    assert other.locator("table.incidents tbody tr").count() == rows.count()
+    other.context.close()
+
+    page.goto(f"{base}/console?superseded=1")
+    all_rows = page.locator("table.incidents tbody tr")
+    assert all_rows.count() == len(everything)
+    page.goto(f"{base}/console?q=no-such-thing-anywhere")
+    assert page.locator("p.empty").inner_text() == "No incident matches these filters."
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{base}/console")
+    page.screenshot(
+        path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-incidents.png"), full_page=True
+    )
+    context.close()

@@ -42,6 +42,8 @@ from aegis.approvals import identity
 from aegis.approvals.bot import Decisions
 from aegis.approvals.botauth import BotAuth, Unauthorized
 from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
+from aegis.approvals.listing import RANGES, Query, listing
+from aegis.approvals.names import label, link
 from aegis.approvals.timeline import chart
 from aegis.correlate import mapping
 from aegis.errors import AegisError, InputNotFound
@@ -142,12 +144,13 @@ class Console:
     # --- console pages ---
 
     def incidents_page(self, request: Request) -> Response:
-        listed = sorted(self._views(), key=lambda v: v.incident.last_seen, reverse=True)
+        shown = listing(self._views(), Query.parse(request.query_params), self.response.plan.tiers)
         waiting = self.store.steps(status=["awaiting_approval"])
         pending: dict[str, int] = {}
         for s in waiting:
             pending[s.incident] = pending.get(s.incident, 0) + 1
-        return self._render(request, "incidents.html", views=listed, pending=pending, waiting=len(waiting))
+        return self._render(request, "incidents.html", shown=shown, q=shown.query, pending=pending,
+                            waiting=len(waiting), ranges=list(RANGES))  # fmt: skip
 
     def incident_page(self, request: Request) -> Response:
         found = [v for v in self._views() if v.incident.id == request.path_params["incident"]]
@@ -400,4 +403,6 @@ def iso(value: datetime | None) -> str:
 
 
 _env.filters["iso"] = iso
+_env.filters["label"] = label
+_env.filters["link"] = link
 _env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode()
