@@ -277,12 +277,13 @@ class StepRecord(PlannedStep):
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     time: datetime
-    actor: str
+    actor: str  # a person's name (UPN), or the pipeline (`PIPELINE`)
     event: str  # planned | refused | approved | denied | expired | superseded | escalated | dry_run | succeeded | ...
-    step: str
+    step: str  # "" for an incident's triage (`action` "triage")
     action: str
     target: str
     detail: str
+    actor_id: str | None = None  # a person's Entra object id, when they were signed in
 
     @classmethod
     def about(cls, step: PlannedStep, event: str, detail: str, now: datetime, actor: str = PIPELINE) -> AuditEntry:
@@ -295,8 +296,66 @@ class AuditEntry:
         return cls(**{**d, "time": datetime.fromisoformat(d["time"])})
 
     def summary(self) -> dict[str, Any]:
-        return {"time": _iso(self.time), "actor": self.actor, "event": self.event, "step": self.step,
-                "action": self.action, "target": self.target, "detail": self.detail}  # fmt: skip
+        return {"time": _iso(self.time), "actor": self.actor, "actor_id": self.actor_id, "event": self.event,
+                "step": self.step, "action": self.action, "target": self.target, "detail": self.detail}  # fmt: skip
+
+
+# --- triage: what analysts say of an incident (apart from the incident, which the correlator writes) ---
+
+TRIAGE_STATUSES = ("new", "active", "closed")
+# as Microsoft Sentinel classifies a closed incident
+CLASSIFICATIONS = {
+    "true_positive": "True positive: suspicious activity",
+    "benign_positive": "Benign positive: suspicious but expected",
+    "false_positive": "False positive: incorrect alert logic or data",
+    "undetermined": "Undetermined",
+}
+MAX_COMMENT = 4000
+MAX_COMMENTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    time: datetime
+    author: str
+    text: str
+    author_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Triage:
+    """An incident's analyst state: acknowledged (active), who owns it, how it was closed, and
+    comments. `revision` +1 on every write: the store writes only over the revision it was read at."""
+
+    incident: str
+    status: str = "new"
+    owner: str | None = None
+    owner_id: str | None = None
+    classification: str | None = None  # a key of CLASSIFICATIONS, once closed
+    reason: str = ""  # why it was closed so
+    comments: tuple[Comment, ...] = ()
+    revision: int = 0
+    updated: datetime | None = None
+
+    def next(self, now: datetime, **changes: Any) -> Triage:
+        return replace(self, revision=self.revision + 1, updated=now, **changes)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, doc: bytes | str) -> Triage:
+        d = orjson.loads(doc)
+        comments = tuple(Comment(**{**c, "time": datetime.fromisoformat(c["time"])}) for c in d.get("comments", ()))
+        updated = datetime.fromisoformat(d["updated"]) if d.get("updated") else None
+        return cls(**{**d, "comments": comments, "updated": updated})
+
+    def summary(self) -> dict[str, Any]:
+        return {"status": self.status, "owner": self.owner, "owner_id": self.owner_id,
+                "classification": self.classification, "reason": self.reason, "revision": self.revision,
+                "updated": _iso(self.updated),
+                "comments": [{"time": _iso(c.time), "author": c.author, "author_id": c.author_id, "text": c.text}
+                             for c in self.comments]}  # fmt: skip
 
 
 def digest(params: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 # What ARM cannot grant, done with the Azure CLI by someone who may consent for the tenant
 # (Privileged Role Administrator or Global Administrator):
 #   1. the Entra ID app registration people sign in to the console with (App Service Authentication),
-#      with the app roles Aegis.Approver and Aegis.Reader: assign people or groups to them;
+#      with the app roles Aegis.Approver, Aegis.Analyst and Aegis.Reader: assign people or groups to them;
 #   2. the application permissions of the app's managed identity on Microsoft Graph and on Defender for
 #      Endpoint: app-role assignments on its service principal, each the least an action needs.
 # Idempotent: what exists is left as it is.
@@ -40,6 +40,7 @@ create_app() {
     local roles
     roles=$(cat <<JSON
 [{"allowedMemberTypes":["User","Application"],"displayName":"Aegis approver","description":"Approve or deny disruptive response steps","isEnabled":true,"value":"Aegis.Approver","id":"$(uuidgen)"},
+ {"allowedMemberTypes":["User"],"displayName":"Aegis analyst","description":"Triage incidents: acknowledge, assign, close, comment","isEnabled":true,"value":"Aegis.Analyst","id":"$(uuidgen)"},
  {"allowedMemberTypes":["User","Application"],"displayName":"Aegis reader","description":"Read incidents, approvals and the audit log","isEnabled":true,"value":"Aegis.Reader","id":"$(uuidgen)"}]
 JSON
 )

@@ -10,7 +10,7 @@ param environmentName string
 @description('Region for all resources.')
 param location string
 
-@description('Client id of the Entra ID app registration people sign in to (app roles Aegis.Approver, Aegis.Reader): infra/grant-permissions.sh creates it.')
+@description('Client id of the Entra ID app registration people sign in to (app roles Aegis.Approver, Aegis.Analyst, Aegis.Reader): infra/grant-permissions.sh creates it.')
 param authClientId string
 
 @description('ARM ids of the AI accounts (Azure OpenAI, AI Foundry, AI services) whose resource logs go to the pipeline, comma-separated.')

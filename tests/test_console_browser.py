@@ -282,3 +282,43 @@ def test_an_analyst_narrows_the_incident_list_and_shares_the_view_as_a_link(brow
         path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-incidents.png"), full_page=True
     )
     context.close()
+
+
+def test_an_analyst_acknowledges_comments_closes_and_reopens_an_incident(browser, signed_in_console):
+    base, store = signed_in_console
+    header = identity.encode_easy_auth("ana@contoso.com", "0a0a0a0a-1111-2222-3333-444444444444",
+                                       roles=("Aegis.Analyst",))  # fmt: skip
+    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    page = context.new_page()
+    page.goto(f"{base}/console")
+    page.locator("table.incidents tbody tr a").first.click()
+    incident_id = page.url.rsplit("/", 1)[1]
+    triage = page.locator("section#triage")
+    assert triage.locator(".triage-status").inner_text() == "new"
+    assert page.get_by_role("button", name="Approve").count() == 0
+    triage.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_url(f"**/console/incidents/{incident_id}#triage")
+    assert triage.locator(".triage-status").inner_text() == "active"
+    assert "ana@contoso.com" in triage.locator("dd.owner").inner_text()
+    page.fill("textarea[name=text]", "Caller 203.0.113.45 is not ours; keys rotated by hand.\nWatching.")
+    triage.get_by_role("button", name="Comment").click()
+    comment = triage.locator(".comment").last
+    assert "Watching." in comment.inner_text()
+    assert "ana@contoso.com" in comment.inner_text()
+    triage.locator("select[name=classification]").select_option("false_positive")
+    triage.get_by_role("button", name="Close").click()  # no reason: refused, and said why
+    assert "say why it is a false positive" in page.get_by_role("alert").inner_text()
+    triage.locator("select[name=classification]").select_option("true_positive")
+    triage.locator("form.close input[name=text]").fill("confirmed with the account owner")
+    triage.get_by_role("button", name="Close").click()
+    assert triage.locator(".triage-status").inner_text() == "closed"
+    assert "True positive" in triage.locator(".classification").inner_text()
+    page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-incident.png"), full_page=True)
+    triage.get_by_role("button", name="Reopen").click()
+    assert triage.locator(".triage-status").inner_text() == "active"
+    events = [a.event for a in store.audit_log() if a.action == "triage" and a.target == incident_id]
+    assert events == ["acknowledged", "commented", "closed", "reopened"]
+    assert {a.actor_id for a in store.audit_log() if a.action == "triage"} == {"0a0a0a0a-1111-2222-3333-444444444444"}
+    page.goto(f"{base}/console?owner=me")
+    assert page.locator("table.incidents tbody tr").count() == 1
+    context.close()

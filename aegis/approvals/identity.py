@@ -121,14 +121,21 @@ def may_decide(p: Principal, plan: ResponsePlan) -> bool:
     return bool(p.roles & set(plan.access.approver_roles) or p.groups & groups)
 
 
+def may_triage(p: Principal, plan: ResponsePlan) -> bool:
+    return may_decide(p, plan) or bool(p.roles & set(plan.access.analyst_roles))
+
+
 def may_read(p: Principal, plan: ResponsePlan) -> bool:
-    return may_decide(p, plan) or bool(p.roles & set(plan.access.reader_roles))
+    return may_triage(p, plan) or bool(p.roles & set(plan.access.reader_roles))
 
 
-def require(p: Principal, plan: ResponsePlan, *, decide: bool) -> Principal:
+def require(p: Principal, plan: ResponsePlan, *, decide: bool = False, triage: bool = False) -> Principal:
     if decide and not may_decide(p, plan):
         roles = ", ".join(plan.access.approver_roles) or "none"
         raise Forbidden(f"{p.name} may not decide steps: it needs an approver role ({roles}) or group")
+    if triage and not may_triage(p, plan):
+        roles = ", ".join([*plan.access.analyst_roles, *plan.access.approver_roles]) or "none"
+        raise Forbidden(f"{p.name} may not triage incidents: it needs an analyst or approver role ({roles})")
     if not may_read(p, plan):
-        raise Forbidden(f"{p.name} has no role for Aegis (reader or approver)")
+        raise Forbidden(f"{p.name} has no role for Aegis (reader, analyst or approver)")
     return p

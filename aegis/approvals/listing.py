@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 from aegis.approvals.names import label
 from aegis.events import Severity
-from aegis.records import SEVERITY_ORDER, View
+from aegis.records import SEVERITY_ORDER, TRIAGE_STATUSES, Triage, View
 
 STATUSES = ("open", "closed", "superseded")
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -42,6 +42,8 @@ class Query:
     q: str = ""
     superseded: bool = False  # shown too (hidden by default: another incident holds all their events)
     sort: str = "priority"
+    triage: tuple[str, ...] = ()  # new | active | closed, as analysts left it
+    owner: str = ""  # a UPN, or "me"
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> Query:
@@ -63,16 +65,17 @@ class Query:
             resource=one("resource").lower(), tenant=one("tenant").lower(),
             range=one("range") if one("range") in RANGES else "", q=one("q"),
             superseded=one("superseded") in {"1", "true", "on", "yes"} or "superseded" in many("status", STATUSES),
-            sort=one("sort") if one("sort") in SORTS else "priority",
+            sort=one("sort") if one("sort") in SORTS else "priority", triage=many("triage", TRIAGE_STATUSES),
+            owner=one("owner").lower(),
         )  # fmt: skip
 
     def link(self, **changes: Any) -> str:
         """This view's URL with `changes` (a value of None or "" drops the parameter)."""
         values = {**self.__dict__, **changes}
         pairs: list[tuple[str, str]] = []
-        for name in ("severity", "status"):
+        for name in ("severity", "status", "triage"):
             pairs += [(name, v) for v in values[name]]
-        for name in ("detection", "resource", "tenant", "range", "q"):
+        for name in ("detection", "resource", "tenant", "range", "q", "owner"):
             if values[name]:
                 pairs.append((name, values[name]))
         if values["superseded"]:
@@ -123,10 +126,19 @@ class Listing:
     tiers: dict[str, str] = field(default_factory=dict)  # severity → tier
 
 
-def listing(views: Sequence[View], query: Query, tiers: Mapping[Severity, str]) -> Listing:
+def listing(
+    views: Sequence[View], query: Query, tiers: Mapping[Severity, str], triages: Mapping[str, Triage] | None = None,
+    *, me: str = "",
+) -> Listing:  # fmt: skip
+    """`triages`: the analysts' state by incident; `me`: who asks (what `owner=me` means)."""
+    triages = triages or {}
     newest = max((v.incident.last_seen for v in views), default=None)
     since = newest - RANGES[query.range] if newest is not None and query.range else None
-    base = [v for v in views if _matches(v, query, since)]
+    owner = me if query.owner == "me" else query.owner
+    base = [
+        v for v in views
+        if _matches(v, query, since) and _triaged(triages.get(v.incident.id), query.triage, owner)
+    ]  # fmt: skip
     by_severity = Counter(v.incident.severity.value for v in base if _status_ok(v, query))
     by_status = Counter(v.status for v in base if not query.severity or v.incident.severity.value in query.severity)
     shown = [
@@ -148,6 +160,12 @@ def listing(views: Sequence[View], query: Query, tiers: Mapping[Severity, str]) 
         hidden=0 if query.superseded or query.status else sum(1 for v in base if v.status == "superseded"),
         total=len(views), volume=volume(shown), tiers={s.value: t for s, t in tiers.items()},
     )  # fmt: skip
+
+
+def _triaged(t: Triage | None, statuses: tuple[str, ...], owner: str) -> bool:
+    if statuses and (t.status if t else "new") not in statuses:
+        return False
+    return not owner or (t is not None and t.owner == owner)
 
 
 def _status_ok(v: View, query: Query) -> bool:

@@ -45,9 +45,10 @@ from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.listing import RANGES, Query, listing
 from aegis.approvals.names import label, link
 from aegis.approvals.timeline import chart
+from aegis.approvals.triage import Triager, TriageRefused
 from aegis.correlate import mapping
 from aegis.errors import AegisError, InputNotFound
-from aegis.records import Enrichment, Incident, StepRecord, View, alert_details, views
+from aegis.records import CLASSIFICATIONS, TRIAGE_STATUSES, Enrichment, Incident, StepRecord, View, alert_details, views
 from aegis.respond import planner
 from aegis.respond.playbooks import Response as Plan
 from aegis.respond.record import DecisionRefused, Responder, call
@@ -90,8 +91,8 @@ class Console:
 
     # --- helpers ---
 
-    def _who(self, request: Request, *, decide: bool = False) -> Principal:
-        return identity.require(self.identify(request), self.response.plan, decide=decide)
+    def _who(self, request: Request, *, decide: bool = False, triage: bool = False) -> Principal:
+        return identity.require(self.identify(request), self.response.plan, decide=decide, triage=triage)
 
     def _views(self) -> list[View]:
         return views(self.incidents())
@@ -101,6 +102,7 @@ class Console:
         token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
         page = _env.get_template(template).render(
             title=self.title, who=who, may_decide=identity.may_decide(who, self.response.plan), csrf=token,
+            may_triage=identity.may_triage(who, self.response.plan),
             mode=self.response.plan.mode, **values,
         )  # fmt: skip
         response = HTMLResponse(page, status_code=status)
@@ -144,15 +146,18 @@ class Console:
     # --- console pages ---
 
     def incidents_page(self, request: Request) -> Response:
-        shown = listing(self._views(), Query.parse(request.query_params), self.response.plan.tiers)
+        triages = self.store.triages()
+        me = self._who(request).name
+        shown = listing(self._views(), Query.parse(request.query_params), self.response.plan.tiers, triages, me=me)
         waiting = self.store.steps(status=["awaiting_approval"])
         pending: dict[str, int] = {}
         for s in waiting:
             pending[s.incident] = pending.get(s.incident, 0) + 1
         return self._render(request, "incidents.html", shown=shown, q=shown.query, pending=pending,
-                            waiting=len(waiting), ranges=list(RANGES))  # fmt: skip
+                            waiting=len(waiting), ranges=list(RANGES), triages=triages,
+                            triage_statuses=TRIAGE_STATUSES)  # fmt: skip
 
-    def incident_page(self, request: Request) -> Response:
+    def incident_page(self, request: Request, *, error: str | None = None, status: int = 200) -> Response:
         found = [v for v in self._views() if v.incident.id == request.path_params["incident"]]
         if not found:
             raise HTTPException(404, "no such incident")
@@ -162,12 +167,33 @@ class Console:
         books = [self.response.playbooks[n] for n in planner.playbooks_for(view.incident, plan)]
         advice = {"tier": plan.tiers[view.incident.severity], "playbooks": books}
         return self._render(
-            request, "incident.html", view=view, i=view.incident, chart=chart(view.incident), advice=advice,
+            request, "incident.html", status=status, view=view, i=view.incident, chart=chart(view.incident),
+            advice=advice,
             enrichment=self.enrichment(view.incident.id) if self.enrichment else [],
             alerts=alert_details(self.store.evidence(view.incident)),
             atlas=mapping.atlas_names(), owasp=mapping.owasp_names(), steps=steps, calls=_calls(steps),
             playbooks=sorted(self.response.playbooks), message=request.query_params.get("message"),
+            triage=Triager(self.store).current(view.incident.id), classifications=CLASSIFICATIONS, error=error,
         )  # fmt: skip
+
+    async def triage_form(self, request: Request) -> Response:
+        who = self._who(request, triage=True)
+        fields = await self._form(request)
+        incident_id = request.path_params["incident"]
+        found = [i for i in self.incidents() if i.id == incident_id]
+        if not found:
+            raise HTTPException(404, "no such incident")
+        seen = fields.get("revision", "")
+        try:
+            Triager(self.store).apply(
+                found[0], fields.get("verb", ""), who.name, who.id, seen=int(seen) if seen.isdigit() else None,
+                owner=fields.get("owner", ""), classification=fields.get("classification", ""),
+                text=fields.get("text", ""),
+            )  # fmt: skip
+        except TriageRefused as exc:
+            return self.incident_page(request, error=str(exc), status=409)
+        log.info("triage", incident=incident_id, person=who.name, verb=fields.get("verb"))
+        return RedirectResponse(f"/console/incidents/{incident_id}#triage", status_code=303)
 
     async def request_playbook(self, request: Request) -> Response:
         who = self._who(request, decide=True)
@@ -341,6 +367,7 @@ def create_app(
             Route("/console", c.incidents_page),
             Route("/console/incidents/{incident}", c.incident_page),
             Route("/console/incidents/{incident}/playbooks", c.request_playbook, methods=["POST"]),
+            Route("/console/incidents/{incident}/triage", c.triage_form, methods=["POST"]),
             Route("/console/approvals", c.approvals_page),
             Route("/console/approvals/{key}", c.step_page),
             Route("/console/approvals/{key}", c.decide_form, methods=["POST"]),

@@ -104,6 +104,10 @@ class Access(_Strict):
     approver_roles: list[str] = Field(default_factory=lambda: ["Aegis.Approver"])
     approver_groups: list[Guid] = Field(default_factory=list)
     reader_roles: list[str] = Field(default_factory=lambda: ["Aegis.Reader"], description="may look, not decide")
+    analyst_roles: list[str] = Field(
+        default_factory=lambda: ["Aegis.Analyst"],
+        description="may triage incidents (acknowledge, assign, close, comment), not decide steps; approvers may too",
+    )
 
 
 class RateLimit(_Strict):

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from aegis.events import DeadLetter, Event
-from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord
+from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, Triage
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,19 @@ class Store(Protocol):
         ...
 
     def add_protected_aliases(self, identifiers: Iterable[str], now: datetime) -> None: ...
+
+    # --- triage: an incident's analyst state, written apart from the incident ---
+
+    def triage(self, incident: str) -> Triage | None: ...
+
+    def triages(self) -> dict[str, Triage]:
+        """Every incident's triage that exists, by incident id."""
+        ...
+
+    def save_triage(self, triage: Triage, *, audit: Sequence[AuditEntry]) -> bool:
+        """Write `triage` (made by `Triage.next`) with its audit entries if the stored one is still at
+        the revision before it (or, at revision 1, if there is none); False if another got there first."""
+        ...
 
     # --- the directory: principals by object id and UPN (`aegis.directory`) ---
 

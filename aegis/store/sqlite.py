@@ -14,7 +14,17 @@ import orjson
 
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event, richer
-from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, fingerprint, sortable
+from aegis.records import (
+    AuditEntry,
+    Enrichment,
+    Incident,
+    Pending,
+    Principal,
+    StepRecord,
+    Triage,
+    fingerprint,
+    sortable,
+)
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
@@ -107,6 +117,11 @@ CREATE TABLE IF NOT EXISTS enrichment (
     name TEXT NOT NULL,
     doc BLOB NOT NULL,
     PRIMARY KEY (incident, kind, name)
+);
+CREATE TABLE IF NOT EXISTS triage (
+    incident TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    doc BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -397,6 +412,31 @@ class SqliteStore:
         with self._write() as cur:
             cur.executemany("INSERT OR IGNORE INTO protected_aliases VALUES (?, ?)",
                             [(i, now.isoformat()) for i in identifiers])  # fmt: skip
+
+    # --- triage ---
+
+    def triage(self, incident: str) -> Triage | None:
+        with self._lock, _translate(self.path):
+            row = self._db.execute("SELECT doc FROM triage WHERE incident = ?", (incident,)).fetchone()
+        return Triage.from_json(row[0]) if row else None
+
+    def triages(self) -> dict[str, Triage]:
+        with self._lock, _translate(self.path):
+            rows = self._db.execute("SELECT doc FROM triage").fetchall()
+        return {t.incident: t for t in (Triage.from_json(doc) for (doc,) in rows)}
+
+    def save_triage(self, triage: Triage, *, audit: Sequence[AuditEntry]) -> bool:
+        with self._write() as cur:
+            if triage.revision == 1:
+                cur.execute("INSERT OR IGNORE INTO triage VALUES (?, ?, ?)",
+                            (triage.incident, triage.revision, triage.to_json()))  # fmt: skip
+            else:
+                cur.execute("UPDATE triage SET revision = ?, doc = ? WHERE incident = ? AND revision = ?",
+                            (triage.revision, triage.to_json(), triage.incident, triage.revision - 1))  # fmt: skip
+            won = cur.rowcount == 1
+            if won:
+                cur.executemany("INSERT INTO audit (doc) VALUES (?)", [(orjson.dumps(a),) for a in audit])
+        return won
 
     # --- the directory ---
 

@@ -61,7 +61,17 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event, richer
-from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, fingerprint, sortable
+from aegis.records import (
+    AuditEntry,
+    Enrichment,
+    Incident,
+    Pending,
+    Principal,
+    StepRecord,
+    Triage,
+    fingerprint,
+    sortable,
+)
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 PREFIX = "aegis"  # tables {prefix}events and {prefix}deadletters, blob container {prefix}-raw
@@ -468,6 +478,45 @@ class TableStore:
         with _translate():
             self._insert(self._response, rows)
 
+    # --- triage: row `triage` of the incident's partition (its audit rows beside it) ---
+
+    def triage(self, incident: str) -> Triage | None:
+        with _translate():
+            try:
+                return Triage.from_json(_unpack(self._response.get_entity(incident, TRIAGE_ROW)))
+            except ResourceNotFoundError:
+                return None
+
+    def triages(self) -> dict[str, Triage]:
+        with _translate():  # a scan by row key: the console's list, never the ingest path
+            rows = self._response.query_entities("RowKey eq @rk", parameters={"rk": TRIAGE_ROW})
+            return {t.incident: t for t in (Triage.from_json(_unpack(r)) for r in rows)}
+
+    def save_triage(self, triage: Triage, *, audit: Sequence[AuditEntry]) -> bool:
+        entity = {"PartitionKey": triage.incident, "RowKey": TRIAGE_ROW, "revision": triage.revision,
+                  **_pack(triage.to_json())}  # fmt: skip
+        with _translate():
+            if triage.revision == 1:
+                first: list[Any] = [("create", entity)]
+            else:
+                try:
+                    stored = self._response.get_entity(triage.incident, TRIAGE_ROW)
+                except ResourceNotFoundError:
+                    return False
+                if stored["revision"] != triage.revision - 1:
+                    return False
+                first = [("update", entity, {"mode": UpdateMode.REPLACE, "etag": stored.metadata["etag"],
+                                             "match_condition": MatchConditions.IfNotModified})]  # fmt: skip
+            ops = first + [("create", _audit_entity(triage.incident, a, i)) for i, a in enumerate(audit)]
+            try:
+                for chunk in _transactions(ops):
+                    self._response.submit_transaction(chunk)
+            except TableTransactionError as exc:
+                if exc.status_code in (409, 412):  # created or written by another since it was read
+                    return False
+                raise
+        return True
+
     # --- the directory: partition `principals` of the response table, a row per key ---
 
     def principals(self, keys: Sequence[str]) -> dict[str, Principal]:
@@ -566,6 +615,7 @@ ENTITIES_ROW = "bucket-entities"  # sorts between the head and the chunks: read 
 INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
 PRINCIPALS_PARTITION = "principals"  # in the response table: the directory (`aegis.directory`)
+TRIAGE_ROW = "triage"
 TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
 _CHUNK = 64 * 1024

@@ -16,7 +16,7 @@ param defenderHub string
 param diagnosticsHub string
 param consumerGroup string
 param appInsightsConnectionString string
-@description('Client id of the Entra ID app registration users sign in to (it defines the Aegis.Approver and Aegis.Reader app roles).')
+@description('Client id of the Entra ID app registration users sign in to (it defines the Aegis.Approver, Aegis.Analyst and Aegis.Reader app roles).')
 param authClientId string
 param tenantId string = subscription().tenantId
 @description('Optional: the Log Analytics workspace id (GUID) the log_analytics enricher queries.')
