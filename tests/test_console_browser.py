@@ -313,7 +313,9 @@ def test_an_analyst_acknowledges_comments_closes_and_reopens_an_incident(browser
     triage.get_by_role("button", name="Close").click()
     assert triage.locator(".triage-status").inner_text() == "closed"
     assert "True positive" in triage.locator(".classification").inner_text()
-    page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-incident.png"), full_page=True)
+    page.screenshot(
+        path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-incident.png"), full_page=True
+    )
     triage.get_by_role("button", name="Reopen").click()
     assert triage.locator(".triage-status").inner_text() == "active"
     events = [a.event for a in store.audit_log() if a.action == "triage" and a.target == incident_id]

@@ -12,7 +12,7 @@ import pytest
 from aegis.approvals.triage import Triager, TriageRefused
 from aegis.events import AiResource, Severity
 from aegis.records import AuditEntry, Incident, Triage
-from tests.test_approvals_http import APPROVER, HOST, READER, app, console  # noqa: F401  (the fixture)
+from tests.test_approvals_http import HOST, READER, app, console  # noqa: F401  (the fixture)
 
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 ANALYST = {"name": "ana@contoso.com", "oid": "a7a7", "roles": ("Aegis.Analyst",)}
@@ -99,8 +99,8 @@ def test_acting_on_a_stale_page_is_refused_with_who_changed_it(sqlite_store):
     assert sqlite_store.triage("inc1").status == "active"
 
 
-def _form(app, who: dict, incident_id: str) -> tuple[str, dict[str, str]]:
-    page = console(app, "GET", f"/console/incidents/{incident_id}", who=who)
+def _form(functions_app, who: dict, incident_id: str) -> tuple[str, dict[str, str]]:
+    page = console(functions_app, "GET", f"/console/incidents/{incident_id}", who=who)
     assert page.status_code == 200
     cookie = re.search(r"aegis_csrf=([^;]+)", page.headers["set-cookie"]).group(1)
     post = {"content-type": "application/x-www-form-urlencoded", "cookie": f"aegis_csrf={cookie}", "origin": HOST}
