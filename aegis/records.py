@@ -286,9 +286,18 @@ class AuditEntry:
     actor_id: str | None = None  # a person's Entra object id, when they were signed in
 
     @classmethod
-    def about(cls, step: PlannedStep, event: str, detail: str, now: datetime, actor: str = PIPELINE) -> AuditEntry:
-        """An entry about `step`: who (the pipeline unless a person), what happened, the detail."""
-        return cls(now, actor, event, step.key, step.action, step.target, detail)
+    def about(
+        cls, step: PlannedStep, event: str, detail: str, now: datetime, actor: str = PIPELINE, *,
+        actor_id: str | None = None,
+    ) -> AuditEntry:  # fmt: skip
+        """An entry about `step`: who (the pipeline unless a person: their name and object id), what
+        happened, the detail."""
+        return cls(now, actor, event, step.key, step.action, step.target, detail, actor_id)
+
+    @property
+    def by_pipeline(self) -> bool:
+        """Written by Aegis itself: a person always has an id (a person named "aegis" is not the pipeline)."""
+        return self.actor == PIPELINE and not self.actor_id
 
     @classmethod
     def from_json(cls, doc: bytes | str) -> AuditEntry:

@@ -324,3 +324,32 @@ def test_an_analyst_acknowledges_comments_closes_and_reopens_an_incident(browser
     page.goto(f"{base}/console?owner=me")
     assert page.locator("table.incidents tbody tr").count() == 1
     context.close()
+
+
+def test_the_audit_log_names_people_by_name_and_object_id_filters_and_repeats_nothing(browser, signed_in_console):
+    base, store = signed_in_console
+    waiting = next(s for s in store.steps(status=["awaiting_approval"]))
+    Responder(playbooks.load(), store).decide(waiting.key, "oncall@contoso.com", "0c0c-oid", approve=False,
+                                              reason="not ours to contain")  # fmt: skip
+    entries = store.audit_log()
+    per_step = [(a.step, a.event) for a in entries if a.step]
+    assert len(per_step) == len(set(per_step))  # a dry-run step is planned once: one entry, with its call
+    header = identity.encode_easy_auth("rita@contoso.com", "0f0f", roles=("Aegis.Reader",))
+    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    page = context.new_page()
+    page.goto(f"{base}/console/audit")
+    rows = page.locator("table.audit tbody tr")
+    assert rows.count() == len(entries)
+    assert rows.first.locator("td.who").inner_text() == "oncall@contoso.com\n0c0c-oid"  # newest first
+    page.select_option("select[name=who]", "people")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**who=people**")
+    assert rows.count() == 1
+    assert "denied" in rows.first.inner_text()
+    page.goto(f"{base}/console/audit?who=pipeline&event=planned")
+    assert rows.count() == sum(1 for a in entries if a.event == "planned" and a.by_pipeline)
+    assert {rows.nth(n).locator("td.who").inner_text() for n in range(rows.count())} == {"Aegis pipeline"}
+    page.goto(f"{base}/console/audit?q=tickets:local")
+    assert rows.count() == sum(1 for a in entries if "tickets:local" in a.target)
+    assert "dry run: open or update" in rows.first.inner_text()
+    context.close()

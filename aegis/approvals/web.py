@@ -48,7 +48,17 @@ from aegis.approvals.timeline import chart
 from aegis.approvals.triage import Triager, TriageRefused
 from aegis.correlate import mapping
 from aegis.errors import AegisError, InputNotFound
-from aegis.records import CLASSIFICATIONS, TRIAGE_STATUSES, Enrichment, Incident, StepRecord, View, alert_details, views
+from aegis.records import (
+    CLASSIFICATIONS,
+    TRIAGE_STATUSES,
+    AuditEntry,
+    Enrichment,
+    Incident,
+    StepRecord,
+    View,
+    alert_details,
+    views,
+)
 from aegis.respond import planner
 from aegis.respond.playbooks import Response as Plan
 from aegis.respond.record import DecisionRefused, Responder, call
@@ -238,8 +248,11 @@ class Console:
         return RedirectResponse(f"/console/approvals/{key}", status_code=303)
 
     def audit_page(self, request: Request) -> Response:
-        entries = list(reversed(self.store.audit_log()))[:1000]
-        return self._render(request, "audit.html", entries=entries)
+        every = list(reversed(self.store.audit_log()))
+        shown, asked = audit_filter(every, request.query_params)
+        return self._render(request, "audit.html", entries=shown[:AUDIT_ROWS], matching=len(shown), total=len(every),
+                            asked=asked, events=sorted({a.event for a in every}),
+                            actions=sorted({a.action for a in every}))  # fmt: skip
 
     def _titles(self) -> dict[str, str]:
         return {i.id: i.title for i in self.incidents()}
@@ -279,6 +292,27 @@ class Console:
         except DecisionRefused as exc:
             return _json({"error": str(exc)}, status=409)
         return _json(_api_step(step))
+
+
+AUDIT_ROWS = 1000
+
+
+def audit_filter(entries: list[AuditEntry], params: Any) -> tuple[list[AuditEntry], dict[str, str]]:
+    """The entries the audit page's filters keep: `who` (people, pipeline, or part of a name or
+    object id), `event`, `action`, and `q` (part of the step, target or detail)."""
+    asked = {k: str(params.get(k, "")).strip()[:200] for k in ("who", "event", "action", "q")}
+    who, q = asked["who"].lower(), asked["q"].lower()
+
+    def keep(a: AuditEntry) -> bool:
+        if (who == "people" and a.by_pipeline) or (who == "pipeline" and not a.by_pipeline):
+            return False
+        if who not in ("", "people", "pipeline") and who not in a.actor.lower() and who != (a.actor_id or "").lower():
+            return False
+        if (asked["event"] and a.event != asked["event"]) or (asked["action"] and a.action != asked["action"]):
+            return False
+        return not q or any(q in x.lower() for x in (a.step, a.target, a.detail))
+
+    return [a for a in entries if keep(a)], asked
 
 
 def _calls(steps: list[StepRecord]) -> dict[str, str]:

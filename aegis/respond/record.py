@@ -123,11 +123,11 @@ class Responder:
                                          replaces=replaces))  # fmt: skip
             event = "refused" if p.status == "refused" else "planned"
             detail = p.reason or p.status
+            if p.status == "dry_run":  # one entry: planned, and what it would have called
+                detail = f"dry run: {call(p.action, p.params)}"
             if replaces is not None:
                 detail += f"; proposed again after step {replaces} (the incident grew, or it was asked for)"
-            audit.append(AuditEntry.about(p, event, detail, now, requester))
-            if p.status == "dry_run":
-                audit.append(AuditEntry.about(p, "dry_run", call(p.action, p.params), now, requester))
+            audit.append(AuditEntry.about(p, event, detail, now, requester, actor_id=requester_id or None))
         if not records:
             return 0, []
         new = self.store.add_steps(records, audit)
@@ -203,15 +203,15 @@ class Responder:
             dry = self.response.plan.mode == "dry_run"
             status = "awaiting_approval" if not done else "dry_run" if dry else "approved"
             new = step.next(approvers=approvers, approver_ids=ids, status=status)
-            actor = _actor(person, who)
-            audit = [AuditEntry.about(step, "approved", f"approval {len(ids)} of {step.approvals}", now, actor)]
+            audit = [AuditEntry.about(step, "approved", f"approval {len(ids)} of {step.approvals}", now, person,
+                                        actor_id=who)]  # fmt: skip
             if done and dry:
                 audit.append(AuditEntry.about(step, "dry_run", call(step.action, step.params), now))
         else:
             if not reason.strip():
                 raise DecisionRefused("a denial needs a reason")
             new = step.next(status="denied", reason=reason.strip()[:500])
-            audit = [AuditEntry.about(step, "denied", new.reason or "", now, _actor(person, who))]
+            audit = [AuditEntry.about(step, "denied", new.reason or "", now, person, actor_id=who)]
         if not self.store.replace_step(new, audit=audit):
             raise DecisionRefused(f"step {key} was decided by someone else at the same moment: look again")
         return new
@@ -276,11 +276,6 @@ MAX_ROUNDS = 20
 
 def _round_key(key: str, n: int) -> str:
     return hashlib.sha256(f"{key}\x00again\x00{n}".encode()).hexdigest()[:32]
-
-
-def _actor(name: str, identity: str) -> str:
-    """How the audit log names a person: the name shown, and the object id that counted."""
-    return name if identity == name else f"{name} ({identity})"
 
 
 def _iso(value: datetime | None) -> str | None:
