@@ -16,9 +16,10 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import typer
@@ -900,7 +901,8 @@ def serve_cmd(
         def run_now(step: StepRecord) -> None:
             executor.run([step.incident])
 
-        console = web.Console.over(store, loaded, web.local_identity(name, loaded), after_approval=run_now)
+        zone = ZoneInfo(cfg.display_timezone) if cfg.display_timezone else datetime.now().astimezone().tzinfo or UTC
+        console = web.Console.over(store, loaded, web.local_identity(name, loaded), after_approval=run_now, zone=zone)
         err.print(f"Aegis console for {name} on http://127.0.0.1:{port}/console ({_where(cfg)}); Ctrl-C stops it")
         try:
             hosts = [*web.LOOPBACK_HOSTS, *(h.strip().lower() for h in allow_host or [] if h.strip())]

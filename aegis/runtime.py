@@ -8,6 +8,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 from starlette.applications import Starlette
@@ -96,7 +97,7 @@ def console_app() -> Starlette:
         if not cfg.tenant_id or not cfg.auth_client_id:
             raise ConfigurationError("AEGIS_CONSOLE_AUTH=bearer needs AEGIS_TENANT_ID and AEGIS_AUTH_CLIENT_ID")
         who = web.bearer_identity(EntraBearer(cfg.tenant_id, cfg.auth_client_id, bot.json_getter(connections())).verify)
-    console = web.Console.over(store, plan, who)
+    console = web.Console.over(store, plan, who, zone=ZoneInfo(cfg.display_timezone or "UTC"))
     endpoint = None
     if cfg.bot_app_id:  # the Teams bot's /api/messages: decisions on the approval cards
         conn = connections()

@@ -12,6 +12,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -123,6 +124,11 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_project: str | None = Field(None, description="The Jira project key tickets go to.")
 
+    display_timezone: str | None = Field(
+        None,
+        description="IANA time zone the console shows times in, with the zone named (Europe/Paris); default: UTC "
+        "in Azure, the machine's own zone under `aegis serve`.",
+    )
     console_auth: Literal["easy_auth", "bearer"] = Field(
         "easy_auth",
         description="Who calls the console and approvals API: easy_auth (the principal App Service Authentication "
@@ -209,6 +215,18 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[a-z0-9]{2,40}", r):
                 raise ValueError(f"{r!r} is not an Azure region name as ARM writes it (example: eastus,swedencentral)")
         return list(dict.fromkeys(regions))
+
+    @field_validator("display_timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"{value!r} is not an IANA time zone (examples: UTC, Europe/Paris, America/New_York)"
+                ) from None
+        return value
 
     @field_validator("tenant_id")
     @classmethod

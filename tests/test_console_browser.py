@@ -132,18 +132,25 @@ def test_an_on_call_engineer_approves_the_pending_step_and_sees_it_run_with_its_
     shown = [v for v in views(store.incidents()) if v.status != "superseded"]
     assert page.locator("table.incidents tbody tr").count() == len(shown)
     page.get_by_role("link", name="Approvals").first.click()
-    section = page.locator("section.approval", has=page.locator("h2", has_text="contain_ai_resource")).first
+    section = page.locator("section.approval", has=page.locator("h3", has_text="contain_ai_resource")).first
     key = section.get_attribute("id").removeprefix("step-")
     step = store.step(key)
     assert step.status == "awaiting_approval"
     # nothing corroborated the evidence (no source is configured here): the plan's 1 approval, plus one
     assert step.approvals == 2
     assert "UNCORROBORATED" in section.locator("dd.uncorroborated").inner_text()
+    assert section.locator("p.state").inner_text().startswith("0 of 2: needs 2 people; yours would be the first")
+    assert "API key (401)" in section.locator("dd.breaks").inner_text()  # what it breaks, in words
+    assert section.locator("dd.undo").inner_text().startswith("restore_ai_resource puts back")
+    assert not section.locator(".digest").is_visible()  # the exact requests are folded away, one click down
+    section.locator("details.exact summary").click()
     assert section.locator(".digest").inner_text() == step.digest  # the exact parameters are shown, and bound
     assert json.loads(section.locator("pre.params").inner_text()) == step.params
     section.get_by_role("button", name="Approve").click()
     page.wait_for_url(f"{base}/console/approvals/{key}")
     assert page.locator("strong.status").inner_text() == "awaiting approval"  # 1 of 2
+    assert page.locator("p.state").inner_text().startswith("1 of 2: waiting for a second approver, not you")
+    assert page.get_by_role("button", name="Approve").count() == 0  # nothing for this person to press
     second = identity.encode_easy_auth("duty@contoso.com", "0d0d0d0d-1111-2222-3333-444444444444",
                                        roles=("Aegis.Approver",))  # fmt: skip
     other = browser.new_context(extra_http_headers={identity.HEADER: second})
@@ -212,10 +219,19 @@ def test_self_approval_is_refused_and_an_alert_field_with_script_is_shown_as_tex
     assert "The playbook's steps are recorded" in page.locator(".notice").inner_text()
     mine = page.locator("table.steps tbody tr", has_text="revoke_sessions").first
     mine.get_by_role("link").click()
-    assert "requested by bob@contoso.com" in page.locator("main").inner_text()
-    page.get_by_role("button", name="Approve").click()
-    error = page.get_by_role("alert")
-    assert error.inner_text() == "bob@contoso.com requested this step and cannot decide it"
+    assert "by bob@contoso.com" in page.locator("dl.explain").inner_text()
+    # the page offers the requester no decision, and says why
+    assert "you requested this step, so another approver decides it" in page.locator("p.state").inner_text()
+    assert page.get_by_role("button", name="Approve").count() == 0
+    # a decision posted all the same (the form rebuilt by hand) is refused by the server
+    key = page.url.rsplit("/", 1)[1]
+    step = SqliteStore(db).step(key)
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "aegis_csrf")
+    answer = page.request.post(page.url, form={"decision": "approve", "digest": step.digest, "csrf": csrf},
+                               headers={"origin": base}, max_redirects=0)  # fmt: skip
+    assert answer.status == 409
+    assert "bob@contoso.com requested this step and cannot decide it" in answer.text()
+    page.reload()
     assert page.locator("strong.status").inner_text() == "awaiting approval"
     page.screenshot(
         path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-self-approval.png"), full_page=True
@@ -352,4 +368,34 @@ def test_the_audit_log_names_people_by_name_and_object_id_filters_and_repeats_no
     page.goto(f"{base}/console/audit?q=tickets:local")
     assert rows.count() == sum(1 for a in entries if "tickets:local" in a.target)
     assert "dry run: open or update" in rows.first.inner_text()
+    context.close()
+
+
+def test_on_a_phone_the_decision_is_on_the_first_screen_and_a_denial_works(browser, signed_in_console):
+    base, store = signed_in_console
+    header = identity.encode_easy_auth("oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444",
+                                       roles=("Aegis.Approver",))  # fmt: skip
+    context = browser.new_context(extra_http_headers={identity.HEADER: header},
+                                  viewport={"width": 390, "height": 844}, is_mobile=True)  # fmt: skip
+    page = context.new_page()
+    page.goto(f"{base}/console/approvals")
+    first = page.locator("section.approval").first
+    approve = first.get_by_role("button", name="Approve")
+    box = approve.bounding_box()
+    assert box is not None
+    assert box["y"] + box["height"] <= 844  # no scrolling to reach the decision
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing cut off at the side
+    assert page.locator("header .mode").is_visible()  # the dry-run badge too
+    groups = page.locator("section.incident-group")
+    expiries = [s.expires for s in store.steps(status=["awaiting_approval"])]
+    assert groups.count() == len({s.incident for s in store.steps(status=["awaiting_approval"])})
+    assert page.locator("p.lead").inner_text().startswith(f"{len(expiries)} step(s)")
+    key = first.get_attribute("id").removeprefix("step-")
+    first.locator("input[name=reason]").fill("the caller is our load test")
+    first.get_by_role("button", name="Deny").click()
+    page.wait_for_url(f"{base}/console/approvals/{key}")
+    assert page.locator("strong.status").inner_text() == "denied"
+    assert store.step(key).reason == "the caller is our load test"
+    page.goto(f"{base}/console/approvals")
+    page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-approvals-phone.png"))
     context.close()

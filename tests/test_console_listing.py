@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from starlette.datastructures import QueryParams
@@ -139,3 +140,61 @@ def test_entities_read_as_resource_names_and_open_where_an_analyst_would():
     assert link(User(object_id="7d3e"))[0] == "Entra ID"  # type: ignore[index]
     assert link(Host(name="vm1")) is None  # nothing to open a bare host name in
     assert link(AiResource(resource_id="not an arm id")) is None
+
+
+def test_times_read_in_the_consoles_zone_with_the_zone_named_and_ids_as_names():
+    from zoneinfo import ZoneInfo
+
+    from aegis.approvals.web import scalar, when
+
+    paris = ZoneInfo("Europe/Paris")
+    assert when(T0, paris) == "2026-11-20 10:00:00 CET"
+    assert when("2026-07-01T12:00:00+00:00", paris) == "2026-07-01 14:00:00 CEST"
+    assert when(None) == "-"
+    assert when("not a time") == "not a time"
+    assert scalar(ACCOUNT) == ("oai-prod", ACCOUNT)
+    assert scalar("2026-11-20T09:00:00Z", paris) == ("2026-11-20 10:00:00 CET", "2026-11-20T09:00:00Z")
+    assert scalar(1234567) == ("1,234,567", "")
+    assert scalar("/subscriptions/<script>") == ("/subscriptions/<script>", "")  # not an id: text, escaped later
+
+
+def test_a_step_says_where_its_decision_stands_for_the_person_looking():
+    from aegis.approvals.explain import explain, target_names
+    from aegis.approvals.identity import Principal
+    from aegis.records import StepRecord
+
+    step = StepRecord(key="k", incident="i", playbook="p", step="rotate", action="rotate_ai_keys",
+                      target=f"{ACCOUNT}#both", params={}, status="awaiting_approval", approvals=2, reason=None,
+                      aliases=(), corroboration="", requested_by="aegis", created=T0, expires=T0 + timedelta(hours=4))  # fmt: skip
+    alice = Principal(name="alice@contoso.com", id="a1", roles=frozenset({"Aegis.Approver"}))
+    x = explain(step, alice, may_decide=True)
+    assert (x.state, x.may_act) == ("0 of 2: needs 2 people; yours would be the first", True)
+    assert x.targets == ["oai-prod key1", "oai-prod key2"]
+    assert x.undo.startswith("Cannot be undone")
+    assert "fail to authenticate" in x.breaks
+    approved = dataclasses.replace(step, approvers=("alice@contoso.com",), approver_ids=("a1",))
+    assert explain(approved, alice, may_decide=True).state == "1 of 2: waiting for a second approver, not you"
+    assert not explain(approved, alice, may_decide=True).may_act
+    mine = dataclasses.replace(step, requested_by="alice@contoso.com", requested_by_id="a1")
+    assert "you requested this step" in explain(mine, alice, may_decide=True).state
+    reader = Principal(name="rita@contoso.com", id="r3", roles=frozenset({"Aegis.Reader"}))
+    assert explain(step, reader, may_decide=False).state.endswith("(you may look, not decide)")
+    assert target_names("user:7d3e") == ["user 7d3e"]
+
+
+def test_what_enrichers_found_renders_as_tables_with_headings_never_three_deep():
+    from aegis.approvals.web import _env
+
+    result = {
+        "window": ["2026-11-20T09:00:00+00:00", "2026-11-20T10:00:00+00:00"],
+        "networks": [{"network": "203.0.113.0/24", "events": 37,
+                      "ai_accounts": [{"account": ACCOUNT, "requests": 37}], "deep": [{"a": [{"b": [{"c": 1}]}]}]}],
+        "note": "<b>not markup</b>",
+    }  # fmt: skip
+    html = _env.from_string('{% from "data.html" import show %}{{ show(v, zone) }}').render(v=result, zone=UTC)
+    assert html.count("<table") == 1  # the list of records is a table; what is inside its cells is a line
+    assert "<th>network</th>" in html
+    assert "<th>ai accounts</th>" in html
+    assert f'<span title="{ACCOUNT}">oai-prod</span>' in html
+    assert "2026-11-20 09:00:00 UTC" in html
+    assert "&lt;b&gt;not markup&lt;/b&gt;" in html

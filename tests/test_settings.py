@@ -37,3 +37,11 @@ def test_the_connection_string_never_shows_in_reprs(monkeypatch):
     cfg = settings.load()
     assert "c2VjcmV0" not in repr(cfg)
     assert "c2VjcmV0" not in str(cfg.model_dump())
+
+
+def test_the_console_time_zone_is_an_iana_name_or_an_error_with_examples(monkeypatch):
+    monkeypatch.setenv("AEGIS_DISPLAY_TIMEZONE", "Europe/Paris")
+    assert settings.load().display_timezone == "Europe/Paris"
+    monkeypatch.setenv("AEGIS_DISPLAY_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ConfigurationError, match=r"AEGIS_DISPLAY_TIMEZONE.*not an IANA time zone \(examples: UTC"):
+        settings.load()

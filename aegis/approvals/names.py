@@ -24,9 +24,9 @@ def label(e: Entity) -> str:
         account = try_parse_resource_id(e.resource_id) if e.resource_id else None
         return f"{account.name}/{e.name}" if account and account.name else e.name
     if isinstance(e, AiResource | AiProject | DefenderAlert):
-        return _names(e.resource_id)
+        return resource_names(e.resource_id)
     if isinstance(e, Host):
-        return e.name or (_names(e.azure_id) if e.azure_id else e.key)
+        return e.name or (resource_names(e.azure_id) if e.azure_id else e.key)
     if isinstance(e, User):
         return e.upn or e.name or e.key
     if isinstance(e, ServicePrincipal):
@@ -68,7 +68,7 @@ def link(e: Entity, tenant: str | None = None) -> tuple[str, str] | None:
     return None
 
 
-def _names(resource_id: str) -> str:
+def resource_names(resource_id: str) -> str:
     """`.../providers/ns/accounts/a/projects/p` → `a/p`: the names of the resource and its parents."""
     parts = resource_id.split("/")
     if "providers" not in parts:

@@ -17,10 +17,11 @@ Content-Security-Policy forbids scripts and anything not served by the app.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,11 +42,13 @@ from starlette.staticfiles import StaticFiles
 from aegis.approvals import identity
 from aegis.approvals.bot import Decisions
 from aegis.approvals.botauth import BotAuth, Unauthorized
+from aegis.approvals.explain import explain, grouped
 from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.listing import RANGES, Query, listing
-from aegis.approvals.names import label, link
+from aegis.approvals.names import label, link, resource_names
 from aegis.approvals.timeline import chart
 from aegis.approvals.triage import Triager, TriageRefused
+from aegis.arm import try_parse_resource_id
 from aegis.correlate import mapping
 from aegis.errors import AegisError, InputNotFound
 from aegis.records import (
@@ -90,14 +93,15 @@ class Console:
     after_approval: Callable[[StepRecord], None] | None = None  # execute mode: run the approved step
     enrichment: Callable[[str], list[Enrichment]] | None = None  # what the enrichers found, by incident
     title: str = "Aegis"
+    zone: tzinfo = UTC  # the times on its pages, with the zone named
 
     @classmethod
     def over(
         cls, store: Store, response: Plan, identify: Callable[[Request], Principal], *,
-        after_approval: Callable[[StepRecord], None] | None = None,
+        after_approval: Callable[[StepRecord], None] | None = None, zone: tzinfo = UTC,
     ) -> Console:  # fmt: skip
         """The console over one store: its incidents, response records and enrichment."""
-        return cls(store.incidents, store, response, identify, after_approval, store.enrichment)
+        return cls(store.incidents, store, response, identify, after_approval, store.enrichment, zone=zone)
 
     # --- helpers ---
 
@@ -113,7 +117,7 @@ class Console:
         page = _env.get_template(template).render(
             title=self.title, who=who, may_decide=identity.may_decide(who, self.response.plan), csrf=token,
             may_triage=identity.may_triage(who, self.response.plan),
-            mode=self.response.plan.mode, **values,
+            mode=self.response.plan.mode, zone=self.zone, **values,
         )  # fmt: skip
         response = HTMLResponse(page, status_code=status)
         if request.cookies.get(CSRF_COOKIE) != token:
@@ -221,13 +225,17 @@ class Console:
 
     def approvals_page(self, request: Request) -> Response:
         waiting = self.store.steps(status=["awaiting_approval"])
-        return self._render(request, "approvals.html", steps=waiting, calls=_calls(waiting), titles=self._titles())
+        who = self._who(request)
+        groups = grouped(waiting, who, self._titles(), may_decide=identity.may_decide(who, self.response.plan))
+        return self._render(request, "approvals.html", groups=groups, steps=waiting, calls=_calls(waiting))
 
     def step_page(self, request: Request, *, error: str | None = None, status: int = 200) -> Response:
         step = self._step(request.path_params["key"])
         decision = request.query_params.get("decision")
+        who = self._who(request)
         return self._render(
             request, "step.html", status=status, step=step, calls=_calls([step]),
+            x=explain(step, who, may_decide=identity.may_decide(who, self.response.plan)),
             titles=self._titles(), decision=decision if decision in {"approve", "deny"} else None, error=error,
             audit=[a for a in self.store.audit_log() if a.step == step.key],
         )  # fmt: skip
@@ -459,11 +467,50 @@ def bearer_identity(verify: Callable[[str | None], Any]) -> Callable[[Request], 
     return lambda request: identity.from_bearer(request.headers, verify)
 
 
-def iso(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+def when(value: datetime | str | None, zone: tzinfo = UTC) -> str:
+    """A time as people read it: in the console's zone, the zone named (`2026-11-20 10:02:40 CET`);
+    an ISO 8601 string is read first (what enrichers keep); anything else is shown as it is."""
+    if isinstance(value, str):
+        parsed = _parse_time(value)
+        if parsed is None:
+            return value
+        value = parsed
+    if value is None:
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-_env.filters["iso"] = iso
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)")
+
+
+def _parse_time(text: str) -> datetime | None:
+    if len(text) > 40 or not _ISO.fullmatch(text):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def scalar(value: object, zone: tzinfo = UTC) -> tuple[str, str]:
+    """(what to show, what to show on hover) for one value of an enricher's result: times in the
+    console's zone, ARM ids as resource names (the id on hover), the rest as text."""
+    if isinstance(value, str):
+        if _parse_time(value) is not None:
+            return when(value, zone), value
+        if value.startswith("/subscriptions/") and try_parse_resource_id(value):
+            return resource_names(value), value
+    if isinstance(value, float):
+        return f"{value:,.2f}".rstrip("0").rstrip("."), ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}", ""
+    return str(value), ""
+
+
+_env.filters["when"] = when
+_env.filters["scalar"] = scalar
 _env.filters["label"] = label
 _env.filters["link"] = link
 _env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode()

@@ -58,6 +58,8 @@ class ActionSpec:
     inverse: str | None
     disruptive: bool  # stops people or service: the plan must require at least one approval
     summary: str
+    impact: str = ""  # what it stops, in the approver's words (every disruptive action says)
+    undo: str = ""  # how it is undone, or why it cannot be
     run: Runner | None = None  # (params, context) → what the call returned: attached by the service's module
 
 
@@ -66,12 +68,13 @@ ACTIONS: Registry[ActionSpec] = Registry("action")
 
 
 def action(
-    name: str, *, permission: str, rest: str, reversible: bool, disruptive: bool, inverse: str | None = None
-) -> Callable[[type[Params]], type[Params]]:
+    name: str, *, permission: str, rest: str, reversible: bool, disruptive: bool, inverse: str | None = None,
+    impact: str = "", undo: str = "",
+) -> Callable[[type[Params]], type[Params]]:  # fmt: skip
     def register(model: type[Params]) -> type[Params]:
         doc = (model.__doc__ or "").strip().splitlines()
         ACTIONS.add(name, ActionSpec(name, model, permission, rest, reversible, inverse, disruptive,
-                                     doc[0] if doc else ""))  # fmt: skip
+                                     doc[0] if doc else "", impact, undo))  # fmt: skip
         return model
 
     return register
@@ -141,6 +144,11 @@ class _MachineParams(Params):
     reversible=True,
     inverse="release_endpoint",
     disruptive=True,
+    impact=(
+        "The machine loses every network connection but the one to Defender for Endpoint: its users and the "
+        "services it runs stop until it is released."
+    ),
+    undo="release_endpoint lifts the isolation (Defender for Endpoint applies it within minutes).",
 )
 class IsolateEndpoint(_MachineParams):
     """Isolate a machine from the network with Defender for Endpoint (its MDE connection stays).
@@ -170,6 +178,7 @@ class IsolateEndpoint(_MachineParams):
     reversible=True,
     inverse="isolate_endpoint",
     disruptive=False,
+    undo="isolate_endpoint isolates it again.",
 )
 class ReleaseEndpoint(_MachineParams):
     """Release a machine from isolation.
@@ -200,6 +209,15 @@ class ReleaseEndpoint(_MachineParams):
     reversible=True,
     inverse="restore_ai_resource",
     disruptive=True,
+    impact=(
+        "Callers the containment shuts out get errors until the account is restored: with key auth turned "
+        "off, every app that calls it with an API key (401); with public access denied or narrowed, every "
+        "caller outside the allowed networks and private endpoints (403)."
+    ),
+    undo=(
+        "restore_ai_resource puts back the network and authentication settings this step read just before it "
+        "changed them (kept in its outcome)."
+    ),
 )
 class ContainAiResource(Params):
     """Contain an AI account: deny public network access, allow only given networks, or turn off key auth.
@@ -248,6 +266,7 @@ class ContainAiResource(Params):
     reversible=True,
     inverse="contain_ai_resource",
     disruptive=False,
+    undo="contain_ai_resource contains the account again.",
 )
 class RestoreAiResource(Params):
     """Put back the network and authentication settings an earlier containment changed.
@@ -278,6 +297,11 @@ class RestoreAiResource(Params):
     "Without: POST .../regenerateKey per key (api-version 2025-06-01; Key Vault 7.5)",
     reversible=False,
     disruptive=True,
+    impact=(
+        "Apps that hold the old key fail to authenticate until they use the new one: at once for a key in a "
+        "config file, after their next read for the Key Vault secret when one is given."
+    ),
+    undo="Cannot be undone: a regenerated key is gone for good. Apps recover by reading the new key.",
 )
 class RotateAiKeys(Params):
     """Regenerate an AI account's keys; with the Key Vault secret consumers read, move it to a fresh key first.
@@ -327,6 +351,11 @@ class _UserParams(Params):
     rest=f"POST {GRAPH}/users/{{user}}/revokeSignInSessions",
     reversible=False,
     disruptive=True,
+    impact=(
+        "The user is signed out everywhere and must sign in again (with MFA); apps that act with their "
+        "refresh tokens fail until then."
+    ),
+    undo="Nothing to undo: the user signs in again.",
 )
 class RevokeSessions(_UserParams):
     """Invalidate a user's refresh tokens and session cookies (they must sign in again).
@@ -350,6 +379,11 @@ class RevokeSessions(_UserParams):
     reversible=True,
     inverse="enable_user",
     disruptive=True,
+    impact=(
+        "The user cannot sign in anywhere; sessions already open end as their tokens expire (within about an "
+        "hour, at once with revoke_sessions)."
+    ),
+    undo="enable_user allows sign-in again.",
 )
 class DisableUser(_UserParams):
     """Block a user's sign-in.
@@ -373,6 +407,7 @@ class DisableUser(_UserParams):
     reversible=True,
     inverse="disable_user",
     disruptive=False,
+    undo="disable_user blocks sign-in again.",
 )
 class EnableUser(_UserParams):
     """Allow a user to sign in again.
