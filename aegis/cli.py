@@ -128,6 +128,16 @@ def _print_json(doc: object) -> None:
     sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
 
 
+def _write(path: Path, data: bytes) -> None:
+    """An output file the user named: written whole, or an error saying why not."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise AegisError(
+            f"cannot write {path}: {exc.strerror or exc} (check the folder exists and is writable)"
+        ) from None
+
+
 def _where(cfg: settings.Settings) -> str:
     return str(cfg.db) if cfg.store == "sqlite" else "Azure Table Storage"
 
@@ -534,29 +544,49 @@ def detections_schema() -> None:
 
 
 @detections_app.command("coverage")
-def detections_coverage(path: PathsOption = None) -> None:
+def detections_coverage(
+    path: PathsOption = None,
+    atlas: Annotated[
+        Path | None,
+        typer.Option("--atlas", help="A full ATLAS release (its ATLAS.yaml) to measure against [default: the "
+                     "techniques Aegis ships].", show_default=False),
+    ] = None,
+    navigator: Annotated[
+        Path | None,
+        typer.Option("--navigator", help="Also write the coverage as an ATLAS Navigator layer file (JSON).",
+                     show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:  # fmt: skip
     """Which ATLAS techniques and OWASP LLM categories the detections (and the alert mapping) cover."""
-    from aegis.correlate import detections, mapping, selftest  # noqa: PLC0415
+    from aegis.correlate import coverage, detections  # noqa: PLC0415
 
-    loaded = detections.load(path).detections
-    for title, names, attr in (
-        ("ATLAS", mapping.atlas_names(), "atlas"),
-        ("OWASP LLM Top 10", mapping.owasp_names(), "owasp_llm"),
-    ):
-        cov: dict[str, set[str]] = {}
-        for d in loaded:
-            via_alerts = [t for k in selftest.alert_types_matched(d) for t in getattr(mapping.mapping_of(k), attr)]
-            for t in [*getattr(d, attr), *via_alerts]:
-                cov.setdefault(t, set()).add(d.id)
-        covered = [t for t in names if t in cov]
-        out.print(f"{title}: {len(covered)} of the {len(names)} shipped ids covered", markup=False)
-        for t, name in names.items():
-            who = sorted(cov.get(t, set()))
-            out.print(
-                f"  {'covered' if who else 'NOT covered':<12} {t:<14} {name}"
-                + (f"  ← {', '.join(who)}" if who else ""),
-                markup=False,
-            )
+    cov = coverage.coverage(detections.load(path).detections)
+    data = coverage.atlas_file(atlas) if atlas else coverage.shipped_atlas()
+    if navigator:
+        _write(navigator, orjson.dumps(coverage.navigator_layer(cov, data), option=orjson.OPT_INDENT_2))
+    counts = coverage.counts(cov, data)
+    if as_json:
+        _print_json({**counts, "atlas_version": data.version, "atlas_source": data.source,
+                     "atlas": {t: cov.atlas.get(t, []) for t in data.techniques},
+                     "owasp_llm": {i: by for i, _, by in coverage.owasp_rows(cov)}})  # fmt: skip
+        return
+    scope = "in the full data" if data.complete else "Aegis ships (give --atlas ATLAS.yaml for every gap)"
+    out.print(f"ATLAS {data.version}: {counts['atlas_covered']} of the {counts['atlas_techniques']} techniques "
+              f"{scope} covered", markup=False)  # fmt: skip
+    for column in coverage.matrix(cov, data):
+        out.print(f"  {column.name} ({column.covered} of {len(column.cells)})", markup=False)
+        for cell in column.cells:
+            for c, indent in [(cell, "    "), *((s, "      ") for s in cell.subs)]:
+                mark = "covered" if c.by else "-"
+                who = f"  ← {', '.join(c.by)}" if c.by else ""
+                out.print(f"{indent}{mark:<8} {c.technique.id:<14} {c.technique.name}{who}", markup=False)
+    out.print(f"OWASP LLM Top 10: {counts['owasp_covered']} of the {counts['owasp']} covered", markup=False)
+    for ident, name, by in coverage.owasp_rows(cov):
+        tail = f"  ← {', '.join(by)}" if by else ""
+        out.print(f"  {'covered' if by else 'NOT covered':<12} {ident:<6} {name}{tail}", markup=False)
+    if navigator:
+        err.print(f"ATLAS Navigator layer written to {navigator} (open it at the ATLAS Navigator: Open Existing Layer)")
 
 
 playbooks_app = typer.Typer(help="Response playbooks and the response plan (YAML in playbooks/).", no_args_is_help=True)
@@ -888,6 +918,7 @@ def serve_cmd(
     import uvicorn  # noqa: PLC0415  (only this command needs the server)
 
     from aegis.approvals import web  # noqa: PLC0415
+    from aegis.correlate import coverage, detections  # noqa: PLC0415
     from aegis.respond import playbooks as response  # noqa: PLC0415
     from aegis.respond.execute import Executor  # noqa: PLC0415
 
@@ -902,7 +933,9 @@ def serve_cmd(
             executor.run([step.incident])
 
         zone = ZoneInfo(cfg.display_timezone) if cfg.display_timezone else datetime.now().astimezone().tzinfo or UTC
-        console = web.Console.over(store, loaded, web.local_identity(name, loaded), after_approval=run_now, zone=zone)
+        atlas = coverage.atlas_file(cfg.atlas_data) if cfg.atlas_data else None
+        console = web.Console.over(store, loaded, web.local_identity(name, loaded), after_approval=run_now, zone=zone,
+                                   detections=detections.load().detections, atlas=atlas)  # fmt: skip
         err.print(f"Aegis console for {name} on http://127.0.0.1:{port}/console ({_where(cfg)}); Ctrl-C stops it")
         try:
             hosts = [*web.LOOPBACK_HOSTS, *(h.strip().lower() for h in allow_host or [] if h.strip())]

@@ -17,7 +17,7 @@ from aegis import log, settings, tracing
 from aegis.approvals import bot, web
 from aegis.approvals.botauth import BotAuth, EntraBearer
 from aegis.approvals.sweep import SweepCounts, Sweeper
-from aegis.correlate import detections
+from aegis.correlate import coverage, detections
 from aegis.correlate.engine import Correlator
 from aegis.errors import ConfigurationError
 from aegis.events import Event
@@ -97,7 +97,9 @@ def console_app() -> Starlette:
         if not cfg.tenant_id or not cfg.auth_client_id:
             raise ConfigurationError("AEGIS_CONSOLE_AUTH=bearer needs AEGIS_TENANT_ID and AEGIS_AUTH_CLIENT_ID")
         who = web.bearer_identity(EntraBearer(cfg.tenant_id, cfg.auth_client_id, bot.json_getter(connections())).verify)
-    console = web.Console.over(store, plan, who, zone=ZoneInfo(cfg.display_timezone or "UTC"))
+    console = web.Console.over(store, plan, who, zone=ZoneInfo(cfg.display_timezone or "UTC"),
+                               detections=detections.load().detections,
+                               atlas=coverage.atlas_file(cfg.atlas_data) if cfg.atlas_data else None)  # fmt: skip
     endpoint = None
     if cfg.bot_app_id:  # the Teams bot's /api/messages: decisions on the approval cards
         conn = connections()

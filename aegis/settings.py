@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     jira_token: SecretStr | None = None
     jira_project: str | None = Field(None, description="The Jira project key tickets go to.")
 
+    atlas_data: Path | None = Field(
+        None,
+        description="A full MITRE ATLAS release (ATLAS.yaml of mitre-atlas/atlas-data) for the console's coverage "
+        "matrix; default: the subset Aegis ships (the techniques it maps to).",
+    )
     display_timezone: str | None = Field(
         None,
         description="IANA time zone the console shows times in, with the zone named (Europe/Paris); default: UTC "

@@ -399,3 +399,45 @@ def test_on_a_phone_the_decision_is_on_the_first_screen_and_a_denial_works(brows
     page.goto(f"{base}/console/approvals")
     page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-approvals-phone.png"))
     context.close()
+
+
+def test_the_coverage_page_draws_the_atlas_matrix_and_links_each_cell_to_its_detections(browser, tmp_path):
+    import threading as _threading
+
+    import uvicorn
+
+    from aegis.correlate import coverage, detections
+    from tests.conftest import shared_dir
+
+    store = SqliteStore(tmp_path / "coverage.db")
+    plan = playbooks.load()
+    atlas = coverage.atlas_file(shared_dir() / "reference" / "atlas" / "ATLAS.yaml")
+    console = web.Console.over(store, plan, web.local_identity("me@contoso.com", plan),
+                               detections=detections.load().detections, atlas=atlas)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(web.create_app(console), host="127.0.0.1", port=port, log_level="warning"))
+    _threading.Thread(target=server.run, daemon=True).start()
+    wait_for(port)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/console")
+        page.get_by_role("link", name="Coverage").click()
+        assert page.locator("section.tactic").count() == 16
+        assert page.locator("section.tactic[data-tactic='AML.TA0002'] .technique.covered").count() == 0  # a gap
+        jailbreak = page.locator(".technique[data-technique='AML.T0054']").first
+        assert "covered" in jailbreak.get_attribute("class")
+        jailbreak.locator("a.det", has_text="ai-prompt-attack-then-exfiltration").click()
+        page.wait_for_url("**/console?detection=ai-prompt-attack-then-exfiltration**")
+        assert (
+            page.locator("select[name=detection] option[selected]").inner_text() == "ai-prompt-attack-then-exfiltration"
+        )
+        page.goto(f"http://127.0.0.1:{port}/console/coverage")
+        assert page.locator("table.owasp tr[data-owasp=LLM10]").get_attribute("class") == "covered"
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download the ATLAS Navigator layer").click()
+        assert json.loads(Path(download.value.path()).read_text())["domain"] == "atlas-atlas"
+        page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-coverage.png"))
+        page.close()
+    finally:
+        server.should_exit = True
+        store.close()

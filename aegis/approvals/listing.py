@@ -155,7 +155,7 @@ def listing(
         views=shown, query=query,
         by_severity=[(s.value, by_severity[s.value]) for s in reversed(SEVERITY_ORDER)],
         by_status=[(s, by_status[s]) for s in STATUSES],
-        detections=sorted({v.incident.detection for v in views}),
+        detections=sorted({v.incident.detection for v in views} | ({query.detection} if query.detection else set())),
         tenants=sorted({v.incident.tenant for v in views if v.incident.tenant}),
         hidden=0 if query.superseded or query.status else sum(1 for v in base if v.status == "superseded"),
         total=len(views), volume=volume(shown), tiers={s.value: t for s, t in tiers.items()},

@@ -49,7 +49,9 @@ from aegis.approvals.names import label, link, resource_names
 from aegis.approvals.timeline import chart
 from aegis.approvals.triage import Triager, TriageRefused
 from aegis.arm import try_parse_resource_id
-from aegis.correlate import mapping
+from aegis.correlate import coverage, mapping
+from aegis.correlate.coverage import Atlas
+from aegis.correlate.detections import Detection
 from aegis.errors import AegisError, InputNotFound
 from aegis.records import (
     CLASSIFICATIONS,
@@ -94,14 +96,18 @@ class Console:
     enrichment: Callable[[str], list[Enrichment]] | None = None  # what the enrichers found, by incident
     title: str = "Aegis"
     zone: tzinfo = UTC  # the times on its pages, with the zone named
+    detections: Sequence[Detection] = ()  # the loaded detections, for the coverage page
+    atlas: Atlas | None = None  # the ATLAS data the coverage matrix is drawn over (None: the shipped subset)
 
     @classmethod
     def over(
         cls, store: Store, response: Plan, identify: Callable[[Request], Principal], *,
         after_approval: Callable[[StepRecord], None] | None = None, zone: tzinfo = UTC,
+        detections: Sequence[Detection] = (), atlas: Atlas | None = None,
     ) -> Console:  # fmt: skip
         """The console over one store: its incidents, response records and enrichment."""
-        return cls(store.incidents, store, response, identify, after_approval, store.enrichment, zone=zone)
+        return cls(store.incidents, store, response, identify, after_approval, store.enrichment, zone=zone,
+                   detections=detections, atlas=atlas)  # fmt: skip
 
     # --- helpers ---
 
@@ -262,6 +268,19 @@ class Console:
                             asked=asked, events=sorted({a.event for a in every}),
                             actions=sorted({a.action for a in every}))  # fmt: skip
 
+    def coverage_page(self, request: Request) -> Response:
+        cov = coverage.coverage(self.detections)
+        data = self.atlas or coverage.shipped_atlas()
+        return self._render(request, "coverage.html", columns=coverage.matrix(cov, data), atlas=data,
+                            counts=coverage.counts(cov, data), owasp=coverage.owasp_rows(cov),
+                            detections=len(self.detections))  # fmt: skip
+
+    def coverage_layer(self, request: Request) -> Response:
+        self._who(request)
+        layer = coverage.navigator_layer(coverage.coverage(self.detections), self.atlas or coverage.shipped_atlas())
+        return Response(orjson.dumps(layer, option=orjson.OPT_INDENT_2), media_type="application/json",
+                        headers={"content-disposition": 'attachment; filename="aegis-atlas-layer.json"'})  # fmt: skip
+
     def _titles(self) -> dict[str, str]:
         return {i.id: i.title for i in self.incidents()}
 
@@ -414,6 +433,8 @@ def create_app(
             Route("/console/approvals/{key}", c.step_page),
             Route("/console/approvals/{key}", c.decide_form, methods=["POST"]),
             Route("/console/audit", c.audit_page),
+            Route("/console/coverage", c.coverage_page),
+            Route("/console/coverage/atlas-layer.json", c.coverage_layer),
             Mount("/console/static", StaticFiles(directory=HERE / "static"), name="static"),
             Route("/api/approvals", c.api_list),
             Route("/api/approvals/{key}", c.api_get),

@@ -32,9 +32,14 @@ def _tsv(name: str) -> list[dict[str, str]]:
 def atlas_names() -> dict[str, str]:
     """Technique id → display name (`Parent: Sub-technique` for sub-techniques)."""
     return {
-        r["id"]: f"{r['parent_name']}: {r['name']}" if r["parent_name"] else r["name"]
-        for r in _tsv("atlas-techniques.tsv")
+        r["id"]: f"{r['parent_name']}: {r['name']}" if r["parent_name"] else r["name"] for r in atlas_technique_rows()
     }
+
+
+@cache
+def atlas_technique_rows() -> list[dict[str, str]]:
+    """The shipped techniques: id, name, parent_name, tactics (comma-separated tactic ids)."""
+    return _tsv("atlas-techniques.tsv")
 
 
 @cache
@@ -44,7 +49,7 @@ def atlas_tactic_names() -> dict[str, str]:
 
 def atlas_tactics(techniques: Iterable[str]) -> list[str]:
     """The ATLAS tactics (names, in ATLAS order of first use) the techniques serve."""
-    of = {r["id"]: r["tactics"].split(",") for r in _tsv("atlas-techniques.tsv")}
+    of = {r["id"]: r["tactics"].split(",") for r in atlas_technique_rows()}
     names = atlas_tactic_names()
     out: list[str] = []
     for t in techniques:
