@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+# the first `make demo` installs the runtime: it says so, and pip shows each package as it comes
+PIP_SHOWN := $(BIN)/python -m pip --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 AZURITE := node_modules/.bin/azurite
@@ -36,13 +38,16 @@ bench-soak: $(DEV)  ## a long live-like stream through one pipeline: events/s an
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 $(RUNTIME): requirements.txt pyproject.toml
+	@echo "==> Installing Aegis and its runtime dependencies into $(VENV) (first run only: about two minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt
+	$(PIP_SHOWN) install --progress-bar on -r requirements.txt
 	$(PIP) install --no-deps -e .
+	@echo "==> Runtime installed"
 	touch $@
 
 $(DEV): $(RUNTIME) requirements-dev.txt
-	$(PIP) install -r requirements-dev.txt
+	@echo "==> Installing the test and lint tools into $(VENV)"
+	$(PIP_SHOWN) install --progress-bar on -r requirements-dev.txt
 	touch $@
 
 $(CHECKOV): requirements-infra.txt  # its own environment: checkov pins an older pycep-parser than the tests use

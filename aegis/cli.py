@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -33,15 +33,21 @@ from aegis.errors import AegisError, InputNotFound
 
 if TYPE_CHECKING:  # the heavy parts are imported by the commands that need them: `aegis --help` stays fast
     from aegis.pipeline import Counts
-    from aegis.records import Enrichment, Incident, StepRecord, View
+    from aegis.records import AuditEntry, Enrichment, Incident, StepRecord, View
     from aegis.store import Store
 
 app = typer.Typer(
     name="aegis",
-    help="Aegis: ingest, normalize and store Defender for Cloud AI alerts and AI diagnostic logs.",
+    help="Aegis: detect and respond to attacks on Azure AI services. It ingests Defender for Cloud AI alerts and "
+    "the diagnostic logs of Azure OpenAI and AI Foundry, correlates them into incidents mapped to MITRE ATLAS and "
+    "the OWASP LLM Top 10, and runs the response plan's playbooks, disruptive steps only once a person approves.",
+    epilog="Exit status: 0 done; 1 a problem with the input, a file, the database or a setting (the message says "
+    "which, and how to fix it), or a replay that kept nothing; 2 a wrong command or option; 70 a bug (AEGIS_DEBUG=1 "
+    "shows the traceback); 130 interrupted.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -67,9 +73,20 @@ class _Options:
     verbose = False
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from aegis import __version__  # noqa: PLC0415
+
+        out.print(f"aegis {__version__} (Python {sys.version.split()[0]})", markup=False)
+        raise typer.Exit
+
+
 @app.callback()
 def _global(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each dead letter and batch.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
 ) -> None:
     _Options.verbose = verbose
 
@@ -174,6 +191,7 @@ def _print_counts(c: Counts, files: int, cfg: settings.Settings) -> None:
 @app.command("replay")
 def replay_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders of message bodies.", show_default=False)],
+    *,
     db: DbOption = None,
     hub: Annotated[str, typer.Option(help="Source hub name recorded on events and dead letters.")] = "replay",
     lines: Annotated[bool, typer.Option("--lines", help="Read .json files as one body per line too.")] = False,
@@ -181,19 +199,28 @@ def replay_cmd(
         Path | None,
         typer.Option("--dir", help="Playbooks folder whose plan records the response [default: playbooks/]."),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Process message bodies from files exactly as if they came from Event Hubs: normalized,
     correlated, and the response plan's steps recorded for the incidents (a dry run unless the
     plan says `mode: execute`; nothing runs here: `aegis respond` runs what may run).
 
-    A .json file is one body; a .jsonl or .ndjson file has one body per line.
+    A .json file is one body; a .jsonl or .ndjson file has one body per line. Exit status 1 when
+    there were messages and every one was dead-lettered (what went wrong: `aegis deadletters`).
     """
     from aegis import replay  # noqa: PLC0415
 
     files = replay.collect(paths)
     with _store(db, must_exist=False) as (cfg, store):
         counts = _replay(cfg, store, files, hub, per_line=lines, folder=folder)
-    _print_counts(counts, len(files), cfg)
+    if as_json:
+        _print_json({"files": len(files), **dataclasses.asdict(counts)})
+    else:
+        _print_counts(counts, len(files), cfg)
+    if counts.messages and counts.dead_lettered == counts.messages:
+        err.print(f"every one of the {counts.messages} message(s) was dead-lettered: nothing was kept "
+                  f"(`aegis deadletters{' --db ' + str(db) if db else ''}` says why)", markup=False)  # fmt: skip
+        raise typer.Exit(1)
 
 
 @app.command("purge")
@@ -420,8 +447,10 @@ def _incident_table(listed: list[View]) -> None:
 
 
 @incidents_app.command("show")
-def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id.")], db: DbOption = None) -> None:
-    """One incident, readably, with its evidence timeline."""
+def incident_show(
+    incident_id: Annotated[str, typer.Argument(help="Incident id.")], db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """One incident, readably, with its evidence timeline, triage, enrichment and response."""
     from aegis.correlate import mapping  # noqa: PLC0415
     from aegis.records import alert_details, views  # noqa: PLC0415
     from aegis.respond import planner  # noqa: PLC0415
@@ -432,10 +461,17 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         kept = _enrichment(store, incident_id)
         steps = store.steps(incident=incident_id)
         alerts = alert_details(store.evidence(found[0].incident)) if found else []
+        triage = store.triage(incident_id)
     if not found:
         raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
     v = found[0]
     i = v.incident
+    if as_json:
+        _print_json({**v.summary(), "timeline": [dataclasses.asdict(t) for t in i.timeline],
+                     "alerts": [dataclasses.asdict(a) for a in alerts],
+                     "triage": triage.summary() if triage else None,
+                     "enrichment": [e.summary() for e in kept], "steps": [s.summary() for s in steps]})  # fmt: skip
+        return
     plan = response.load()
     atlas, owasp = mapping.atlas_names(), mapping.owasp_names()
     lines = [
@@ -449,6 +485,10 @@ def incident_show(incident_id: Annotated[str, typer.Argument(help="Incident id."
         f"  seen        {i.first_seen:%Y-%m-%d %H:%M:%S} → {i.last_seen:%Y-%m-%d %H:%M:%S} UTC"
         f" ({i.event_count} event(s))",
         f"  why         {i.why or '-'}",
+        f"  triage      {triage.status if triage else 'new'}"
+        + (f", owner {triage.owner}" if triage and triage.owner else "")
+        + (f", {triage.classification}" if triage and triage.classification else "")
+        + (f", {len(triage.comments)} comment(s)" if triage and triage.comments else ""),
         "  ATLAS       " + ("; ".join(f"{t} {atlas.get(t, '')}" for t in i.atlas) or "-"),
         "  OWASP LLM   " + ("; ".join(f"{t} {owasp.get(t, '')}" for t in i.owasp_llm) or "-"),
         f"  alerts ({len(alerts)})",
@@ -498,12 +538,21 @@ PathsOption = Annotated[
 
 
 @detections_app.command("list")
-def detections_list(path: PathsOption = None) -> None:
+def detections_list(path: PathsOption = None, as_json: JsonOption = False) -> None:
     """The loaded detections."""
     from aegis.correlate import detections  # noqa: PLC0415
 
+    loaded = detections.load(path).detections
+    if as_json:
+        _print_json([{"id": d.id, "kind": d.kind, "severity": d.severity.value, "group_by": list(d.group_by),
+                      "window_seconds": d.window.total_seconds() if d.window else None,
+                      "threshold": d.threshold, "atlas": list(d.atlas),
+                      "owasp_llm": list(d.owasp_llm), "sources": sorted(d.sources) if d.sources else None}
+                     for d in loaded])  # fmt: skip
+        return
     table = Table("id", "kind", "severity", "group by", "ATLAS", "OWASP", box=None)
-    for d in detections.load(path).detections:
+    table.columns[0].no_wrap = True  # an id is copied whole, never cut or folded
+    for d in loaded:
         table.add_row(d.id, d.kind, d.severity.value, ", ".join(d.group_by), ", ".join(d.atlas), ", ".join(d.owasp_llm))
     out.print(table, markup=False)
 
@@ -518,19 +567,20 @@ def detections_validate(path: PathsOption = None) -> None:
 
 
 @detections_app.command("test")
-def detections_test(path: PathsOption = None) -> None:
-    """Run every detection's own test events against its expected result."""
+def detections_test(path: PathsOption = None, as_json: JsonOption = False) -> None:
+    """Run every detection's own test events against its expected result (exit status 1 if one fails)."""
     from aegis.correlate import detections, selftest  # noqa: PLC0415
 
-    failed = 0
-    total = 0
-    for d in detections.load(path).detections:
-        for o in selftest.run(d):
-            total += 1
-            failed += not o.passed
+    outcomes = [o for d in detections.load(path).detections for o in selftest.run(d)]
+    failed = sum(1 for o in outcomes if not o.passed)
+    if as_json:
+        _print_json([{"detection": o.detection, "test": o.test, "passed": o.passed, "detail": o.detail or None}
+                     for o in outcomes])  # fmt: skip
+    else:
+        for o in outcomes:
             mark = "ok  " if o.passed else "FAIL"
             out.print(f"{mark} {o.detection}: {o.test}" + ("" if o.passed else f" — {o.detail}"), markup=False)
-    out.print(f"{total - failed} passed, {failed} failed")
+        out.print(f"{len(outcomes) - failed} passed, {failed} failed")
     if failed:
         raise typer.Exit(1)
 
@@ -606,11 +656,17 @@ def playbooks_validate(folder: FolderOption = None) -> None:
 
 
 @playbooks_app.command("list")
-def playbooks_list(folder: FolderOption = None) -> None:
+def playbooks_list(folder: FolderOption = None, as_json: JsonOption = False) -> None:
     """The playbooks, their steps and the approvals each step needs under the plan."""
     from aegis.respond import playbooks as response  # noqa: PLC0415
 
     loaded = response.load(folder)
+    if as_json:
+        _print_json([{"id": b.id, "description": b.description.strip(),
+                      "steps": [{"name": st.name, "action": st.action, "for_each": st.for_each,
+                                 "approvals": loaded.plan.approvals_for(st.action)} for st in b.steps]}
+                     for b in loaded.playbooks.values()])  # fmt: skip
+        return
     for book in loaded.playbooks.values():
         out.print(f"[bold]{book.id}[/bold]  {book.description.strip()}")
         for step in book.steps:
@@ -692,7 +748,7 @@ def playbooks_request(
 
 
 @app.command("respond")
-def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
+def respond_cmd(db: DbOption = None, folder: FolderOption = None, as_json: JsonOption = False) -> None:
     """Record what the response plan does for every stored incident (idempotent: a step is recorded
     once); in `mode: execute`, run the steps that are approved, expire the ones that waited too long
     and retry the ones a throttled service released."""
@@ -710,6 +766,10 @@ def respond_cmd(db: DbOption = None, folder: FolderOption = None) -> None:
         runtime.corroborate(cfg, loaded, store, store.incidents)
         ran = Executor.from_settings(loaded, store, cfg).run()
         waiting = store.steps(status=["awaiting_approval"])
+    if as_json:
+        _print_json({"new_steps": new, "incidents": len(incidents), "awaiting_approval": len(waiting),
+                     "mode": loaded.plan.mode, "executed": dataclasses.asdict(ran)})  # fmt: skip
+        return
     out.print(f"{new} new step(s) for {len(incidents)} incident(s); {len(waiting)} awaiting approval "
               "(`aegis approvals list`)")  # fmt: skip
     if loaded.plan.mode == "execute":
@@ -780,7 +840,7 @@ def approvals_deny(step_id: Annotated[str, typer.Argument(help="Step id.")], per
 
 
 @app.command("enrich")
-def enrich_cmd(db: DbOption = None) -> None:
+def enrich_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Enrich the incidents that are new or changed since they were last enriched (AEGIS_ENRICHERS:
     `local` on SQLite; `log_analytics`, `defender`, `graph` on Azure), then deliver them (AEGIS_DELIVERERS:
     `sentinel`, `teams`; none by default)."""
@@ -788,6 +848,9 @@ def enrich_cmd(db: DbOption = None) -> None:
 
     with _store(db, must_exist=True) as (cfg, store):
         enriched, delivered = runtime.enrich_and_deliver(cfg, store, runtime.load_response(cfg))
+    if as_json:
+        _print_json({"enriched": enriched, "delivered": delivered})
+        return
     out.print(
         f"{enriched} incident(s) enriched, {delivered} delivered (`aegis incidents show ID` shows what was found)"
     )
@@ -954,8 +1017,12 @@ def audit_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
         return
     for a in entries:
         out.print(
-            escape(f"{a.time:%Y-%m-%d %H:%M:%S}Z  {a.actor:<24} {a.event:<9} {a.action} on {a.target}: {a.detail}")
+            escape(f"{a.time:%Y-%m-%d %H:%M:%S}Z  {_actor(a):<24} {a.event:<9} {a.action} on {a.target}: {a.detail}")
         )
+
+
+def _actor(a: AuditEntry) -> str:
+    return "aegis (pipeline)" if a.by_pipeline else f"{a.actor} ({a.actor_id})" if a.actor_id else a.actor
 
 
 @playbooks_app.command("schema")
@@ -966,9 +1033,46 @@ def playbooks_schema() -> None:
     _print_json(response.schema())
 
 
+def _metavars(command: Any) -> Any:
+    """Help as command lines write it: `--db PATH`, `PATHS...`, a bare flag. (typer 0.29 prints each
+    parameter's Python type instead: `<bool>`, `<list[Path]>`, `{paths}...`.)"""
+    from typer.core import TyperArgument, TyperOption  # noqa: PLC0415
+
+    original = TyperOption.display_type_rich
+
+    def option_type(self: TyperOption, ctx: Any) -> str | None:
+        return "" if self.is_flag or self.count else self.metavar or original(self, ctx)
+
+    def argument_usage(self: TyperArgument) -> str:
+        name = self.metavar or (self.name or "").upper()
+        return name if self.required else f"[{name}]"
+
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    TyperArgument.display_type_rich = lambda self, ctx: ""  # type: ignore[method-assign]  # the name says it
+    TyperArgument._usage_display_name = argument_usage  # type: ignore[method-assign]
+
+    def walk(cmd: Any) -> None:
+        for param in cmd.params:
+            if not isinstance(param, TyperOption | TyperArgument) or param.metavar is not None:
+                continue
+            desc = param.type_descriptor
+            if desc.is_choice:
+                continue  # shown as its choices: json|text
+            annotation = get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+            kind = {bool: "", Path: "PATH", int: "INTEGER", float: "NUMBER"}.get(annotation, "TEXT")
+            if isinstance(param, TyperArgument) and param.name:
+                kind = param.name.upper()
+            param.metavar = kind + ("..." if param.nargs != 1 and kind else "")
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(command)
+    return command
+
+
 def main() -> None:
     try:
-        app()
+        _metavars(typer.main.get_command(app))(prog_name="aegis")
     except AegisError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)

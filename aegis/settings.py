@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aegis.decode import Limits
+from aegis.durations import Duration
 from aegis.errors import ConfigurationError
 from aegis.tenancy import Tenancy
 
@@ -64,17 +65,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger message bodies are dead-lettered.")
     max_depth: int = Field(64, gt=1, le=512, description="Deeper JSON nesting is dead-lettered.")
 
-    max_clock_skew: timedelta = Field(
+    max_clock_skew: Duration = Field(
         timedelta(minutes=5),
         ge=timedelta(0),
         le=timedelta(hours=1),
         description="Events dated more than this after their message was enqueued are dead-lettered (forged clocks).",
     )
-    lateness: timedelta = Field(
+    lateness: Duration = Field(
         timedelta(hours=1), description="How late (in event time) an event may arrive and still correlate."
     )
 
-    retention: timedelta = Field(
+    retention: Duration = Field(
         timedelta(days=30),
         ge=timedelta(days=1),
         description="How long events, dead letters and raw message bodies are kept (the retention timer purges older).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -253,3 +254,74 @@ def test_the_cli_loads_the_pipeline_and_the_sdks_only_for_the_commands_that_need
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+def _commands() -> list[list[str]]:
+    """Every command path of the CLI, as a user types it (`incidents show`, `detections coverage`...)."""
+    import typer.main
+
+    from aegis.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(cmd, prefix):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            paths.append([*prefix, name])
+            walk(sub, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_version_and_help_read_as_command_line_help_on_every_command():
+    version = aegis("--version")
+    assert version.returncode == 0
+    assert re.fullmatch(r"aegis \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+\)\n", version.stdout)
+    top = " ".join(aegis("--help").stdout.split())
+    assert "correlates them into incidents mapped to MITRE ATLAS" in top
+    assert "Exit status: 0 done; 1 a problem" in top
+    commands = _commands()
+    assert len(commands) > 25
+    for path in commands:
+        shown = aegis(*path, "--help")
+        assert shown.returncode == 0, path
+        text = " ".join(shown.stdout.split())
+        for raw in ("<bool>", "<str>", "<path>", "<int>", "<list[", "{", "[default: ]"):
+            assert raw not in text, (path, raw, text)
+        assert not re.search(r" [.,;:](\s|$)", text), (path, text)  # a stray space before a stop: markup eaten
+        assert "Usage: aegis " + " ".join(path) in text
+
+
+def test_every_command_that_prints_data_prints_json_too(tmp_path):
+    db = tmp_path / "j.db"
+    replayed = aegis("replay", str(ROOT / "samples"), "--db", str(db), "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    counts = json.loads(replayed.stdout)
+    assert counts["messages"] > 0
+    assert counts["files"] > 0
+    incident = json.loads(aegis("incidents", "--db", str(db), "--json").stdout)[0]
+    shown = json.loads(aegis("incidents", "show", incident["id"], "--db", str(db), "--json").stdout)
+    assert shown["id"] == incident["id"]
+    assert shown["timeline"]
+    assert shown["triage"] is None
+    for args in (("detections", "list"), ("detections", "test"), ("detections", "coverage"), ("playbooks", "list"),
+                 ("respond", "--db", str(db)), ("enrich", "--db", str(db)), ("audit", "--db", str(db)),
+                 ("approvals", "list", "--db", str(db))):  # fmt: skip
+        done = aegis(*args, "--json")
+        assert done.returncode == 0, (args, done.stderr)
+        json.loads(done.stdout)
+
+
+def test_a_replay_that_kept_nothing_exits_1_and_says_where_to_look(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "an alert"}')
+    done = aegis("replay", str(bad), "--db", str(tmp_path / "x.db"))
+    assert done.returncode == 1
+    assert "every one of the 1 message(s) was dead-lettered: nothing was kept" in done.stderr
+    assert "aegis deadletters --db" in done.stderr
+
+
+def test_a_detection_path_that_is_not_there_is_said_plainly():
+    done = aegis("detections", "validate", "--path", "/nonexistent")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: /nonexistent: no such file (check the path; a folder is read file by file)"

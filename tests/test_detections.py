@@ -69,10 +69,13 @@ VALID = Path(detections.DETECTIONS_DIR / "ai-key-brute-force.yaml").read_text()
     ("change", "message"),
     [
         (("kind: temporal_ordered", "kind: sequence"), "kind"),
-        (("window: 15m", "window: fifteen minutes"), "window: Value error, a duration is a number and a unit"),
+        (
+            ("window: 15m", "window: fifteen minutes"),
+            "bad.yaml:11:1: window: 'fifteen minutes' is not a duration: write it as 15m, 1h, 2d or 1h30m (or in ISO",
+        ),
         (
             ("group_by: [entities.ip.prefix, entities.ai_resource]", "group_by: [entities.ipaddress]"),
-            "group_by: Value error, unknown field path 'entities.ipaddress'",
+            "group_by: unknown field path 'entities.ipaddress'",
         ),
         (
             ("atlas: [AML.T0012, AML.T0055, AML.T0040]", "atlas: [AML.T9999]"),
@@ -111,7 +114,7 @@ def test_duplicate_ids_across_files_fail(tmp_path):
 
 def test_yaml_that_is_not_yaml_fails_clearly(tmp_path):
     (tmp_path / "x.yaml").write_text("id: [unclosed")
-    with pytest.raises(detections.DetectionError, match="cannot read YAML"):
+    with pytest.raises(detections.DetectionError, match=r"x\.yaml:1:14: not valid YAML: expected ',' or ']'"):
         detections.load([tmp_path])
 
 
@@ -219,3 +222,29 @@ def test_an_escalation_needs_a_count_or_a_duration(tmp_path):
     bad.write_text(source.replace("  - {events: 20, severity: high}", "  - {severity: high}"))
     with pytest.raises(DetectionError, match="needs `events`, `lasting` or both"):
         detections.load([bad])
+
+
+def test_an_error_names_the_line_the_field_as_the_file_writes_it_and_the_key_meant(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        VALID.replace("window: 15m", "windw: 15m").replace(
+            "{field: attributes.http_status, gte: 200}", "{field: attributes.http_status, gte: 200, lt: 300}", 1
+        )
+    )
+    with pytest.raises(detections.DetectionError) as info:
+        detections.load([bad])
+    lines = str(info.value).splitlines()
+    line_of_typo = VALID.replace("window: 15m", "windw: 15m").splitlines().index("windw: 15m") + 1
+    assert lines[0] == f"{bad}:{line_of_typo}:1: windw: unknown field; did you mean window?"
+    # no union member names in the path: the steps, the match, the test, as written
+    assert any(":" in line and "steps.1.match.all.0: a test needs exactly one operator" in line for line in lines)
+    assert not any("all.all" in line or ".test." in line for line in lines)
+
+
+def test_a_file_that_is_not_there_or_not_yaml_says_so_plainly(tmp_path):
+    with pytest.raises(detections.DetectionError, match=r"nope\.yaml: no such file \(check the path"):
+        detections.load([tmp_path / "nope.yaml"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("id: x\n  bad: [\n")
+    with pytest.raises(detections.DetectionError, match=r"broken\.yaml:2:6: not valid YAML: mapping values"):
+        detections.load([broken])

@@ -154,7 +154,7 @@ def test_the_playbooks_cli(tmp_path):
     folder = bad_folder(tmp_path, "bad-book.yaml", STEP + "    action: format_disk\n")
     bad = aegis("playbooks", "validate", "--dir", str(folder))
     assert bad.returncode == 1
-    assert "bad-book.yaml: steps.0.action" in bad.stderr
+    assert "bad-book.yaml:5:5: steps.0.action" in bad.stderr
 
 
 @pytest.fixture(scope="module")

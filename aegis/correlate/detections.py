@@ -6,18 +6,16 @@ An invalid file fails at load with the file name and the field: `DetectionError`
 
 from __future__ import annotations
 
-import re
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -29,13 +27,12 @@ from aegis.correlate import mapping
 from aegis.correlate.conditions import Condition, Predicate
 from aegis.correlate.kinds import KINDS
 from aegis.correlate.paths import Getter, compile_path
+from aegis.durations import Duration
 from aegis.errors import AegisError
 from aegis.events import Severity
 from aegis.yamlfiles import load_model
 
 DETECTIONS_DIR = Path(__file__).resolve().parents[2] / "detections"
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-_UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # group paths whose values name one tenant's thing: ARM ids, alert ids
 TENANT_SCOPED = frozenset({"id", "resource", "resource.id", "entities.ai_resource", "entities.ai_project",
                            "entities.defender_alert"})  # fmt: skip
@@ -45,18 +42,6 @@ TITLE_FIELDS = ("group", "ai_resource", "ip", "user", "host", "kind", "count")
 
 class DetectionError(AegisError):
     """A detection file that cannot be used; the message names the file and the field."""
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if not m:
-            raise ValueError("a duration is a number and a unit: 500ms, 30s, 15m, 1h, 2d")
-        return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class _Strict(BaseModel):

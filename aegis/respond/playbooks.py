@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from aegis.correlate.detections import Duration
+from aegis.durations import Duration
 from aegis.errors import AegisError
 from aegis.events import Severity
 from aegis.respond import templates
