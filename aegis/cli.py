@@ -406,13 +406,18 @@ def incidents_cmd(
     as_json: JsonOption = False,
     show_all: Annotated[bool, typer.Option("--all", help="Include superseded single-alert incidents.")] = False,
 ) -> None:
-    """List incidents, oldest first (`aegis incidents show ID` for one)."""
+    """List incidents as the console's queue orders them: open first, then by response tier,
+    severity and age, the oldest first (`aegis incidents show ID` for one)."""
+    from aegis.approvals.listing import Query, listing  # noqa: PLC0415
     from aegis.records import views  # noqa: PLC0415
+    from aegis.respond import playbooks as response  # noqa: PLC0415
 
     if ctx.invoked_subcommand is not None:
         return
     with _store(db, must_exist=True) as (_, store):
-        listed = [v for v in views(store.incidents()) if show_all or v.status != "superseded"]
+        triages = store.triages()
+        listed = listing(views(store.incidents()), Query(superseded=show_all), response.load().plan.tiers,
+                         triages).views  # fmt: skip
         steps = store.steps()
         kept = {v.incident.id: _enrichment(store, v.incident.id) for v in listed} if as_json else {}
     if as_json:
@@ -432,15 +437,16 @@ def incidents_cmd(
                  "enrichment": [e.summary() for e in kept[v.incident.id]]} for v in listed]  # fmt: skip
         _print_json(rows)
         return
-    _incident_table(listed)
+    _incident_table(listed, {k: t.status for k, t in triages.items()})
     out.print(f"{len(listed)} incident(s)")
 
 
-def _incident_table(listed: list[View]) -> None:
+def _incident_table(listed: list[View], triaged: dict[str, str] | None = None) -> None:
     for v in listed:
         i = v.incident
         out.print(
-            f"  {i.severity.value:<9}{v.status:<11}{i.first_seen:%Y-%m-%d %H:%M}  {i.title}  [{i.id}]",
+            f"  {i.severity.value:<9}{v.status:<11}{(triaged or {}).get(i.id, 'new'):<7}{i.first_seen:%Y-%m-%d %H:%M}  "
+            f"{i.title}  [{i.id}]",
             markup=False,
             highlight=False,
         )
@@ -518,6 +524,33 @@ def incident_show(
     ]
     for line in lines:
         out.print(line, markup=False, highlight=False)
+
+
+@incidents_app.command("triage")
+def incident_triage(
+    incident_id: Annotated[str, typer.Argument(help="Incident id.")],
+    verb: Annotated[str, typer.Argument(help="acknowledge, assign, close, reopen or comment.")],
+    *,
+    person: Annotated[str, typer.Option("--as", help="Your user principal name (recorded in the audit log).")],
+    owner: Annotated[str, typer.Option(help="assign: to whom (a user principal name; default: you).")] = "",
+    classification: Annotated[
+        str, typer.Option(help="close: true_positive, benign_positive, false_positive or undetermined.")
+    ] = "",
+    text: Annotated[str, typer.Option(help="comment: its text; close: why; reopen: why.")] = "",
+    db: DbOption = None,
+) -> None:
+    """Triage an incident as the console does: acknowledge it, assign it, close it with a
+    classification, reopen it or comment on it; each change is audited under your name."""
+    from aegis.approvals.triage import Triager  # noqa: PLC0415
+
+    with _store(db, must_exist=True) as (_, store):
+        found = [i for i in store.incidents() if i.id == incident_id]
+        if not found:
+            raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
+        name = person.strip().lower()
+        t = Triager(store).apply(found[0], verb, name, name, owner=owner, classification=classification, text=text)
+    said = [t.status, *([f"owner {t.owner}"] if t.owner else []), *([t.classification] if t.classification else [])]
+    out.print(f"{incident_id}: {', '.join(said)} (revision {t.revision})", markup=False)
 
 
 def _enrichment(store: Store, incident: str) -> list[Enrichment]:

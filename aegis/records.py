@@ -448,6 +448,11 @@ def alert_details(events: Iterable[Event]) -> list[AlertDetail]:
     return out
 
 
+def portal_link(value: object) -> str | None:
+    """`value` if it is an https link into the Azure or Defender portal (a payload's links are not trusted)."""
+    return _portal_link(value)
+
+
 def _portal_link(value: object) -> str | None:
     if not isinstance(value, str) or len(value) > 2048:
         return None

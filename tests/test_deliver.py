@@ -87,6 +87,13 @@ def test_the_sentinel_incident_is_created_once_and_updated_as_the_incident_grows
     assert "https://aegis.example/console/incidents/inc1" in put["description"]
     assert [lab["labelName"] for lab in put["labels"]] == ["aegis", "AML.T0054", "LLM01"]
     [kept] = sqlite_store.enrichment("inc1", kind="deliver")
+    # the portal's deep link Sentinel answered with: the console links the incident to it
+    assert kept.result["url"] == spec["responses"]["201"]["body"]["properties"]["incidentUrl"]
+    from aegis.approvals.web import _sentinel
+
+    assert _sentinel([kept]) == {"number": 3177, "url": kept.result["url"]}
+    hostile = dataclasses.replace(kept, result={**kept.result, "url": "javascript:alert(1)"})
+    assert _sentinel([hostile]) == {"number": 3177, "url": None}  # only a link into the portal is a link
     assert (kept.status, kept.result["number"], kept.result["created"], kept.result["entities"]) == (
         "ok",
         3177,

@@ -4,6 +4,7 @@ and through the console as the Functions host serves it."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -136,3 +137,27 @@ def test_the_console_lets_an_analyst_triage_and_a_reader_only_look(app):  # noqa
     assert store.triage(inc.id).status == "active"
     mine = console(app, "GET", "/console?owner=me", who=ANALYST).get_body().decode()
     assert re.findall(r'<tr data-id="([0-9a-f]+)"', mine) == [inc.id]
+
+
+def test_the_cli_triages_as_the_console_does_and_a_closed_incident_leaves_the_top_of_the_queue(tmp_path):
+    from tests.conftest import ROOT
+    from tests.test_cli import aegis
+
+    db = str(tmp_path / "cli.db")
+    assert aegis("replay", str(ROOT / "samples"), "--db", db).returncode == 0
+    first = aegis("incidents", "--db", db).stdout.splitlines()[0]
+    top = first.rsplit("[", 1)[1].rstrip("]")
+    refused = aegis("incidents", "triage", top, "close", "--as", "Ana@Contoso.com", "--db", db)
+    assert refused.returncode == 1
+    assert "closing needs a classification" in refused.stderr
+    done = aegis("incidents", "triage", top, "close", "--classification", "benign_positive", "--text", "red team",
+                 "--as", "Ana@Contoso.com", "--db", db)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{top}: closed, benign_positive (revision 1)"
+    rows = aegis("incidents", "--db", db).stdout.splitlines()
+    assert top not in rows[0]  # worked: it goes below the open ones
+    assert "closed" in next(r for r in rows if top in r)
+    audit = json.loads(aegis("audit", "--db", db, "--json").stdout)
+    assert [(a["actor"], a["event"], a["target"]) for a in audit if a["action"] == "triage"] == [
+        ("ana@contoso.com", "closed", top)
+    ]

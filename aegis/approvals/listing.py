@@ -6,7 +6,8 @@ Every filter is a query parameter, so that a link shares the exact view (`?sever
 the newest evidence any incident holds, which in a live deployment is now and in a replayed
 investigation is the end of what was replayed.
 
-The order is the one a queue is worked in: open incidents first, then by the response tier
+The order is the one a queue is worked in: open incidents first (neither closed by an analyst nor
+past the reach of new evidence; superseded last), then by the response tier
 (`tiers` of the plan: the tier of the most severe level first), then by severity, then the oldest
 first (the SLA clock runs from the first event). `sort=recent` orders by the latest evidence instead.
 """
@@ -149,7 +150,12 @@ def listing(
     if query.sort == "recent":
         shown.sort(key=lambda v: v.incident.last_seen, reverse=True)
     else:
-        shown.sort(key=lambda v: (STATUSES.index(v.status), rank[v.incident.severity],
+
+        def closed(v: View) -> bool:
+            t = triages.get(v.incident.id)
+            return t is not None and t.status == "closed"
+
+        shown.sort(key=lambda v: (v.status == "superseded", closed(v), v.status == "closed", rank[v.incident.severity],
                                   -SEVERITY_ORDER.index(v.incident.severity), v.incident.first_seen))  # fmt: skip
     return Listing(
         views=shown, query=query,

@@ -62,6 +62,7 @@ from aegis.records import (
     StepRecord,
     View,
     alert_details,
+    portal_link,
     views,
 )
 from aegis.respond import planner
@@ -194,6 +195,7 @@ class Console:
             atlas=mapping.atlas_names(), owasp=mapping.owasp_names(), steps=steps, calls=_calls(steps),
             playbooks=sorted(self.response.playbooks), message=request.query_params.get("message"),
             triage=Triager(self.store).current(view.incident.id), classifications=CLASSIFICATIONS, error=error,
+            sentinel=_sentinel(self.store.enrichment(view.incident.id, kind="deliver")),
         )  # fmt: skip
 
     async def triage_form(self, request: Request) -> Response:
@@ -322,6 +324,14 @@ class Console:
 
 
 AUDIT_ROWS = 1000
+
+
+def _sentinel(delivered: list[Enrichment]) -> dict[str, Any] | None:
+    """The Sentinel incident the incident was delivered as: its number and portal link (if it is one)."""
+    for d in delivered:
+        if d.name == "sentinel" and d.status == "ok":
+            return {"number": d.result.get("number"), "url": portal_link(d.result.get("url"))}
+    return None
 
 
 def audit_filter(entries: list[AuditEntry], params: Any) -> tuple[list[AuditEntry], dict[str, str]]:

@@ -78,8 +78,10 @@ def upsert_sentinel(
         body = {"properties": {**props, "status": "New", "labels": ours}}
         created = True
     result = sentinel.put(f"incidents/{sid}", body)
-    number = result.get("properties", {}).get("incidentNumber")
-    return {"system": "sentinel", "ticket": sid, "number": number, "created": created}
+    props = result.get("properties", {})
+    number, url = props.get("incidentNumber"), props.get("incidentUrl")  # the portal deep link, when Sentinel gives it
+    return {"system": "sentinel", "ticket": sid, "number": number, "created": created,
+            **({"url": url} if isinstance(url, str) else {})}  # fmt: skip
 
 
 def _rest(base: str, user: str, secret: SecretStr, conn: Connections) -> PipelineClient[HttpRequest, Any]:
