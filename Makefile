@@ -10,7 +10,7 @@ DEV := $(VENV)/.dev-installed
 AZURITE := node_modules/.bin/azurite
 CHECKOV := .venv-checkov/.installed
 
-.PHONY: demo test lint unit bench bench-soak clean
+.PHONY: demo test lint unit bench bench-soak screenshots clean
 
 demo: $(RUNTIME)  ## replay the bundled samples/ on the embedded default (SQLite) and summarize
 	$(BIN)/aegis demo
@@ -33,6 +33,10 @@ lint: $(DEV)
 bench: $(DEV)  ## events/s: ingest, and end to end against a naive baseline and a DuckDB peer
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.e2e
+
+screenshots: $(DEV)  ## a PNG of every console page, from the bundled samples, into docs/screenshots/ (for the README)
+	scripts/ensure-chromium.sh
+	$(BIN)/python scripts/screenshots.py
 
 bench-soak: $(DEV)  ## a long live-like stream through one pipeline: events/s and resident memory as it goes
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
