@@ -12,14 +12,25 @@ from __future__ import annotations
 import argparse
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import uvicorn
+from playwright.sync_api import sync_playwright
+
+from aegis import runtime, settings
+from aegis.approvals import web
+from aegis.approvals.triage import Triager
+from aegis.correlate import detections
+from aegis.pipeline import Message
+from aegis.records import views
+from aegis.respond import playbooks
+from aegis.respond.record import Responder
+from aegis.store import SqliteStore
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PAGES = [  # (file, path, viewport width, whole page)
     ("incidents.png", "/console", 1280, True),
@@ -35,19 +46,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = parser.parse_args()
-    import uvicorn
-    from playwright.sync_api import sync_playwright
-
-    from aegis import runtime, settings
-    from aegis.approvals import web
-    from aegis.approvals.triage import Triager
-    from aegis.correlate import detections
-    from aegis.pipeline import Message
-    from aegis.records import views
-    from aegis.respond import playbooks
-    from aegis.respond.record import Responder
-    from aegis.store import SqliteStore
-
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser_path is None:
         raise SystemExit("screenshots: Debian's chromium is needed (scripts/ensure-chromium.sh installs it)")
@@ -74,7 +72,9 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(web.create_app(console), host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(web.create_app(console), host="127.0.0.1", port=port, log_level="warning")
+        )
         threading.Thread(target=server.run, daemon=True).start()
         for _ in range(100):
             try:

@@ -371,20 +371,21 @@ def test_the_audit_log_names_people_by_name_and_object_id_filters_and_repeats_no
     context.close()
 
 
-def test_on_a_phone_the_decision_is_on_the_first_screen_and_a_denial_works(browser, signed_in_console):
+@pytest.mark.parametrize(("width", "height"), [(390, 844), (1280, 900)], ids=["phone", "desktop"])
+def test_the_decision_is_on_the_first_screen_and_both_approve_and_deny_work(browser, signed_in_console, width, height):
     base, store = signed_in_console
     header = identity.encode_easy_auth("oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444",
                                        roles=("Aegis.Approver",))  # fmt: skip
     context = browser.new_context(extra_http_headers={identity.HEADER: header},
-                                  viewport={"width": 390, "height": 844}, is_mobile=True)  # fmt: skip
+                                  viewport={"width": width, "height": height}, is_mobile=width < 500)  # fmt: skip
     page = context.new_page()
     page.goto(f"{base}/console/approvals")
     first = page.locator("section.approval").first
     approve = first.get_by_role("button", name="Approve")
     box = approve.bounding_box()
     assert box is not None
-    assert box["y"] + box["height"] <= 844  # no scrolling to reach the decision
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing cut off at the side
+    assert box["y"] + box["height"] <= height  # no scrolling to reach the decision
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing cut off at the side
     assert page.locator("header .mode").is_visible()  # the dry-run badge too
     groups = page.locator("section.incident-group")
     expiries = [s.expires for s in store.steps(status=["awaiting_approval"])]
@@ -397,7 +398,13 @@ def test_on_a_phone_the_decision_is_on_the_first_screen_and_a_denial_works(brows
     assert page.locator("strong.status").inner_text() == "denied"
     assert store.step(key).reason == "the caller is our load test"
     page.goto(f"{base}/console/approvals")
-    page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / "console-approvals-phone.png"))
+    other = page.locator("section.approval").first
+    other_key = other.get_attribute("id").removeprefix("step-")
+    assert other_key != key
+    other.get_by_role("button", name="Approve").click()
+    page.wait_for_url(f"{base}/console/approvals/{other_key}")
+    assert store.step(other_key).approver_ids == ("0c0c0c0c-1111-2222-3333-444444444444",)
+    page.screenshot(path=str(Path(os.environ.get("AEGIS_SCREENSHOTS", "/tmp")) / f"console-approvals-{width}.png"))
     context.close()
 
 

@@ -139,6 +139,10 @@ def test_entities_read_as_resource_names_and_open_where_an_analyst_would():
                    "6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroup/rg-ai/referencedFrom/alertDeepLink/location/westeurope")  # fmt: skip
     assert link(User(object_id="7d3e"))[0] == "Entra ID"  # type: ignore[index]
     assert link(Host(name="vm1")) is None  # nothing to open a bare host name in
+    machine = Host(name="vm1", mde_machine_id="4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f")
+    assert link(machine) == ("Defender for Endpoint",
+                             "https://security.microsoft.com/machines/4f1c0b9e2d7a6e3f8b5c1d0a9e8f7a6b5c4d3e2f/overview")  # fmt: skip
+    assert link(Host(name="vm1", mde_machine_id="../../evil")) is None  # not an id: no link
     assert link(AiResource(resource_id="not an arm id")) is None
 
 

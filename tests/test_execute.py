@@ -359,7 +359,8 @@ def test_sentinel_ticket_is_created_once_then_updated_keeping_the_analysts_statu
     assert put.body["properties"]["severity"] == "High"
     assert put.body["properties"]["status"] == "New"
     outcome = store.steps()[0].outcome
-    assert outcome == {"system": "sentinel", "ticket": sid, "number": 3177, "created": True}
+    assert outcome == {"system": "sentinel", "ticket": sid, "number": 3177, "created": True,
+                       "url": spec["responses"]["201"]["body"]["properties"]["incidentUrl"]}  # fmt: skip
 
     # the incident grows to critical: a new step updates the same Sentinel incident, keeping its status
     server.seen.clear()

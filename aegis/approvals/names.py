@@ -3,7 +3,8 @@
 ARM ids become their resource names (`oai-contoso-prod`, `oai-contoso-prod/gpt-4o` for a
 deployment, `hub/project` for a project); links go to the Azure portal for a resource, to the
 Defender for Cloud alert blade for an alert (the `alertUri` shape of the Security REST API), and
-to the Entra admin center for a user or service principal with an object id. Keys are canonical
+to the Entra admin center for a user or service principal with an object id, and to Defender XDR for
+a machine Defender for Endpoint knows. Keys are canonical
 (`aegis.arm`), so a link built from one names only that resource.
 """
 
@@ -16,6 +17,7 @@ from aegis.events import AiProject, AiResource, DefenderAlert, Entity, Host, Mod
 
 PORTAL = "https://portal.azure.com"
 ENTRA = "https://entra.microsoft.com"
+DEFENDER_XDR = "https://security.microsoft.com"
 
 
 def label(e: Entity) -> str:
@@ -48,6 +50,8 @@ def link(e: Entity, tenant: str | None = None) -> tuple[str, str] | None:
                 f"location/{quote(location)}"
             )
         return None
+    if isinstance(e, Host) and e.mde_machine_id and e.mde_machine_id.isalnum():
+        return "Defender for Endpoint", f"{DEFENDER_XDR}/machines/{e.mde_machine_id}/overview"
     resource = e.resource_id if isinstance(e, AiResource | AiProject | ModelDeployment) else None
     if isinstance(e, Host):
         resource = e.azure_id
