@@ -34,6 +34,9 @@ param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
 
+@description('The IANA time zone the console shows times in (Europe/Paris); UTC by default.')
+param displayTimezone string = 'UTC'
+
 @description('Watched subscriptions of other Entra tenants (Azure Lighthouse), SUBSCRIPTION=TENANT comma-separated: their events belong to that tenant. The deployment\'s own tenant is the default.')
 param subscriptionTenants string = ''
 
@@ -144,6 +147,7 @@ module app 'modules/functionapp.bicep' = {
     sentinelWorkspaceId: sentinelWorkspaceId
     deliverers: deliverers
     subscriptionTenants: subscriptionTenants
+    displayTimezone: displayTimezone
     regionalNamespaces: [for (region, i) in otherRegions: { region: region, namespace: regional[i].outputs.fullyQualifiedNamespace }]
     keyVaultName: vault.outputs.name
     servicenowInstance: servicenowInstance

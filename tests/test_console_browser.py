@@ -100,6 +100,12 @@ def hostile_alert() -> bytes:
     return json.dumps(alert).encode()
 
 
+def signed_in_as(browser, name: str, oid: str, role: str, **options):
+    """A browser context whose requests carry App Service Authentication's principal for this person."""
+    header = identity.encode_easy_auth(name, oid, roles=(role,))
+    return browser.new_context(extra_http_headers={identity.HEADER: header}, **options)
+
+
 @pytest.fixture
 def signed_in_console(tmp_path, monkeypatch):
     """The ASGI app as the Functions host serves it (App Service Authentication identities), on uvicorn."""
@@ -122,9 +128,7 @@ def signed_in_console(tmp_path, monkeypatch):
 
 def test_an_on_call_engineer_approves_the_pending_step_and_sees_it_run_with_its_audit(browser, signed_in_console):
     base, store = signed_in_console
-    header = identity.encode_easy_auth("oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444",
-                                       roles=("Aegis.Approver",))  # fmt: skip
-    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    context = signed_in_as(browser, "oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444", "Aegis.Approver")
     page = context.new_page()
     page.goto(f"{base}/console")
     assert page.locator("header .who").inner_text() == "oncall@contoso.com · approver"
@@ -151,9 +155,7 @@ def test_an_on_call_engineer_approves_the_pending_step_and_sees_it_run_with_its_
     assert page.locator("strong.status").inner_text() == "awaiting approval"  # 1 of 2
     assert page.locator("p.state").inner_text().startswith("1 of 2: waiting for a second approver, not you")
     assert page.get_by_role("button", name="Approve").count() == 0  # nothing for this person to press
-    second = identity.encode_easy_auth("duty@contoso.com", "0d0d0d0d-1111-2222-3333-444444444444",
-                                       roles=("Aegis.Approver",))  # fmt: skip
-    other = browser.new_context(extra_http_headers={identity.HEADER: second})
+    other = signed_in_as(browser, "duty@contoso.com", "0d0d0d0d-1111-2222-3333-444444444444", "Aegis.Approver")
     page2 = other.new_page()
     page2.goto(f"{base}/console/approvals/{key}")
     page2.get_by_role("button", name="Approve").click()
@@ -247,9 +249,7 @@ def test_self_approval_is_refused_and_an_alert_field_with_script_is_shown_as_tex
 
 def test_an_analyst_narrows_the_incident_list_and_shares_the_view_as_a_link(browser, signed_in_console):
     base, store = signed_in_console
-    header = identity.encode_easy_auth("analyst@contoso.com", "0e0e0e0e-1111-2222-3333-444444444444",
-                                       roles=("Aegis.Reader",))  # fmt: skip
-    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    context = signed_in_as(browser, "analyst@contoso.com", "0e0e0e0e-1111-2222-3333-444444444444", "Aegis.Reader")
     page = context.new_page()
     page.goto(f"{base}/console")
     rows = page.locator("table.incidents tbody tr")
@@ -282,7 +282,9 @@ def test_an_analyst_narrows_the_incident_list_and_shares_the_view_as_a_link(brow
         assert found.severity.value == "high"
         assert any("203.0.113" in e.key for e in found.entities) or "203.0.113" in found.title
     shared = page.url
-    other = browser.new_context(extra_http_headers={identity.HEADER: header}).new_page()
+    other = signed_in_as(
+        browser, "analyst@contoso.com", "0e0e0e0e-1111-2222-3333-444444444444", "Aegis.Reader"
+    ).new_page()
     other.goto(shared)  # the link is the view
     assert other.locator("table.incidents tbody tr").count() == rows.count()
     other.context.close()
@@ -302,9 +304,7 @@ def test_an_analyst_narrows_the_incident_list_and_shares_the_view_as_a_link(brow
 
 def test_an_analyst_acknowledges_comments_closes_and_reopens_an_incident(browser, signed_in_console):
     base, store = signed_in_console
-    header = identity.encode_easy_auth("ana@contoso.com", "0a0a0a0a-1111-2222-3333-444444444444",
-                                       roles=("Aegis.Analyst",))  # fmt: skip
-    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    context = signed_in_as(browser, "ana@contoso.com", "0a0a0a0a-1111-2222-3333-444444444444", "Aegis.Analyst")
     page = context.new_page()
     page.goto(f"{base}/console")
     page.locator("table.incidents tbody tr a").first.click()
@@ -350,8 +350,7 @@ def test_the_audit_log_names_people_by_name_and_object_id_filters_and_repeats_no
     entries = store.audit_log()
     per_step = [(a.step, a.event) for a in entries if a.step]
     assert len(per_step) == len(set(per_step))  # a dry-run step is planned once: one entry, with its call
-    header = identity.encode_easy_auth("rita@contoso.com", "0f0f", roles=("Aegis.Reader",))
-    context = browser.new_context(extra_http_headers={identity.HEADER: header})
+    context = signed_in_as(browser, "rita@contoso.com", "0f0f", "Aegis.Reader")
     page = context.new_page()
     page.goto(f"{base}/console/audit")
     rows = page.locator("table.audit tbody tr")
@@ -374,10 +373,8 @@ def test_the_audit_log_names_people_by_name_and_object_id_filters_and_repeats_no
 @pytest.mark.parametrize(("width", "height"), [(390, 844), (1280, 900)], ids=["phone", "desktop"])
 def test_the_decision_is_on_the_first_screen_and_both_approve_and_deny_work(browser, signed_in_console, width, height):
     base, store = signed_in_console
-    header = identity.encode_easy_auth("oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444",
-                                       roles=("Aegis.Approver",))  # fmt: skip
-    context = browser.new_context(extra_http_headers={identity.HEADER: header},
-                                  viewport={"width": width, "height": height}, is_mobile=width < 500)  # fmt: skip
+    context = signed_in_as(browser, "oncall@contoso.com", "0c0c0c0c-1111-2222-3333-444444444444", "Aegis.Approver",
+                           viewport={"width": width, "height": height}, is_mobile=width < 500)  # fmt: skip
     page = context.new_page()
     page.goto(f"{base}/console/approvals")
     first = page.locator("section.approval").first

@@ -145,6 +145,12 @@ class Console:
             raise HTTPException(403, "the form's security token is missing or stale: reload the page and try again")
         return fields
 
+    def _incident(self, ident: str) -> Incident:
+        found = next((i for i in self.incidents() if i.id == ident), None)
+        if found is None:
+            raise HTTPException(404, "no such incident")
+        return found
+
     def _step(self, key: str) -> StepRecord:
         step = self.store.step(key)
         if step is None:
@@ -202,15 +208,12 @@ class Console:
         who = self._who(request, triage=True)
         fields = await self._form(request)
         incident_id = request.path_params["incident"]
-        found = [i for i in self.incidents() if i.id == incident_id]
-        if not found:
-            raise HTTPException(404, "no such incident")
         seen = fields.get("revision", "")
         try:
             Triager(self.store).apply(
-                found[0], fields.get("verb", ""), who.name, who.id, seen=int(seen) if seen.isdigit() else None,
-                owner=fields.get("owner", ""), classification=fields.get("classification", ""),
-                text=fields.get("text", ""),
+                self._incident(incident_id), fields.get("verb", ""), who.name, who.id,
+                seen=int(seen) if seen.isdigit() else None, owner=fields.get("owner", ""),
+                classification=fields.get("classification", ""), text=fields.get("text", ""),
             )  # fmt: skip
         except TriageRefused as exc:
             return self.incident_page(request, error=str(exc), status=409)
@@ -221,11 +224,9 @@ class Console:
         who = self._who(request, decide=True)
         fields = await self._form(request)
         incident_id = request.path_params["incident"]
-        found = [i for i in self.incidents() if i.id == incident_id]
-        if not found:
-            raise HTTPException(404, "no such incident")
+        incident = self._incident(incident_id)
         try:
-            steps = Responder(self.response, self.store).request(found[0], fields.get("playbook", ""), who.name, who.id)
+            steps = Responder(self.response, self.store).request(incident, fields.get("playbook", ""), who.name, who.id)
         except InputNotFound as exc:
             raise HTTPException(400, str(exc)) from None
         log.info("playbook_requested", incident=incident_id, person=who.name, steps=len(steps))

@@ -26,6 +26,7 @@ param sentinelWorkspaceId string = ''
 @description('Where incidents are delivered: empty, or a comma-separated list of sentinel, teams, defender_xdr.')
 param deliverers string = ''
 param subscriptionTenants string = ''
+param displayTimezone string = 'UTC'
 @description('The other regions\' diagnostics namespaces: [{region, namespace}]; the app consumes each (AEGIS_EVENTHUB_<REGION>).')
 param regionalNamespaces array = []
 @description('Optional ticket systems: their sites and accounts; the secrets stay in Key Vault (servicenow-password, jira-token) and reach the app as Key Vault references.')
@@ -87,6 +88,7 @@ var settings = {
   AEGIS_DELIVERERS: deliverers
   AEGIS_TENANT_ID: tenant().tenantId // events that name no tenant belong to the deployment's
   AEGIS_TENANTS: subscriptionTenants
+  AEGIS_DISPLAY_TIMEZONE: displayTimezone
   AEGIS_DELIVER_MIN_SEVERITY: 'medium'
   // Flex Consumption's App Service Authentication does not block unauthenticated callers (its documentation):
   // the app believes only an Entra ID token it checks itself (aegis/approvals/identity.py, from_bearer)
