@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from aegis.assets import Asset, AssetChange, Finding, KeyCaller
 from aegis.events import DeadLetter, Event
 from aegis.records import AuditEntry, Enrichment, Incident, Pending, Principal, StepRecord, Triage
 
@@ -158,6 +159,35 @@ class Store(Protocol):
 
     def enrichment(self, incident: str, *, kind: str = "enrich") -> list[Enrichment]:
         """What was kept for `incident`, by name."""
+        ...
+
+    # --- the AI estate (`aegis.inventory`): assets, their findings, what changed, key callers ---
+
+    def assets(self) -> list[Asset]:
+        """The assets of the latest inventory refresh, by id."""
+        ...
+
+    def save_inventory(
+        self, assets: Sequence[Asset], findings: Sequence[Finding], changes: Sequence[AssetChange],
+        *, gone: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        """Write (replace) these assets and findings, delete the assets `gone` (by id) and append the changes."""
+        ...
+
+    def findings(self) -> list[Finding]:
+        """Every finding, open and closed, by asset."""
+        ...
+
+    def asset_changes(self, *, limit: int | None = None) -> list[AssetChange]:
+        """What the refreshes saw change, newest first (retention purges the old ones)."""
+        ...
+
+    def key_callers(self, account: str) -> list[KeyCaller]:
+        """Who the logs showed calling `account` (an ARM id) with its keys, most recent first."""
+        ...
+
+    def save_key_callers(self, callers: Sequence[KeyCaller]) -> None:
+        """Write (replace) these callers' rows."""
         ...
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from aegis.assets import Asset, AssetChange, Finding, KeyCaller
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event, richer
 from aegis.records import (
@@ -123,6 +124,14 @@ CREATE TABLE IF NOT EXISTS triage (
     revision INTEGER NOT NULL,
     doc BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inventory (
+    kind TEXT NOT NULL,  -- asset | finding | change | caller
+    key TEXT NOT NULL,
+    part TEXT NOT NULL,  -- an asset's id, a change's time, a caller's account: what it is read by
+    doc BLOB NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX IF NOT EXISTS inventory_by_part ON inventory (kind, part);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     doc BLOB NOT NULL
@@ -232,6 +241,9 @@ class SqliteStore:
             gone = cur.execute("DELETE FROM events WHERE time < ?", (at,)).rowcount
             gone += cur.execute("DELETE FROM dead_letters WHERE received < ?", (at,)).rowcount
             gone += cur.execute("DELETE FROM raw_messages WHERE received < ?", (at,)).rowcount
+            gone += cur.execute("DELETE FROM inventory WHERE kind = 'change' AND part < ?", (at,)).rowcount
+            gone += cur.execute("DELETE FROM inventory WHERE kind = 'caller' AND json_extract(doc, '$.last_seen') < ?",
+                                (at.replace("+00:00", "Z"),)).rowcount  # fmt: skip
         return gone
 
     def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
@@ -455,6 +467,44 @@ class SqliteStore:
         with self._write() as cur:
             cur.executemany("INSERT OR REPLACE INTO principals VALUES (?, ?)",
                             [(k, p.to_json()) for k, p in entries.items()])  # fmt: skip
+
+    # --- the AI estate ---
+
+    def assets(self) -> list[Asset]:
+        return [Asset.from_json(d) for d in self._docs("SELECT doc FROM inventory WHERE kind = 'asset' ORDER BY key")]
+
+    def save_inventory(
+        self, assets: Sequence[Asset], findings: Sequence[Finding], changes: Sequence[AssetChange],
+        *, gone: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        rows = [("asset", a.id, a.id, a.to_json()) for a in assets]
+        rows += [("finding", f.id, f.asset, f.to_json()) for f in findings]
+        rows += [("change", c.key, c.time.astimezone(UTC).isoformat(), c.to_json()) for c in changes]
+        with self._write() as cur:
+            cur.executemany("DELETE FROM inventory WHERE kind = 'asset' AND key = ?", [(g,) for g in gone])
+            cur.executemany("INSERT OR REPLACE INTO inventory VALUES (?, ?, ?, ?)", rows)
+
+    def findings(self) -> list[Finding]:
+        query = "SELECT doc FROM inventory WHERE kind = 'finding' ORDER BY part, key"
+        return [Finding.from_json(d) for d in self._docs(query)]
+
+    def asset_changes(self, *, limit: int | None = None) -> list[AssetChange]:
+        query = "SELECT doc FROM inventory WHERE kind = 'change' ORDER BY part DESC, key DESC LIMIT ?"
+        return [AssetChange.from_json(d) for d in self._docs(query, (-1 if limit is None else limit,))]
+
+    def key_callers(self, account: str) -> list[KeyCaller]:
+        query = "SELECT doc FROM inventory WHERE kind = 'caller' AND part = ?"
+        found = [KeyCaller.from_json(d) for d in self._docs(query, (account.lower(),))]
+        return sorted(found, key=lambda c: c.last_seen, reverse=True)
+
+    def save_key_callers(self, callers: Sequence[KeyCaller]) -> None:
+        with self._write() as cur:
+            cur.executemany("INSERT OR REPLACE INTO inventory VALUES ('caller', ?, ?, ?)",
+                            [(c.key, c.account.lower(), c.to_json()) for c in callers])  # fmt: skip
+
+    def _docs(self, query: str, params: Sequence[Any] = ()) -> list[bytes]:
+        with self._lock, _translate(self.path):
+            return [row[0] for row in self._db.execute(query, params).fetchall()]
 
     # --- enrichment ---
 

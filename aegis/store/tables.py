@@ -59,6 +59,7 @@ from azure.data.tables import (
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from aegis.assets import Asset, AssetChange, Finding, KeyCaller
 from aegis.errors import StoreError, StoreUnavailable
 from aegis.events import DeadLetter, Event, richer
 from aegis.records import (
@@ -186,6 +187,16 @@ class TableStore:
                 with suppress(ResourceNotFoundError):
                     self._state.delete_entity(row["PartitionKey"], row["RowKey"])
                     gone += row.get("count") or 1
+            old_changes = self._response.query_entities(
+                "PartitionKey eq @pk and RowKey gt @row", select=["PartitionKey", "RowKey"],
+                parameters={"pk": INVENTORY["change"], "row": _countdown(before)})  # fmt: skip
+            old_callers = self._response.query_entities(
+                "PartitionKey gt @lo and PartitionKey lt @hi and last_seen lt @at", select=["PartitionKey", "RowKey"],
+                parameters={"lo": f"{CALLERS}-", "hi": f"{CALLERS}.", "at": sortable(before)})  # fmt: skip
+            for row in [*old_changes, *old_callers]:
+                with suppress(ResourceNotFoundError):
+                    self._response.delete_entity(row["PartitionKey"], row["RowKey"])
+                    gone += 1
             for blob in self._raw.list_blobs():
                 if blob.last_modified is not None and blob.last_modified < before:
                     with suppress(ResourceNotFoundError):
@@ -542,6 +553,66 @@ class TableStore:
                 self._response.submit_transaction([("upsert", r, {"mode": UpdateMode.REPLACE})
                                                    for r in rows[i : i + _TRANSACTION_SIZE]])  # fmt: skip
 
+    # --- the AI estate: partitions `inventory-*` and `callers-<account>` of the response table ---
+
+    def assets(self) -> list[Asset]:
+        return sorted((Asset.from_json(d) for d in self._partition(INVENTORY["asset"])), key=lambda a: a.id)
+
+    def save_inventory(
+        self, assets: Sequence[Asset], findings: Sequence[Finding], changes: Sequence[AssetChange],
+        *, gone: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        def row(kind: str, key: str, doc: bytes) -> tuple[str, dict[str, Any], dict[str, Any]]:
+            return (
+                "upsert",
+                {"PartitionKey": INVENTORY[kind], "RowKey": key, **_pack(doc)},
+                {"mode": UpdateMode.REPLACE},
+            )
+
+        ops = [row("asset", _principal_row(a.id), a.to_json()) for a in assets]
+        ops += [("delete", {"PartitionKey": INVENTORY["asset"], "RowKey": _principal_row(g)}, {}) for g in gone]
+        ops += [row("finding", f.id, f.to_json()) for f in findings]
+        ops += [row("change", f"{_countdown(c.time)}-{c.key[-16:]}", c.to_json()) for c in changes]
+        with _translate():
+            for op, entity, kw in ops:  # each row on its own: an asset's document may fill a transaction alone
+                if op == "delete":
+                    with suppress(ResourceNotFoundError):
+                        self._response.delete_entity(entity["PartitionKey"], entity["RowKey"])
+                else:
+                    self._response.upsert_entity(entity, **kw)
+
+    def findings(self) -> list[Finding]:
+        return sorted((Finding.from_json(d) for d in self._partition(INVENTORY["finding"])),
+                      key=lambda f: (f.asset, f.id))  # fmt: skip
+
+    def asset_changes(self, *, limit: int | None = None) -> list[AssetChange]:
+        return [AssetChange.from_json(d) for d in self._partition(INVENTORY["change"], limit=limit)]
+
+    def key_callers(self, account: str) -> list[KeyCaller]:
+        found = [KeyCaller.from_json(d) for d in self._partition(_callers_partition(account))]
+        return sorted(found, key=lambda c: c.last_seen, reverse=True)
+
+    def save_key_callers(self, callers: Sequence[KeyCaller]) -> None:
+        by_partition: dict[str, list[Any]] = defaultdict(list)
+        for c in callers:
+            entity = {"PartitionKey": _callers_partition(c.account), "RowKey": c.key, "last_seen": sortable(c.last_seen),
+                      **_pack(c.to_json())}  # fmt: skip
+            by_partition[entity["PartitionKey"]].append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
+        with _translate():
+            for ops in by_partition.values():
+                for i in range(0, len(ops), _TRANSACTION_SIZE):
+                    self._response.submit_transaction(ops[i : i + _TRANSACTION_SIZE])
+
+    def _partition(self, pk: str, *, limit: int | None = None) -> list[bytes]:
+        with _translate():
+            rows = self._response.query_entities("PartitionKey eq @pk", parameters={"pk": pk})
+            out = []
+            for r in rows:
+                out.append(_unpack(r))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
     # --- enrichment and delivery: rows `<kind>-<name>` of its partition ---
 
     def save_enrichment(self, incident: str, items: Sequence[Enrichment], *, kind: str = "enrich") -> None:
@@ -615,6 +686,10 @@ ENTITIES_ROW = "bucket-entities"  # sorts between the head and the chunks: read 
 INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
 PRINCIPALS_PARTITION = "principals"  # in the response table: the directory (`aegis.directory`)
+# in the response table: the inventory's assets, findings and changes (newest first), and the key callers of each account
+INVENTORY = {"asset": "inventory-asset", "finding": "inventory-finding", "change": "inventory-change"}
+CALLERS = "callers"
+_NEVER = 10**17  # a change's row key counts down from this (µs since the epoch): the newest sorts first
 TRIAGE_ROW = "triage"
 TICKET_ROW = "ticket"
 COUNTER_PARTITION = "~counters"  # sorts after every incident id (hex)
@@ -624,6 +699,14 @@ _MAX_CHUNKS = 15  # an entity holds at most 1 MiB: 15 binary properties of 64 Ki
 
 def _principal_row(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]  # a UPN may hold characters a row key may not (#)
+
+
+def _countdown(at: datetime) -> str:
+    return f"{_NEVER - int(at.timestamp() * 1_000_000):017d}"
+
+
+def _callers_partition(account: str) -> str:
+    return f"{CALLERS}-{hashlib.sha256(account.lower().encode()).hexdigest()[:24]}"
 
 
 def _outbox_row(incident: str, fp: str) -> str:
