@@ -190,9 +190,9 @@ def parse_asset(row: Mapping[str, Any], *, tags: TagNames = TagNames(), aegis_hu
         for p in _list(props.get("privateEndpointConnections")) if isinstance(p, dict)
     )  # fmt: skip
     identity = _obj(row.get("identity"))
-    identities = tuple(
-        [str(identity.get("type", "")).lower()] if identity.get("type") and str(identity["type"]).lower() != "none" else []
-    ) + tuple(k.lower() for k in _obj(identity.get("userAssignedIdentities")))  # fmt: skip
+    kind = str(identity.get("type") or "none").lower()
+    assigned = tuple(k.lower() for k in _obj(identity.get("userAssignedIdentities")))
+    identities = (kind, *assigned) if kind != "none" else assigned
     is_hub = rid.type == HUB_TYPE
     local = props.get("disableLocalAuth")
     policies = {safe_text(_obj(p).get("name"), 128).lower(): _obj(p) for p in _list(row.get("raiPolicies"))}
@@ -370,15 +370,23 @@ def blind_spots(asset: Asset, *, infra_hub: str = "ai-diagnostics") -> list[tupl
         said = f"publicNetworkAccess {asset.public_network_access or 'not set (enabled)'}"
         if asset.type != HUB_TYPE:
             said += f", networkAcls.defaultAction {asset.default_action or 'not set (allow)'}"
-        found.append(("public_network", "", (said, f"{len(asset.ip_rules)} IP rule(s), "
-                                                   f"{len(asset.private_endpoints)} private endpoint(s)"),
-                      "set properties.publicNetworkAccess=Disabled and reach it through a private endpoint, or "
-                      "properties.networkAcls.defaultAction=Deny with ipRules for the networks that call it"))  # fmt: skip
+        found.append(
+            (
+                "public_network",
+                "",
+                (said, f"{len(asset.ip_rules)} IP rule(s), {len(asset.private_endpoints)} private endpoint(s)"),
+                "set properties.publicNetworkAccess=Disabled and reach it through a private endpoint, or "
+                "properties.networkAcls.defaultAction=Deny with ipRules for the networks that call it",
+            )
+        )
     for d in asset.deployments:
         if reasons := d.weakened():
-            found.append(("weak_content_filter", d.name, (f"deployment {d.name}: policy {d.rai_policy}", *reasons),
-                          f"set deployment {d.name}'s properties.raiPolicyName to Microsoft.DefaultV2, or put the "
-                          f"policy {d.rai_policy}'s filters back to blocking at medium with the jailbreak shield on"))  # fmt: skip
+            evidence = (f"deployment {d.name}: policy {d.rai_policy}", *reasons)
+            fix = (
+                f"set deployment {d.name}'s properties.raiPolicyName to Microsoft.DefaultV2, or put the policy "
+                f"{d.rai_policy}'s filters back to blocking at medium with the jailbreak shield on"
+            )
+            found.append(("weak_content_filter", d.name, evidence, fix))
     return found
 
 
@@ -540,9 +548,8 @@ class AssetBook:
         level = min(max(SEVERITY_ORDER.index(severity) + step, 0), len(SEVERITY_ORDER) - 1)
         if SEVERITY_ORDER[level] == severity:
             return severity, None
-        return SEVERITY_ORDER[
-            level
-        ], f"asset {asset.name} is {asset.criticality}: 1 {'higher' if step > 0 else 'lower'}"
+        way = "higher" if step > 0 else "lower"
+        return SEVERITY_ORDER[level], f"asset {asset.name} is {asset.criticality}: 1 {way}"
 
 
 def context(asset: Asset) -> dict[str, Any]:
@@ -579,5 +586,6 @@ class KeyCaller:
 
     def describe(self) -> str:
         parts = [f"from {self.ip}" if self.ip else "from an unknown network",
-                 f"as {self.user_agent!r}" if self.user_agent else "", f"on {self.deployment}" if self.deployment else ""]  # fmt: skip
+                 f"as {self.user_agent!r}" if self.user_agent else "",
+                 f"on {self.deployment}" if self.deployment else ""]  # fmt: skip
         return " ".join(p for p in parts if p) + f", last {self.last_seen:%Y-%m-%d %H:%M} UTC"

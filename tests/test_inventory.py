@@ -88,16 +88,24 @@ def parsed(row: dict[str, Any]) -> Asset:
 
 def test_an_account_row_says_owner_criticality_exposure_deployments_and_monitoring():
     a = parsed(full_row())
-    assert a.id == ACCOUNT.lower() and a.name == "copilot-prod" and a.kind == "openai"
+    assert a.id == ACCOUNT.lower()
+    assert a.name == "copilot-prod"
+    assert a.kind == "openai"
     assert (a.owner, a.criticality, a.data_classification) == ("ana@contoso.com", "high", "Confidential")
-    assert a.public_network_access == "enabled" and a.default_action == "deny" and a.ip_rules == ("203.0.113.0/24",)
-    assert not a.public and a.has_public_endpoint and a.local_auth is False
+    assert a.public_network_access == "enabled"
+    assert a.default_action == "deny"
+    assert a.ip_rules == ("203.0.113.0/24",)
+    assert not a.public
+    assert a.has_public_endpoint
+    assert a.local_auth is False
     assert a.identities == ("systemassigned",)
     assert [d.name for d in a.deployments] == ["chat", "chat-lax"]
     assert a.deployments[0].weakened() == ()
     lax = a.deployments[1].weakened()
-    assert "hate (prompt) blocks only high severity" in lax and "jailbreak (prompt) is not in the policy" in lax
-    assert a.monitored is True and a.defender is True
+    assert "hate (prompt) blocks only high severity" in lax
+    assert "jailbreak (prompt) is not in the policy" in lax
+    assert a.monitored is True
+    assert a.defender is True
     assert Asset.from_json(a.to_json()) == a
 
 
@@ -119,7 +127,10 @@ def test_tags_are_matched_without_case_cut_and_cleaned_and_their_names_are_confi
     row = account_row()
     row["tags"] = {"OWNER": "eve\u202e@evil\x00" + "x" * 500, "tier": "Critical"}
     a = parse_asset(row, tags=TagNames(criticality=("tier",)))
-    assert a.owner is not None and "\u202e" not in a.owner and "\x00" not in a.owner and len(a.owner) <= 128
+    assert a.owner is not None
+    assert "\u202e" not in a.owner
+    assert "\x00" not in a.owner
+    assert len(a.owner) <= 128
     assert a.criticality == "critical"
 
 
@@ -141,14 +152,17 @@ def test_hostile_shapes_inside_a_row_are_ignored_not_fatal():
     row["raiPolicies"] = "x"
     row["diagnosticSettings"] = [{"properties": {"logs": "all"}}]
     a = parsed(row)
-    assert a.public and a.monitored is False and a.identities == ()
+    assert a.public
+    assert a.monitored is False
+    assert a.identities == ()
 
 
 def test_a_foundry_hub_is_public_without_a_private_endpoint_and_has_no_local_auth():
     hub = {"id": HUB, "name": "foundry-hub", "type": "microsoft.machinelearningservices/workspaces", "kind": "Hub",
            "subscriptionId": SUB, "resourceGroup": "rg-ai", "properties": {"publicNetworkAccess": "Enabled"}}  # fmt: skip
     a = parse_asset(hub)
-    assert a.public and a.local_auth is None
+    assert a.public
+    assert a.local_auth is None
     assert [k for k, *_ in assets.blind_spots(a)] == ["public_network"]
 
 
@@ -167,7 +181,8 @@ def test_each_blind_spot_is_a_finding_with_evidence_and_the_exact_fix():
     assert kinds(found) == [("local_auth", "", True), ("no_defender", "", True), ("no_diagnostics", "", True),
                             ("public_network", "", True), ("weak_content_filter", "chat-lax", True)]  # fmt: skip
     by = {f.kind: f for f in found}
-    assert "aiAccountIds" in by["no_diagnostics"].fix and ACCOUNT.lower() in by["no_diagnostics"].fix
+    assert "aiAccountIds" in by["no_diagnostics"].fix
+    assert ACCOUNT.lower() in by["no_diagnostics"].fix
     assert by["no_diagnostics"].evidence == ("no diagnostic setting",)
     assert "disableLocalAuth=true" in by["local_auth"].fix
     assert "enableDefenderForAi" in by["no_defender"].fix
@@ -180,13 +195,17 @@ def test_a_finding_stays_open_from_when_it_opened_closes_when_fixed_and_reopens(
     first = assets.reconcile([bad], [], T0)
     later = assets.reconcile([bad], first, T0 + timedelta(hours=1))
     local = next(f for f in later if f.kind == "local_auth")
-    assert local.opened == T0 and local.seen == T0 + timedelta(hours=1) and local.open
+    assert local.opened == T0
+    assert local.seen == T0 + timedelta(hours=1)
+    assert local.open
     fixed = assets.reconcile([parsed(full_row())], later, T0 + timedelta(hours=2))
     closed = next(f for f in fixed if f.kind == "local_auth")
-    assert closed.closed == T0 + timedelta(hours=2) and not closed.open
+    assert closed.closed == T0 + timedelta(hours=2)
+    assert not closed.open
     again = assets.reconcile([bad], fixed, T0 + timedelta(hours=3))
     reopened = next(f for f in again if f.kind == "local_auth")
-    assert reopened.open and reopened.opened == T0 + timedelta(hours=3)
+    assert reopened.open
+    assert reopened.opened == T0 + timedelta(hours=3)
 
 
 def test_a_relaxed_content_filter_and_keys_turned_back_on_are_changes_with_their_time():
@@ -196,11 +215,12 @@ def test_a_relaxed_content_filter_and_keys_turned_back_on_are_changes_with_their
     row["deployments"][0] = deployment("chat", "lax")
     after = parsed(row)
     seen = {c.what: c for c in assets.changes(before, after, T0)}
-    assert seen["local (key) auth"].weaker and seen["local (key) auth"].after == "on"
+    assert seen["local (key) auth"].weaker
+    assert seen["local (key) auth"].after == "on"
     relaxed = seen["deployment chat content filter"]
-    assert (
-        relaxed.weaker and relaxed.before == "Microsoft.DefaultV2" and "annotates and does not block" in relaxed.after
-    )
+    assert relaxed.weaker
+    assert relaxed.before == "Microsoft.DefaultV2"
+    assert "annotates and does not block" in relaxed.after
     assert relaxed.time == T0
     assert assets.changes(after, after, T0) == []
 
@@ -219,15 +239,18 @@ def test_a_refresh_keeps_assets_findings_and_changes_and_closes_what_was_fixed(s
     row.pop("diagnosticSettings")  # this refresh could not read them: what the last one read stands
     second = inv.refresh(store, [row, account_row(SANDBOX)], options=OPTIONS, now=T0 + timedelta(hours=1))
     prod = next(a for a in store.assets() if a.name == "copilot-prod")
-    assert prod.monitored is True and prod.local_auth is False
+    assert prod.monitored is True
+    assert prod.local_auth is False
     assert sorted(f.kind for f in second.open) == ["weak_content_filter"]  # the sandbox says nothing it lacks
     closed = [f for f in store.findings() if not f.open]
     assert [(f.kind, f.closed) for f in closed] == [("local_auth", T0 + timedelta(hours=1))]
     whats = [c.what for c in store.asset_changes()]
-    assert whats[0] in {"asset", "local (key) auth"} and "local (key) auth" in whats
+    assert whats[0] in {"asset", "local (key) auth"}
+    assert "local (key) auth" in whats
 
     third = inv.refresh(store, [row], options=OPTIONS, now=T0 + timedelta(hours=2))
-    assert third.gone == [SANDBOX.lower()] and [a.name for a in store.assets()] == ["copilot-prod"]
+    assert third.gone == [SANDBOX.lower()]
+    assert [a.name for a in store.assets()] == ["copilot-prod"]
     assert store.asset_changes(limit=1)[0].after == "gone"
 
 
@@ -246,7 +269,8 @@ def test_retention_purges_old_changes_and_key_callers(store):
     inv.refresh(store, [account_row()], now=T0 - timedelta(days=40))
     store.save_key_callers([KeyCaller(ACCOUNT.lower(), "203.0.113.7", None, None, T0 - timedelta(days=40))])
     store.purge(T0 - timedelta(days=30))
-    assert store.asset_changes() == [] and store.key_callers(ACCOUNT) == []
+    assert store.asset_changes() == []
+    assert store.key_callers(ACCOUNT) == []
     assert [a.name for a in store.assets()] == ["copilot-prod"]  # the inventory itself stays
 
 
@@ -259,7 +283,8 @@ def test_the_book_finds_an_asset_by_a_child_id_and_weighs_by_criticality_one_ste
     low = parse_asset({**account_row(SANDBOX), "tags": {"criticality": "low"}})
     book = AssetBook([crit, low])
     assert book.get(f"{ACCOUNT}/deployments/chat".lower()) is crit
-    assert book.get(SANDBOX.upper()) is low and book.named("SANDBOX") is low
+    assert book.get(SANDBOX.upper()) is low
+    assert book.named("SANDBOX") is low
     assert book.get("/subscriptions/x/resourcegroups/y/providers/microsoft.cognitiveservices/accounts/none") is None
     assert book.weigh(Severity.MEDIUM, crit, alerted=False) == (
         Severity.HIGH,
@@ -324,12 +349,14 @@ def test_the_estate_is_read_page_by_page_with_throttling_honoured_and_a_403_said
     got = Estate(conn, subscriptions=[SUB], sleep=waits.append).collect()
     assert time.monotonic() - started >= 1.0  # the 429's Retry-After
     assert waits == [2]  # the first page left no quota: waited for its reset before the second
-    assert got.pages == 2 and [r["name"] for r in got.rows] == ["copilot-prod", "sandbox"]
+    assert got.pages == 2
+    assert [r["name"] for r in got.rows] == ["copilot-prod", "sandbox"]
     assert got.errors == [f"{SANDBOX}: cannot read diagnosticSettings (403 Forbidden)"]
 
     posts = [s for s in server.seen if s.method == "POST"]
     assert [p.query["api-version"] for p in posts] == [["2021-03-01"]] * 3
-    assert posts[0].body["subscriptions"] == [SUB] and "$skipToken" not in posts[0].body["options"]
+    assert posts[0].body["subscriptions"] == [SUB]
+    assert "$skipToken" not in posts[0].body["options"]
     assert posts[0].body["options"] == {"$top": 1000, "resultFormat": "objectArray", "allowPartialScopes": False}
     assert posts[2].body["options"]["$skipToken"] == "page-2"
     assert "microsoft.cognitiveservices/accounts" in posts[0].body["query"]
@@ -338,6 +365,9 @@ def test_the_estate_is_read_page_by_page_with_throttling_honoured_and_a_403_said
 
     store_rows = copy.deepcopy(got.rows)
     prod_asset, sandbox_asset = (parsed(r) for r in store_rows)
-    assert prod_asset.monitored is True and prod_asset.defender is True
-    assert [d.name for d in prod_asset.deployments] == ["chat", "chat-lax"] and prod_asset.deployments[1].weakened()
-    assert sandbox_asset.monitored is None and sandbox_asset.defender is True  # unreadable: unknown
+    assert prod_asset.monitored is True
+    assert prod_asset.defender is True
+    assert [d.name for d in prod_asset.deployments] == ["chat", "chat-lax"]
+    assert prod_asset.deployments[1].weakened()
+    assert sandbox_asset.monitored is None
+    assert sandbox_asset.defender is True

@@ -89,12 +89,11 @@ class Estate:
             rtype, rid = str(row.get("type", "")).lower(), str(row.get("id", ""))
             sub = str(row.get("subscriptionId") or "")
             if rtype == ACCOUNT_TYPES[0]:
-                self._read(out, rid, "deployments", row, lambda: self._deployments(row))
+                row.update(self._read(out, rid, "deployments", self._deployments, row) or {})
             if rtype in (ACCOUNT_TYPES[0], HUB_TYPE):
-                self._read(out, rid, "diagnosticSettings", row, lambda: self._diagnostics(rid))
+                row.update(self._read(out, rid, "diagnosticSettings", self._diagnostics, rid) or {})
             if sub and sub not in plans:
-                plans[sub] = None
-                self._read(out, f"/subscriptions/{sub}", "defenderForAi", plans, lambda: self._plan(sub), key=sub)
+                plans[sub] = self._read(out, f"/subscriptions/{sub}", "defenderForAi", self._plan, sub)
             if plans.get(sub) is not None:
                 row["defenderForAi"] = plans[sub]
             out.rows.append(row)
@@ -124,15 +123,14 @@ class Estate:
                 logger.info("inventory.throttled", wait_s=wait)
                 self.sleep(wait)
 
-    def _read(self, out: Collected, what: str, key_name: str, into: dict[str, Any], read: Callable[[], Any],
-              key: str | None = None) -> None:  # fmt: skip
+    @staticmethod
+    def _read(out: Collected, what: str, part: str, read: Callable[[Any], Any], arg: Any) -> Any:
+        """`read(arg)`, or None with the reason in `out.errors` when Azure refuses it."""
         try:
-            if key is None:
-                into.update(read())
-            else:
-                into[key] = read()
+            return read(arg)
         except HttpResponseError as exc:
-            out.errors.append(f"{what}: cannot read {key_name} ({exc.status_code} {exc.reason or ''})".strip())
+            out.errors.append(f"{what}: cannot read {part} ({exc.status_code} {exc.reason or ''})".strip())
+            return None
 
     def _deployments(self, row: dict[str, Any]) -> dict[str, Any]:
         conn, sub, group, name = self.connections, row["subscriptionId"], row["resourceGroup"], row["name"]

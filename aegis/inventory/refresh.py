@@ -35,7 +35,7 @@ class Refreshed:
 
 @dataclass(frozen=True)
 class Options:
-    tags: TagNames = TagNames()
+    tags: TagNames = field(default_factory=TagNames)
     hubs: Sequence[str] = ("ai-diagnostics",)  # the event hubs a diagnostic setting must send to
     namespaces: Sequence[str] = ()  # Aegis's Event Hubs namespaces (empty: any)
     severity: Severity = Severity.LOW  # of the findings

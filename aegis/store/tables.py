@@ -595,8 +595,8 @@ class TableStore:
     def save_key_callers(self, callers: Sequence[KeyCaller]) -> None:
         by_partition: dict[str, list[Any]] = defaultdict(list)
         for c in callers:
-            entity = {"PartitionKey": _callers_partition(c.account), "RowKey": c.key, "last_seen": sortable(c.last_seen),
-                      **_pack(c.to_json())}  # fmt: skip
+            entity = {"PartitionKey": _callers_partition(c.account), "RowKey": c.key,
+                      "last_seen": sortable(c.last_seen), **_pack(c.to_json())}  # fmt: skip
             by_partition[entity["PartitionKey"]].append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
         with _translate():
             for ops in by_partition.values():
@@ -686,7 +686,7 @@ ENTITIES_ROW = "bucket-entities"  # sorts between the head and the chunks: read 
 INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
 PRINCIPALS_PARTITION = "principals"  # in the response table: the directory (`aegis.directory`)
-# in the response table: the inventory's assets, findings and changes (newest first), and the key callers of each account
+# in the response table: the inventory's assets, findings and changes (newest first), and each account's key callers
 INVENTORY = {"asset": "inventory-asset", "finding": "inventory-finding", "change": "inventory-change"}
 CALLERS = "callers"
 _NEVER = 10**17  # a change's row key counts down from this (µs since the epoch): the newest sorts first
