@@ -3,7 +3,7 @@
 import azure.functions as func
 
 from aegis import settings
-from handlers import approvals, enrich, ingest, respond, retention
+from handlers import approvals, enrich, ingest, inventory, respond, retention
 
 settings.get()  # a missing or invalid setting fails the worker at start-up, naming the setting
 
@@ -13,3 +13,4 @@ app.register_functions(respond.bp)
 app.register_functions(approvals.bp)
 app.register_functions(enrich.bp)
 app.register_functions(retention.bp)
+app.register_functions(inventory.bp)

@@ -13,7 +13,8 @@ one step (`AssetBook.weigh`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -550,6 +551,22 @@ class AssetBook:
             return severity, None
         way = "higher" if step > 0 else "lower"
         return SEVERITY_ORDER[level], f"asset {asset.name} is {asset.criticality}: 1 {way}"
+
+
+def cached_book(
+    read: Callable[[], Sequence[Asset]], *, weights: Mapping[str, int] | None = None, ttl: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[], AssetBook]:  # fmt: skip
+    """The inventory as a book, read again at most every `ttl` seconds (a worker reads it per batch)."""
+    held: list[tuple[float, AssetBook]] = []
+
+    def book() -> AssetBook:
+        now = clock()
+        if not held or now - held[0][0] >= ttl:
+            held[:] = [(now, AssetBook(read(), weights=dict(weights if weights is not None else DEFAULT_WEIGHTS)))]
+        return held[0][1]
+
+    return book
 
 
 def context(asset: Asset) -> dict[str, Any]:

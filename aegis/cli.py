@@ -730,15 +730,16 @@ def playbooks_plan(
 ) -> None:
     """What the response plan would do for an incident: each step, its target and exact parameters,
     the approvals it needs, and what it refuses and why. Runs nothing."""
+    from aegis.assets import AssetBook  # noqa: PLC0415
     from aegis.respond import planner  # noqa: PLC0415
     from aegis.respond import playbooks as response  # noqa: PLC0415
 
     loaded = response.load(folder)
     with _store(db, must_exist=True) as (_, store):
         found = [i for i in store.incidents() if i.id == incident_id]
-    if not found:
-        raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
-    steps = planner.plan(found[0], loaded)
+        if not found:
+            raise InputNotFound(f"no incident {incident_id}: `aegis incidents` lists them")
+        steps = planner.plan(found[0], loaded, assets=AssetBook(store.assets()), key_callers=store.key_callers)
     if as_json:
         _print_json([dataclasses.asdict(s) for s in steps])
         return

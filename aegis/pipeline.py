@@ -35,6 +35,7 @@ from aegis.decode import Limits, decode, items, kind_of
 from aegis.directory import Directory
 from aegis.errors import MalformedInput
 from aegis.events import DeadLetter, Event, Evidence, richer
+from aegis.keyuse import KeyUse
 from aegis.normalize import Ignored
 from aegis.normalize.registry import HubKind
 from aegis.records import Incident
@@ -117,6 +118,7 @@ class Pipeline:
         self.respond = respond
         self.tenancy = tenancy or Tenancy()  # which tenant each event belongs to (`tenancy.py`)
         self.directory = Directory(store, clock=clock)  # one entity per principal (`directory.py`)
+        self.key_use = KeyUse(store)  # who calls each AI account with its keys (`keyuse.py`)
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -164,6 +166,8 @@ class Pipeline:
                 counts.new_events = result.new_events
                 counts.duplicates = counts.events - result.new_events
         counts.dead_letters = len(dead_letters)
+        if events:
+            self.key_use.observe(events.values())
         if self.correlator is not None and events:
             with tracing.span("aegis.correlate") as correlating:
                 correlated = self.correlator.process(list(events.values()))

@@ -213,6 +213,8 @@ class PlannedStep:
     # disruptive steps only: "pending" (a source will be asked), "corroborated by ...", or
     # "uncorroborated: why" (then the step needs one approval more than the plan says); "" otherwise
     corroboration: str
+    # who will break if it runs, as the planner found them (the callers a key rotation cuts off)
+    dependents: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +251,7 @@ class StepRecord(PlannedStep):
             "approver_ids": tuple(d.get("approver_ids") or d["approvers"]),
             "aliases": tuple(d.get("aliases", ())),
             "corroboration": d.get("corroboration", ""),
+            "dependents": tuple(d.get("dependents", ())),
         }
         return cls(**{**d, **times, **ids, "approvers": tuple(d["approvers"])})
 
@@ -270,7 +273,7 @@ class StepRecord(PlannedStep):
             "approvals_needed": self.approvals, "approvers": list(self.approvers), "reason": self.reason,
             "requested_by": self.requested_by, "created": _iso(self.created), "expires": _iso(self.expires),
             "started": _iso(self.started), "attempts": self.attempts, "outcome": self.outcome,
-            "digest": self.digest, "escalated": self.escalated,
+            "digest": self.digest, "escalated": self.escalated, "dependents": list(self.dependents),
         }  # fmt: skip
 
 

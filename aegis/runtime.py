@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -17,10 +17,11 @@ from aegis import log, settings, tracing
 from aegis.approvals import bot, web
 from aegis.approvals.botauth import BotAuth, EntraBearer
 from aegis.approvals.sweep import SweepCounts, Sweeper
+from aegis.assets import cached_book
 from aegis.correlate import coverage, detections
 from aegis.correlate.engine import Correlator
 from aegis.errors import ConfigurationError
-from aegis.events import Event
+from aegis.events import Event, Severity
 from aegis.pipeline import Pipeline
 from aegis.records import Incident, Pending
 from aegis.registry import UnknownName
@@ -29,6 +30,9 @@ from aegis.respond.connect import Connections
 from aegis.respond.execute import Executor, RunCounts
 from aegis.respond.record import Responder
 from aegis.store import Store, open_store
+
+if TYPE_CHECKING:
+    from aegis.inventory.refresh import Refreshed
 
 logger = structlog.get_logger("aegis.runtime")
 
@@ -43,11 +47,13 @@ def build_pipeline(
     path: it only records, and the response timer (`executor_run`) makes the calls, so a slow or
     throttled service never holds back an Event Hubs partition."""
     loaded = detections.load().detections
+    book = cached_book(store.assets, weights=cfg.criticality_weights)  # the inventory, read every few minutes
     # on Table Storage expiry is a scan of the bucket heads: the response timer runs it (`executor_run`)
-    correlator = Correlator(loaded, store, lateness=cfg.lateness, expire_in_batch=cfg.store != "table")
+    correlator = Correlator(loaded, store, lateness=cfg.lateness, expire_in_batch=cfg.store != "table", assets=book)
     hook = None
     if respond:
-        record = Responder(plan or load_response(cfg, folder, detection_ids=[d.id for d in loaded]), store)
+        record = Responder(plan or load_response(cfg, folder, detection_ids=[d.id for d in loaded]), store,
+                           assets=book)  # fmt: skip
 
         def hook(incidents: list[Incident], events: list[Event]) -> None:
             pending = [Pending.of(i) for i in incidents]  # the outbox entries the batch's commit wrote
@@ -139,7 +145,8 @@ def enrich_and_deliver(
     enrichers = Enrichers.from_settings(cfg, lambda start, end: list(store.events(since=start, until=end)), made)
     incidents = store.incidents()  # read once: enrichment does not change them
     enriched = enrichers.run(incidents, store)
-    delivered = Deliveries.from_settings(cfg, plan.plan.soc_channel, made).run(incidents, store)
+    delivered = Deliveries.from_settings(cfg, plan.plan.soc_channel, made).run(incidents, store,
+                                                                               findings=store.findings())  # fmt: skip
     return enriched, delivered
 
 
@@ -181,6 +188,27 @@ def corroborate(
     except UnknownName as exc:
         raise ConfigurationError(f"AEGIS_CORROBORATORS: {exc}") from None
     return checker.run(Responder(plan, store), incidents)
+
+
+def inventory_run() -> Refreshed:
+    """The inventory timer: read the AI estate, record what changed, reconcile the findings."""
+    return refresh_inventory(settings.get(), pipeline().store, connections)
+
+
+def refresh_inventory(cfg: settings.Settings, store: Store, made: Callable[[], Connections] | None = None) -> Refreshed:
+    """One inventory refresh from Azure (Resource Graph and the services it names) or, with
+    `AEGIS_INVENTORY_FILE`, from a file of the same rows; `made` gives the connections."""
+    from aegis.inventory import refresh  # noqa: PLC0415  (the inventory's SDKs load only here)
+
+    options = refresh.Options(tags=cfg.tag_names, hubs=(cfg.diagnostics_hub,),
+                              namespaces=tuple(cfg.event_hub_namespaces),
+                              severity=Severity(cfg.finding_severity))  # fmt: skip
+    if cfg.inventory_file is not None:
+        return refresh.refresh(store, refresh.rows_from_file(cfg.inventory_file), options=options)
+    from aegis.inventory.azure import Estate  # noqa: PLC0415
+
+    got = Estate((made or connect.lazy(cfg))(), cfg.inventory_subscriptions).collect()
+    return refresh.refresh(store, got.rows, options=options, errors=got.errors)
 
 
 def retention_run() -> int:

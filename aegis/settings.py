@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from aegis.assets import DEFAULT_WEIGHTS, TagNames
 from aegis.decode import Limits
 from aegis.durations import Duration
 from aegis.errors import ConfigurationError
@@ -60,6 +61,34 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Subscriptions of other tenants, SUBSCRIPTION=TENANT comma-separated (GUIDs): their "
         "events belong to that tenant, whatever the payload says.",
+    )
+
+    inventory_subscriptions: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Subscriptions the inventory reads through Resource Graph, comma-separated GUIDs "
+        "[default: every subscription the app's identity can read].",
+    )
+    inventory_file: Path | None = Field(
+        None, description="A JSON file of Resource Graph rows the inventory reads instead of Azure (offline, the demo)."
+    )
+    owner_tags: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(TagNames().owner), description="Tags naming an AI asset's owner, comma-separated."
+    )
+    criticality_tags: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(TagNames().criticality),
+        description="Tags saying an AI asset's criticality (critical, high, medium, low), comma-separated.",
+    )
+    classification_tags: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(TagNames().data_classification),
+        description="Tags saying the data classification of an AI asset, comma-separated.",
+    )
+    criticality_weights: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="How many severity steps (-1, 0 or 1) an incident on an asset of each criticality moves, "
+        "CRITICALITY=STEPS comma-separated [default: critical=1,low=-1].",
+    )
+    finding_severity: Literal["informational", "low", "medium", "high", "critical"] = Field(
+        "low", description="The severity of the inventory's findings (blind spots), as delivered."
     )
 
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger message bodies are dead-lettered.")
@@ -188,7 +217,8 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("enrichers", "deliverers", "corroborators", mode="before")
+    @field_validator("enrichers", "deliverers", "corroborators", "owner_tags", "criticality_tags",
+                     "classification_tags", mode="before")  # fmt: skip
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
@@ -210,6 +240,34 @@ class Settings(BaseSettings):
                 )
             pairs[sub] = tenant
         return pairs
+
+    @field_validator("inventory_subscriptions", mode="before")
+    @classmethod
+    def _subscriptions(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        subs = [v.strip().lower() for v in value.split(",") if v.strip()]
+        for sub in subs:
+            if not re.match(_GUID, sub):
+                raise ValueError(
+                    f"{sub!r} is not a subscription id (a GUID; example: 00000000-0000-0000-0000-000000000001)"
+                )
+        return subs
+
+    @field_validator("criticality_weights", mode="before")
+    @classmethod
+    def _weights(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, int] = {}
+        for entry in (e.strip() for e in value.split(",") if e.strip()):
+            name, sep, steps = (part.strip() for part in entry.partition("="))
+            if not sep or not name or steps not in {"-1", "0", "1", "+1"}:
+                raise ValueError(
+                    f"{entry!r} is not CRITICALITY=STEPS with steps -1, 0 or 1 (example: critical=1,low=-1)"
+                )
+            weights[name.lower()] = int(steps)
+        return weights
 
     @field_validator("diagnostics_regions", mode="before")
     @classmethod
@@ -273,6 +331,18 @@ class Settings(BaseSettings):
     def hubs(self) -> dict[str, Literal["alerts", "diagnostics"]]:
         """What each configured hub carries: Defender alerts, or diagnostic-settings records."""
         return {self.defender_hub: "alerts", self.diagnostics_hub: "diagnostics"}
+
+    @property
+    def tag_names(self) -> TagNames:
+        return TagNames(tuple(self.owner_tags), tuple(self.criticality_tags), tuple(self.classification_tags))
+
+    @property
+    def event_hub_namespaces(self) -> list[str]:
+        """Aegis's Event Hubs namespaces (names), from the Functions connections AEGIS_EVENTHUB and
+        AEGIS_EVENTHUB_<REGION> (`__fullyQualifiedNamespace`): what a diagnostic setting must send to."""
+        named = re.compile(r"AEGIS_EVENTHUB(_[A-Z0-9]+)?__fullyQualifiedNamespace", re.IGNORECASE)
+        found = [v.split(".", 1)[0].strip().lower() for k, v in os.environ.items() if named.fullmatch(k) and v]
+        return sorted(set(found))
 
     @property
     def in_azure(self) -> bool:

@@ -31,7 +31,7 @@ import hashlib
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -41,13 +41,26 @@ import orjson
 import structlog
 
 from aegis import tracing
+from aegis.assets import AssetBook, context
 from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
 from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
 from aegis.correlate.panes import NONE, Fact, Pane, Summary
 from aegis.errors import StoreUnavailable
-from aegis.events import Entity, Event, Evidence, Ip, Origin, Severity, Source, entity_from_dict, richer
+from aegis.events import (
+    AiProject,
+    AiResource,
+    Entity,
+    Event,
+    Evidence,
+    Ip,
+    Origin,
+    Severity,
+    Source,
+    entity_from_dict,
+    richer,
+)
 from aegis.records import SEVERITY_ORDER, Incident, TimelineEntry
 from aegis.store.base import BucketWrite, Store, Version
 from aegis.tenancy import TENANT_PART, split_group
@@ -97,12 +110,14 @@ class Match(NamedTuple):
 class Correlator:
     def __init__(
         self, detections: Sequence[Detection], store: Store, *, lateness: timedelta = timedelta(hours=1),
-        expire_in_batch: bool = True,
+        expire_in_batch: bool = True, assets: Callable[[], AssetBook] | None = None,
     ) -> None:  # fmt: skip
         """`expire_in_batch`: expire idle buckets from `process` (cheap on SQLite); off, the caller
         calls `expire` from a timer (Table Storage, where expiry is a scan of the bucket heads and
-        the ingest path makes none)."""
+        the ingest path makes none). `assets`: the inventory as it stands (`aegis.assets`), read when
+        an incident is built: its asset's owner and criticality go on it, and weigh its severity."""
         self.detections = {d.id: d for d in detections}
+        self.assets = assets
         self.expire_in_batch = expire_in_batch
         self.store = store
         self.lateness_us = lateness // _US
@@ -165,6 +180,7 @@ class Correlator:
     def _commit(self, additions: dict[str, tuple[Detection, str, list[Match]]], counts: CorrelationCounts) -> None:
         facts = _Facts()
         pending = dict(additions)
+        book = self.assets() if self.assets is not None else None
         for _ in range(MAX_CONFLICT_RETRIES):
             known = {k: self._cache[k][0] for k in pending if k in self._cache}
             loaded = self.store.load_buckets(list(pending), known)
@@ -180,7 +196,7 @@ class Correlator:
                         state = self._cache[key][1]
                     else:
                         state = State.load(bucket.doc, bucket.chunks, bucket.entities)
-                    write = state.apply(d, matches, facts, self.lateness_us, counts)
+                    write = state.apply(d, matches, facts, self.lateness_us, counts, book=book)
                 except Exception as exc:  # a rule kind's bug or a bad stored value: this detection sits the batch out
                     counts.failed(d.id, exc, "evaluation")
                     failed.add(d.id)
@@ -414,8 +430,9 @@ class State:
     # --- one batch ---
 
     def apply(
-        self, d: Detection, matches: list[Match], facts: _Facts, lateness_us: int, c: CorrelationCounts
-    ) -> dict[str, Any] | None:
+        self, d: Detection, matches: list[Match], facts: _Facts, lateness_us: int, c: CorrelationCounts,
+        *, book: AssetBook | None = None,
+    ) -> dict[str, Any] | None:  # fmt: skip
         """Merge a batch's matches, re-evaluate, prune; what to write (`BucketWrite` fields), or
         None when nothing changed (a redelivery)."""
         if not self._merge(d, matches, facts, c):
@@ -429,7 +446,7 @@ class State:
         self.triggers = {p: s for p, s in self.triggers.items() if not lo <= p <= hi}
         self.triggers.update((t.pane, t.start) for t in fresh)
         segments = self._segments(d, [Trigger(p, s) for p, s in sorted(self.triggers.items())])
-        incidents = [self._incident(d, seg) for seg in segments]
+        incidents = [self._incident(d, seg, book) for seg in segments]
         self._prune(d, segments, [inc.id for inc in incidents], lateness_us)
         upsert, live = [], {}
         for inc, seg in zip(incidents, segments, strict=True):
@@ -536,7 +553,7 @@ class State:
             summary.add(self.panes[i])
         return summary
 
-    def _incident(self, d: Detection, seg: _Segment) -> Incident:
+    def _incident(self, d: Detection, seg: _Segment, book: AssetBook | None = None) -> Incident:
         s = self._span(seg)
         assert s.start is not None
         if seg.carried:
@@ -555,14 +572,23 @@ class State:
             if (step.events is None or s.events >= step.events) and (step.lasting is None or lasted >= step.lasting):
                 severity = max(severity, step.severity, key=SEVERITY_ORDER.index)
         severity, weighed = _weighed(d, s, severity)
+        refs = list(dict.fromkeys([*self.group_refs, *sorted(s.entities)]))
+        entities = tuple(_entity(self.entities[r]) for r in refs if r in self.entities)
+        attributes: dict[str, Any] = {}
+        if book:
+            asset = book.of(e.resource_id for e in entities if isinstance(e, AiResource | AiProject))
+            severity, moved = book.weigh(severity, asset, alerted=bool(s.kinds))
+            weighed = "; ".join(w for w in (weighed, moved) if w) or None
+            if asset is not None:
+                attributes["asset"] = context(asset)
+        if weighed:
+            attributes["weighed"] = weighed
         atlas, owasp = list(d.atlas), list(d.owasp_llm)
         if d.alert_mapping:
             for k in sorted(s.kinds):
                 m = mapping.mapping_of(k)
                 atlas += m.atlas
                 owasp += m.owasp_llm
-        refs = list(dict.fromkeys([*self.group_refs, *sorted(s.entities)]))
-        entities = tuple(_entity(self.entities[r]) for r in refs if r in self.entities)
         samples = s.samples()
         step_names = [st.name for st in d.steps] if d.steps else None
         timeline = tuple(
@@ -593,7 +619,7 @@ class State:
             suppress_until=_dt(last_trigger_time + d.suppress_for // _US),
             why=_joined(self._why(d, seg.triggers[-1]) if seg.triggers else None, weighed),
             tenant=self.tenant,
-            attributes={"weighed": weighed} if weighed else {},
+            attributes=attributes,
         )
 
     def _why(self, d: Detection, trigger: Trigger) -> str:

@@ -12,7 +12,9 @@
 
 A delivery is recorded per incident and deliverer with the incident version it carried, so a
 redelivered or unchanged incident is not delivered again and a grown one updates what exists.
-Incidents below `AEGIS_DELIVER_MIN_SEVERITY` are not delivered.
+Incidents below `AEGIS_DELIVER_MIN_SEVERITY` are not delivered. The inventory's open findings (blind
+spots, `aegis.assets`) are delivered the same way, as incidents of detection `inventory.<kind>` at
+their own severity (`AEGIS_FINDING_SEVERITY`, whatever the minimum), once per change.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from msgraph.generated.models.security.alert_comment import AlertComment
 from msgraph.generated.security.alerts_v2.alerts_v2_request_builder import Alerts_v2RequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
+from aegis.assets import Finding
 from aegis.correlate import mapping
 from aegis.enrich import kql
 from aegis.enrich.base import Run, Skip, enrich, version
 from aegis.errors import ConfigurationError
 from aegis.events import AiResource, DefenderAlert, Host, Ip, ServicePrincipal, Severity, User
-from aegis.records import SEVERITY_ORDER, Enrichment, Incident, views
+from aegis.records import SEVERITY_ORDER, Enrichment, Incident, View, views
 from aegis.registry import Registry, UnknownName
 from aegis.respond import connect, graph, tickets
 from aegis.respond.botconnector import BotConnector, text_activity
@@ -73,8 +76,16 @@ def summary(incident: Incident, ctx: DeliveryContext) -> list[str]:
     def keys(cls: type) -> str:
         return ", ".join(sorted({e.key for e in incident.entities if isinstance(e, cls)})[:10]) or "-"
 
+    asset = incident.attributes.get("asset")
+    finding = incident.attributes.get("finding")
+    if isinstance(finding, dict):
+        return [f"{incident.severity.value.upper()}: {incident.title}", *_asset_line(asset),
+                *(f"Evidence: {e}" for e in finding.get("evidence", ())), f"Fix: {finding.get('fix', '-')}",
+                f"Open since {incident.first_seen:%Y-%m-%d %H:%M} UTC",
+                f"Console: {ctx.console_url.rstrip('/')}/console/inventory"]  # fmt: skip
     lines = [
         f"{incident.severity.value.upper()}: {incident.title}",
+        *_asset_line(asset),
         f"Detection {incident.detection}; {incident.event_count} event(s) from {incident.first_seen:%Y-%m-%d %H:%M} "
         f"to {incident.last_seen:%Y-%m-%d %H:%M} UTC",
         f"Why: {incident.why or '-'}",
@@ -89,6 +100,28 @@ def summary(incident: Incident, ctx: DeliveryContext) -> list[str]:
     return lines
 
 
+def _asset_line(asset: object) -> list[str]:
+    """The incident's asset as the inventory knows it: whom to call, and how much it matters."""
+    if not isinstance(asset, dict):
+        return []
+    said = [f"owner {asset.get('owner') or 'not tagged'}", f"criticality {asset.get('criticality') or 'not tagged'}"]
+    if asset.get("data_classification"):
+        said.append(f"data {asset['data_classification']}")
+    return [f"Asset: {asset.get('name', '-')}: " + ", ".join(said)]
+
+
+def finding_incident(f: Finding) -> Incident:
+    """An open finding as the incident a deliverer sends (its id, so that each delivery updates one)."""
+    return Incident(
+        id=f.id, detection=f"inventory.{f.kind}", bucket="inventory", group=f.asset, title=f.title,
+        severity=f.severity, first_seen=f.opened, last_seen=f.seen,
+        entities=(AiResource(resource_id=f.asset, name=f.asset_name),), atlas=(), owasp_llm=(), event_ids=(),
+        event_count=0, timeline=(),
+        attributes={"finding": {"kind": f.kind, "evidence": list(f.evidence), "fix": f.fix},
+                    "asset": {"id": f.asset, "name": f.asset_name, **({"owner": f.owner} if f.owner else {})}},
+    )  # fmt: skip
+
+
 def _html(lines: Sequence[str]) -> str:
     """Plain lines as HTML: each escaped (incident fields are attacker-controlled), one per line."""
     return "<br>".join(html.escape(line) for line in lines)
@@ -99,7 +132,10 @@ def sentinel(incident: Incident, ctx: DeliveryContext) -> dict[str, Any]:
     if ctx.connections is None or not ctx.connections.tickets.sentinel_workspace:
         raise Skip("no Sentinel workspace configured (AEGIS_SENTINEL_WORKSPACE)")
     description = _html(summary(incident, ctx))  # the portal renders HTML
+    asset = incident.attributes.get("asset")
     labels = [*incident.atlas, *incident.owasp_llm]
+    if isinstance(asset, dict) and asset.get("criticality"):
+        labels.append(f"criticality:{asset['criticality']}")
     result = tickets.upsert_sentinel(
         ctx.connections, incident.id, title=incident.title, severity=incident.severity.value,
         description=description, labels=labels,
@@ -243,13 +279,18 @@ class Deliveries:
         made = (connections or connect.lazy(cfg))() if names else None
         return cls(names, made, cfg.console_url, soc_channel, cfg.deliver_min_severity)
 
-    def run(self, incidents: Iterable[Incident], store: Store, *, limit: int = 50) -> int:
-        """Deliver (or update) up to `limit` incidents whose delivery is missing or older than their evidence."""
+    def run(
+        self, incidents: Iterable[Incident], store: Store, *, limit: int = 50, findings: Iterable[Finding] = ()
+    ) -> int:
+        """Deliver (or update) up to `limit` incidents whose delivery is missing or older than their
+        evidence, and the open `findings` the same way (at their own severity)."""
         floor = SEVERITY_ORDER.index(Severity(self.min_severity))
         done = 0
-        for view in views(incidents):
+        spots = [View(finding_incident(f), "open") for f in findings if f.open]
+        for view in [*views(incidents), *spots]:
             i = view.incident
-            if not self.names or view.status == "superseded" or SEVERITY_ORDER.index(i.severity) < floor:
+            below = SEVERITY_ORDER.index(i.severity) < floor and "finding" not in i.attributes
+            if not self.names or view.status == "superseded" or below:
                 continue
             previous = {d.name: d for d in store.enrichment(i.id, kind="deliver")}
             due = [n for n in self.names if previous.get(n) is None or previous[n].version != version(i)

@@ -266,6 +266,8 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
         "correlation_id": f.text(item, "correlationId"),
         "location": f.text(item, "location"),
         "level": f.text(item, "level"),
+        # an Entra identity called, or (an empty objectId: what these logs write for key auth) a key
+        "auth": "entra" if caller_oid else "key" if props.get("objectId") == "" else None,
     }
     attributes |= _tokens(props, refused)
     attributes["refused"] = ",".join(refused) or None

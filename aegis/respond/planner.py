@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields as dc_fields
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
+from aegis.assets import AssetBook, KeyCaller
 from aegis.events import ENTITY_TYPES, AiResource, Entity, Host, Ip, Origin, ServicePrincipal, User, union
 from aegis.records import SEVERITY_ORDER, Incident, PlannedStep
 from aegis.respond import templates
-from aegis.respond.actions import ACTIONS, ContainAiResource, Params
+from aegis.respond.actions import ACTIONS, ContainAiResource, Params, RotateAiKeys
 from aegis.respond.playbooks import Expected, Playbook, Response, ResponsePlan, Step
 from aegis.yamlfiles import describe
 
@@ -28,15 +29,22 @@ _TARGET_FIELDS = ("user", "machine_id", "host_name")  # the parameters that name
 
 
 def plan(
-    incident: Incident, response: Response, *, playbooks: list[str] | None = None, learned: frozenset[str] = frozenset()
-) -> list[PlannedStep]:
+    incident: Incident, response: Response, *, playbooks: list[str] | None = None,
+    learned: frozenset[str] = frozenset(), assets: AssetBook | None = None,
+    key_callers: Callable[[str], Sequence[KeyCaller]] | None = None,
+) -> list[PlannedStep]:  # fmt: skip
     """The steps of every playbook the plan's triggers select for this incident (or of `playbooks`), in
-    order. `learned`: identifiers earlier incidents paired with a protected user (protected too)."""
+    order. `learned`: identifiers earlier incidents paired with a protected user (protected too).
+    `assets`: the inventory, which says what an AI account exposes and which tags it carries (a
+    step that would change nothing is refused, a protected tag protects); `key_callers`: who an
+    account's logs show using its keys (what a key rotation or turning keys off breaks)."""
     out: list[PlannedStep] = []
     context = incident_context(incident)
     context["_aliases"] = aliases_of(incident)
     context["_learned"] = learned
     context["_sources"] = response.corroborators
+    context["_assets"] = assets
+    context["_callers"] = key_callers
     if playbooks is None:
         work = expected_work(incident, response.plan)
         if work is not None:
@@ -163,6 +171,10 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     named |= {str(v).lower() for k, v in values.items() if k in _TARGET_FIELDS and v}
     aliases = tuple(sorted(set().union(named, *(known.get(i, ()) for i in named))))
     reason = protected(params, plan_, aliases, context.get("_learned", frozenset()))
+    inventory: AssetBook | None = context.get("_assets")
+    asset = inventory.get(values.get("account")) if inventory is not None else None
+    if reason is None and asset is not None:
+        reason = _protected_tag(asset.tags, plan_.protected.tags, asset.name) or _no_effect(params, asset)
     if reason is None and spec.disruptive:
         expected = context.get("_expected")
         reason = (
@@ -182,7 +194,46 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     else:
         status = "dry_run" if plan_.mode == "dry_run" else "approved"  # approved by the plan itself
     return PlannedStep(_key(base, values), **base, target=params.target, params=values, approvals=approvals,
-                       status=status, reason=reason, aliases=aliases, corroboration=corroboration)  # fmt: skip
+                       status=status, reason=reason, aliases=aliases, corroboration=corroboration,
+                       dependents=_dependents(params, context.get("_callers")))  # fmt: skip
+
+
+MAX_DEPENDENTS = 20
+
+
+def _dependents(params: Params, callers: Callable[[str], Sequence[KeyCaller]] | None) -> tuple[str, ...]:
+    """Who breaks when the step runs: the callers using the account's keys, for a key rotation or
+    turning keys off (most recent first, at most `MAX_DEPENDENTS`, and how many more)."""
+    cuts_keys = isinstance(params, RotateAiKeys) or (
+        isinstance(params, ContainAiResource) and params.mode == "disable_local_auth")  # fmt: skip
+    if not cuts_keys or callers is None:
+        return ()
+    found = callers(str(params.model_dump()["account"]))
+    shown = tuple(c.describe() for c in found[:MAX_DEPENDENTS])
+    more = len(found) - len(shown)
+    return (*shown, f"and {more} more") if more > 0 else shown
+
+
+def _protected_tag(tags: dict[str, str] | Any, protected_tags: dict[str, str], name: str) -> str | None:
+    """Why the inventory's view of an account's tags protects it (the plan's `protected.tags`)."""
+    have = {k.lower(): v for k, v in tags.items()}
+    for tag, value in protected_tags.items():
+        got = have.get(tag.lower())
+        if got is not None and (value == "*" or got.lower() == value.lower()):
+            return f"{name} is protected by the response plan: the inventory shows its tag {tag}={got}"
+    return None
+
+
+def _no_effect(params: Params, asset: Any) -> str | None:
+    """Why the step would change nothing on the account as the inventory last saw it."""
+    if isinstance(params, ContainAiResource):
+        if params.mode in ("deny_public_network", "allow_only") and not asset.has_public_endpoint:
+            return f"{asset.name} has no public endpoint (publicNetworkAccess Disabled): {params.mode} changes nothing"
+        if params.mode == "disable_local_auth" and asset.local_auth is False:
+            return f"{asset.name} already refuses keys (disableLocalAuth true): nothing to turn off"
+    if isinstance(params, RotateAiKeys) and asset.local_auth is False:
+        return f"{asset.name} refuses keys (disableLocalAuth true): rotating them stops no caller"
+    return None
 
 
 PENDING = "pending"

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from aegis.assets import AssetBook, cached_book
 from aegis.errors import AegisError, InputNotFound
 from aegis.events import Entity, Origin, User
 from aegis.records import PIPELINE, AuditEntry, Incident, Pending, PlannedStep, StepRecord, views
@@ -35,9 +36,15 @@ class Responder:
     """Plans and records the response, and takes the on-call engineers' decisions."""
 
     def __init__(
-        self, response: Response, store: Store, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    ) -> None:
+        self, response: Response, store: Store, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        assets: Callable[[], AssetBook] | None = None,
+    ) -> None:  # fmt: skip
+        """`assets`: the inventory (`aegis.assets`), read again every few minutes when not given."""
         self.response, self.store, self.clock = response, store, clock
+        self.assets = assets or cached_book(store.assets)
+
+    def _plan(self, incident: Incident, **kw: Any) -> list[PlannedStep]:
+        return planner.plan(incident, self.response, assets=self.assets(), key_callers=self.store.key_callers, **kw)
 
     def respond(self, incidents: Sequence[Incident], *, seen: Iterable[Entity] = ()) -> int:
         """Record the plan's steps for these incidents; return how many steps were new. A step the
@@ -47,10 +54,7 @@ class Responder:
         if not incidents and not any(_pairing(e) for e in seen):
             return 0  # nothing to plan and nothing to learn: no read of the store (most batches)
         known = self.learn([*seen, *(e for incident in incidents for e in incident.entities)])
-        return sum(
-            self._record(incident, planner.plan(incident, self.response, learned=known), PIPELINE)[0]
-            for incident in incidents
-        )
+        return sum(self._record(incident, self._plan(incident, learned=known), PIPELINE)[0] for incident in incidents)
 
     def respond_pending(self, pending: Sequence[Pending], *, seen: Iterable[Entity] = (), clear: bool = True) -> int:
         """Plan the response for incident changes from the outbox (or, on the ingest path, the batch's
@@ -102,7 +106,7 @@ class Responder:
         step that was denied or expired is proposed again, as a new step."""
         if playbook not in self.response.playbooks:
             raise InputNotFound(f"no playbook {playbook!r}: `aegis playbooks list` shows them")
-        planned = planner.plan(incident, self.response, playbooks=[playbook], learned=self.learn(incident.entities))
+        planned = self._plan(incident, playbooks=[playbook], learned=self.learn(incident.entities))
         who = _person(person_id) if person_id else _person(person)
         _, keys = self._record(incident, planned, _person(person), who, asked=True)
         return [s for k in keys if (s := self.store.step(k)) is not None]
