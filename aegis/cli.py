@@ -32,6 +32,7 @@ from aegis import log, settings, tracing
 from aegis.errors import AegisError, InputNotFound
 
 if TYPE_CHECKING:  # the heavy parts are imported by the commands that need them: `aegis --help` stays fast
+    from aegis.inventory.refresh import Refreshed
     from aegis.pipeline import Counts
     from aegis.records import AuditEntry, Enrichment, Incident, StepRecord, View
     from aegis.store import Store
@@ -298,12 +299,15 @@ def demo_cmd(
     from aegis.events import AiResource, Ip, User  # noqa: PLC0415
     from aegis.records import views  # noqa: PLC0415
 
-    files = replay.collect([samples])
+    estate = samples / "inventory" / "estate.json"  # Resource Graph rows of the demo's AI estate: not a message
+    files = [f for f in replay.collect([samples]) if f != estate]
     if db is None:
         db = DEMO_DB
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             path.unlink(missing_ok=True)
     with _store(db, must_exist=False) as (cfg, store):
+        inventory = runtime.refresh_inventory(cfg.model_copy(update={"inventory_file": estate}), store) \
+            if estate.is_file() else None  # fmt: skip
         counts = _replay(cfg, store, files, "demo", per_line=False)
         events = store.events()
         dls = store.dead_letters()
@@ -337,9 +341,11 @@ def demo_cmd(
     _demo_response(shown, steps, at)
     if top is not None:
         _demo_enrichment(top, enriched)
+    if inventory is not None:
+        _demo_inventory(inventory, top)
     out.print()
     out.print(escape(f"Next: .venv/bin/aegis incidents show ID{at} | .venv/bin/aegis approvals list{at} | "
-                     f".venv/bin/aegis audit{at}"))  # fmt: skip
+                     f".venv/bin/aegis audit{at} | .venv/bin/aegis inventory findings{at}"))  # fmt: skip
     out.print()
     out.print("[bold]Open the console[/bold] (incidents, timelines, approvals, audit log):")
     out.print(escape(f"  .venv/bin/aegis serve{at} --as you@example.com"))
@@ -372,6 +378,25 @@ def _demo_enrichment(top: Incident, kept: list[Enrichment]) -> None:
                 o["operation"].split(":")[-1].removeprefix("microsoft.cognitiveservices/") for o in plane["operations"]
             ]
             out.print(escape(f"  control plane of {plane['account'].rsplit('/', 1)[-1]}: {', '.join(ops) or 'none'}"))
+
+
+def _demo_inventory(done: Refreshed, top: Incident | None) -> None:
+    """The AI estate the demo's inventory file describes: its assets, blind spots, and the asset
+    context the most severe incident carries."""
+    out.print()
+    out.print(f"[bold]AI estate[/bold] (samples/inventory/estate.json, Resource Graph rows): {len(done.assets)} "
+              f"asset(s), {len(done.open)} blind spot(s)")  # fmt: skip
+    for a in done.assets:
+        out.print(escape(f"  {a.name}: owner {a.owner or '-'}, criticality {a.criticality or '-'}, "
+                         f"{len(a.deployments)} deployment(s), logs to Aegis {_yes(a.monitored)}, "
+                         f"keys {'on' if a.local_auth else 'off'}"))  # fmt: skip
+    for f in done.open:
+        out.print(escape(f"  finding  {f.title}"))
+        out.print(escape(f"           fix: {f.fix}"))
+    asset = top.attributes.get("asset") if top is not None else None
+    if top is not None and isinstance(asset, dict):
+        out.print(escape(f"  the top incident's asset: {asset.get('name')} (owner {asset.get('owner', '-')}, "
+                         f"criticality {asset.get('criticality', '-')}); why: {top.why or '-'}"))  # fmt: skip
 
 
 def _demo_response(shown: list[View], steps: list[StepRecord], at: str) -> None:
@@ -670,6 +695,94 @@ def detections_coverage(
         out.print(f"  {'covered' if by else 'NOT covered':<12} {ident:<6} {name}{tail}", markup=False)
     if navigator:
         err.print(f"ATLAS Navigator layer written to {navigator} (open it at the ATLAS Navigator: Open Existing Layer)")
+
+
+inventory_app = typer.Typer(help="The AI estate: accounts, projects and hubs, their blind spots, what changed.",
+                            no_args_is_help=True)  # fmt: skip
+app.add_typer(inventory_app, name="inventory")
+
+
+@inventory_app.command("refresh")
+def inventory_refresh(
+    db: DbOption = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Read Resource Graph rows from this JSON file instead of Azure "
+                     "[default: AEGIS_INVENTORY_FILE, else Azure with your az login].", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:  # fmt: skip
+    """Read the AI estate (Azure Resource Graph, then each account's deployments, content filters,
+    diagnostic settings and its subscription's Defender plan), record what changed since the last
+    refresh, and open or close the blind-spot findings."""
+    from aegis import runtime  # noqa: PLC0415
+
+    with _store(db, must_exist=False) as (cfg, store):
+        read = cfg.model_copy(update={"inventory_file": file}) if file is not None else cfg
+        done = runtime.refresh_inventory(read, store)
+    if as_json:
+        _print_json({"assets": len(done.assets), "open_findings": [orjson.loads(f.to_json()) for f in done.open],
+                     "changes": [orjson.loads(c.to_json()) for c in done.changes], "gone": done.gone,
+                     "errors": done.errors})  # fmt: skip
+        return
+    out.print(f"{len(done.assets)} AI asset(s); {len(done.open)} open finding(s); {len(done.changes)} change(s) "
+              f"since the last refresh; {len(done.gone)} gone", markup=False)  # fmt: skip
+    for c in done.changes:
+        out.print(f"  {'WEAKER ' if c.weaker else ''}{c.asset.rsplit('/', 1)[-1]}: {c.what} {c.before} -> {c.after}",
+                  markup=False)  # fmt: skip
+    for e in done.errors[:20]:
+        err.print(f"  could not read: {e}", markup=False)
+    out.print("Next: aegis inventory findings | aegis inventory list", markup=False)
+
+
+@inventory_app.command("list")
+def inventory_list(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """The AI assets of the last refresh: owner, criticality, exposure, monitoring, deployments."""
+    with _store(db, must_exist=True) as (_, store):
+        found = store.assets()
+    if as_json:
+        _print_json([orjson.loads(a.to_json()) for a in found])
+        return
+    if not found:
+        out.print("No AI assets: run `aegis inventory refresh` first.", markup=False)
+        return
+    table = Table("asset", "kind", "owner", "criticality", "public", "keys", "logs to Aegis", "Defender", "deployments",
+                  box=None)  # fmt: skip
+    for a in found:
+        table.add_row(escape(a.name), escape(a.kind or a.type.rsplit("/", 1)[-1]), escape(a.owner or "-"),
+                      escape(a.criticality or "-"), _yes(a.public), _yes(a.local_auth), _yes(a.monitored),
+                      _yes(a.defender), str(len(a.deployments)))  # fmt: skip
+    out.print(table)
+
+
+def _yes(value: bool | None) -> str:
+    return "?" if value is None else "yes" if value else "no"
+
+
+@inventory_app.command("findings")
+def inventory_findings(
+    db: DbOption = None,
+    closed: Annotated[bool, typer.Option("--all", help="Closed (fixed) findings too.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The blind spots: an AI asset whose logs do not reach Aegis, not covered by Defender for AI,
+    accepting keys, open to the internet, or with a weakened content filter; each with its evidence
+    and the exact fix. A finding closes itself when a refresh shows it fixed."""
+    with _store(db, must_exist=True) as (_, store):
+        found = [f for f in store.findings() if closed or f.open]
+    if as_json:
+        _print_json([orjson.loads(f.to_json()) for f in found])
+        return
+    if not found:
+        out.print("No open findings." + ("" if closed else " (--all shows the closed ones)"), markup=False)
+        return
+    for f in found:
+        state = f"open since {f.opened:%Y-%m-%d %H:%M}" if f.open else f"closed {f.closed:%Y-%m-%d %H:%M}"
+        out.print(f"{f.severity.value.upper()}  {f.title}  ({state} UTC; owner {f.owner or 'not tagged'})",
+                  markup=False)  # fmt: skip
+        for e in f.evidence:
+            out.print(f"    evidence: {e}", markup=False)
+        out.print(f"    fix: {f.fix}", markup=False)
 
 
 playbooks_app = typer.Typer(help="Response playbooks and the response plan (YAML in playbooks/).", no_args_is_help=True)

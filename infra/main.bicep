@@ -47,6 +47,21 @@ param jiraSite string = ''
 param jiraUser string = ''
 param jiraProject string = ''
 
+@description('The AI estate inventory: subscriptions it reads through Resource Graph, comma-separated (empty: every one the app\'s identity can read; it gets Reader on this one).')
+param inventorySubscriptions string = ''
+
+@description('Tags that name an AI asset\'s owner, its criticality and its data classification, comma-separated each (matched without case).')
+param ownerTags string = 'owner,aegis-owner'
+param criticalityTags string = 'criticality,aegis-criticality'
+param classificationTags string = 'data-classification,dataclassification,data_classification'
+
+@description('Severity steps (-1, 0, 1) an incident moves by its asset\'s criticality, CRITICALITY=STEPS comma-separated.')
+param criticalityWeights string = 'critical=1,low=-1'
+
+@description('Severity of the inventory\'s blind-spot findings, as delivered.')
+@allowed(['informational', 'low', 'medium', 'high', 'critical'])
+param findingSeverity string = 'low'
+
 @description('Grant Cognitive Services Contributor on the whole subscription (containment, key rotation).')
 param grantAiContributor bool = true
 
@@ -148,6 +163,12 @@ module app 'modules/functionapp.bicep' = {
     deliverers: deliverers
     subscriptionTenants: subscriptionTenants
     displayTimezone: displayTimezone
+    inventorySubscriptions: inventorySubscriptions
+    ownerTags: ownerTags
+    criticalityTags: criticalityTags
+    classificationTags: classificationTags
+    criticalityWeights: criticalityWeights
+    findingSeverity: findingSeverity
     regionalNamespaces: [for (region, i) in otherRegions: { region: region, namespace: regional[i].outputs.fullyQualifiedNamespace }]
     keyVaultName: vault.outputs.name
     servicenowInstance: servicenowInstance

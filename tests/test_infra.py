@@ -23,6 +23,7 @@ NOT_DEPLOYED = {
     "AEGIS_DRILL_ACCOUNT": "`aegis drill` runs on an operator's machine, not in the app",
     "AEGIS_DRILL_DEPLOYMENT": "`aegis drill` runs on an operator's machine, not in the app",
     "AEGIS_DRILL_ENDPOINT": "`aegis drill` runs on an operator's machine, not in the app",
+    "AEGIS_INVENTORY_FILE": "an offline file of Resource Graph rows (the demo, a test): the cloud reads Resource Graph",
     "AEGIS_ATLAS_DATA": "a path to a full ATLAS release an operator adds to the app package; the shipped subset otherwise",
 }
 # Read by the Functions host and its extensions, not by aegis/settings.py.

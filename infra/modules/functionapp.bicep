@@ -27,6 +27,13 @@ param sentinelWorkspaceId string = ''
 param deliverers string = ''
 param subscriptionTenants string = ''
 param displayTimezone string = 'UTC'
+@description('The inventory: subscriptions it reads (empty: all the identity can read), the tags it reads, the criticality weights and the findings\' severity.')
+param inventorySubscriptions string = ''
+param ownerTags string = 'owner,aegis-owner'
+param criticalityTags string = 'criticality,aegis-criticality'
+param classificationTags string = 'data-classification,dataclassification,data_classification'
+param criticalityWeights string = 'critical=1,low=-1'
+param findingSeverity string = 'low'
 @description('The other regions\' diagnostics namespaces: [{region, namespace}]; the app consumes each (AEGIS_EVENTHUB_<REGION>).')
 param regionalNamespaces array = []
 @description('Optional ticket systems: their sites and accounts; the secrets stay in Key Vault (servicenow-password, jira-token) and reach the app as Key Vault references.')
@@ -89,6 +96,12 @@ var settings = {
   AEGIS_TENANT_ID: tenant().tenantId // events that name no tenant belong to the deployment's
   AEGIS_TENANTS: subscriptionTenants
   AEGIS_DISPLAY_TIMEZONE: displayTimezone
+  AEGIS_INVENTORY_SUBSCRIPTIONS: inventorySubscriptions
+  AEGIS_OWNER_TAGS: ownerTags
+  AEGIS_CRITICALITY_TAGS: criticalityTags
+  AEGIS_CLASSIFICATION_TAGS: classificationTags
+  AEGIS_CRITICALITY_WEIGHTS: criticalityWeights
+  AEGIS_FINDING_SEVERITY: findingSeverity
   AEGIS_DELIVER_MIN_SEVERITY: 'medium'
   // Flex Consumption's App Service Authentication does not block unauthenticated callers (its documentation):
   // the app believes only an Entra ID token it checks itself (aegis/approvals/identity.py, from_bearer)
