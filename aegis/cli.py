@@ -56,6 +56,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 BATCH = 500
 PROGRESS_FROM_BYTES = 2_000_000
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEMO_ESTATE = SAMPLES.parent / "demo" / "estate.json"  # the demo's AI estate, as Resource Graph rows
 SERVE_PORT = 8765
 NAMESPACE = re.compile(
     r"[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9]\.servicebus\.(windows\.net|usgovcloudapi\.net|chinacloudapi\.cn)"
@@ -292,6 +293,7 @@ def deadletters_cmd(db: DbOption = None, as_json: JsonOption = False, limit: Lim
 def demo_cmd(
     db: DbOption = None,
     samples: Annotated[Path, typer.Option(help="Folder of sample bodies.")] = SAMPLES,
+    estate: Annotated[Path, typer.Option(help="The AI estate: a JSON file of Resource Graph rows.")] = DEMO_ESTATE,
 ) -> None:
     """Replay the bundled samples on the embedded default and summarize what came out. Without
     --db it starts a fresh ./aegis-demo.db each time, so it never mixes samples into your data."""
@@ -299,15 +301,14 @@ def demo_cmd(
     from aegis.events import AiResource, Ip, User  # noqa: PLC0415
     from aegis.records import views  # noqa: PLC0415
 
-    estate = samples / "inventory" / "estate.json"  # Resource Graph rows of the demo's AI estate: not a message
-    files = [f for f in replay.collect([samples]) if f != estate]
+    files = replay.collect([samples])
     if db is None:
         db = DEMO_DB
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             path.unlink(missing_ok=True)
     with _store(db, must_exist=False) as (cfg, store):
-        inventory = runtime.refresh_inventory(cfg.model_copy(update={"inventory_file": estate}), store) \
-            if estate.is_file() else None  # fmt: skip
+        # the demo's AI estate (Resource Graph rows), read before the replay so incidents carry its context
+        inventory = runtime.refresh_inventory(cfg.model_copy(update={"inventory_file": estate}), store)
         counts = _replay(cfg, store, files, "demo", per_line=False)
         events = store.events()
         dls = store.dead_letters()
@@ -341,8 +342,7 @@ def demo_cmd(
     _demo_response(shown, steps, at)
     if top is not None:
         _demo_enrichment(top, enriched)
-    if inventory is not None:
-        _demo_inventory(inventory, top)
+    _demo_inventory(inventory, estate, top)
     out.print()
     out.print(escape(f"Next: .venv/bin/aegis incidents show ID{at} | .venv/bin/aegis approvals list{at} | "
                      f".venv/bin/aegis audit{at} | .venv/bin/aegis inventory findings{at}"))  # fmt: skip
@@ -380,11 +380,11 @@ def _demo_enrichment(top: Incident, kept: list[Enrichment]) -> None:
             out.print(escape(f"  control plane of {plane['account'].rsplit('/', 1)[-1]}: {', '.join(ops) or 'none'}"))
 
 
-def _demo_inventory(done: Refreshed, top: Incident | None) -> None:
+def _demo_inventory(done: Refreshed, estate: Path, top: Incident | None) -> None:
     """The AI estate the demo's inventory file describes: its assets, blind spots, and the asset
     context the most severe incident carries."""
     out.print()
-    out.print(f"[bold]AI estate[/bold] (samples/inventory/estate.json, Resource Graph rows): {len(done.assets)} "
+    out.print(f"[bold]AI estate[/bold] ({escape(str(estate))}, Resource Graph rows): {len(done.assets)} "
               f"asset(s), {len(done.open)} blind spot(s)")  # fmt: skip
     for a in done.assets:
         out.print(escape(f"  {a.name}: owner {a.owner or '-'}, criticality {a.criticality or '-'}, "

@@ -61,8 +61,9 @@ def refresh(store: Store, rows: Iterable[Mapping[str, Any]], *, options: Options
     gone = sorted(before.keys() - found.keys())
     findings = estate.reconcile(list(found.values()), store.findings(), now, severity=options.severity,
                                 infra_hub=options.hubs[0] if options.hubs else "ai-diagnostics")  # fmt: skip
-    store.save_inventory(list(found.values()), findings, changes, gone=gone)
-    return Refreshed(list(found.values()), findings, changes, gone, problems)
+    listed = [found[i] for i in sorted(found)]
+    store.save_inventory(listed, findings, changes, gone=gone)
+    return Refreshed(listed, findings, changes, gone, problems)
 
 
 def _kept(asset: Asset, old: Asset | None, row: Mapping[str, Any]) -> Asset:

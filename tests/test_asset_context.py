@@ -1,0 +1,250 @@
+"""Asset context everywhere: the inventory's owner and criticality on incidents (and what they weigh),
+in deliveries and on the approvals page; containment chosen by what the account exposes; protected
+tags from the inventory; a key rotation that lists who uses the keys; findings delivered."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aegis import runtime, settings
+from aegis.assets import AssetBook, KeyCaller
+from aegis.correlate import detections
+from aegis.correlate.engine import Correlator
+from aegis.deliver.run import DeliveryContext, finding_incident, summary
+from aegis.events import Severity
+from aegis.inventory import refresh as inv
+from aegis.pipeline import Message, Pipeline
+from aegis.records import SEVERITY_ORDER
+from aegis.respond import planner, playbooks
+from aegis.store import SqliteStore
+from tests.conftest import SAMPLES
+
+ESTATE = SAMPLES.parent / "demo" / "estate.json"
+PROD = ("/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourcegroups/rg-ai-prod/providers/"
+        "microsoft.cognitiveservices/accounts/oai-contoso-prod")  # fmt: skip
+
+
+def demo_bodies() -> list[Message]:
+    return [Message(p.read_bytes(), hub="demo") for p in sorted(SAMPLES.rglob("*.json"))]
+
+
+def rows(**changes: object) -> list[dict]:
+    """The demo estate's rows, the production account's properties and tags changed."""
+    found = copy.deepcopy(inv.rows_from_file(ESTATE))
+    prod = next(r for r in found if r["name"] == "oai-contoso-prod")
+    for key, value in changes.items():
+        (prod["tags"] if key in ("criticality", "owner", "aegis-protected") else prod["properties"])[key] = value
+    return found
+
+
+def correlated(store: SqliteStore, book: AssetBook | None) -> dict[str, object]:
+    pipeline = Pipeline(store, correlator=Correlator(detections.load().detections, store,
+                                                     assets=(lambda: book) if book is not None else None))  # fmt: skip
+    pipeline.process(demo_bodies())
+    return {i.detection: i for i in store.incidents()}
+
+
+@pytest.fixture
+def store():
+    s = SqliteStore(":memory:")
+    yield s
+    s.close()
+
+
+def test_incidents_carry_their_assets_owner_and_criticality_and_are_weighed_by_it(store):
+    inv.refresh(store, rows())
+    incidents = correlated(store, AssetBook(store.assets()))
+    touched = [i for i in incidents.values() if i.attributes.get("asset")]
+    assert touched, "no incident on the inventoried account carries its asset"
+    for i in touched:
+        assert i.attributes["asset"]["owner"] == "ai-platform@contoso.com"
+        assert i.attributes["asset"]["criticality"] == "critical"
+        assert i.attributes["asset"]["data_classification"] == "Confidential"
+
+    bare = SqliteStore(":memory:")
+    plain = correlated(bare, None)
+    moved = [d for d, i in incidents.items() if i.severity != plain[d].severity]
+    assert moved, "a critical asset moved no incident's severity"
+    for d in moved:
+        assert SEVERITY_ORDER.index(incidents[d].severity) == SEVERITY_ORDER.index(plain[d].severity) + 1
+        assert "asset oai-contoso-prod is critical: 1 higher" in (incidents[d].why or "")
+    bare.close()
+
+
+def test_a_low_criticality_asset_weighs_down_only_incidents_no_defender_alert_holds(store):
+    inv.refresh(store, rows(criticality="low"))
+    incidents = correlated(store, AssetBook(store.assets()))
+    bare = SqliteStore(":memory:")
+    plain = correlated(bare, None)
+    for d, i in incidents.items():
+        alerted = any(t.source == "defender" for t in plain[d].timeline)
+        if alerted:
+            assert i.severity == plain[d].severity, d  # Defender judged it an attack: never weighed down
+        elif i.attributes.get("asset"):
+            assert SEVERITY_ORDER.index(i.severity) >= SEVERITY_ORDER.index(plain[d].severity) - 1
+    bare.close()
+
+
+def plan_for(store: SqliteStore, detection: str = "ai-prompt-attack-then-exfiltration"):
+    incidents = correlated(store, AssetBook(store.assets()))
+    return planner.plan(incidents[detection], playbooks.load(), assets=AssetBook(store.assets()),
+                        key_callers=store.key_callers)  # fmt: skip
+
+
+def test_containment_is_chosen_by_what_the_account_exposes(store):
+    inv.refresh(store, rows(disableLocalAuth=True))
+    steps = plan_for(store)
+    cut = next(s for s in steps if s.action == "contain_ai_resource")
+    rotate = next(s for s in steps if s.action == "rotate_ai_keys")
+    assert cut.status == "refused"
+    assert "already refuses keys" in (cut.reason or "")
+    assert rotate.status == "refused"
+    assert "rotating them stops no caller" in (rotate.reason or "")
+
+    inv.refresh(store, rows(disableLocalAuth=False))
+    steps = plan_for(store)
+    assert next(s for s in steps if s.action == "contain_ai_resource").status == "awaiting_approval"
+
+
+def test_an_account_with_no_public_endpoint_gets_no_public_network_containment(store):
+    inv.refresh(store, rows(publicNetworkAccess="Disabled"))
+    book = AssetBook(store.assets())
+    asset = book.get(PROD)
+    assert asset is not None
+    from aegis.respond.actions import ContainAiResource
+
+    for mode in ("deny_public_network", "allow_only"):
+        params = ContainAiResource(account=PROD, mode=mode, allow=["203.0.113.0/24"] if mode == "allow_only" else [])
+        assert "has no public endpoint" in (planner._no_effect(params, asset) or "")
+    assert planner._no_effect(ContainAiResource(account=PROD, mode="disable_local_auth"), asset) is None
+
+
+def test_a_tag_the_plan_protects_protects_the_account_as_the_inventory_shows_it(store):
+    response = playbooks.load()
+    assert response.plan.protected.tags == {"aegis-protected": "true"}  # the shipped plan's
+    inv.refresh(store, rows(**{"aegis-protected": "True"}))
+    incidents = correlated(store, AssetBook(store.assets()))
+    steps = planner.plan(incidents["ai-prompt-attack-then-exfiltration"], response, assets=AssetBook(store.assets()))
+    on_account = [s for s in steps if s.action in ("contain_ai_resource", "rotate_ai_keys")]
+    assert on_account
+    for s in on_account:
+        assert s.status == "refused"
+        assert "the inventory shows its tag aegis-protected=True" in (s.reason or "")
+    assert any(s.status == "awaiting_approval" for s in steps if s.action == "revoke_sessions")  # only the account
+
+
+def test_a_key_rotation_lists_who_uses_the_keys_from_the_request_logs(store):
+    inv.refresh(store, rows())
+    steps = plan_for(store)
+    callers = store.key_callers(PROD)
+    assert callers, "the demo's key-authenticated requests named no caller"
+    assert {c.ip for c in callers} >= {"203.0.113.0/24"}
+    rotate = next(s for s in steps if s.action == "rotate_ai_keys")
+    assert rotate.dependents
+    assert rotate.dependents[0].startswith("from ")
+    assert any("203.0.113.0/24" in d for d in rotate.dependents)
+    assert next(s for s in steps if s.action == "contain_ai_resource").dependents  # keys off breaks them too
+    assert all(not s.dependents for s in steps if s.action in ("revoke_sessions", "open_ticket"))
+
+
+def test_key_callers_are_bounded_per_batch_and_rewritten_only_after_a_while(store):
+    from aegis.arm import parse_resource_id
+    from aegis.events import AiResource, Event, Evidence, Ip, Source
+    from aegis.keyuse import KeyUse
+
+    t = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    rid = parse_resource_id(PROD)
+
+    def ev(n: int, at: datetime) -> Event:
+        return Event(id=f"e{n}-{at.timestamp()}", source=Source.RESOURCE_LOG, normalizer="diagnostics.ai", kind="k",
+                     time=at, evidence=Evidence(message="0" * 64, pointer="", hub="t"), resource=rid,
+                     entities=(AiResource(resource_id=rid.id), Ip(prefix=f"10.{n // 256}.{n % 256}.0/24")),
+                     attributes={"auth": "key"})  # fmt: skip
+
+    use = KeyUse(store, per_batch=50)
+    assert use.observe([ev(n, t) for n in range(500)]) == 50  # a forged flood of networks: 50 a batch
+    assert use.observe([ev(0, t + timedelta(minutes=1))]) == 0  # written a minute ago: not again
+    assert use.observe([ev(0, t + timedelta(minutes=20))]) == 1
+    assert use.observe([ev(1, t)]) == 0  # the first batch wrote it
+    assert len(store.key_callers(PROD)) == 50
+
+
+def test_deliveries_name_the_asset_and_findings_are_delivered_with_their_fix(store):
+    inv.refresh(store, rows())
+    incidents = correlated(store, AssetBook(store.assets()))
+    ctx = DeliveryContext(None, "https://aegis.example", None)
+    top = incidents["ai-prompt-attack-then-exfiltration"]
+    lines = summary(top, ctx)
+    assert "Asset: oai-contoso-prod: owner ai-platform@contoso.com, criticality critical, data Confidential" in lines
+    finding = next(f for f in store.findings() if f.kind == "no_diagnostics")
+    as_incident = finding_incident(finding)
+    assert as_incident.detection == "inventory.no_diagnostics"
+    assert as_incident.severity == Severity.LOW
+    lines = summary(as_incident, ctx)
+    assert any(line.startswith("Fix: add ") and "aiAccountIds" in line for line in lines)
+    assert lines[-1] == "Console: https://aegis.example/console/inventory"
+
+
+def test_the_deliveries_take_open_findings_whatever_the_minimum_severity(store, monkeypatch):
+    from aegis.deliver.run import DELIVERERS, Deliveries
+
+    seen: list[str] = []
+
+    @DELIVERERS.register("test_sink")
+    def sink(incident, ctx):  # type: ignore[no-untyped-def]
+        seen.append(incident.id)
+        return {"ok": True}
+
+    try:
+        inv.refresh(store, rows())
+        deliveries = Deliveries(["test_sink"], None, "https://aegis.example", None, min_severity="high")
+        assert deliveries.run([], store, findings=store.findings()) == 2
+        assert sorted(seen) == sorted(f.id for f in store.findings() if f.open)
+        assert deliveries.run([], store, findings=store.findings()) == 0  # delivered once per change
+    finally:
+        DELIVERERS.remove("test_sink")
+
+
+def test_the_settings_read_tag_names_weights_and_subscriptions_and_refuse_bad_ones():
+    from aegis.errors import ConfigurationError
+
+    cfg = settings.load(criticality_weights="critical=1, tier0=+1 ,low=-1", criticality_tags="tier",
+                        inventory_subscriptions="6B1F3B8E-0C3A-4A8E-9D4F-2F7C1E5A9B10", finding_severity="medium")  # fmt: skip
+    assert cfg.criticality_weights == {"critical": 1, "tier0": 1, "low": -1}
+    assert cfg.tag_names.criticality == ("tier",)
+    assert cfg.inventory_subscriptions == ["6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10"]
+    with pytest.raises(ConfigurationError, match=r"CRITICALITY_WEIGHTS.*CRITICALITY=STEPS"):
+        settings.load(criticality_weights="critical=5")
+    with pytest.raises(ConfigurationError, match=r"INVENTORY_SUBSCRIPTIONS.*not a subscription id"):
+        settings.load(inventory_subscriptions="prod")
+
+
+def test_aegis_namespaces_come_from_the_functions_connections(monkeypatch):
+    monkeypatch.setenv("AEGIS_EVENTHUB__fullyQualifiedNamespace", "evhns-aegis-x.servicebus.windows.net")
+    monkeypatch.setenv("AEGIS_EVENTHUB_EASTUS__fullyQualifiedNamespace", "evhns-aegis-eastus.servicebus.windows.net")
+    assert settings.load().event_hub_namespaces == ["evhns-aegis-eastus", "evhns-aegis-x"]
+
+
+def test_the_runtime_refreshes_from_a_file_and_the_pipeline_reads_the_inventory(tmp_path):
+    cfg = settings.load(db=tmp_path / "a.db", inventory_file=ESTATE)
+    store = SqliteStore(tmp_path / "a.db")
+    try:
+        done = runtime.refresh_inventory(cfg, store)
+        assert [a.name for a in done.assets] == ["oai-contoso-lab", "oai-contoso-prod"]
+        assert sorted(f.kind for f in done.open) == ["local_auth", "no_diagnostics"]
+        pipe = runtime.build_pipeline(cfg, store, respond=True)
+        pipe.process(demo_bodies())
+        assert any(i.attributes.get("asset", {}).get("owner") == "ai-platform@contoso.com" for i in store.incidents())
+        rotate = next(s for s in store.steps(action="rotate_ai_keys"))
+        assert rotate.dependents
+    finally:
+        store.close()
+
+
+def test_a_key_caller_round_trips_and_says_itself():
+    c = KeyCaller(PROD, "203.0.113.0/24", "openai-python/1.40", "gpt-4o", datetime(2026, 11, 20, 9, 5, tzinfo=UTC))
+    assert KeyCaller.from_json(c.to_json()) == c
+    assert c.describe() == "from 203.0.113.0/24 as 'openai-python/1.40' on gpt-4o, last 2026-11-20 09:05 UTC"
