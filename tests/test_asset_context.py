@@ -248,3 +248,64 @@ def test_a_key_caller_round_trips_and_says_itself():
     c = KeyCaller(PROD, "203.0.113.0/24", "openai-python/1.40", "gpt-4o", datetime(2026, 11, 20, 9, 5, tzinfo=UTC))
     assert KeyCaller.from_json(c.to_json()) == c
     assert c.describe() == "from 203.0.113.0/24 as 'openai-python/1.40' on gpt-4o, last 2026-11-20 09:05 UTC"
+
+
+def test_the_console_shows_the_estate_the_owner_to_call_and_who_uses_the_keys(tmp_path):
+    from starlette.testclient import TestClient
+
+    from aegis.approvals import web
+
+    cfg = settings.load(db=tmp_path / "c.db", inventory_file=ESTATE)
+    store = SqliteStore(tmp_path / "c.db")
+    try:
+        runtime.refresh_inventory(cfg, store)
+        runtime.build_pipeline(cfg, store, respond=True).process(demo_bodies())
+        plan = runtime.load_response(cfg)
+        console = web.Console.over(store, plan, web.local_identity("me@contoso.com", plan))
+        client = TestClient(web.create_app(console), base_url="http://127.0.0.1")
+        page = client.get("/console/inventory")
+        assert page.status_code == 200
+        html = page.text
+        assert html.count('class="finding"') == 2
+        assert "Its logs do not reach Aegis: oai-contoso-lab" in html
+        assert "aiAccountIds" in html
+        assert 'data-asset="oai-contoso-prod"' in html
+        assert "ai-platform@contoso.com" in html
+        approvals = client.get("/console/approvals").text
+        assert "Owner to call: <strong>ai-platform@contoso.com</strong>" in approvals
+        assert "Who uses the keys" in approvals
+        assert "from 203.0.113.0/24" in approvals
+        top = next(i for i in store.incidents() if i.attributes.get("asset"))
+        incident = client.get(f"/console/incidents/{top.id}").text
+        assert 'class="asset"' in incident
+        assert "owner <strong>ai-platform@contoso.com</strong>" in incident
+    finally:
+        store.close()
+
+
+def test_the_inventory_cli_refreshes_lists_and_says_what_is_wrong(tmp_path):
+    import json
+
+    from tests.test_cli import aegis
+
+    db = str(tmp_path / "i.db")
+    done = aegis("inventory", "refresh", "--db", db, "--file", str(ESTATE))
+    assert done.returncode == 0, done.stderr
+    assert "2 AI asset(s); 2 open finding(s); 2 change(s)" in done.stdout
+    listed = json.loads(aegis("inventory", "list", "--db", db, "--json").stdout)
+    assert [a["name"] for a in listed] == ["oai-contoso-lab", "oai-contoso-prod"]
+    shown = aegis("inventory", "findings", "--db", db)
+    assert "Key (local) authentication is on: oai-contoso-prod" in shown.stdout
+    assert "fix: give its callers Entra ID roles" in shown.stdout
+    again = json.loads(aegis("inventory", "refresh", "--db", db, "--file", str(ESTATE), "--json").stdout)
+    assert again["changes"] == []
+    assert len(again["open_findings"]) == 2
+    missing = aegis("inventory", "refresh", "--db", db, "--file", str(tmp_path / "nope.json"))
+    assert missing.returncode != 0
+    assert "no such file" in missing.stderr
+    assert "Resource Graph rows" in missing.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"data": 3}')
+    refused = aegis("inventory", "refresh", "--db", db, "--file", str(bad))
+    assert refused.returncode != 0
+    assert 'expected a list of rows, or an object with the rows under "data"' in refused.stderr

@@ -235,8 +235,18 @@ class Console:
     def approvals_page(self, request: Request) -> Response:
         waiting = self.store.steps(status=["awaiting_approval"])
         who = self._who(request)
-        groups = grouped(waiting, who, self._titles(), may_decide=identity.may_decide(who, self.response.plan))
-        return self._render(request, "approvals.html", groups=groups, steps=waiting, calls=_calls(waiting))
+        incidents = self.incidents()
+        groups = grouped(waiting, who, {i.id: i.title for i in incidents},
+                         may_decide=identity.may_decide(who, self.response.plan))  # fmt: skip
+        return self._render(request, "approvals.html", groups=groups, steps=waiting, calls=_calls(waiting),
+                            assets=_assets_of(incidents))  # fmt: skip
+
+    def inventory_page(self, request: Request) -> Response:
+        """The AI estate: the blind spots (open, then the recently fixed), the assets, what changed."""
+        findings = self.store.findings()
+        return self._render(request, "inventory.html", assets=self.store.assets(),
+                            open=[f for f in findings if f.open], closed=[f for f in findings if not f.open][:50],
+                            changes=self.store.asset_changes(limit=100))  # fmt: skip
 
     def step_page(self, request: Request, *, error: str | None = None, status: int = 200) -> Response:
         step = self._step(request.path_params["key"])
@@ -325,6 +335,11 @@ class Console:
 
 
 AUDIT_ROWS = 1000
+
+
+def _assets_of(incidents: list[Incident]) -> dict[str, dict[str, Any]]:
+    """Each incident's asset as the inventory knew it (owner, criticality), by incident id."""
+    return {i.id: a for i in incidents if isinstance(a := i.attributes.get("asset"), dict)}
 
 
 def _sentinel(delivered: list[Enrichment]) -> dict[str, Any] | None:
@@ -445,6 +460,7 @@ def create_app(
             Route("/console/approvals/{key}", c.decide_form, methods=["POST"]),
             Route("/console/audit", c.audit_page),
             Route("/console/coverage", c.coverage_page),
+            Route("/console/inventory", c.inventory_page),
             Route("/console/coverage/atlas-layer.json", c.coverage_layer),
             Mount("/console/static", StaticFiles(directory=HERE / "static"), name="static"),
             Route("/api/approvals", c.api_list),
