@@ -124,8 +124,15 @@ class Asset:
     hub: str | None = None  # a project's hub or parent account (ARM id)
 
     @property
+    def is_project(self) -> bool:
+        """An AI Foundry project: its network and keys are its account's or hub's."""
+        return self.type == ACCOUNT_TYPES[1] or (self.type == HUB_TYPE and self.kind == "project")
+
+    @property
     def public(self) -> bool:
-        """Reachable from the internet with no IP rule in the way."""
+        """Reachable from the internet with no IP rule in the way (a project: as its parent is)."""
+        if self.is_project:
+            return False
         if self.type == HUB_TYPE:
             return self.public_network_access != "disabled" and not self.private_endpoints
         return self.public_network_access != "disabled" and self.default_action != "deny"
@@ -218,7 +225,7 @@ def parse_asset(row: Mapping[str, Any], *, tags: TagNames = TagNames(), aegis_hu
         default_action=_word(acls.get("defaultAction")),
         ip_rules=ip_rules,
         private_endpoints=tuple(e for e in endpoints if e),
-        local_auth=None if is_hub else local is not True,
+        local_auth=None if is_hub or rid.type == ACCOUNT_TYPES[1] else local is not True,
         identities=identities,
         tags=raw_tags,
         owner=tags.read(raw_tags, "owner"),

@@ -309,3 +309,21 @@ def test_the_inventory_cli_refreshes_lists_and_says_what_is_wrong(tmp_path):
     refused = aegis("inventory", "refresh", "--db", db, "--file", str(bad))
     assert refused.returncode != 0
     assert 'expected a list of rows, or an object with the rows under "data"' in refused.stderr
+
+
+def test_the_teams_card_names_the_owner_to_call_and_who_uses_the_keys(tmp_path):
+    from aegis.approvals import teams
+
+    cfg = settings.load(db=tmp_path / "t.db", inventory_file=ESTATE)
+    store = SqliteStore(tmp_path / "t.db")
+    try:
+        runtime.refresh_inventory(cfg, store)
+        runtime.build_pipeline(cfg, store, respond=True).process(demo_bodies())
+        step = next(s for s in store.steps(action="rotate_ai_keys"))
+        incident = next(i for i in store.incidents() if i.id == step.incident)
+        card = teams.card(step, incident, "https://aegis.example")
+        facts = {b["inlines"][0]["text"]: b["inlines"][1]["text"] for b in card["body"] if b["type"] == "RichTextBlock"}
+        assert facts["Owner to call: "] == "ai-platform@contoso.com (oai-contoso-prod, critical)"
+        assert "from 203.0.113.0/24" in facts["Who uses the keys: "]
+    finally:
+        store.close()

@@ -104,7 +104,7 @@ def test_templates_take_values_only_as_literals():
     assert "{" not in query
     with pytest.raises(KeyError, match="needs account"):
         kql.render("account_control_plane")
-    for name in ("ai_requests_from_network", "user_sign_ins", "account_control_plane"):
+    for name in ("ai_requests_from_network", "user_sign_ins", "account_control_plane", "account_key_callers"):
         placeholders = re.findall(r"\{([a-z_]+)\}", kql.template(name))
         assert placeholders, name  # each template takes its entity value, and only as a placeholder
 
@@ -116,6 +116,7 @@ def test_questions_follow_the_incidents_entities():
         ("ai_requests_from_network", ("203.0.113.",)),  # the logs mask the last octet: match the prefix
         ("user_sign_ins", ("mallory@contoso.com",)),
         ("account_control_plane", (ACCOUNT,)),
+        ("account_key_callers", (ACCOUNT,)),  # who a key rotation breaks
     }
 
 
@@ -232,7 +233,10 @@ def test_log_analytics_queries_go_out_with_escaped_values_and_their_answers_come
                               [["mallory@contoso.com", 12, 9]]),
                   Reply(429, {"error": {"code": "ThrottledError"}}, {"Retry-After": "1"}),
                   logs_answer([("time", "datetime"), ("operation", "string")],
-                              [["2026-11-20T09:58:03Z", "MICROSOFT.COGNITIVESERVICES/ACCOUNTS/REGENERATEKEY/ACTION"]]))  # fmt: skip
+                              [["2026-11-20T09:58:03Z", "MICROSOFT.COGNITIVESERVICES/ACCOUNTS/REGENERATEKEY/ACTION"]]),
+                  logs_answer([("caller_ip", "string"), ("deployment", "string"), ("user_agent", "string"),
+                               ("requests", "long"), ("last_seen", "datetime")],
+                              [["198.51.100.***", "gpt-4o", "openai-python/1.40", 310, "2026-11-20T09:40:00Z"]]))  # fmt: skip
     inc = incident(User(upn='mallory"@contoso.com'), AiResource(resource_id=ACCOUNT))
     [got] = enrich(inc, ["log_analytics"], cloud(server), budget=15)
     assert got.status == "ok", got.error
@@ -242,14 +246,16 @@ def test_log_analytics_queries_go_out_with_escaped_values_and_their_answers_come
     assert sent[0].body["timespan"].startswith("2026-11-19T10:00:00")  # 24 h before the newest evidence
     answers = {a["query"]: a for a in got.result["answers"]}
     assert answers["user_sign_ins"]["rows"][0]["failures"] == 9
-    assert len(sent) == 3  # the 429 was retried after Retry-After
+    assert len(sent) == 4  # the 429 was retried after Retry-After
     assert answers["account_control_plane"]["rows"][0]["operation"].endswith("REGENERATEKEY/ACTION")
+    assert answers["account_key_callers"]["rows"][0]["caller_ip"] == "198.51.100.***"
+    assert "isempty(tostring(props.objectId))" in sent[3].body["query"]
 
 
 def test_a_failing_query_is_recorded_beside_the_answers(server):
     path = f"/v1/workspaces/{WORKSPACE}/query"
     server.expect("POST", path, Reply(400, {"error": {"code": "BadArgumentError", "message": "bad query"}}),
-                  logs_answer([("requests", "long")], [[5]]))  # fmt: skip
+                  logs_answer([("requests", "long")], [[5]]), logs_answer([("requests", "long")], []))  # fmt: skip
     inc = incident(Ip(prefix="203.0.113.0/24"), AiResource(resource_id=ACCOUNT))
     [got] = enrich(inc, ["log_analytics"], cloud(server), budget=15)
     answers = {a["query"]: a for a in got.result["answers"]}

@@ -371,3 +371,19 @@ def test_the_estate_is_read_page_by_page_with_throttling_honoured_and_a_403_said
     assert prod_asset.deployments[1].weakened()
     assert sandbox_asset.monitored is None
     assert sandbox_asset.defender is True
+
+
+def test_a_project_is_judged_by_its_parent_not_flagged_for_network_or_keys_it_does_not_have():
+    project = {"id": f"{ACCOUNT}/projects/support-bot", "name": "support-bot",
+               "type": "microsoft.cognitiveservices/accounts/projects", "subscriptionId": SUB, "resourceGroup": "rg-ai",
+               "properties": {}}  # fmt: skip
+    hub_project = {"id": HUB.replace("foundry-hub", "foundry-project"), "name": "foundry-project",
+                   "type": "microsoft.machinelearningservices/workspaces", "kind": "Project", "subscriptionId": SUB,
+                   "resourceGroup": "rg-ai", "properties": {"hubResourceId": HUB}}  # fmt: skip
+    a, b = parse_asset(project), parse_asset(hub_project)
+    assert (a.hub, b.hub) == (ACCOUNT.lower(), HUB.lower())
+    assert a.is_project
+    assert b.is_project
+    assert assets.blind_spots(a) == []
+    assert assets.blind_spots(b) == []
+    assert AssetBook([parsed(full_row()), a]).get(f"{ACCOUNT}/projects/support-bot".lower()) is a

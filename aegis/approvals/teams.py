@@ -31,8 +31,11 @@ def card(step: StepRecord, incident: Incident | None, console_url: str) -> dict[
     link = f"{console_url.rstrip('/')}/console/approvals/{step.key}"
     waiting = step.status == "awaiting_approval"
     heading = "Approval needed" if waiting else f"Step {step.status.replace('_', ' ')}"
+    asset = incident.attributes.get("asset") if incident else None
     facts = [
         ("Incident", f"{incident.severity.value.upper()} · {incident.title}" if incident else step.incident),
+        *([("Owner to call", _owner(asset))] if isinstance(asset, dict) else []),
+        *([("Who uses the keys", "; ".join(step.dependents))] if step.dependents else []),
         ("Step", f"{step.playbook} / {step.step}"),
         ("Action", f"{step.action} on {step.target}"),
         ("Would call", call(step.action, step.params)),
@@ -80,6 +83,11 @@ def group_members(conn: Connections, group: str, limit: int = MAX_MENTIONS) -> l
         return [(str(u.id), u.display_name or str(u.id)) for u in people]
 
     return graph.using(conn, work)
+
+
+def _owner(asset: dict[str, Any]) -> str:
+    return (f"{asset.get('owner') or 'not tagged'} ({asset.get('name')}, "
+            f"{asset.get('criticality') or 'criticality not tagged'})")  # fmt: skip
 
 
 def _iso(value: Any) -> str:

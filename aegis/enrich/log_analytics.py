@@ -1,9 +1,10 @@
 """Log Analytics (azure-monitor-query `LogsQueryClient`): what else the incident's entities did.
 
-Three KQL templates (`kql/*.kql`): requests from each caller network to every AI account, each
-user's sign-ins, and control-plane operations on each AI account, in the 24 h before the newest
-evidence. Entity values enter the queries only through `kql.literal`. A query that fails or comes
-back partial is recorded beside the ones that answered.
+Four KQL templates (`kql/*.kql`): requests from each caller network to every AI account, each
+user's sign-ins, control-plane operations on each AI account, and who called each AI account with
+a key (what a key rotation breaks), in the 24 h before the newest evidence. Entity values enter
+the queries only through `kql.literal`. A query that fails or comes back partial is recorded
+beside the ones that answered.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def questions(incident: Incident) -> list[tuple[str, str, dict[str, str]]]:
         asked.append((f"user {user}", "user_sign_ins", {"user": user}))
     for account in sorted({e.key for e in incident.entities if isinstance(e, AiResource)})[:5]:
         asked.append((f"account {account}", "account_control_plane", {"account": account}))
+        asked.append((f"key callers of {account}", "account_key_callers", {"account": account}))
     return asked
 
 
