@@ -23,7 +23,7 @@ import orjson
 
 from aegis.arm import parse_resource_id
 from aegis.errors import MalformedInput
-from aegis.events import Severity
+from aegis.events import AiProject, AiResource, Entity, Severity
 from aegis.records import SEVERITY_ORDER, safe_text
 
 # what the inventory asks Resource Graph for: AI accounts (Azure OpenAI, AI services, AI Foundry
@@ -539,6 +539,26 @@ class AssetBook:
 
     def named(self, name: str | None) -> Asset | None:
         return self._by_name.get(name.lower()) if name else None
+
+    def parents(self, entities: Sequence[Entity]) -> tuple[Entity, ...] | None:
+        """The entities with each hub-based AI Foundry project (an Azure Machine Learning workspace
+        of kind Project, whose hub only ARM names) standing as its hub, the project kept as an
+        `AiProject`: so it joins the hub's alerts and logs. None when none is such a project."""
+        out: dict[tuple[str, str], Entity] = {}
+        changed = False
+        for e in entities:
+            asset = self._by_id.get(e.resource_id) if isinstance(e, AiResource) else None
+            if asset is None or asset.type != HUB_TYPE or not asset.is_project or not asset.hub:
+                out.setdefault((e.type, e.key), e)
+                continue
+            hub = self._by_id.get(asset.hub)
+            project = AiProject(resource_id=asset.id, name=asset.name, account=asset.hub, origin=e.origin)
+            parent = AiResource(resource_id=asset.hub, name=hub.name if hub else asset.hub.rsplit("/", 1)[-1],
+                                origin=e.origin)  # fmt: skip
+            out.setdefault((project.type, project.key), project)
+            out.setdefault((parent.type, parent.key), parent)
+            changed = True
+        return tuple(out.values()) if changed else None
 
     def of(self, resource_ids: Iterable[str | None]) -> Asset | None:
         """The most critical asset among these ids (an incident's AI resources)."""

@@ -24,12 +24,13 @@ import gc
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from aegis import normalize, tracing
+from aegis.assets import AssetBook
 from aegis.correlate.engine import Correlator
 from aegis.decode import Limits, decode, items, kind_of
 from aegis.directory import Directory
@@ -102,6 +103,7 @@ class Pipeline:
         keep_events: bool = False,
         tenancy: Tenancy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        assets: Callable[[], AssetBook] | None = None,
     ) -> None:
         self.store = store
         # every event and raw body kept (a row per event: local investigation), or, by default, only
@@ -119,6 +121,7 @@ class Pipeline:
         self.tenancy = tenancy or Tenancy()  # which tenant each event belongs to (`tenancy.py`)
         self.directory = Directory(store, clock=clock)  # one entity per principal (`directory.py`)
         self.key_use = KeyUse(store)  # who calls each AI account with its keys (`keyuse.py`)
+        self.assets = assets  # the inventory: a hub-based Foundry project stands as its hub (`AssetBook.parents`)
         self.clock = clock
 
     def process(self, messages: Sequence[Message]) -> Counts:
@@ -157,6 +160,9 @@ class Pipeline:
                 dead_letters += failed
             if events:  # each principal as the directory knows it, before anything is kept or correlated
                 events = {e.id: e for e in self.directory.apply(list(events.values()))}
+            if events and self.assets is not None and (book := self.assets()):
+                events = {i: replace(e, entities=moved) if (moved := book.parents(e.entities)) else e
+                          for i, e in events.items()}  # fmt: skip
             normalizing.set_attributes({"aegis.events": len(events), "aegis.dead_letters": len(dead_letters)})
         if raws or dead_letters or self.keep_events:
             kept = list(events.values()) if self.keep_events else []

@@ -61,7 +61,7 @@ def build_pipeline(
             record.respond_pending(pending, seen=[e for event in events for e in event.entities], clear=False)
 
     return Pipeline(store, limits=cfg.limits, correlator=correlator, respond=hook, hubs=cfg.hubs,
-                    keep_events=cfg.keep_events == "all", tenancy=cfg.tenancy)  # fmt: skip
+                    keep_events=cfg.keep_events == "all", tenancy=cfg.tenancy, assets=book)  # fmt: skip
 
 
 # --- what a worker builds once: settings, logging, the store and pipeline, the plan, the connections ---

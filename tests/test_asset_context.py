@@ -327,3 +327,51 @@ def test_the_teams_card_names_the_owner_to_call_and_who_uses_the_keys(tmp_path):
         assert "from 203.0.113.0/24" in facts["Who uses the keys: "]
     finally:
         store.close()
+
+
+HUB = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroups/rg-ai-prod/providers/Microsoft.MachineLearningServices/workspaces/hub-contoso"
+PROJECT = HUB.replace("hub-contoso", "proj-support")
+
+
+def hub_rows() -> list[dict]:
+    def ws(rid: str, kind: str, props: dict) -> dict:
+        return {"id": rid, "name": rid.rsplit("/", 1)[1], "type": "microsoft.machinelearningservices/workspaces",
+                "kind": kind, "location": "swedencentral", "subscriptionId": rid.split("/")[2],
+                "resourceGroup": "rg-ai-prod", "tags": {"owner": "support-ai@contoso.com"}, "properties": props}  # fmt: skip
+
+    return [ws(HUB, "Hub", {"publicNetworkAccess": "Disabled"}), ws(PROJECT, "Project", {"hubResourceId": HUB})]
+
+
+def test_a_hub_based_foundry_project_stands_as_its_hub_so_its_alerts_join_the_hubs(store):
+    import orjson
+
+    inv.refresh(store, hub_rows())
+    book = AssetBook(store.assets())
+    alert = orjson.loads((SAMPLES / "defender" / "01-jailbreak-arm.json").read_bytes())
+    text = orjson.dumps(alert).decode().replace(
+        "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-contoso-prod",
+        PROJECT,
+    )  # fmt: skip
+    pipeline = Pipeline(store, keep_events=True, assets=lambda: book)
+    pipeline.process([Message(text.encode(), hub="demo")])
+    [event] = store.events()
+    kinds = {(e.type, e.key) for e in event.entities}
+    assert ("ai_project", PROJECT.lower()) in kinds
+    assert ("ai_resource", HUB.lower()) in kinds
+    assert ("ai_resource", PROJECT.lower()) not in kinds  # the project is not an account of its own
+    project = next(e for e in event.entities if e.type == "ai_project")
+    assert project.account == HUB.lower()
+    # without the inventory the project stays what the stream says: its own resource
+    bare = SqliteStore(":memory:")
+    Pipeline(bare, keep_events=True).process([Message(text.encode(), hub="demo")])
+    assert ("ai_resource", PROJECT.lower()) in {(e.type, e.key) for e in bare.events()[0].entities}
+    bare.close()
+
+
+def test_the_inventory_timer_is_bound_hourly_and_not_at_every_instances_start(functions):
+    import json
+
+    [timer] = json.loads(functions["inventory_timer"].get_function_json())["bindings"]
+    assert timer["type"] == "timerTrigger"
+    assert timer["schedule"] == "0 41 * * * *"
+    assert timer["runOnStartup"] is False
