@@ -54,6 +54,17 @@ def store():
     s.close()
 
 
+@pytest.fixture
+def deployed(tmp_path):
+    """The runtime's own path on a file database: the demo estate refreshed, then the demo replayed."""
+    cfg = settings.load(db=tmp_path / "a.db", inventory_file=ESTATE)
+    s = SqliteStore(tmp_path / "a.db")
+    done = runtime.refresh_inventory(cfg, s)
+    runtime.build_pipeline(cfg, s, respond=True).process(demo_bodies())
+    yield cfg, s, done
+    s.close()
+
+
 def test_incidents_carry_their_assets_owner_and_criticality_and_are_weighed_by_it(store):
     inv.refresh(store, rows())
     incidents = correlated(store, AssetBook(store.assets()))
@@ -228,20 +239,13 @@ def test_aegis_namespaces_come_from_the_functions_connections(monkeypatch):
     assert settings.load().event_hub_namespaces == ["evhns-aegis-eastus", "evhns-aegis-x"]
 
 
-def test_the_runtime_refreshes_from_a_file_and_the_pipeline_reads_the_inventory(tmp_path):
-    cfg = settings.load(db=tmp_path / "a.db", inventory_file=ESTATE)
-    store = SqliteStore(tmp_path / "a.db")
-    try:
-        done = runtime.refresh_inventory(cfg, store)
-        assert [a.name for a in done.assets] == ["oai-contoso-lab", "oai-contoso-prod"]
-        assert sorted(f.kind for f in done.open) == ["local_auth", "no_diagnostics"]
-        pipe = runtime.build_pipeline(cfg, store, respond=True)
-        pipe.process(demo_bodies())
-        assert any(i.attributes.get("asset", {}).get("owner") == "ai-platform@contoso.com" for i in store.incidents())
-        rotate = next(s for s in store.steps(action="rotate_ai_keys"))
-        assert rotate.dependents
-    finally:
-        store.close()
+def test_the_runtime_refreshes_from_a_file_and_the_pipeline_reads_the_inventory(deployed):
+    _, store, done = deployed
+    assert [a.name for a in done.assets] == ["oai-contoso-lab", "oai-contoso-prod"]
+    assert sorted(f.kind for f in done.open) == ["local_auth", "no_diagnostics"]
+    assert any(i.attributes.get("asset", {}).get("owner") == "ai-platform@contoso.com" for i in store.incidents())
+    rotate = next(s for s in store.steps(action="rotate_ai_keys"))
+    assert rotate.dependents
 
 
 def test_a_key_caller_round_trips_and_says_itself():
@@ -250,37 +254,30 @@ def test_a_key_caller_round_trips_and_says_itself():
     assert c.describe() == "from 203.0.113.0/24 as 'openai-python/1.40' on gpt-4o, last 2026-11-20 09:05 UTC"
 
 
-def test_the_console_shows_the_estate_the_owner_to_call_and_who_uses_the_keys(tmp_path):
+def test_the_console_shows_the_estate_the_owner_to_call_and_who_uses_the_keys(deployed):
     from starlette.testclient import TestClient
 
     from aegis.approvals import web
 
-    cfg = settings.load(db=tmp_path / "c.db", inventory_file=ESTATE)
-    store = SqliteStore(tmp_path / "c.db")
-    try:
-        runtime.refresh_inventory(cfg, store)
-        runtime.build_pipeline(cfg, store, respond=True).process(demo_bodies())
-        plan = runtime.load_response(cfg)
-        console = web.Console.over(store, plan, web.local_identity("me@contoso.com", plan))
-        client = TestClient(web.create_app(console), base_url="http://127.0.0.1")
-        page = client.get("/console/inventory")
-        assert page.status_code == 200
-        html = page.text
-        assert html.count('class="finding"') == 2
-        assert "Its logs do not reach Aegis: oai-contoso-lab" in html
-        assert "aiAccountIds" in html
-        assert 'data-asset="oai-contoso-prod"' in html
-        assert "ai-platform@contoso.com" in html
-        approvals = client.get("/console/approvals").text
-        assert "Owner to call: <strong>ai-platform@contoso.com</strong>" in approvals
-        assert "Who uses the keys" in approvals
-        assert "from 203.0.113.0/24" in approvals
-        top = next(i for i in store.incidents() if i.attributes.get("asset"))
-        incident = client.get(f"/console/incidents/{top.id}").text
-        assert 'class="asset"' in incident
-        assert "owner <strong>ai-platform@contoso.com</strong>" in incident
-    finally:
-        store.close()
+    cfg, store, _ = deployed
+    plan = runtime.load_response(cfg)
+    client = TestClient(web.create_app(web.Console.over(store, plan, web.local_identity("me@contoso.com", plan))))
+    page = client.get("/console/inventory")
+    assert page.status_code == 200
+    html = page.text
+    assert html.count('class="finding"') == 2
+    assert "Its logs do not reach Aegis: oai-contoso-lab" in html
+    assert "aiAccountIds" in html
+    assert 'data-asset="oai-contoso-prod"' in html
+    assert "ai-platform@contoso.com" in html
+    approvals = client.get("/console/approvals").text
+    assert "Owner to call: <strong>ai-platform@contoso.com</strong>" in approvals
+    assert "Who uses the keys" in approvals
+    assert "from 203.0.113.0/24" in approvals
+    top = next(i for i in store.incidents() if i.attributes.get("asset"))
+    incident = client.get(f"/console/incidents/{top.id}").text
+    assert 'class="asset"' in incident
+    assert "owner <strong>ai-platform@contoso.com</strong>" in incident
 
 
 def test_the_inventory_cli_refreshes_lists_and_says_what_is_wrong(tmp_path):
@@ -311,22 +308,16 @@ def test_the_inventory_cli_refreshes_lists_and_says_what_is_wrong(tmp_path):
     assert 'expected a list of rows, or an object with the rows under "data"' in refused.stderr
 
 
-def test_the_teams_card_names_the_owner_to_call_and_who_uses_the_keys(tmp_path):
+def test_the_teams_card_names_the_owner_to_call_and_who_uses_the_keys(deployed):
     from aegis.approvals import teams
 
-    cfg = settings.load(db=tmp_path / "t.db", inventory_file=ESTATE)
-    store = SqliteStore(tmp_path / "t.db")
-    try:
-        runtime.refresh_inventory(cfg, store)
-        runtime.build_pipeline(cfg, store, respond=True).process(demo_bodies())
-        step = next(s for s in store.steps(action="rotate_ai_keys"))
-        incident = next(i for i in store.incidents() if i.id == step.incident)
-        card = teams.card(step, incident, "https://aegis.example")
-        facts = {b["inlines"][0]["text"]: b["inlines"][1]["text"] for b in card["body"] if b["type"] == "RichTextBlock"}
-        assert facts["Owner to call: "] == "ai-platform@contoso.com (oai-contoso-prod, critical)"
-        assert "from 203.0.113.0/24" in facts["Who uses the keys: "]
-    finally:
-        store.close()
+    _, store, _ = deployed
+    step = next(s for s in store.steps(action="rotate_ai_keys"))
+    incident = next(i for i in store.incidents() if i.id == step.incident)
+    card = teams.card(step, incident, "https://aegis.example")
+    facts = {b["inlines"][0]["text"]: b["inlines"][1]["text"] for b in card["body"] if b["type"] == "RichTextBlock"}
+    assert facts["Owner to call: "] == "ai-platform@contoso.com (oai-contoso-prod, critical)"
+    assert "from 203.0.113.0/24" in facts["Who uses the keys: "]
 
 
 HUB = "/subscriptions/6b1f3b8e-0c3a-4a8e-9d4f-2f7c1e5a9b10/resourceGroups/rg-ai-prod/providers/Microsoft.MachineLearningServices/workspaces/hub-contoso"
