@@ -23,32 +23,37 @@ MAX_REMEMBERED = 50_000  # callers whose last write this worker remembers (then 
 class KeyUse:
     def __init__(self, store: Store, *, every: timedelta = timedelta(minutes=15), per_batch: int = 200) -> None:
         self.store, self.every, self.per_batch = store, every, per_batch
-        self._written: dict[str, datetime] = {}
+        self._written: dict[tuple[str, str | None, str | None, str | None], datetime] = {}
 
     def observe(self, events: Iterable[Event]) -> int:
         """Write the key callers these events show that are new, or not written for `every`; how many."""
-        fresh: dict[str, KeyCaller] = {}
+        fresh: dict[tuple[str, str | None, str | None, str | None], datetime] = {}
         for e in events:
             if e.attributes.get("auth") != "key" or e.resource is None:
                 continue
             # a project's or a deployment's logs: its account (`parent` of an account is None)
             account = e.resource if e.resource.type == ACCOUNT else e.resource.parent() or e.resource
-            ip = next((x.key for x in e.entities if isinstance(x, Ip)), None)
-            agent = next((x.value for x in e.entities if isinstance(x, UserAgent)), None)
-            deployment = next((x.name for x in e.entities if isinstance(x, ModelDeployment)), None)
-            caller = KeyCaller(account.id, ip, agent, deployment, e.time)
-            last = self._written.get(caller.key)
+            ip = agent = deployment = None
+            for x in e.entities:
+                if isinstance(x, Ip):
+                    ip = ip or x.key
+                elif isinstance(x, UserAgent):
+                    agent = agent or x.value
+                elif isinstance(x, ModelDeployment):
+                    deployment = deployment or x.name
+            who = (account.id, ip, agent, deployment)
+            last = self._written.get(who)
             if last is not None and e.time - last < self.every:
                 continue
-            held = fresh.get(caller.key)
+            held = fresh.get(who)
             if held is None and len(fresh) >= self.per_batch:
                 continue
-            if held is None or held.last_seen < e.time:
-                fresh[caller.key] = caller
+            if held is None or held < e.time:
+                fresh[who] = e.time
         if not fresh:
             return 0
-        self.store.save_key_callers(list(fresh.values()))
+        self.store.save_key_callers([KeyCaller(*who, last_seen=at) for who, at in fresh.items()])
         if len(self._written) > MAX_REMEMBERED:
             self._written.clear()
-        self._written.update((k, c.last_seen) for k, c in fresh.items())
+        self._written.update(fresh)
         return len(fresh)
