@@ -161,6 +161,7 @@ def executor_run() -> RunCounts | None:
         correlator.expire()  # idle buckets, by the event time this worker has seen
     Responder(plan, store).drain()
     corroborate(cfg, plan, store, store.incidents, connections)
+    key_callers(cfg, store, connections)
     if plan.plan.mode != "execute":
         return None
     return Executor(plan, store, connections()).run()
@@ -209,6 +210,18 @@ def refresh_inventory(cfg: settings.Settings, store: Store, made: Callable[[], C
 
     got = Estate((made or connect.lazy(cfg))(), cfg.inventory_subscriptions).collect()
     return refresh.refresh(store, got.rows, options=options, errors=got.errors)
+
+
+def key_callers(cfg: settings.Settings, store: Store, made: Callable[[], Connections] | None = None) -> int:
+    """Ask Log Analytics who used the keys of each account a waiting step would cut them off from
+    (once a step); how many steps' lists changed. Nothing without `AEGIS_LOG_ANALYTICS_WORKSPACE`."""
+    if not cfg.log_analytics_workspace:
+        return 0
+    from aegis.enrich.base import Context  # noqa: PLC0415  (the query SDK loads only here)
+    from aegis.enrich.keycallers import KeyCallers  # noqa: PLC0415
+
+    ctx = Context(connections=(made or connect.lazy(cfg))(), workspace=cfg.log_analytics_workspace)
+    return KeyCallers(ctx).run(store)
 
 
 def retention_run() -> int:

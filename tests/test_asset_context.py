@@ -366,3 +366,41 @@ def test_the_inventory_timer_is_bound_hourly_and_not_at_every_instances_start(fu
     assert timer["type"] == "timerTrigger"
     assert timer["schedule"] == "0 41 * * * *"
     assert timer["runOnStartup"] is False
+
+
+def test_the_response_timer_asks_log_analytics_who_uses_the_keys_once_per_waiting_step(deployed, tmp_path):
+    from dataclasses import replace
+
+    from aegis.enrich.base import Context
+    from aegis.enrich.keycallers import CHECKED, KeyCallers, cuts_keys
+    from tests.test_enrich import WORKSPACE, logs_answer
+    from tests.test_execute import connections
+    from tests.wire import WireServer
+
+    _, store, _ = deployed
+    waiting = [s for s in store.steps(status=["awaiting_approval"]) if cuts_keys(s)]
+    assert {s.action for s in waiting} == {"rotate_ai_keys", "contain_ai_resource"}
+    path = f"/v1/workspaces/{WORKSPACE}/query"
+    columns = [("caller_ip", "string"), ("deployment", "string"), ("user_agent", "string"), ("requests", "long"),
+               ("last_seen", "datetime")]  # fmt: skip
+    with WireServer(tmp_path) as server:
+        for _ in waiting:
+            server.expect("POST", path, logs_answer(columns, [["198.51.100.***", "gpt-4o", "billing-batch/2.1", 912,
+                                                               "2026-11-19T22:10:00Z"]]))  # fmt: skip
+        ctx = Context(connections=replace(connections(server), logs=server.url), workspace=WORKSPACE,
+                      now=datetime(2026, 11, 20, 11, 0, tzinfo=UTC))  # fmt: skip
+        touched = KeyCallers(ctx).run(store)
+        again = KeyCallers(ctx).run(store)  # asked once a step: no second query
+        queries = [s for s in server.seen if s.path == path]
+    assert touched == len(waiting)
+    assert again == 0
+    assert len(queries) == len(waiting)
+    assert "isempty(tostring(props.objectId))" in queries[0].body["query"]
+    assert queries[0].body["timespan"].startswith("2026-11-13T11:00:00")  # seven days back
+    step = store.step(next(s.key for s in waiting if s.action == "rotate_ai_keys"))
+    assert step is not None
+    assert any(d.startswith("from 203.0.113.0/24") for d in step.dependents)  # the stream's, kept
+    assert "from 198.51.100.*** as 'billing-batch/2.1' on gpt-4o, last 2026-11-19 22:10 UTC" in step.dependents
+    assert step.dependents[-1] == f"{CHECKED} over 7 days: 1 caller(s)"
+    assert any(a.event == "dependents" and a.step == step.key for a in store.audit_log())
+    assert any(c.user_agent == "billing-batch/2.1" for c in store.key_callers(PROD))  # the next plans see it
