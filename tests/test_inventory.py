@@ -265,13 +265,17 @@ def test_key_callers_are_kept_per_account_newest_first(store):
                                                   ("198.51.100.0/24", T0 + timedelta(minutes=5))]  # fmt: skip
 
 
-def test_retention_purges_old_changes_and_key_callers(store):
-    inv.refresh(store, [account_row()], now=T0 - timedelta(days=40))
+def test_retention_purges_old_changes_key_callers_and_long_closed_findings(store):
+    inv.refresh(store, [account_row(disableLocalAuth=False)], now=T0 - timedelta(days=41))
+    inv.refresh(store, [account_row()], now=T0 - timedelta(days=40))  # fixed: its finding closed 40 days ago
+    inv.refresh(store, [account_row(SANDBOX, disableLocalAuth=False)], now=T0 - timedelta(days=1))
+    assert {f.kind for f in store.findings() if not f.open} == {"local_auth"}
     store.save_key_callers([KeyCaller(ACCOUNT.lower(), "203.0.113.7", None, None, T0 - timedelta(days=40))])
     store.purge(T0 - timedelta(days=30))
-    assert store.asset_changes() == []
+    assert [(f.asset_name, f.open) for f in store.findings()] == [("sandbox", True)]  # the open one stays
+    assert [c.time for c in store.asset_changes()] == [T0 - timedelta(days=1)] * 2
     assert store.key_callers(ACCOUNT) == []
-    assert [a.name for a in store.assets()] == ["copilot-prod"]  # the inventory itself stays
+    assert [a.name for a in store.assets()] == ["sandbox"]  # the inventory itself stays
 
 
 # --- what incidents read ---

@@ -242,8 +242,9 @@ class SqliteStore:
             gone += cur.execute("DELETE FROM dead_letters WHERE received < ?", (at,)).rowcount
             gone += cur.execute("DELETE FROM raw_messages WHERE received < ?", (at,)).rowcount
             gone += cur.execute("DELETE FROM inventory WHERE kind = 'change' AND part < ?", (at,)).rowcount
-            gone += cur.execute("DELETE FROM inventory WHERE kind = 'caller' AND json_extract(doc, '$.last_seen') < ?",
-                                (at.replace("+00:00", "Z"),)).rowcount  # fmt: skip
+            for kind, field in (("caller", "last_seen"), ("finding", "closed")):  # a closed finding ages out
+                gone += cur.execute(f"DELETE FROM inventory WHERE kind = ? AND json_extract(doc, '$.{field}') < ?",  # noqa: S608
+                                    (kind, at.replace("+00:00", "Z"))).rowcount  # fmt: skip
         return gone
 
     def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:

@@ -193,7 +193,10 @@ class TableStore:
             old_callers = self._response.query_entities(
                 "PartitionKey gt @lo and PartitionKey lt @hi and last_seen lt @at", select=["PartitionKey", "RowKey"],
                 parameters={"lo": f"{CALLERS}-", "hi": f"{CALLERS}.", "at": sortable(before)})  # fmt: skip
-            for row in [*old_changes, *old_callers]:
+            old_findings = self._response.query_entities(
+                "PartitionKey eq @pk and closed gt '' and closed lt @at", select=["PartitionKey", "RowKey"],
+                parameters={"pk": INVENTORY["finding"], "at": sortable(before)})  # fmt: skip
+            for row in [*old_changes, *old_callers, *old_findings]:
                 with suppress(ResourceNotFoundError):
                     self._response.delete_entity(row["PartitionKey"], row["RowKey"])
                     gone += 1
@@ -571,7 +574,11 @@ class TableStore:
 
         ops = [row("asset", _principal_row(a.id), a.to_json()) for a in assets]
         ops += [("delete", {"PartitionKey": INVENTORY["asset"], "RowKey": _principal_row(g)}, {}) for g in gone]
-        ops += [row("finding", f.id, f.to_json()) for f in findings]
+        ops += [
+            (op, {**e, "closed": sortable(f.closed) if f.closed else ""}, kw)
+            for f in findings
+            for op, e, kw in [row("finding", f.id, f.to_json())]
+        ]  # closed: for retention
         ops += [row("change", f"{_countdown(c.time)}-{c.key[-16:]}", c.to_json()) for c in changes]
         with _translate():
             for op, entity, kw in ops:  # each row on its own: an asset's document may fill a transaction alone
