@@ -384,7 +384,8 @@ def _demo_inventory(done: Refreshed, estate: Path, top: Incident | None) -> None
     """The AI estate the demo's inventory file describes: its assets, blind spots, and the asset
     context the most severe incident carries."""
     out.print()
-    out.print(f"[bold]AI estate[/bold] ({escape(str(estate))}, Resource Graph rows): {len(done.assets)} "
+    shown = estate.relative_to(Path.cwd()) if estate.is_relative_to(Path.cwd()) else estate
+    out.print(f"[bold]AI estate[/bold] ({escape(str(shown))}, Resource Graph rows): {len(done.assets)} "
               f"asset(s), {len(done.open)} blind spot(s)")  # fmt: skip
     for a in done.assets:
         out.print(escape(f"  {a.name}: owner {a.owner or '-'}, criticality {a.criticality or '-'}, "
