@@ -733,7 +733,7 @@ def inventory_refresh(
                   markup=False)  # fmt: skip
     for e in done.errors[:20]:
         err.print(f"  could not read: {e}", markup=False)
-    out.print("Next: aegis inventory findings | aegis inventory list", markup=False)
+    out.print("Next: aegis inventory findings | aegis inventory list | aegis inventory changes", markup=False)
 
 
 @inventory_app.command("list")
@@ -754,6 +754,26 @@ def inventory_list(db: DbOption = None, as_json: JsonOption = False) -> None:
                       escape(a.criticality or "-"), _yes(a.public), _yes(a.local_auth), _yes(a.monitored),
                       _yes(a.defender), str(len(a.deployments)))  # fmt: skip
     out.print(table)
+
+
+@inventory_app.command("changes")
+def inventory_changes(
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many, the newest first.", min=1)] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """What the refreshes saw change, the newest first: a content filter relaxed, keys turned back
+    on, public access opened (each marked WEAKER), a deployment or an asset added or gone."""
+    with _store(db, must_exist=True) as (_, store):
+        found = store.asset_changes(limit=limit)
+    if as_json:
+        _print_json([orjson.loads(c.to_json()) for c in found])
+        return
+    if not found:
+        out.print("No change recorded yet: a refresh records what differs from the one before.", markup=False)
+    for c in found:
+        out.print(f"{c.time:%Y-%m-%d %H:%M} UTC  {'WEAKER ' if c.weaker else ''}{c.asset.rsplit('/', 1)[-1]}: "
+                  f"{c.what} {c.before} -> {c.after}", markup=False)  # fmt: skip
 
 
 def _yes(value: bool | None) -> str:

@@ -294,9 +294,22 @@ def test_the_inventory_cli_refreshes_lists_and_says_what_is_wrong(tmp_path):
     shown = aegis("inventory", "findings", "--db", db)
     assert "Key (local) authentication is on: oai-contoso-prod" in shown.stdout
     assert "fix: give its callers Entra ID roles" in shown.stdout
-    again = json.loads(aegis("inventory", "refresh", "--db", db, "--file", str(ESTATE), "--json").stdout)
+    changes = aegis("inventory", "changes", "--db", db)
+    assert changes.returncode == 0, changes.stderr
+    assert "oai-contoso-prod: asset absent -> listed" in changes.stdout
+    relaxed = copy.deepcopy(inv.rows_from_file(ESTATE))
+    next(r for r in relaxed if r["name"] == "oai-contoso-lab")["properties"]["disableLocalAuth"] = False
+    lab = tmp_path / "lab-keys-on.json"
+    lab.write_text(json.dumps(relaxed))
+    assert aegis("inventory", "refresh", "--db", db, "--file", str(lab)).returncode == 0
+    newest = json.loads(aegis("inventory", "changes", "--db", db, "--json", "--limit", "1").stdout)
+    assert [(c["what"], c["before"], c["after"], c["weaker"]) for c in newest] == [
+        ("local (key) auth", "off", "on", True)
+    ]
+    assert "WEAKER oai-contoso-lab: local (key) auth off -> on" in aegis("inventory", "changes", "--db", db).stdout
+    again = json.loads(aegis("inventory", "refresh", "--db", db, "--file", str(lab), "--json").stdout)
     assert again["changes"] == []
-    assert len(again["open_findings"]) == 2
+    assert len(again["open_findings"]) == 3  # the lab's keys are on now too
     missing = aegis("inventory", "refresh", "--db", db, "--file", str(tmp_path / "nope.json"))
     assert missing.returncode != 0
     assert "no such file" in missing.stderr
