@@ -580,6 +580,17 @@ class AssetBook:
         return SEVERITY_ORDER[level], f"asset {asset.name} is {asset.criticality}: 1 {way}"
 
 
+def protected_tag(tags: Mapping[str, str] | None, protected: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first of `tags` the plan protects (`protected`: name → value, `*` for any; names and
+    values matched without case), as (name, the value it carries); None when none is."""
+    have = {k.lower(): v for k, v in (tags or {}).items()}
+    for name, value in protected.items():
+        got = have.get(name.lower())
+        if got is not None and (value == "*" or got.lower() == value.lower()):
+            return name, got
+    return None
+
+
 def cached_book(
     read: Callable[[], Sequence[Asset]], *, weights: Mapping[str, int] | None = None, ttl: float = 300.0,
     clock: Callable[[], float] = time.monotonic,

@@ -385,13 +385,14 @@ def test_the_response_timer_asks_log_analytics_who_uses_the_keys_once_per_waitin
     from dataclasses import replace
 
     from aegis.enrich.base import Context
-    from aegis.enrich.keycallers import CHECKED, KeyCallers, cuts_keys
+    from aegis.enrich.keycallers import CHECKED, KeyCallers
+    from aegis.respond.actions import cuts_keys
     from tests.test_enrich import WORKSPACE, logs_answer
     from tests.test_execute import connections
     from tests.wire import WireServer
 
     _, store, _ = deployed
-    waiting = [s for s in store.steps(status=["awaiting_approval"]) if cuts_keys(s)]
+    waiting = [s for s in store.steps(status=["awaiting_approval"]) if cuts_keys(s.action, s.params)]
     assert {s.action for s in waiting} == {"rotate_ai_keys", "contain_ai_resource"}
     path = f"/v1/workspaces/{WORKSPACE}/query"
     columns = [("caller_ip", "string"), ("deployment", "string"), ("user_agent", "string"), ("requests", "long"),

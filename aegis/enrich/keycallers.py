@@ -19,18 +19,14 @@ from aegis.assets import KeyCaller
 from aegis.enrich import kql
 from aegis.enrich.base import Context, error_text
 from aegis.enrich.log_analytics import client
-from aegis.records import AuditEntry, StepRecord
+from aegis.records import AuditEntry
+from aegis.respond.actions import cuts_keys
 from aegis.store import Store
 
 log = structlog.get_logger("aegis.enrich.keycallers")
 
 LOOKBACK = timedelta(days=7)
 CHECKED = "checked in Log Analytics"  # the last entry of a step's list once the workspace was asked
-
-
-def cuts_keys(step: StepRecord) -> bool:
-    return step.action == "rotate_ai_keys" or (
-        step.action == "contain_ai_resource" and step.params.get("mode") == "disable_local_auth")  # fmt: skip
 
 
 class KeyCallers:
@@ -62,7 +58,7 @@ class KeyCallers:
             return 0
         changed = 0
         for step in store.steps(status=["awaiting_approval"]):
-            if not cuts_keys(step) or (step.dependents and step.dependents[-1].startswith(CHECKED)):
+            if not cuts_keys(step.action, step.params) or (step.dependents and step.dependents[-1].startswith(CHECKED)):
                 continue
             account = str(step.params.get("account", ""))
             try:

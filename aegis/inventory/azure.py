@@ -26,15 +26,14 @@ from typing import Any
 
 import structlog
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RetryPolicy
+from azure.core.pipeline.policies import RetryPolicy
 from azure.core.rest import HttpRequest
-from azure.mgmt.cognitiveservices import CognitiveServicesManagementClient
 from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 from azure.mgmt.security import SecurityCenter
 
 from aegis.assets import ACCOUNT_TYPES, HUB_KINDS, HUB_TYPE
-from aegis.respond.actions import COGNITIVE_API
+from aegis.respond.cognitive import account_client
 from aegis.respond.connect import Connections, send
 
 logger = structlog.get_logger("aegis.inventory")
@@ -133,19 +132,14 @@ class Estate:
             return None
 
     def _deployments(self, row: dict[str, Any]) -> dict[str, Any]:
-        conn, sub, group, name = self.connections, row["subscriptionId"], row["resourceGroup"], row["name"]
-        client = conn.kept("cognitiveservices", sub, build=lambda: CognitiveServicesManagementClient(
-            conn.credential, sub, base_url=conn.arm, api_version=COGNITIVE_API, **conn.sdk_options()))  # fmt: skip
+        client, group, name = account_client(self.connections, str(row["id"]))  # the response's own client
         deployments = [d.serialize(keep_readonly=True) for d in client.deployments.list(group, name)]
         policies = [p.serialize(keep_readonly=True) for p in client.rai_policies.list(group, name)]
         return {"deployments": deployments, "raiPolicies": policies}
 
     def _diagnostics(self, rid: str) -> dict[str, Any]:
-        conn = self.connections
-        client = conn.kept("arm-rest", conn.arm, build=lambda: conn.rest_client(
-            conn.arm, BearerTokenCredentialPolicy(conn.credential, f"{conn.arm.rstrip('/')}/.default")))  # fmt: skip
-        found = send(client, HttpRequest("GET", f"{rid}/providers/Microsoft.Insights/diagnosticSettings",
-                                         params={"api-version": DIAGNOSTICS_API}))  # fmt: skip
+        path = f"{rid}/providers/Microsoft.Insights/diagnosticSettings"
+        found = send(self.connections.arm_rest(), HttpRequest("GET", path, params={"api-version": DIAGNOSTICS_API}))
         value = found.get("value") if isinstance(found, dict) else None
         return {"diagnosticSettings": value if isinstance(value, list) else []}
 

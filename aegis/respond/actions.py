@@ -13,7 +13,7 @@ playbook and response-plan schemas are generated from this registry (`playbooks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
@@ -530,3 +530,11 @@ class UpdateDefenderAlert(Params):
     @property
     def target(self) -> str:
         return self.alert
+
+
+def cuts_keys(action: str, params: Mapping[str, Any]) -> bool:
+    """The step stops every caller that uses the AI account's keys (a rotation, or keys turned off):
+    who those callers are is what an approver must see."""
+    return action == "rotate_ai_keys" or (
+        action == "contain_ai_resource" and params.get("mode") == "disable_local_auth"
+    )

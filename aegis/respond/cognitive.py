@@ -25,7 +25,7 @@ _ATTR = {"publicNetworkAccess": "public_network_access", "disableLocalAuth": "di
          "networkAcls": "network_acls"}  # fmt: skip
 
 
-def _client(conn: Connections, account: str) -> tuple[CognitiveServicesManagementClient, str, str]:
+def account_client(conn: Connections, account: str) -> tuple[CognitiveServicesManagementClient, str, str]:
     rid = parse_resource_id(account)
     sub, group, name = rid.subscription or "", rid.resource_group or "", rid.name or ""  # AccountId has all three
     client = conn.kept("cognitiveservices", sub, build=lambda: CognitiveServicesManagementClient(
@@ -37,7 +37,7 @@ def _client(conn: Connections, account: str) -> tuple[CognitiveServicesManagemen
 @runs("contain_ai_resource")
 def contain(p: ContainAiResource, ctx: Context) -> dict[str, Any]:
     """GET the account, keep the values about to change, PATCH the new ones (a long-running operation)."""
-    client, group, name = _client(ctx.connections, p.account)
+    client, group, name = account_client(ctx.connections, p.account)
     account = client.accounts.get(group, name)
     check_tags(p.account, account.tags, ctx.protected_tags)
     current = account.properties or AccountProperties()
@@ -53,7 +53,7 @@ def restore(p: RestoreAiResource, ctx: Context) -> dict[str, Any]:
     previous = _since_last_restore(ctx, p.account)
     if not previous:
         raise CannotRun(f"no containment of {p.account} has succeeded since the last restore: nothing to put back")
-    client, group, name = _client(ctx.connections, p.account)
+    client, group, name = account_client(ctx.connections, p.account)
     _patch(client, group, name, previous)
     return {"account": p.account, "restored": previous}
 
@@ -92,7 +92,7 @@ def rotate(p: RotateAiKeys, ctx: Context) -> dict[str, Any]:
     write the new O to the secret, then regenerate H (if asked). Consumers read a valid key at
     every moment, and the exposed key dies last. Without a secret: regenerate the keys asked.
     """
-    client, group, name = _client(ctx.connections, p.account)
+    client, group, name = account_client(ctx.connections, p.account)
     account = client.accounts.get(group, name)
     check_tags(p.account, account.tags, ctx.protected_tags)
     wanted = ["Key1", "Key2"] if p.key == "both" else [p.key]

@@ -18,12 +18,18 @@ from typing import Any, TypeVar
 from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.policies import DistributedTracingPolicy, RetryPolicy, UserAgentPolicy
+from azure.core.pipeline.policies import (
+    BearerTokenCredentialPolicy,
+    DistributedTracingPolicy,
+    RetryPolicy,
+    UserAgentPolicy,
+)
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
 from pydantic import SecretStr
 
+from aegis.assets import protected_tag
 from aegis.errors import AegisError
 from aegis.records import StepRecord
 from aegis.settings import Settings
@@ -89,6 +95,13 @@ class Connections:
         """Keyword options every azure-core based client (all the Azure SDKs used here) takes."""
         return {**self._retry(), **self._transport()}
 
+    def arm_rest(self) -> PipelineClient[HttpRequest, Any]:
+        """The worker's pipeline for the ARM REST calls no SDK here makes (Sentinel, Azure Monitor's
+        diagnostic settings), with a token for Azure Resource Manager."""
+        scope = f"{self.arm.rstrip('/')}/.default"
+        return self.kept("arm-rest", self.arm, build=lambda: self.rest_client(
+            self.arm, BearerTokenCredentialPolicy(self.credential, scope)))  # fmt: skip
+
     def rest_client(self, base_url: str, auth: Any) -> PipelineClient[HttpRequest, Any]:
         """An azure-core pipeline for the services with no Python SDK (Defender for Endpoint, ServiceNow,
         Jira): the SDKs' retry policy and transport options, then `auth`."""
@@ -150,8 +163,5 @@ class ProtectedAsset(CannotRun):
 
 def check_tags(target: str, tags: Mapping[str, str] | None, protected: Mapping[str, str]) -> None:
     """Raise `ProtectedAsset` when `tags` carry one the plan protects (a value of `*` matches any)."""
-    have = {k.lower(): v for k, v in (tags or {}).items()}
-    for name, value in protected.items():
-        got = have.get(name.lower())
-        if got is not None and (value == "*" or got.lower() == value.lower()):
-            raise ProtectedAsset(f"{target} is protected by the response plan: it has the tag {name}={got}")
+    if hit := protected_tag(tags, protected):
+        raise ProtectedAsset(f"{target} is protected by the response plan: it has the tag {hit[0]}={hit[1]}")

@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from aegis.assets import AssetBook, KeyCaller
+from aegis.assets import AssetBook, KeyCaller, protected_tag
 from aegis.events import ENTITY_TYPES, AiResource, Entity, Host, Ip, Origin, ServicePrincipal, User, union
 from aegis.records import SEVERITY_ORDER, Incident, PlannedStep
 from aegis.respond import templates
-from aegis.respond.actions import ACTIONS, ContainAiResource, Params, RotateAiKeys
+from aegis.respond.actions import ACTIONS, ContainAiResource, Params, RotateAiKeys, cuts_keys
 from aegis.respond.playbooks import Expected, Playbook, Response, ResponsePlan, Step
 from aegis.yamlfiles import describe
 
@@ -174,7 +174,9 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
     inventory: AssetBook | None = context.get("_assets")
     asset = inventory.get(values.get("account")) if inventory is not None else None
     if reason is None and asset is not None:
-        reason = _protected_tag(asset.tags, plan_.protected.tags, asset.name) or _no_effect(params, asset)
+        hit = protected_tag(asset.tags, plan_.protected.tags)
+        reason = (f"{asset.name} is protected by the response plan: the inventory shows its tag {hit[0]}={hit[1]}"
+                  if hit else _no_effect(params, asset))  # fmt: skip
     if reason is None and spec.disruptive:
         expected = context.get("_expected")
         reason = (
@@ -195,33 +197,23 @@ def _one(incident: Incident, book: Playbook, step: Step, context: dict[str, Any]
         status = "dry_run" if plan_.mode == "dry_run" else "approved"  # approved by the plan itself
     return PlannedStep(_key(base, values), **base, target=params.target, params=values, approvals=approvals,
                        status=status, reason=reason, aliases=aliases, corroboration=corroboration,
-                       dependents=_dependents(params, context.get("_callers")))  # fmt: skip
+                       dependents=_dependents(step.action, values, context.get("_callers")))  # fmt: skip
 
 
 MAX_DEPENDENTS = 20
 
 
-def _dependents(params: Params, callers: Callable[[str], Sequence[KeyCaller]] | None) -> tuple[str, ...]:
+def _dependents(
+    action: str, values: dict[str, Any], callers: Callable[[str], Sequence[KeyCaller]] | None
+) -> tuple[str, ...]:
     """Who breaks when the step runs: the callers using the account's keys, for a key rotation or
     turning keys off (most recent first, at most `MAX_DEPENDENTS`, and how many more)."""
-    cuts_keys = isinstance(params, RotateAiKeys) or (
-        isinstance(params, ContainAiResource) and params.mode == "disable_local_auth")  # fmt: skip
-    if not cuts_keys or callers is None:
+    if not cuts_keys(action, values) or callers is None:
         return ()
-    found = callers(str(params.model_dump()["account"]))
+    found = callers(str(values["account"]))
     shown = tuple(c.describe() for c in found[:MAX_DEPENDENTS])
     more = len(found) - len(shown)
     return (*shown, f"and {more} more") if more > 0 else shown
-
-
-def _protected_tag(tags: dict[str, str] | Any, protected_tags: dict[str, str], name: str) -> str | None:
-    """Why the inventory's view of an account's tags protects it (the plan's `protected.tags`)."""
-    have = {k.lower(): v for k, v in tags.items()}
-    for tag, value in protected_tags.items():
-        got = have.get(tag.lower())
-        if got is not None and (value == "*" or got.lower() == value.lower()):
-            return f"{name} is protected by the response plan: the inventory shows its tag {tag}={got}"
-    return None
 
 
 def _no_effect(params: Params, asset: Any) -> str | None:

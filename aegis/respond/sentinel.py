@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
 
 from aegis.arm import parse_resource_id
@@ -63,7 +62,4 @@ def workspace(conn: Connections) -> Sentinel:
         raise CannotRun(f"AEGIS_SENTINEL_WORKSPACE {raw[:200]!r} is not a Log Analytics workspace's ARM id")
     base = (f"/subscriptions/{ws.subscription}/resourceGroups/{ws.resource_group}/providers/"
             f"Microsoft.OperationalInsights/workspaces/{ws.name}/providers/Microsoft.SecurityInsights")  # fmt: skip
-    scope = f"{conn.arm.rstrip('/')}/.default"
-    client = conn.kept("arm-rest", conn.arm, build=lambda: conn.rest_client(
-        conn.arm, BearerTokenCredentialPolicy(conn.credential, scope)))  # fmt: skip
-    return Sentinel(client, base)
+    return Sentinel(conn.arm_rest(), base)

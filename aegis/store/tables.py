@@ -565,20 +565,14 @@ class TableStore:
         self, assets: Sequence[Asset], findings: Sequence[Finding], changes: Sequence[AssetChange],
         *, gone: Sequence[str] = (),
     ) -> None:  # fmt: skip
-        def row(kind: str, key: str, doc: bytes) -> tuple[str, dict[str, Any], dict[str, Any]]:
-            return (
-                "upsert",
-                {"PartitionKey": INVENTORY[kind], "RowKey": key, **_pack(doc)},
-                {"mode": UpdateMode.REPLACE},
-            )
+        def row(kind: str, key: str, doc: bytes, **more: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+            entity = {"PartitionKey": INVENTORY[kind], "RowKey": key, **more, **_pack(doc)}
+            return "upsert", entity, {"mode": UpdateMode.REPLACE}
 
         ops = [row("asset", _principal_row(a.id), a.to_json()) for a in assets]
         ops += [("delete", {"PartitionKey": INVENTORY["asset"], "RowKey": _principal_row(g)}, {}) for g in gone]
-        ops += [
-            (op, {**e, "closed": sortable(f.closed) if f.closed else ""}, kw)
-            for f in findings
-            for op, e, kw in [row("finding", f.id, f.to_json())]
-        ]  # closed: for retention
+        ops += [row("finding", f.id, f.to_json(), closed=sortable(f.closed) if f.closed else "")  # for retention
+                for f in findings]  # fmt: skip
         ops += [row("change", f"{_countdown(c.time)}-{c.key[-16:]}", c.to_json()) for c in changes]
         with _translate():
             for op, entity, kw in ops:  # each row on its own: an asset's document may fill a transaction alone
