@@ -668,9 +668,10 @@ def test_a_worker_builds_each_service_client_once_and_reuses_it(server):
     workspace = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/w"
     conn = connections(server, sentinel_workspace=workspace)
     one, two = account_id("rg1", "a1"), account_id("rg2", "a2")
-    assert cognitive.account_client(conn, one)[0] is cognitive.account_client(conn, two)[0]  # one subscription: one client
+    client = cognitive.account_client
+    assert client(conn, one)[0] is client(conn, two)[0]  # one subscription: one client
     elsewhere = one.replace(SUB, "00000000-0000-0000-0000-000000000001")
-    assert cognitive.account_client(conn, elsewhere)[0] is not cognitive.account_client(conn, one)[0]
+    assert client(conn, elsewhere)[0] is not client(conn, one)[0]
     assert mde._client(conn) is mde._client(conn)
     assert sentinel.workspace(conn).client is sentinel.workspace(conn).client
     alert = f"/subscriptions/{SUB}/providers/microsoft.security/locations/westeurope/alerts/"
