@@ -549,8 +549,7 @@ class State:
                 hi = seg.triggers[-1].pane
         else:
             summary, lo, hi = Summary(), seg.triggers[0].start, seg.triggers[-1].pane
-        for i in sorted(i for i in self.panes if lo <= i <= hi):
-            summary.add(self.panes[i])
+        summary.fold(self.panes[i] for i in sorted(i for i in self.panes if lo <= i <= hi))
         return summary
 
     def _incident(self, d: Detection, seg: _Segment, book: AssetBook | None = None) -> Incident:

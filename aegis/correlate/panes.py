@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -217,6 +218,44 @@ class Summary:
         start = (p.samples[0][0], p.samples[0][1]) if p.samples else None
         self.merge(Summary(p.events, start, p.end, p.severity, p.kinds, p.samples, p.samples, p.entities, p.traits,
                            p.moments))  # fmt: skip
+
+    def fold(self, panes: Iterable[Pane]) -> None:
+        """`add` each pane in turn (in index order), in one pass: the bounded sets and the samples
+        are cut once at the end, not at each pane, and sums are added in the same order. A pane's
+        samples lie in its slice of event time, so panes in order give their samples in order."""
+        events, start, end, severity = self.events, self.start, self.end, self.severity
+        kinds, entities = set(self.kinds), set(self.entities)
+        traits, moments = list(self.traits), [list(m) for m in self.moments]
+        samples: list[Sample] = []
+        for p in panes:
+            events += p.events
+            if p.samples:
+                first = (p.samples[0][0], p.samples[0][1])
+                if start is None or first < start:
+                    start = first
+                samples += p.samples
+            end = max(end, *p.last)
+            severity = max(severity, p.severity)
+            if p.kinds:
+                kinds |= p.kinds
+            entities |= p.entities
+            for k, n in enumerate(p.traits):
+                if k < len(traits):
+                    traits[k] += n
+                else:
+                    traits.append(n)
+            for k, m in enumerate(p.moments):
+                if k < len(moments):
+                    mine = moments[k]
+                    mine[0], mine[1], mine[2] = mine[0] + m[0], mine[1] + m[1], mine[2] + m[2]
+                else:
+                    moments.append([0.0 + m[0], 0.0 + m[1], 0.0 + m[2]])
+        self.events, self.start, self.end, self.severity = events, start, end, severity
+        self.kinds, self.entities = _bounded(kinds, self.KINDS), _bounded(entities, self.ENTITIES)
+        self.traits, self.moments = traits, moments
+        if samples:
+            self.head = list(dict.fromkeys(sorted([*self.head, *samples[: self.SAMPLES]])))[: self.SAMPLES]
+            self.tail = list(dict.fromkeys(sorted([*self.tail, *samples[-self.SAMPLES :]])))[-self.SAMPLES :]
 
     def merge(self, other: Summary) -> None:
         self.events += other.events

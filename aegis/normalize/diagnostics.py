@@ -154,6 +154,7 @@ def signin(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             evidence=evidence,
             time=when,
             tenant=f.guid(item.get("tenantId")) or f.guid(props.get("resourceTenantId")),
+            properties=props,
         )
     ]
 
@@ -212,6 +213,7 @@ def activity(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             evidence=evidence,
             rid=rid,
             tenant=f.guid(claims.get(_CLAIM_TID)),
+            properties=props,
         )
     ]
 
@@ -280,6 +282,7 @@ def ai_resource_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
             attributes=attributes,
             evidence=evidence,
             rid=rid,
+            properties=props,
         )
     ]
 
@@ -345,7 +348,7 @@ def gateway_log(item: dict[str, Any], evidence: Evidence) -> list[Event]:
     }
     attributes["refused"] = ",".join(refused) or None
     made = _event(item, "diagnostics.gateway", Source.RESOURCE_LOG, entities=entities, attributes=attributes,
-                  evidence=evidence, rid=rid)  # fmt: skip
+                  evidence=evidence, rid=rid, properties=raw)  # fmt: skip
     return [made]
 
 
@@ -439,11 +442,12 @@ def _event(
     rid: ResourceId | None = None,
     time: datetime | None = None,
     tenant: str | None = None,
+    properties: dict[str, Any] | None = None,
 ) -> Event:
     category = f.text(item, "category") or f.text(item, "type") or ""
     operation = attributes.get("operation") or ""
     return Event(
-        id=f.content_id(item),
+        id=f.content_id(item, properties),
         source=source,
         normalizer=name,
         kind=f"{category}:{operation}",

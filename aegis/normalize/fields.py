@@ -192,13 +192,17 @@ def guid(value: object) -> str | None:
     return None
 
 
-def content_id(record: dict[str, Any]) -> str:
+def content_id(record: dict[str, Any], properties: dict[str, Any] | None = None) -> str:
     """A log record's event id: a hash of its canonical content. A record that Event Hubs delivers
-    twice, or that arrives with `properties` as a string once and as an object once, gets one id."""
+    twice, or that arrives with `properties` as a string once and as an object once, gets one id.
+    `properties`: the record's `properties` as its normalizer already parsed them (`obj`)."""
     canonical = dict(record)
     if isinstance(canonical.get("properties"), str):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            canonical["properties"] = orjson.loads(canonical["properties"])
+        if properties is not None:
+            canonical["properties"] = properties
+        else:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                canonical["properties"] = orjson.loads(canonical["properties"])
     digest = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return digest[:32]
 
@@ -246,10 +250,15 @@ def resource_entities(rid: ResourceId) -> list[Entity]:
     """The entities an affected resource stands for: a virtual machine is a host; an AI account is
     itself; anything inside one (a deployment, an AI Foundry project, a project's agent or
     connection) is its parent account, with the deployment or the project as an entity too."""
+    return list(_resource_entities(rid))
+
+
+@lru_cache(maxsize=4096)  # a stream names the same few resources again and again (entities are frozen)
+def _resource_entities(rid: ResourceId) -> tuple[Entity, ...]:
     if rid.type in VM_TYPES and rid.name:
-        return [Host(name=rid.name, azure_id=rid.id)]
+        return (Host(name=rid.name, azure_id=rid.id),)
     if rid.provider not in AI_PROVIDERS or rid.name is None:
-        return []
+        return ()
     chain = [rid]
     while chain[-1].type is not None and chain[-1].type.count("/") > 1 and (up := chain[-1].parent()) is not None:
         chain.append(up)
@@ -262,7 +271,7 @@ def resource_entities(rid: ResourceId) -> list[Entity]:
         out.append(AiProject(resource_id=project.id, name=project.name, account=account.id))
     if account.name and (account.type or "").count("/") == 1:
         out.append(AiResource(resource_id=account.id, name=account.name))
-    return out
+    return tuple(out)
 
 
 def dedupe(entities: list[Entity]) -> tuple[Entity, ...]:
