@@ -22,7 +22,7 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from aegis.correlate.paths import compile_path
-from aegis.events import Event, Scalar
+from aegis.events import Event, Scalar, Source
 
 Predicate = Callable[[Event], bool]
 OPERATORS = ("equals", "in", "prefix", "suffix", "contains", "regex", "exists", "gt", "gte", "lt", "lte")
@@ -69,9 +69,15 @@ class FieldTest(_Strict):
             raise ValueError(f"a test needs exactly one operator of {', '.join(OPERATORS)} (got {given or 'none'})")
         return self
 
-    def compile(self) -> Predicate:
+    def compile(self, source: str | None = None) -> Predicate:
+        """The test as a function of an event; given the `source` every event it sees comes from,
+        a test on `source` is decided now (`ALWAYS` or `NEVER`)."""
         get = compile_path(self.field)
         op = next(op for op in OPERATORS if op in self.model_fields_set or f"{op}_" in self.model_fields_set)
+        if source is not None and self.field == "source":
+            known = Source(source)
+            decided = bool(self.exists) if op == "exists" else _operator(op, self)(known)
+            return ALWAYS if decided else NEVER
         if op == "exists":
             want = bool(self.exists)
             return lambda e: bool(get(e)) is want
@@ -99,8 +105,11 @@ class FieldTest(_Strict):
 class All(_Strict):
     all: list[Condition] = Field(min_length=1)
 
-    def compile(self) -> Predicate:
-        return _until([c.compile() for c in self.all], stop=False)
+    def compile(self, source: str | None = None) -> Predicate:
+        parts = [c.compile(source) for c in self.all]
+        if NEVER in parts:
+            return NEVER
+        return _until([p for p in parts if p is not ALWAYS], stop=False)
 
     def sources(self) -> frozenset[str] | None:
         """Sources admitted by the conjunction: those of any conjunct that names them."""
@@ -111,8 +120,11 @@ class All(_Strict):
 class AnyOf(_Strict):
     any: list[Condition] = Field(min_length=1)
 
-    def compile(self) -> Predicate:
-        return _until([c.compile() for c in self.any], stop=True)
+    def compile(self, source: str | None = None) -> Predicate:
+        parts = [c.compile(source) for c in self.any]
+        if ALWAYS in parts:
+            return ALWAYS
+        return _until([p for p in parts if p is not NEVER], stop=True)
 
     def sources(self) -> frozenset[str] | None:
         """Sources admitted by the disjunction: known only when every branch names them."""
@@ -123,17 +135,31 @@ class AnyOf(_Strict):
 class Not(_Strict):
     not_: Condition = Field(alias="not")
 
-    def compile(self) -> Predicate:
-        inner = self.not_.compile()
+    def compile(self, source: str | None = None) -> Predicate:
+        inner = self.not_.compile(source)
+        if inner is ALWAYS or inner is NEVER:
+            return NEVER if inner is ALWAYS else ALWAYS
         return lambda e: not inner(e)
 
     def sources(self) -> frozenset[str] | None:
         return None
 
 
+def ALWAYS(e: Event) -> bool:  # noqa: N802 - a constant predicate, compared by identity
+    return True
+
+
+def NEVER(e: Event) -> bool:  # noqa: N802 - a constant predicate, compared by identity
+    return False
+
+
 def _until(parts: list[Predicate], *, stop: bool) -> Predicate:
     """`all` (stop at the first False) or `any` (stop at the first True), as a plain loop: faster
-    than all() / any() over a generator on the hot path."""
+    than all() / any() over a generator on the hot path. No parts: what an empty `all` or `any` is."""
+    if not parts:
+        return NEVER if stop else ALWAYS
+    if len(parts) == 1:
+        return parts[0]
 
     def holds(e: Event) -> bool:
         for p in parts:

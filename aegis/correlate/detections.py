@@ -29,7 +29,7 @@ from aegis.correlate.kinds import KINDS
 from aegis.correlate.paths import Getter, compile_path
 from aegis.durations import Duration
 from aegis.errors import AegisError
-from aegis.events import Severity
+from aegis.events import Severity, Source
 from aegis.yamlfiles import load_model
 
 DETECTIONS_DIR = Path(__file__).resolve().parents[2] / "detections"
@@ -223,6 +223,13 @@ class Detection(_Strict):
             return [s.match.compile() for s in self.steps]
         assert self.match is not None
         return [self.match.compile()]
+
+    @cached_property
+    def source_predicates(self) -> dict[str, list[Predicate]]:
+        """Source → the step predicates for events of that source, with their tests on `source`
+        decided (`NEVER` for a step no event of it can match)."""
+        conditions = [s.match for s in self.steps] if self.steps else [self.match]
+        return {src.value: [c.compile(src.value) for c in conditions if c is not None] for src in Source}
 
     @cached_property
     def weights(self) -> list[Predicate]:

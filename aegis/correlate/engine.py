@@ -234,10 +234,10 @@ class Correlator:
     def _match(
         d: Detection, events: Sequence[Event], out: dict[str, tuple[Detection, str, list[Match]]], c: CorrelationCounts
     ) -> None:
-        value_of, predicates, getters, by_tenant = d.value_getter, d.predicates, d.group_getters, d.by_tenant
+        value_of, by_source, getters, by_tenant = d.value_getter, d.source_predicates, d.group_getters, d.by_tenant
         weights, steadies = d.weights, d.steadies
         for e in events:
-            steps = [i for i, predicate in enumerate(predicates) if predicate(e)]
+            steps = [i for i, predicate in enumerate(by_source[e.source]) if predicate(e)]
             if not steps:
                 continue
             value = None
