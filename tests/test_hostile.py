@@ -453,7 +453,8 @@ def test_a_detection_whose_matching_fails_adds_no_partial_matches(monkeypatch):
             raise ValueError("a bad value")
         return True
 
-    d.__dict__["predicates"] = [flaky]  # the compiled predicates (a cached property)
+    # the compiled predicates, per event source (a cached property)
+    d.__dict__["source_predicates"] = {source: [flaky] for source in d.source_predicates}
     counts = p.process([burst()])
     assert counts.detection_errors == {"ai-request-burst-by-caller": 1}
     assert "matching: ValueError" in counts.error_reasons["ai-request-burst-by-caller"]

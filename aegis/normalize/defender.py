@@ -119,10 +119,10 @@ def _is_activity_log_alert(item: dict[str, Any]) -> bool:
     )
 
 
-_EXPORT_MARKERS = (
+_EXPORT_MARKERS = frozenset({
     "securityEventDataEnrichment", "SecurityEventDataEnrichment", "assessmentEventDataEnrichment",
     "AssessmentEventDataEnrichment", "SubAssessmentEventDataEnrichment", "subAssessmentEventDataEnrichment",
-)  # fmt: skip
+})  # fmt: skip
 _EXPORT_TYPES = (
     "microsoft.security/assessments", "microsoft.security/securescores", "microsoft.security/regulatorycompliance",
     "microsoft.security/securescorecontrols", "microsoft.security/governance",
@@ -130,7 +130,7 @@ _EXPORT_TYPES = (
 
 
 def _is_export_other(item: dict[str, Any]) -> bool:
-    if any(m in item for m in _EXPORT_MARKERS):
+    if not item.keys().isdisjoint(_EXPORT_MARKERS):
         return True
     kind = item.get("type") or item.get("Type") or item.get("$type")
     return isinstance(kind, str) and kind.lower().startswith(_EXPORT_TYPES)
