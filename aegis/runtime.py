@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from aegis import log, settings, tracing
 from aegis.approvals import bot, web
 from aegis.approvals.botauth import BotAuth, EntraBearer
+from aegis.approvals.signin import ASSERTION_SCOPE, SignIn
 from aegis.approvals.sweep import SweepCounts, Sweeper
 from aegis.assets import cached_book
 from aegis.correlate import coverage, detections
@@ -99,10 +100,15 @@ def console_app() -> Starlette:
     mode an approved step is run by the response timer, within a minute."""
     store, plan, cfg = pipeline().store, response(), settings.get()
     who: Callable[[Any], Any] = web.easy_auth_identity
+    signin = None
     if cfg.console_auth == "bearer":
         if not cfg.tenant_id or not cfg.auth_client_id:
             raise ConfigurationError("AEGIS_CONSOLE_AUTH=bearer needs AEGIS_TENANT_ID and AEGIS_AUTH_CLIENT_ID")
         who = web.bearer_identity(EntraBearer(cfg.tenant_id, cfg.auth_client_id, bot.json_getter(connections())).verify)
+        if cfg.console_url.startswith("https://"):  # browsers sign in there (its /console/signin/callback)
+            credential = connections().credential
+            signin = SignIn(cfg.tenant_id, cfg.auth_client_id, f"{cfg.console_url.rstrip('/')}/console",
+                            assertion=lambda: credential.get_token(ASSERTION_SCOPE).token)  # fmt: skip
     console = web.Console.over(store, plan, who, zone=ZoneInfo(cfg.display_timezone or "UTC"),
                                detections=detections.load().detections,
                                atlas=coverage.atlas_file(cfg.atlas_data) if cfg.atlas_data else None)  # fmt: skip
@@ -118,7 +124,7 @@ def console_app() -> Starlette:
         )
         auth = BotAuth(cfg.bot_app_id, bot.json_getter(conn), cfg.bot_openid_metadata)
         endpoint = web.BotEndpoint(auth, decisions)
-    return web.create_app(console, bot=endpoint)
+    return web.create_app(console, bot=endpoint, signin=signin)
 
 
 def sweep() -> SweepCounts:

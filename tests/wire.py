@@ -40,7 +40,7 @@ class Seen:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
-    body: Any
+    body: Any  # JSON, or a form's fields (the first value of each)
 
 
 class WireServer:
@@ -59,7 +59,10 @@ class WireServer:
                 url = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
+                form = "application/x-www-form-urlencoded" in (self.headers.get("Content-Type") or "")
+                body = (
+                    ({k: v[0] for k, v in parse_qs(raw.decode()).items()} if form else json.loads(raw)) if raw else None
+                )
                 path = unquote(url.path)  # SDKs percent-encode ids (a UPN's @): compare what the service decodes
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 server.seen.append(Seen(self.command, path, parse_qs(url.query), headers, body))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 import structlog
@@ -46,6 +46,7 @@ from aegis.approvals.explain import explain, grouped
 from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.listing import RANGES, Query, listing
 from aegis.approvals.names import label, link, resource_names
+from aegis.approvals.signin import FLOW_COOKIE, FLOW_FOR, SESSION_COOKIE, SignIn, SignInFailed, safe_next
 from aegis.approvals.timeline import chart
 from aegis.approvals.triage import Triager, TriageRefused
 from aegis.arm import try_parse_resource_id
@@ -419,16 +420,68 @@ class BotEndpoint:
         return Response(status_code=200) if answer is None else _json(answer)
 
 
+@dataclass(frozen=True)
+class SignInPages:
+    """`/console/signin`, its callback and `/console/signout` (`signin.py`)."""
+
+    flow: SignIn
+
+    def routes(self) -> list[Route]:
+        return [Route("/console/signin", self.start), Route("/console/signout", self.signout),
+                Route("/console/signin/callback", self.callback, methods=["POST"])]  # fmt: skip
+
+    async def start(self, request: Request) -> Response:
+        url, cookie = await run_in_threadpool(self.flow.start, request.query_params.get("next"))
+        response = RedirectResponse(url, status_code=302)
+        response.set_cookie(FLOW_COOKIE, cookie, max_age=FLOW_FOR, httponly=True, secure=True, samesite="none")
+        return response
+
+    async def callback(self, request: Request) -> Response:
+        """Entra ID posts the code here (`form_post`)."""
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit() or int(length) > MAX_FORM:
+            raise HTTPException(413, "form too large (or no valid Content-Length)")
+        async with request.form(max_files=0, max_fields=10) as form:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:  # the token endpoint is a blocking call
+            token, lifetime, goto = await run_in_threadpool(self.flow.finish, request.cookies.get(FLOW_COOKIE), fields)
+        except SignInFailed as exc:
+            log.warning("signin_failed", reason=str(exc)[:300])
+            page = _env.get_template("error.html").render(title="Sign-in", status=401, text=str(exc))
+            failed = HTMLResponse(page, status_code=401)
+            failed.delete_cookie(FLOW_COOKIE, httponly=True, secure=True, samesite="none")
+            return failed
+        response = RedirectResponse(goto, status_code=303)
+        response.delete_cookie(FLOW_COOKIE, httponly=True, secure=True, samesite="none")
+        response.set_cookie(SESSION_COOKIE, token, max_age=max(lifetime - 60, 60), httponly=True, secure=True,
+                            samesite="lax")  # fmt: skip
+        log.info("signed_in")
+        return response
+
+    async def signout(self, request: Request) -> Response:
+        response = RedirectResponse(self.flow.signed_out(self.flow.console_url), status_code=303)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, secure=True, samesite="lax")
+        return response
+
+
 def create_app(
-    console: Console, *, allowed_hosts: Sequence[str] | None = None, bot: BotEndpoint | None = None
-) -> Starlette:
+    console: Console, *, allowed_hosts: Sequence[str] | None = None, bot: BotEndpoint | None = None,
+    signin: SignIn | None = None,
+) -> Starlette:  # fmt: skip
     """The ASGI app. `allowed_hosts`: the Host names it answers (`aegis serve`: loopback, so that a
     page on another site cannot reach it through DNS rebinding); None answers any (the Functions
-    host, whose front end routes only the app's own names). `bot`: the Teams bot's `/api/messages`."""
+    host, whose front end routes only the app's own names). `bot`: the Teams bot's `/api/messages`.
+    `signin`: the console's own browser sign-in (`signin.py`): a console page asked for by someone
+    not signed in sends them there instead of answering 401."""
     c = console
+    pages = SignInPages(signin) if signin is not None else None
 
     async def errors(request: Request, exc: Exception) -> Response:
         status, text = 500, "internal error"
+        if isinstance(exc, NotSignedIn) and pages is not None and request.method == "GET" and \
+                request.url.path.startswith("/console"):  # fmt: skip
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/console/signin?next={quote(safe_next(path), safe='')}", status_code=303)
         if isinstance(exc, NotSignedIn):
             status, text = 401, str(exc)
         elif isinstance(exc, Forbidden):
@@ -467,6 +520,7 @@ def create_app(
             Route("/api/approvals/{key}", c.api_get),
             Route("/api/approvals/{key}/{verb:str}", c.api_decide, methods=["POST"]),
             *([Route("/api/messages", bot.messages, methods=["POST"])] if bot is not None else []),
+            *(pages.routes() if pages is not None else []),
         ],
         exception_handlers={HTTPException: errors, AegisError: errors},
         middleware=[Middleware(SecurityHeaders)]
@@ -511,8 +565,16 @@ def easy_auth_identity(request: Request) -> Principal:
 
 
 def bearer_identity(verify: Callable[[str | None], Any]) -> Callable[[Request], Principal]:
-    """Who calls, by the Entra ID access token they present (`AEGIS_CONSOLE_AUTH=bearer`)."""
-    return lambda request: identity.from_bearer(request.headers, verify)
+    """Who calls, by the Entra ID access token they present (`AEGIS_CONSOLE_AUTH=bearer`): in the
+    `Authorization` header, or, on console pages, as the session cookie the sign-in set."""
+
+    def identify(request: Request) -> Principal:
+        session = request.cookies.get(SESSION_COOKIE)
+        if "authorization" not in request.headers and session and request.url.path.startswith("/console"):
+            return identity.from_bearer({"authorization": f"Bearer {session}"}, verify)
+        return identity.from_bearer(request.headers, verify)
+
+    return identify
 
 
 def when(value: datetime | str | None, zone: tzinfo = UTC) -> str:
