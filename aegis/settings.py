@@ -203,7 +203,8 @@ class Settings(BaseSettings):
 
     console_url: str = Field(
         "http://127.0.0.1:8765",
-        description="Public URL of the console (https://APP.azurewebsites.net): the links in Teams cards.",
+        description="Public URL of the console (https://APP.azurewebsites.net): the links in Teams cards; with "
+        "AEGIS_CONSOLE_AUTH=bearer and https, where browsers sign in (its /console/signin/callback).",
         pattern=r"^https?://[^\s/?#]+(:[0-9]+)?/?$",
     )
 

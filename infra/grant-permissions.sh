@@ -4,10 +4,14 @@
 #   1. the Entra ID app registration people sign in to the console with (App Service Authentication),
 #      with the app roles Aegis.Approver, Aegis.Analyst and Aegis.Reader: assign people or groups to them;
 #   2. the application permissions of the app's managed identity on Microsoft Graph and on Defender for
-#      Endpoint: app-role assignments on its service principal, each the least an action needs.
+#      Endpoint: app-role assignments on its service principal, each the least an action needs;
+#   3. the console's browser sign-in (Flex Consumption does not enforce App Service Authentication, so
+#      the app signs people in itself): the redirect URIs, and a federated credential that lets the
+#      app's managed identity prove the app registration when it redeems a code (no client secret).
 # Idempotent: what exists is left as it is.
 #   infra/grant-permissions.sh create-app                 # prints AEGIS_AUTH_CLIENT_ID for `azd env set`
 #   infra/grant-permissions.sh grant <principal id>       # after `azd provision` (output AEGIS_MANAGED_IDENTITY_PRINCIPAL_ID)
+#   infra/grant-permissions.sh signin <client id> <console url> <principal id>   # after `azd provision` too
 set -euo pipefail
 
 GRAPH_APP=00000003-0000-0000-c000-000000000000   # Microsoft Graph
@@ -52,6 +56,23 @@ JSON
   echo "AEGIS_AUTH_CLIENT_ID=$id   # azd env set AEGIS_AUTH_CLIENT_ID $id"
 }
 
+signin() {  # client id of the console's app registration, console URL (AEGIS_CONSOLE_URL), managed identity principal id
+  local app=$1 url=${2%/} principal=$3 tenant
+  tenant=$(az account show --query tenantId -o tsv)
+  # where Entra ID posts the code (form_post), and where signing out comes back to
+  az ad app update --id "$app" --web-redirect-uris "$url/console/signin/callback" "$url/console" \
+    "$url/.auth/login/aad/callback"
+  if az ad app federated-credential list --id "$app" --query "[?subject=='$principal'] | [0].name" -o tsv | grep -q .; then
+    echo "already trusted: the managed identity $principal"
+    return 0
+  fi
+  az ad app federated-credential create --id "$app" --parameters "{\"name\": \"aegis-function-app\",
+    \"issuer\": \"https://login.microsoftonline.com/$tenant/v2.0\", \"subject\": \"$principal\",
+    \"audiences\": [\"api://AzureADTokenExchange\"],
+    \"description\": \"The Function App's managed identity redeems the console's sign-in codes\"}" >/dev/null
+  echo "trusted: the managed identity $principal signs in for $app"
+}
+
 grant() {  # principal id, resource app id, permission
   local principal=$1 resource sp role
   resource=$2
@@ -76,5 +97,11 @@ case "${1:-}" in
     for p in "${GRAPH_PERMISSIONS[@]}"; do grant "$principal" "$GRAPH_APP" "$p"; done
     for p in "${MDE_PERMISSIONS[@]}"; do grant "$principal" "$MDE_APP" "$p"; done
     ;;
-  *) echo "usage: $0 create-app [name] | grant <managed identity principal id>" >&2; exit 2 ;;
+  signin)
+    signin "${2:?usage: grant-permissions.sh signin <client id> <console url> <principal id>}" \
+      "${3:?usage: grant-permissions.sh signin <client id> <console url> <principal id>}" \
+      "${4:?usage: grant-permissions.sh signin <client id> <console url> <principal id>}"
+    ;;
+  *) echo "usage: $0 create-app [name] | grant <managed identity principal id> | signin <client id> <console url> <principal id>" >&2
+     exit 2 ;;
 esac

@@ -205,3 +205,23 @@ def test_signing_out_clears_the_session_and_signs_out_of_entra(console, server):
     assert out.status_code == 303
     assert out.headers["location"].startswith(f"{server.url}/{TENANT}/oauth2/v2.0/logout?post_logout_redirect_uri=")
     assert browser.get("/console/approvals").status_code == 303  # signed in no more
+
+
+@pytest.mark.parametrize(("url", "signs_in"), [("https://func-aegis.example", True), ("http://127.0.0.1:8765", False)])
+def test_the_deployed_console_signs_browsers_in_where_it_is_served_over_https(tmp_path, monkeypatch, url, signs_in):
+    from aegis import runtime
+
+    for name, value in {"AEGIS_DB": str(tmp_path / "c.db"), "AEGIS_CONSOLE_AUTH": "bearer", "AEGIS_TENANT_ID": TENANT,
+                        "AEGIS_AUTH_CLIENT_ID": CONSOLE_APP, "AEGIS_CONSOLE_URL": url}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+    try:
+        page = Browser(runtime.console_app()).get("/console/audit")
+    finally:
+        runtime.pipeline().store.close()
+        runtime.reset()
+    if signs_in:
+        assert page.status_code == 303
+        assert page.headers["location"] == "/console/signin?next=%2Fconsole%2Faudit"
+    else:  # no https address to come back to: nobody to sign in, a token is still all it takes
+        assert page.status_code == 401
