@@ -6,6 +6,8 @@
 2. Under `aegis serve` (the real command, as a user starts it), a person requests a playbook, is
    refused when approving its step (self-approval), and an alert field carrying `<script>` is
    shown as text and never runs.
+3. On Flex Consumption (no App Service Authentication), a browser signs in through the app's own
+   authorization code flow against a local Entra ID on another site, and its session cookie holds.
 """
 
 from __future__ import annotations
@@ -444,4 +446,153 @@ def test_the_coverage_page_draws_the_atlas_matrix_and_links_each_cell_to_its_det
         page.close()
     finally:
         server.should_exit = True
+        store.close()
+
+
+# --- 3. the console's own sign-in (Flex Consumption), through a real browser ---
+
+
+class EntraLike:
+    """Entra ID as a browser and MSAL meet it, on https://localhost (another site than the console):
+    the tenant's OpenID configuration and signing keys, an authorize page that signs Alice in at
+    once and posts the code back (`form_post`, as Entra ID's page does with a script), and the token
+    endpoint, which redeems a code only with its PKCE verifier and the managed identity's assertion."""
+
+    def __init__(self, tmp: Path, assertion: str) -> None:
+        import hashlib
+        import html
+        import secrets
+        import ssl
+        from base64 import urlsafe_b64encode
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        from tests.test_bot import CONSOLE_APP, SIGNER_JWK, TENANT, entra_token
+        from tests.test_signin import id_token
+        from tests.wire import _certificates
+
+        tmp.mkdir()
+        self.ca_file = tmp / "ca.pem"
+        cert, key = _certificates(tmp, self.ca_file)
+        codes: dict[str, dict[str, str]] = {}
+        self.redeemed: list[dict[str, str]] = []
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if url.path == f"/{TENANT}/v2.0/.well-known/openid-configuration":
+                    base = f"{idp.url}/{TENANT}"
+                    self._send(200, json.dumps({
+                        "issuer": f"https://login.microsoftonline.com/{TENANT}/v2.0",
+                        "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                        "token_endpoint": f"{base}/oauth2/v2.0/token", "jwks_uri": f"{base}/discovery/v2.0/keys",
+                    }).encode())  # fmt: skip
+                elif url.path == f"/{TENANT}/discovery/v2.0/keys":
+                    self._send(200, json.dumps({"keys": [{**SIGNER_JWK, "kid": "k1"}]}).encode())
+                elif url.path == f"/{TENANT}/oauth2/v2.0/authorize":
+                    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                    code = secrets.token_urlsafe(16)
+                    codes[code] = q
+                    fields = "".join(f'<input type="hidden" name="{n}" value="{html.escape(v)}">'
+                                     for n, v in (("code", code), ("state", q["state"])))  # fmt: skip
+                    page = (f'<html><body onload="document.forms[0].submit()"><form method="post" '
+                            f'action="{html.escape(q["redirect_uri"])}">{fields}</form></body></html>')  # fmt: skip
+                    self._send(200, page.encode(), "text/html")
+                else:
+                    self._send(404, b"{}")
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                form = {k: v[0] for k, v in parse_qs(raw).items()}
+                idp.redeemed.append(form)
+                asked = codes.pop(form.get("code", ""), None)
+                verifier = form.get("code_verifier", "").encode()
+                challenge = urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+                if (asked is None or form.get("redirect_uri") != asked["redirect_uri"] or challenge !=
+                        asked["code_challenge"] or form.get("client_assertion") != assertion):  # fmt: skip
+                    self._send(400, json.dumps({"error": "invalid_grant"}).encode())
+                    return
+                self._send(200, json.dumps({
+                    "token_type": "Bearer", "expires_in": 3599, "scope": f"api://{CONSOLE_APP}/.default",
+                    "access_token": entra_token(), "id_token": id_token(asked["nonce"]),
+                }).encode())  # fmt: skip
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://localhost:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_browser_signs_in_to_the_console_through_entra_id_and_its_session_cookie_holds(tmp_path):
+    """Flex Consumption: no App Service Authentication. A real browser follows the whole flow:
+    the console sends it to sign in, the (local) Entra ID posts the code back across sites, the
+    app redeems it and sets the session cookie, and the page knows who signed in."""
+    import ssl
+
+    import httpx
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from aegis.approvals.botauth import EntraBearer
+    from aegis.approvals.signin import FLOW_COOKIE, SESSION_COOKIE, SignIn
+    from tests.test_bot import CONSOLE_APP, TENANT
+    from tests.wire import _certificates
+
+    executable = chromium()
+    assertion = "the-managed-identity's-token-for-api://AzureADTokenExchange"
+    idp = EntraLike(tmp_path / "idp", assertion)
+    trusted = ssl.create_default_context(cafile=str(idp.ca_file))
+    verify = EntraBearer(TENANT, CONSOLE_APP, lambda url: httpx.get(url, verify=trusted).json(),
+                         authority=idp.url).verify  # fmt: skip
+    (tmp_path / "console").mkdir()
+    cert, key = _certificates(tmp_path / "console", tmp_path / "console" / "ca.pem")
+    store = replayed(tmp_path / "browser.db")
+    port = free_port()
+    flow = SignIn(TENANT, CONSOLE_APP, f"https://127.0.0.1:{port}/console", assertion=lambda: assertion,
+                  authority=idp.url, tls=str(idp.ca_file))  # fmt: skip
+    console = web.Console(incidents=store.incidents, store=store, response=playbooks.load(),
+                          identify=web.bearer_identity(verify))  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(web.create_app(console, signin=flow), host="127.0.0.1", port=port,
+                                           log_level="warning", ssl_certfile=str(cert), ssl_keyfile=str(key)))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(port)
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=executable, headless=True, args=[
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost", "--no-sandbox"])  # fmt: skip
+            context = b.new_context(ignore_https_errors=True)  # the test CAs are not the browser's
+            page = context.new_page()
+            page.goto(f"https://127.0.0.1:{port}/console/audit")
+            page.wait_for_url(f"https://127.0.0.1:{port}/console/audit")
+            assert page.locator("header .who").inner_text() == "alice@contoso.com · approver"
+            cookies = {c["name"]: c for c in context.cookies()}
+            session = cookies[SESSION_COOKIE]
+            assert (session["httpOnly"], session["secure"], session["sameSite"]) == (True, True, "Lax")
+            assert FLOW_COOKIE not in cookies  # the sign-in's state went with it
+            assert [r["grant_type"] for r in idp.redeemed] == ["authorization_code"]
+            page.goto(f"https://127.0.0.1:{port}/console/signout")  # Entra ID's sign-out page is not served here
+            assert SESSION_COOKIE not in {c["name"] for c in context.cookies()}
+            b.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        idp.close()
         store.close()
