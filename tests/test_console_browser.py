@@ -55,7 +55,8 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=executable, headless=True,
-            args=["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--no-sandbox"],
+            # nothing but loopback (localhost too: the sign-in's Entra ID stands there, another site)
+            args=["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost", "--no-sandbox"],
         )  # fmt: skip
         yield b
         b.close()
@@ -540,7 +541,7 @@ class EntraLike:
         self.httpd.server_close()
 
 
-def test_a_browser_signs_in_to_the_console_through_entra_id_and_its_session_cookie_holds(tmp_path):
+def test_a_browser_signs_in_to_the_console_through_entra_id_and_its_session_cookie_holds(browser, tmp_path):
     """Flex Consumption: no App Service Authentication. A real browser follows the whole flow:
     the console sends it to sign in, the (local) Entra ID posts the code back across sites, the
     app redeems it and sets the session cookie, and the page knows who signed in."""
@@ -548,14 +549,12 @@ def test_a_browser_signs_in_to_the_console_through_entra_id_and_its_session_cook
 
     import httpx
     import uvicorn
-    from playwright.sync_api import sync_playwright
 
     from aegis.approvals.botauth import EntraBearer
     from aegis.approvals.signin import FLOW_COOKIE, SESSION_COOKIE, SignIn
     from tests.test_bot import CONSOLE_APP, TENANT
     from tests.wire import _certificates
 
-    executable = chromium()
     assertion = "the-managed-identity's-token-for-api://AzureADTokenExchange"
     idp = EntraLike(tmp_path / "idp", assertion)
     trusted = ssl.create_default_context(cafile=str(idp.ca_file))
@@ -574,24 +573,21 @@ def test_a_browser_signs_in_to_the_console_through_entra_id_and_its_session_cook
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(port)
+    context = browser.new_context(ignore_https_errors=True)  # the test CAs are not the browser's
     try:
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=executable, headless=True, args=[
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost", "--no-sandbox"])  # fmt: skip
-            context = b.new_context(ignore_https_errors=True)  # the test CAs are not the browser's
-            page = context.new_page()
-            page.goto(f"https://127.0.0.1:{port}/console/audit")
-            page.wait_for_url(f"https://127.0.0.1:{port}/console/audit")
-            assert page.locator("header .who").inner_text() == "alice@contoso.com · approver"
-            cookies = {c["name"]: c for c in context.cookies()}
-            session = cookies[SESSION_COOKIE]
-            assert (session["httpOnly"], session["secure"], session["sameSite"]) == (True, True, "Lax")
-            assert FLOW_COOKIE not in cookies  # the sign-in's state went with it
-            assert [r["grant_type"] for r in idp.redeemed] == ["authorization_code"]
-            page.goto(f"https://127.0.0.1:{port}/console/signout")  # Entra ID's sign-out page is not served here
-            assert SESSION_COOKIE not in {c["name"] for c in context.cookies()}
-            b.close()
+        page = context.new_page()
+        page.goto(f"https://127.0.0.1:{port}/console/audit")
+        page.wait_for_url(f"https://127.0.0.1:{port}/console/audit", timeout=10_000)
+        assert page.locator("header .who").inner_text() == "alice@contoso.com · approver"
+        cookies = {c["name"]: c for c in context.cookies()}
+        session = cookies[SESSION_COOKIE]
+        assert (session["httpOnly"], session["secure"], session["sameSite"]) == (True, True, "Lax")
+        assert FLOW_COOKIE not in cookies  # the sign-in's state went with it
+        assert [r["grant_type"] for r in idp.redeemed] == ["authorization_code"]
+        page.goto(f"https://127.0.0.1:{port}/console/signout")  # Entra ID's sign-out page is not served here
+        assert SESSION_COOKIE not in {c["name"] for c in context.cookies()}
     finally:
+        context.close()
         server.should_exit = True
         thread.join(10)
         idp.close()

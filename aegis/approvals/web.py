@@ -135,12 +135,8 @@ class Console:
 
     async def _form(self, request: Request) -> dict[str, str]:
         """The decision form, once the request is shown to come from the console itself."""
-        length = request.headers.get("content-length") or "0"
-        if not length.isdigit() or int(length) > MAX_FORM:
-            raise HTTPException(413, "form too large (or no valid Content-Length)")
         _same_origin(request)
-        async with request.form(max_files=0, max_fields=10) as form:
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields = await small_form(request)
         cookie = request.cookies.get(CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie.encode(), fields.get("csrf", "").encode()):
             raise HTTPException(403, "the form's security token is missing or stale: reload the page and try again")
@@ -420,6 +416,15 @@ class BotEndpoint:
         return Response(status_code=200) if answer is None else _json(answer)
 
 
+async def small_form(request: Request) -> dict[str, str]:
+    """A posted form's text fields: at most `MAX_FORM` bytes (said up front) and ten fields."""
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > MAX_FORM:
+        raise HTTPException(413, "form too large (or no valid Content-Length)")
+    async with request.form(max_files=0, max_fields=10) as form:
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
 @dataclass(frozen=True)
 class SignInPages:
     """`/console/signin`, its callback and `/console/signout` (`signin.py`)."""
@@ -438,11 +443,7 @@ class SignInPages:
 
     async def callback(self, request: Request) -> Response:
         """Entra ID posts the code here (`form_post`)."""
-        length = request.headers.get("content-length") or "0"
-        if not length.isdigit() or int(length) > MAX_FORM:
-            raise HTTPException(413, "form too large (or no valid Content-Length)")
-        async with request.form(max_files=0, max_fields=10) as form:
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields = await small_form(request)
         try:  # the token endpoint is a blocking call
             token, lifetime, goto = await run_in_threadpool(self.flow.finish, request.cookies.get(FLOW_COOKIE), fields)
         except SignInFailed as exc:
