@@ -225,3 +225,14 @@ def test_the_deployed_console_signs_browsers_in_where_it_is_served_over_https(tm
         assert page.headers["location"] == "/console/signin?next=%2Fconsole%2Faudit"
     else:  # no https address to come back to: nobody to sign in, a token is still all it takes
         assert page.status_code == 401
+
+
+def test_when_entra_id_cannot_be_reached_the_browser_is_told_and_nothing_is_set(tmp_path, sqlite_store, server):
+    resp, store, _, _ = planned(tmp_path, sqlite_store)  # the tenant's metadata is not served: MSAL cannot start
+    flow = SignIn(TENANT, CONSOLE_APP, f"{HOST}/console", assertion=lambda: ASSERTION, authority=server.url,
+                  tls=str(server.ca_file))  # fmt: skip
+    app = web.create_app(web.Console.over(store, resp, web.bearer_identity(lambda _: {})), signin=flow)
+    page = Browser(app).get("/console/signin")
+    assert page.status_code == 502
+    assert "Entra ID could not be reached to sign you in" in page.text
+    assert "set-cookie" not in page.headers

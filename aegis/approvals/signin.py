@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msal
+import msal.exceptions
 import orjson
 import requests
 
@@ -48,6 +49,14 @@ _KEPT = ("state", "redirect_uri", "scope", "code_verifier", "nonce", "claims_cha
 
 class SignInFailed(AegisError):
     """The sign-in could not be completed: the reason is shown, with how to start again."""
+
+
+class SignInUnavailable(AegisError):
+    """Entra ID could not be reached (its configuration or its token endpoint): try again later."""
+
+
+# what MSAL raises when Entra ID cannot be reached or answers with an HTTP error
+_UNREACHABLE = (OSError, requests.RequestException, msal.exceptions.MsalError)
 
 
 def safe_next(path: str | None) -> str:
@@ -83,8 +92,11 @@ class SignIn:
 
     def start(self, next_path: str | None) -> tuple[str, str]:
         """(the Entra ID URL to send the browser to, the flow cookie's value)."""
-        flow = self._msal().initiate_auth_code_flow(self.scopes, redirect_uri=self.redirect_uri,
-                                                    response_mode="form_post")  # fmt: skip
+        try:  # MSAL reads the tenant's OpenID configuration on first use
+            flow = self._msal().initiate_auth_code_flow(self.scopes, redirect_uri=self.redirect_uri,
+                                                        response_mode="form_post")  # fmt: skip
+        except (*_UNREACHABLE, ValueError) as exc:  # ValueError: MSAL found no configuration there
+            raise SignInUnavailable(f"{type(exc).__name__}: {str(exc)[:300]}") from None
         kept = {k: flow[k] for k in _KEPT if k in flow} | {"next": safe_next(next_path)}
         return str(flow["auth_uri"]), base64.urlsafe_b64encode(orjson.dumps(kept)).decode()
 
@@ -100,6 +112,8 @@ class SignIn:
             result = self._msal().acquire_token_by_auth_code_flow(flow, dict(query))
         except ValueError as exc:  # MSAL: the state or the nonce is not this browser's sign-in
             raise SignInFailed(f"this is not the sign-in this browser started ({exc}): start again") from None
+        except _UNREACHABLE as exc:
+            raise SignInUnavailable(f"{type(exc).__name__}: {str(exc)[:300]}") from None
         token = result.get("access_token")
         if not isinstance(token, str) or not token:
             raise SignInFailed(f"Entra ID gave no token: {str(result.get('error'))[:64]}: "

@@ -46,7 +46,15 @@ from aegis.approvals.explain import explain, grouped
 from aegis.approvals.identity import Forbidden, NotSignedIn, Principal
 from aegis.approvals.listing import RANGES, Query, listing
 from aegis.approvals.names import label, link, resource_names
-from aegis.approvals.signin import FLOW_COOKIE, FLOW_FOR, SESSION_COOKIE, SignIn, SignInFailed, safe_next
+from aegis.approvals.signin import (
+    FLOW_COOKIE,
+    FLOW_FOR,
+    SESSION_COOKIE,
+    SignIn,
+    SignInFailed,
+    SignInUnavailable,
+    safe_next,
+)
 from aegis.approvals.timeline import chart
 from aegis.approvals.triage import Triager, TriageRefused
 from aegis.arm import try_parse_resource_id
@@ -416,6 +424,12 @@ class BotEndpoint:
         return Response(status_code=200) if answer is None else _json(answer)
 
 
+def _unavailable(exc: SignInUnavailable) -> Response:
+    log.warning("signin_unavailable", reason=str(exc)[:300])
+    text = "Entra ID could not be reached to sign you in: try again in a minute (the reason is logged)"
+    return HTMLResponse(_env.get_template("error.html").render(title="Sign-in", status=502, text=text), status_code=502)
+
+
 async def small_form(request: Request) -> dict[str, str]:
     """A posted form's text fields: at most `MAX_FORM` bytes (said up front) and ten fields."""
     length = request.headers.get("content-length") or "0"
@@ -436,7 +450,10 @@ class SignInPages:
                 Route("/console/signin/callback", self.callback, methods=["POST"])]  # fmt: skip
 
     async def start(self, request: Request) -> Response:
-        url, cookie = await run_in_threadpool(self.flow.start, request.query_params.get("next"))
+        try:
+            url, cookie = await run_in_threadpool(self.flow.start, request.query_params.get("next"))
+        except SignInUnavailable as exc:
+            return _unavailable(exc)
         response = RedirectResponse(url, status_code=302)
         response.set_cookie(FLOW_COOKIE, cookie, max_age=FLOW_FOR, httponly=True, secure=True, samesite="none")
         return response
@@ -446,6 +463,8 @@ class SignInPages:
         fields = await small_form(request)
         try:  # the token endpoint is a blocking call
             token, lifetime, goto = await run_in_threadpool(self.flow.finish, request.cookies.get(FLOW_COOKIE), fields)
+        except SignInUnavailable as exc:
+            return _unavailable(exc)
         except SignInFailed as exc:
             log.warning("signin_failed", reason=str(exc)[:300])
             page = _env.get_template("error.html").render(title="Sign-in", status=401, text=str(exc))
