@@ -297,6 +297,7 @@ class _Facts:
                 trusted=frozenset(r for r, x in refs if x.origin is not Origin.APP),
                 mark=f"{e.source.value}|{ev.hub}/{ev.partition}" if ev.partition is not None else e.source.value,
                 tenant=e.tenant,
+                json={r: _json(x, x.origin) for r, x in refs},
             )  # fmt: skip
         return got
 
@@ -306,6 +307,13 @@ def where(ev: Evidence) -> str:
     Event Hubs position when known (`<digest><pointer>@<hub>/<partition>#<sequence>`)."""
     at = f"@{ev.hub}/{ev.partition}#{ev.sequence_number}" if ev.partition is not None else f"@{ev.hub}"
     return f"{ev.message}{ev.pointer}{at}"
+
+
+@lru_cache(maxsize=65536)
+def _json(e: Entity, origin: Origin) -> bytes:
+    """An entity as JSON, one copy for equal entities of one origin (`origin` is not part of an
+    entity's equality): the states that hold it share it."""
+    return orjson.dumps(e)
 
 
 def entity_ref(e: Entity) -> str:
@@ -352,7 +360,8 @@ class State:
     watermarks: dict[str, int]  # "source|hub/partition" (or "source") → the newest event time merged from it, µs
     applied: dict[str, int]  # "hub/partition" → highest sequence number merged
     panes: dict[int, Pane]
-    entities: dict[str, Entity | dict[str, Any]]  # by reference; as stored until an incident needs them
+    # by reference: as JSON (bytes) or as stored (dicts) until an incident needs them as entities
+    entities: dict[str, Entity | dict[str, Any] | bytes]
     group_refs: list[str]
     carry: Carry | None
     live: dict[str, str]  # incident id → digest of what was last written
@@ -406,7 +415,11 @@ class State:
         dropped = [n for n, panes in by_chunk.items() if not panes and n in self.stored]
         self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
-        entities = orjson.dumps(self.entities) if self.entities_changed else None
+        entities = None
+        if self.entities_changed:  # each entity's JSON is written as it is: serialized once, when it came
+            entities = orjson.dumps(
+                {r: orjson.Fragment(e) if type(e) is bytes else e for r, e in self.entities.items()}
+            )
         self.entities_changed = False
         return head, chunks, dropped, entities
 
@@ -491,16 +504,16 @@ class State:
             if not entities.keys() >= f.refs:
                 for ref, entity in f.entities:
                     if ref not in entities:
-                        entities[ref] = entity
+                        entities[ref] = f.json[ref]  # kept as its JSON: what the state writes, and reads back
                         self.entities_changed = True
                         if entity.origin is Origin.APP:
                             weak.add(ref)
                         if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
                             self.group_refs = sorted({*self.group_refs, ref})
             if weak and not weak.isdisjoint(f.trusted):  # an application's word, now confirmed by Azure or Defender
-                for ref, entity in f.entities:
+                for ref in f.refs:
                     if ref in weak and ref in f.trusted:
-                        entities[ref] = entity
+                        entities[ref] = f.json[ref]
                         weak.discard(ref)
                         self.entities_changed = True
             pane = panes.get(index)
@@ -802,12 +815,14 @@ def _watermarks(doc: dict[str, Any]) -> dict[str, int]:
     return {"*": doc["watermark"]} if doc.get("watermark", NONE) != NONE else {}  # a head written before sources
 
 
-def _origin(raw: Entity | dict[str, Any]) -> Origin:
-    return raw.origin if isinstance(raw, Entity) else Origin(raw.get("origin") or Origin.AZURE)
+def _origin(raw: Entity | dict[str, Any] | bytes) -> Origin:
+    found = orjson.loads(raw) if isinstance(raw, bytes) else raw
+    return found.origin if isinstance(found, Entity) else Origin(found.get("origin") or Origin.AZURE)
 
 
-def _entity(raw: Entity | dict[str, Any]) -> Entity:
-    return entity_from_dict(raw) if isinstance(raw, dict) else raw
+def _entity(raw: Entity | dict[str, Any] | bytes) -> Entity:
+    found = orjson.loads(raw) if isinstance(raw, bytes) else raw
+    return entity_from_dict(found) if isinstance(found, dict) else found
 
 
 def _num(value: float | None) -> str:

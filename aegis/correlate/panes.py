@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
@@ -38,6 +39,9 @@ MAX_SUM = 1e18  # a pane's sum saturates here (normalized numbers are at most 2*
 Sample = tuple[Any, ...]
 
 
+_NO_JSON: Mapping[str, bytes] = MappingProxyType({})
+
+
 class Fact(NamedTuple):
     """What one event brings to any pane it matches in (computed once per event and batch)."""
 
@@ -54,6 +58,7 @@ class Fact(NamedTuple):
     trusted: frozenset[str] = frozenset()  # references of the entities not only an application named
     mark: str = ""  # the watermark it advances: its source, and its Event Hubs partition when known
     tenant: str | None = None
+    json: Mapping[str, bytes] = _NO_JSON  # each entity as JSON, by reference: serialized once per event
 
 
 _NO_VALUES: set[str] = set()  # shared and never added to: most panes have no values or alert types
