@@ -303,7 +303,7 @@ def _private(text: str) -> bool:
 # --- the event -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: orjson serializes a __dict__ several times faster
 class Evidence:
     """Where an event came from: the raw message (by its SHA-256; the store keeps the bytes of dead
     letters, and of every message with `AEGIS_KEEP_EVENTS=all`: otherwise Event Hubs Capture, found
@@ -319,7 +319,7 @@ class Evidence:
     enqueued_time: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: orjson serializes a __dict__ several times faster
 class Event:
     id: str
     source: Source
