@@ -12,7 +12,7 @@ A body is one of:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -97,21 +97,15 @@ def loads_nested(value: Any, what: str) -> Any:
 
 
 def _too_deep(value: Any, limit: int) -> bool:
-    # Iterative, so a hostile body cannot exhaust the Python stack.
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children: Iterable[Any]
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
+    """Whether a container lies deeper than `limit`: level by level (no recursion, so a hostile body
+    cannot exhaust the Python stack), each level's containers gathered in one comprehension."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [c for node in level for c in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(c, dict | list)]  # fmt: skip
+    return bool(level)
 
 
 def kind_of(value: Any) -> str:

@@ -31,6 +31,22 @@ def test_depth_at_the_limit_is_fine():
     assert decode(b"[" * 8 + b"]" * 8, LIMITS)
 
 
+def test_depth_is_the_deepest_branch_of_objects_and_arrays_whatever_lies_beside_it():
+    def nested(depth: int) -> bytes:  # objects and arrays in turn: {"k": [{"k": [...]}]}
+        body = b"1"
+        for n in range(depth):
+            body = b'{"k": %s, "w": "x"}' % body if n % 2 else b"[%s, 2]" % body
+        return body
+
+    wide = b'{"records": [%s]}' % b",".join([nested(2)] * 40)
+    assert decode(nested(8), LIMITS)
+    assert decode(wide, LIMITS)
+    with pytest.raises(MalformedInput, match="nesting deeper than 8"):
+        decode(nested(9), LIMITS)
+    with pytest.raises(MalformedInput, match="nesting deeper than 8"):
+        decode(b'{"a": [%s, %s]}' % (nested(2), nested(7)), LIMITS)  # the deep branch second, beside a shallow one
+
+
 def test_items_of_each_shape_carry_their_pointer():
     assert list(items({"records": [{"a": 1}, {"b": 2}]}, LIMITS)) == [
         ("/records/0", {"a": 1}),
