@@ -125,9 +125,11 @@ class SignIn:
             )
         return token, int(result.get("expires_in") or 3600), goto
 
-    def signed_out(self, console: str) -> str:
+    @property
+    def signed_out(self) -> str:
         """Entra ID's sign-out, coming back to the console."""
-        return f"{self.authority}/{self.tenant}/oauth2/v2.0/logout?post_logout_redirect_uri={quote(console, safe='')}"
+        back = quote(self.console_url, safe="")
+        return f"{self.authority}/{self.tenant}/oauth2/v2.0/logout?post_logout_redirect_uri={back}"
 
     def _msal(self) -> Any:
         """One MSAL application per worker (it fetches the tenant's OpenID configuration once)."""

@@ -479,7 +479,7 @@ class SignInPages:
         return response
 
     async def signout(self, request: Request) -> Response:
-        response = RedirectResponse(self.flow.signed_out(self.flow.console_url), status_code=303)
+        response = RedirectResponse(self.flow.signed_out, status_code=303)
         response.delete_cookie(SESSION_COOKIE, httponly=True, secure=True, samesite="lax")
         return response
 

@@ -217,19 +217,23 @@ class Detection(_Strict):
     # --- compiled forms (built once per loaded detection) ---
 
     @cached_property
-    def predicates(self) -> list[Predicate]:
-        """One predicate per step (a single one for non-temporal kinds)."""
+    def conditions(self) -> list[Condition]:
+        """One condition per step (a single one for non-temporal kinds)."""
         if self.steps:
-            return [s.match.compile() for s in self.steps]
+            return [s.match for s in self.steps]
         assert self.match is not None
-        return [self.match.compile()]
+        return [self.match]
+
+    @cached_property
+    def predicates(self) -> list[Predicate]:
+        """One predicate per step, for events of any source."""
+        return [c.compile() for c in self.conditions]
 
     @cached_property
     def source_predicates(self) -> dict[str, list[Predicate]]:
         """Source → the step predicates for events of that source, with their tests on `source`
         decided (`NEVER` for a step no event of it can match)."""
-        conditions = [s.match for s in self.steps] if self.steps else [self.match]
-        return {src.value: [c.compile(src.value) for c in conditions if c is not None] for src in Source}
+        return {src.value: [c.compile(src.value) for c in self.conditions] for src in Source}
 
     @cached_property
     def weights(self) -> list[Predicate]:
@@ -244,8 +248,7 @@ class Detection(_Strict):
     @cached_property
     def sources(self) -> frozenset[str] | None:
         """The event sources any step can match (None: any source), to skip the rest cheaply."""
-        conditions = [s.match for s in self.steps] if self.steps else [self.match]
-        found = [c.sources() for c in conditions if c is not None]
+        found = [c.sources() for c in self.conditions]
         return None if any(s is None for s in found) else frozenset().union(*found)  # type: ignore[arg-type]
 
     @cached_property
