@@ -376,19 +376,18 @@ def _resolve_refs(raw: list[Any]) -> list[dict[str, Any]]:
     JSON.NET writes them; exports that repeat ids resolve to the latest definition)."""
     latest: dict[str, dict[str, Any]] = {}
     first: dict[str, dict[str, Any]] = {}
-
-    def collect(node: Any) -> None:
+    # every `$id`, in document order: a walk with a stack, not a recursive closure (one refers to
+    # itself through its cell, a reference cycle that only the full collection would free)
+    stack: list[Any] = [raw]
+    while stack:
+        node = stack.pop()
         if isinstance(node, dict):
             ref_id = node.get("$id")
             if isinstance(ref_id, str):
                 first.setdefault(ref_id, node)
-            for v in node.values():
-                collect(v)
+            stack.extend(reversed(node.values()))
         elif isinstance(node, list):
-            for v in node:
-                collect(v)
-
-    collect(raw)
+            stack.extend(reversed(node))
     out = []
     for item in raw:
         if not isinstance(item, dict):
