@@ -80,7 +80,14 @@ class Incident:
         return split_group(self.group)[1]
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self, option=orjson.OPT_UTC_Z)
+        """Its JSON, serialized once: the correlator's fingerprint, the store's row and the outbox's
+        share it. Kept as `_json`, which orjson leaves out (it skips a dataclass attribute with a
+        leading underscore); the incident is frozen, so the copy cannot go stale."""
+        doc: bytes | None = self.__dict__.get("_json")
+        if doc is None:
+            doc = orjson.dumps(self, option=orjson.OPT_UTC_Z)
+            object.__setattr__(self, "_json", doc)
+        return doc
 
     def fingerprint(self) -> str:
         """A digest of the incident as it stands: which change of it this is (the outbox's, and the

@@ -27,6 +27,7 @@ number applied per partition: a redelivered batch, or the part of it already app
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import math
@@ -46,7 +47,7 @@ from aegis.correlate import mapping
 from aegis.correlate.detections import Detection
 from aegis.correlate.incidents import incident_id, render_title
 from aegis.correlate.kinds import KINDS, Trigger
-from aegis.correlate.panes import NONE, Fact, Pane, Summary
+from aegis.correlate.panes import NONE, Fact, Pane, Sample, Summary
 from aegis.errors import StoreUnavailable
 from aegis.events import (
     AiProject,
@@ -373,6 +374,10 @@ class State:
     tenant: str | None = None  # the tenant of its events (the group's, when the group carries one)
     normal: list[float] | None = None  # the group's learned normal (`baseline`): [average, windows, next window]
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
+    # (carried, with its tail, first pane) → (last pane folded, the summary so far): what an
+    # incident's span has folded of panes no batch has changed since (derived, never stored)
+    folded: dict[tuple[bool, bool, int], tuple[int, Summary]] = field(init=False, default_factory=dict)
+    reach: int = field(init=False, default=0)  # how many panes back from the newest a batch changes, lately
 
     def __post_init__(self) -> None:
         self.weak = {r for r, e in self.entities.items() if _origin(e) is Origin.APP}
@@ -448,8 +453,12 @@ class State:
     ) -> dict[str, Any] | None:  # fmt: skip
         """Merge a batch's matches, re-evaluate, prune; what to write (`BucketWrite` fields), or
         None when nothing changed (a redelivery)."""
+        newest = max(self.panes, default=None)
         if not self._merge(d, matches, facts, c):
             return None
+        if newest is not None:  # fold no nearer the newest pane than batches lately reached back
+            self.reach = max(newest - self.touched[0], self.reach * 7 // 8)
+        self.folded = {k: v for k, v in self.folded.items() if v[0] < self.touched[0]}  # a pane it folded changed
         # only triggers whose window holds a changed pane can change: evaluate those, keep the rest
         lo, hi = self.touched[0], self.touched[1] + self.width - 1
         if self.final_before is not None:
@@ -552,17 +561,37 @@ class State:
         return segments
 
     def _span(self, seg: _Segment) -> Summary:
-        """The summary of the retained panes an incident spans (with the carry's, if it continues it)."""
-        if seg.carried:
+        """The summary of the retained panes an incident spans (with the carry's, if it continues it).
+
+        An incident is built again at every change of its bucket, and a long one spans many panes
+        (124 on average on the bench stream) of which a batch changes the last few: what was folded
+        of the others is kept (`folded`) and the fold goes on from there. Folding is adding pane by
+        pane (`Summary.fold`), so the result is the same to the bit."""
+        carried, tail = seg.carried, seg.carried and bool(seg.triggers)
+        if carried:
+            assert self.carry is not None
+            lo, hi = min(self.panes, default=0), seg.triggers[-1].pane if tail else self.carry.last_trigger
+        else:
+            lo, hi = seg.triggers[0].start, seg.triggers[-1].pane
+        indices = sorted(i for i in self.panes if lo <= i <= hi)
+        key = (carried, tail, lo)
+        kept = self.folded.get(key)
+        if kept is not None and kept[0] <= hi:
+            summary = kept[1].copy()
+            indices = [i for i in indices if i > kept[0]]
+        elif carried:
             assert self.carry is not None
             summary = self.carry.summary.copy()
-            lo, hi = min(self.panes, default=0), self.carry.last_trigger
-            if seg.triggers:
+            if tail:
                 summary.merge(self.carry.tail)
-                hi = seg.triggers[-1].pane
         else:
-            summary, lo, hi = Summary(), seg.triggers[0].start, seg.triggers[-1].pane
-        summary.fold(self.panes[i] for i in sorted(i for i in self.panes if lo <= i <= hi))
+            summary = Summary()
+        stable = bisect.bisect_left(indices, hi - self.reach)  # the panes a next batch likely leaves as they are
+        if stable > 0:
+            summary.fold(self.panes[i] for i in indices[:stable])
+            self.folded[key] = (indices[stable - 1], summary.copy())
+            indices = indices[stable:]
+        summary.fold(self.panes[i] for i in indices)
         return summary
 
     def _incident(self, d: Detection, seg: _Segment, book: AssetBook | None = None) -> Incident:
@@ -603,11 +632,7 @@ class State:
                 owasp += m.owasp_llm
         samples = s.samples()
         step_names = [st.name for st in d.steps] if d.steps else None
-        timeline = tuple(
-            TimelineEntry(time=_dt(t), event_id=i, kind=k, source=src, step=step_names[st] if step_names else None,
-                          title=title, evidence=at[0] if at else None)
-            for t, i, st, k, src, title, *at in samples
-        )  # fmt: skip
+        timeline = tuple(_entry(sample, step_names[sample[2]] if step_names else None) for sample in samples)
         kind = samples[0][3] if samples else ""
         if samples and samples[0][4] == Source.DEFENDER.value and samples[0][5] and mapping.mapping_of(kind).generic:
             kind = samples[0][5]  # an alert type nobody mapped yet: its display name says more than its type
@@ -722,6 +747,9 @@ class State:
         if self.final_before is not None and final_before <= self.final_before:
             return
         self.final_before = final_before
+        horizon = final_before - self.width + 1  # the panes before it are dropped
+        # the carry's summaries may change, and so may a span over dropped panes
+        self.folded = {k: v for k, v in self.folded.items() if not k[0] and k[2] >= horizon}
         if d.baseline is not None:
             self._learn(d, final_before)
         for seg, ident in zip(reversed(segments), reversed(ids), strict=True):
@@ -741,7 +769,6 @@ class State:
             break
         else:
             start = min(self.panes)
-        horizon = final_before - self.width + 1
         lowest_chunk = min(self.panes) // PANES_PER_CHUNK
         for i in sorted(self.panes):
             if i >= horizon:
@@ -816,13 +843,29 @@ def _watermarks(doc: dict[str, Any]) -> dict[str, int]:
 
 
 def _origin(raw: Entity | dict[str, Any] | bytes) -> Origin:
-    found = orjson.loads(raw) if isinstance(raw, bytes) else raw
-    return found.origin if isinstance(found, Entity) else Origin(found.get("origin") or Origin.AZURE)
+    if isinstance(raw, bytes):
+        return _parsed(raw).origin
+    return raw.origin if isinstance(raw, Entity) else Origin(raw.get("origin") or Origin.AZURE)
 
 
 def _entity(raw: Entity | dict[str, Any] | bytes) -> Entity:
-    found = orjson.loads(raw) if isinstance(raw, bytes) else raw
-    return entity_from_dict(found) if isinstance(found, dict) else found
+    if isinstance(raw, bytes):
+        return _parsed(raw)
+    return entity_from_dict(raw) if isinstance(raw, dict) else raw
+
+
+@lru_cache(maxsize=65536)
+def _parsed(doc: bytes) -> Entity:
+    """An entity from its JSON (frozen: one parse serves every incident built from it)."""
+    return entity_from_dict(orjson.loads(doc))
+
+
+@lru_cache(maxsize=65536)
+def _entry(sample: Sample, step: str | None) -> TimelineEntry:
+    """A sample as a timeline entry (frozen: one serves every build of the incidents holding it)."""
+    t, event_id, _, kind, source, title, *at = sample
+    return TimelineEntry(time=_dt(t), event_id=event_id, kind=kind, source=source, step=step, title=title,
+                         evidence=at[0] if at else None)  # fmt: skip
 
 
 def _num(value: float | None) -> str:
