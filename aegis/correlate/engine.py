@@ -369,6 +369,7 @@ class State:
     triggers: dict[int, int] = field(default_factory=dict)  # pane → evidence start, for triggers not final
     stored: set[int] = field(default_factory=set)  # pane chunks in the store
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
+    warm: set[int] = field(default_factory=set)  # pane chunks the last write rewrote: their panes keep their JSON
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
     entities_changed: bool = True  # since they were last written (they are a record of their own)
     tenant: str | None = None  # the tenant of its events (the group's, when the group carries one)
@@ -418,6 +419,14 @@ class State:
         }
         chunks = {n: orjson.dumps([p.dump() for p in panes]) for n, panes in by_chunk.items() if panes}
         dropped = [n for n, panes in by_chunk.items() if not panes and n in self.stored]
+        # a pane keeps its JSON while its chunk is being rewritten (the newest, in order), and lets it go
+        # once a write leaves the chunk as it was: most panes never change again, and their JSON would
+        # otherwise double the memory a state takes
+        for n in self.warm - self.dirty:
+            for i in range(n * PANES_PER_CHUNK, (n + 1) * PANES_PER_CHUNK):
+                if (p := self.panes.get(i)) is not None:
+                    p.cool()
+        self.warm = set(chunks)
         self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
         entities = None

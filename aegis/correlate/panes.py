@@ -174,7 +174,7 @@ class Pane:
         return changed
 
     def dump(self) -> orjson.Fragment:
-        """The pane as JSON, serialized again only after it changed."""
+        """The pane as JSON, serialized again only after it changed (or its state let it go: `cool`)."""
         if self._json is None:
             self._json = orjson.Fragment(orjson.dumps([
                 self.index, self.events, self.counts, self.first, self.last, self.total,
@@ -183,6 +183,10 @@ class Pane:
                 self.moments,
             ]))  # fmt: skip
         return self._json
+
+    def cool(self) -> None:
+        """Let go of the JSON `dump` keeps (made again if it is needed again)."""
+        self._json = None
 
     @classmethod
     def load(cls, raw: list[Any]) -> Pane:
