@@ -170,16 +170,108 @@ class _Writes:
         return getattr(self.store, name)
 
 
-def test_a_buckets_entities_are_a_record_of_their_own_written_only_when_they_change(store: Store):
+def test_a_buckets_entities_are_records_of_their_own_written_only_when_they_change(store: Store):
     spy = _Writes(store)
     run(spy, stream(), 5)  # type: ignore[arg-type]
     assert len({w.key for w in spy.writes}) < len(spy.writes)  # buckets written in several batches
-    assert 0 < sum(w.entities is not None for w in spy.writes) < len(spy.writes) / 2
+    assert 0 < sum(bool(w.entities) for w in spy.writes) < len(spy.writes) / 2
     incident = next(i for i in store.incidents() if i.entities)
     bucket = store.load_buckets([incident.bucket])[incident.bucket]
     assert "entities" not in bucket.doc  # the head is small: the entities are apart, each once
-    kept = orjson.loads(bucket.entities)
+    kept = {r: e for record in bucket.entities.values() for r, e in orjson.loads(record).items()}
     assert set(incident.entities) <= {entity_from_dict(v) for v in kept.values()}
+
+
+def test_a_bucket_of_many_entities_rewrites_only_the_records_a_batch_changed(tmp_path):
+    """A busy account called by thousands of networks and user agents: its per-resource buckets
+    hold thousands of entities, more than one table entity holds (about 1 MiB) as a single record.
+    In records of at most `ENTITIES_PER_RECORD`, new ones in the newest, no record outgrows a table
+    entity, and a batch that brings a few new entities rewrites about one record, not all."""
+    from aegis.correlate.engine import ENTITIES_PER_RECORD
+    from aegis.store import SqliteStore
+
+    bodies = BodyGenerator(7, accounts=1, callers=50_000, span=timedelta(hours=3)).bodies(1_500)
+    store = SqliteStore(tmp_path / "busy.db")
+    spy = _Writes(store)
+    p = Pipeline(spy, correlator=Correlator(DETECTIONS, spy, lateness=LATENESS))  # type: ignore[arg-type]
+    for i in range(0, len(bodies), 50):
+        p.process([Message(b, hub="test") for b in bodies[i : i + 50]])
+    buckets = store.load_buckets(list({w.key for w in spy.writes}))
+    held = {k: [orjson.loads(r) for r in b.entities.values()] for k, b in buckets.items()}
+    assert all(len(record) <= ENTITIES_PER_RECORD for records in held.values() for record in records)
+    largest = max(buckets.values(), key=lambda b: sum(map(len, b.entities.values())))
+    assert sum(map(len, largest.entities.values())) > 1_100_000  # one record would not fit in a table entity
+    assert max(map(len, largest.entities.values())) < 32_000
+    for records in held.values():  # each entity of a bucket once
+        refs = [r for record in records for r in record]
+        assert len(refs) == len(set(refs))
+    written = [w for w in spy.writes if w.key == largest.key and w.entities]
+    ever = {r for w in written for record in w.entities.values() for r in orjson.loads(record)}
+    assert len(written) > 10
+    # records of new entities, and about one more a write: not every record it holds at each write
+    assert sum(len(w.entities) for w in written) < len(ever) / ENTITIES_PER_RECORD + 3 * len(written)
+
+
+def test_entities_stored_as_one_record_are_read_and_written_again_in_records(tmp_path):
+    """A database from before records (a bucket's entities in one row of `bucket_entities`) opens:
+    each bucket's entities are read, its next write puts them in records and drops the old one, and
+    the incidents are those of a database that never had the old layout."""
+    import sqlite3
+
+    from aegis.store import SqliteStore
+
+    bodies = stream(120, seed=3)
+    for name in ("old", "new"):
+        store = SqliteStore(tmp_path / f"{name}.db")
+        run(store, bodies[:60], 10)
+        store.close()
+    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    rows = db.execute("SELECT key, record, doc FROM bucket_entity_records").fetchall()
+    merged: dict[str, dict] = {}
+    for key, _, doc in rows:
+        merged.setdefault(key, {}).update(orjson.loads(doc))
+    db.execute("CREATE TABLE bucket_entities (key TEXT PRIMARY KEY, doc BLOB NOT NULL) WITHOUT ROWID")
+    db.executemany("INSERT INTO bucket_entities VALUES (?, ?)", [(k, orjson.dumps(m)) for k, m in merged.items()])
+    db.execute("DELETE FROM bucket_entity_records")
+    db.close()
+    old, new = SqliteStore(tmp_path / "old.db"), SqliteStore(tmp_path / "new.db")
+    loaded = old.load_buckets(list(merged))
+    assert len(merged) > 5
+    assert all(set(b.entities) == {-1} for b in loaded.values())
+    run(old, bodies[60:], 10)
+    run(new, bodies[60:], 10)
+    assert snapshot(old) == snapshot(new)
+    rewritten = old.load_buckets(list(merged))
+    assert any(-1 not in b.entities and b.entities for b in rewritten.values())
+
+
+def test_a_legacy_or_overfull_entity_record_is_packed_again(store: Store):
+    """Entities stored otherwise than in records of the newest layout (one record -1, as Table
+    Storage's `bucket-entities` row held them; a record with more than `ENTITIES_PER_RECORD`; one
+    entity in two records) are read whole and written again in full records from 0."""
+    from aegis.correlate.engine import ENTITIES_PER_RECORD, State
+
+    run(store, stream(40, seed=9), 10)
+    incident = next(i for i in store.incidents() if i.entities)
+    bucket = store.load_buckets([incident.bucket])[incident.bucket]
+    entities = {r: e for record in bucket.entities.values() for r, e in orjson.loads(record).items()}
+    many = {**entities, **{f"{n:012x}": {"type": "ip", "prefix": f"10.0.{n}.0/24"} for n in range(40)}}
+    one = orjson.dumps(many)
+    for records in ({-1: one}, {0: one}, {0: one, 1: orjson.dumps(dict(list(entities.items())[:1]))}):
+        doc = {**bucket.doc}
+        write = BucketWrite(incident.bucket, bucket.version, orjson.dumps(doc), entities=records,
+                            drop_entities=[n for n in bucket.entities if n not in records])  # fmt: skip
+        committed = store.commit_buckets([write])
+        bucket = store.load_buckets([incident.bucket])[incident.bucket]
+        assert bucket.version == committed.versions[incident.bucket]
+        assert set(bucket.entities) == set(records)  # as written: the store keeps records by number
+        state = State.load(bucket.doc, bucket.chunks, bucket.entities)
+        assert state.entities.keys() == many.keys()
+        _, _, _, rewritten, gone = state.dump()
+        assert sorted(rewritten) == list(range(len(rewritten)))
+        assert all(len(orjson.loads(r)) <= ENTITIES_PER_RECORD for r in rewritten.values())
+        assert {r for doc_ in rewritten.values() for r in orjson.loads(doc_)} == many.keys()
+        assert set(gone) == set(records) - set(rewritten)
 
 
 def test_events_too_late_for_a_bucket_are_counted_not_merged(sqlite_store):

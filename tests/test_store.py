@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from aegis.events import DeadLetter, Event, Evidence, Ip, Severity, Source, User
@@ -171,6 +172,26 @@ def test_the_local_ticket_is_one_per_incident_numbered_in_order(store):
     assert store.save_ticket("inc2", "u", "low", T0) == ("AEGIS-2", True)
 
 
+def test_a_buckets_entities_beyond_what_one_table_entity_holds_are_written_and_read_back(store: Store):
+    """Records of entities, by number: more of them than one table entity (about 1 MiB) holds in
+    all, a later write that changes one and drops another, and expiry that removes them all."""
+    from aegis.store.base import BucketWrite
+
+    records = {n: orjson.dumps({f"{n:04x}{k:08x}": {"type": "user_agent", "value": "x" * 900} for k in range(16)})
+               for n in range(80)}  # fmt: skip
+    assert sum(map(len, records.values())) > 1_100_000
+    first = store.commit_buckets([BucketWrite("d.many", None, b"{}", watermark=5, entities=records)])
+    assert store.load_buckets(["d.many"])["d.many"].entities == records
+    changed = {3: orjson.dumps({"00030000000a": {"type": "ip", "prefix": "10.0.0.0/24"}})}
+    store.commit_buckets([BucketWrite("d.many", first.versions["d.many"], b"{}", watermark=5, entities=changed,
+                                      drop_entities=[7])])  # fmt: skip
+    after = {n: doc for n, doc in {**records, **changed}.items() if n != 7}
+    assert store.load_buckets(["d.many"])["d.many"].entities == after
+    assert store.expire_buckets(6) == 1
+    assert store.load_buckets(["d.many"]) == {}
+    assert store.commit_buckets([BucketWrite("d.many", None, b"{}", watermark=9)]).versions  # nothing of it was left
+
+
 def test_a_bucket_write_keeps_its_evidence_in_one_transaction_and_reads_it_back(store: Store):
     """Eighty events an incident holds, one bucket write: on Table Storage one entity-group
     transaction (the evidence is one row, not eighty), and the events read back, filtered and
@@ -187,7 +208,7 @@ def test_a_bucket_write_keeps_its_evidence_in_one_transaction_and_reads_it_back(
     if state is not None:  # Table Storage: count the round trips the write makes
         real = state.submit_transaction
         state.submit_transaction = lambda ops, **kw: calls.append(len(ops)) or real(ops, **kw)
-    write = BucketWrite("d.k", None, b"{}", chunks={0: b"[]"}, entities=b"{}", upsert=[incident], evidence=events)
+    write = BucketWrite("d.k", None, b"{}", chunks={0: b"[]"}, entities={0: b"{}"}, upsert=[incident], evidence=events)
     assert store.commit_buckets([write]).versions
     if state is not None:
         assert calls == [6]  # head, chunk, entities, incident, outbox entry, evidence

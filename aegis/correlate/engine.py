@@ -72,6 +72,10 @@ EXPIRE_EVERY = timedelta(minutes=10)
 PANES_PER_WINDOW = 30
 PANES_PER_CHUNK = 16  # panes are stored in chunks: a batch rewrites the chunks it changed
 ENTITY_SLACK = 32  # entities no pane refers to any more that a bucket keeps at most (so they are not rewritten)
+# a bucket's entities are stored in records of at most this many, new ones in the newest record: a
+# write rewrites the records of the entities it added, changed or dropped, not all of them, and no
+# record outgrows a table entity however many entities a bucket holds (normalized fields are short)
+ENTITIES_PER_RECORD = 16
 MAX_PANES = 512  # panes a bucket keeps at most: its document stays well under a table entity's 1 MiB
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -371,7 +375,12 @@ class State:
     dirty: set[int] = field(default_factory=set)  # pane chunks changed since
     warm: set[int] = field(default_factory=set)  # pane chunks the last write rewrote: their panes keep their JSON
     touched: list[int] = field(default_factory=list)  # the lowest and highest pane this batch changed
-    entities_changed: bool = True  # since they were last written (they are a record of their own)
+    # record number → the references it holds (in order): the records of its entities, as the store has
+    # them once written, and which record holds each entity (`ENTITIES_PER_RECORD`)
+    records: dict[int, dict[str, None]] = field(default_factory=dict)
+    record_of: dict[str, int] = field(default_factory=dict)
+    entity_records: set[int] = field(default_factory=set)  # records of its entities in the store
+    entities_changed: set[int] = field(default_factory=set)  # records changed since
     tenant: str | None = None  # the tenant of its events (the group's, when the group carries one)
     normal: list[float] | None = None  # the group's learned normal (`baseline`): [average, windows, next window]
     weak: set[str] = field(init=False)  # references of entities only an application has named (derived)
@@ -389,21 +398,33 @@ class State:
         return cls(d.id, group, pane, width, None, {}, {}, {}, {}, [], None, {})
 
     @classmethod
-    def load(cls, doc: dict[str, Any], chunks: Mapping[int, bytes], entities: bytes | None = None) -> State:
-        """From the stored head, pane chunks and entities (a head written before the entities had a
-        record of their own holds them: they are written apart at its next change)."""
+    def load(cls, doc: dict[str, Any], chunks: Mapping[int, bytes], entities: Mapping[int, bytes]) -> State:
+        """From the stored head, pane chunks and records of entities. Entities stored otherwise (in
+        the head, or in one record, as written before; a record over `ENTITIES_PER_RECORD`) are
+        read, and written again in records at the next change."""
         panes = {raw[0]: Pane.load(raw) for chunk in chunks.values() for raw in orjson.loads(chunk)}
-        return cls(
+        held: dict[str, Any] = dict(doc.get("entities", {}))  # a head from before entities had a record
+        records: dict[int, dict[str, None]] = {}
+        for n, record in sorted(entities.items()):
+            stored = orjson.loads(record)
+            held.update(stored)
+            records[n] = dict.fromkeys(stored)
+        state = cls(
             doc["detection"], doc["group"], doc["pane_us"], doc["width"], doc["final_before"], _watermarks(doc),
-            doc["applied"], panes, orjson.loads(entities) if entities is not None else doc["entities"],
-            doc["group_refs"], Carry.load(doc["carry"]) if doc["carry"] else None, doc["live"],
-            dict(doc["triggers"]), set(chunks), entities_changed=entities is None, tenant=doc.get("tenant"),
-            normal=doc.get("normal"),
+            doc["applied"], panes, held, doc["group_refs"], Carry.load(doc["carry"]) if doc["carry"] else None,
+            doc["live"], dict(doc["triggers"]), set(chunks), records=records,
+            record_of={r: n for n, refs in records.items() for r in refs}, entity_records=set(entities),
+            tenant=doc.get("tenant"), normal=doc.get("normal"),
         )  # fmt: skip
+        placed = sum(map(len, records.values()))
+        if not placed == len(state.record_of) == len(held) or any(n < 0 or len(r) > ENTITIES_PER_RECORD
+                                                                  for n, r in records.items()):  # fmt: skip
+            state._repack()
+        return state
 
-    def dump(self) -> tuple[bytes, dict[int, bytes], list[int], bytes | None]:
-        """The head, the pane chunks that changed, those now empty, and the entities if they
-        changed: a write of what changed."""
+    def dump(self) -> tuple[bytes, dict[int, bytes], list[int], dict[int, bytes], list[int]]:
+        """The head, the pane chunks that changed, those now empty, the records of entities that
+        changed and those now empty: a write of what changed."""
         head = orjson.dumps(
             {
                 "detection": self.detection, "group": self.group, "pane_us": self.pane_us, "width": self.width,
@@ -429,13 +450,14 @@ class State:
         self.warm = set(chunks)
         self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
-        entities = None
-        if self.entities_changed:  # each entity's JSON is written as it is: serialized once, when it came
-            entities = orjson.dumps(
-                {r: orjson.Fragment(e) if type(e) is bytes else e for r, e in self.entities.items()}
-            )
-        self.entities_changed = False
-        return head, chunks, dropped, entities
+        changed, held, fragment = self.entities_changed, self.entities, orjson.Fragment
+        # each entity's JSON is written as it is: serialized once, when it came
+        entities = {n: orjson.dumps({r: fragment(e) if type(e := held[r]) is bytes else e for r in refs})
+                    for n in changed if (refs := self.records.get(n))}  # fmt: skip
+        gone = [n for n in changed if n not in entities and n in self.entity_records]
+        self.entity_records = (self.entity_records | entities.keys()) - set(gone)
+        self.entities_changed = set()
+        return head, chunks, dropped, entities, gone
 
     @property
     def watermark(self) -> int:
@@ -490,13 +512,14 @@ class State:
         delete = [i for i in self.live if i not in computed]
         self.live = live
         c.incidents += len(upsert)
-        head, chunks, dropped, entities = self.dump()
+        head, chunks, dropped, entities, gone = self.dump()
         # the batch's events that the changed incidents hold are kept with them; an earlier batch's
         # are kept by where their bytes are (each timeline entry's `evidence`: Event Hubs, Capture)
         held = {i for inc in upsert for i in inc.event_ids}
         evidence = list({m.event.id: m.event for m in matches if m.event.id in held}.values()) if held else []
         return {"doc": head, "watermark": self.watermark, "chunks": chunks, "drop_chunks": dropped,
-                "entities": entities, "upsert": upsert, "delete": delete, "evidence": evidence}  # fmt: skip
+                "entities": entities, "drop_entities": gone, "upsert": upsert, "delete": delete,
+                "evidence": evidence}  # fmt: skip
 
     def _merge(self, d: Detection, matches: list[Match], facts: _Facts, c: CorrelationCounts) -> bool:
         applied, seen = dict(self.applied), self.applied
@@ -523,7 +546,7 @@ class State:
                 for ref, entity in f.entities:
                     if ref not in entities:
                         entities[ref] = f.json[ref]  # kept as its JSON: what the state writes, and reads back
-                        self.entities_changed = True
+                        self._place(ref)
                         if entity.origin is Origin.APP:
                             weak.add(ref)
                         if entity.key in group_parts or (isinstance(entity, Ip) and entity.prefix in group_parts):
@@ -533,7 +556,7 @@ class State:
                     if ref in weak and ref in f.trusted:
                         entities[ref] = f.json[ref]
                         weak.discard(ref)
-                        self.entities_changed = True
+                        self.entities_changed.add(self.record_of[ref])
             pane = panes.get(index)
             if pane is None:
                 pane = panes[index] = Pane(index, steps)
@@ -797,9 +820,38 @@ class State:
         if self.carry:
             used.update(self.carry.summary.entities)
             used.update(self.carry.tail.entities)
-        if len(self.entities.keys() - used) > ENTITY_SLACK:  # not at each change: entities seen again stay
+        unused = self.entities.keys() - used
+        if len(unused) > ENTITY_SLACK:  # not at each change: entities seen again stay
             self.entities = {r: e for r, e in self.entities.items() if r in used}
-            self.entities_changed = True
+            for r in unused:
+                n = self.record_of.pop(r)
+                del self.records[n][r]
+                if not self.records[n]:
+                    del self.records[n]
+                self.entities_changed.add(n)
+            if len(self.records) > 2 * (len(self.entities) // ENTITIES_PER_RECORD + 1):  # mostly holes: pack them
+                self._repack()
+
+    # --- where its entities are stored ---
+
+    def _place(self, ref: str) -> None:
+        """A new entity goes into the newest record, or a new one once that is full (records are
+        made in increasing number: the newest is the last)."""
+        n = next(reversed(self.records), 0)
+        if len(self.records.get(n, ())) >= ENTITIES_PER_RECORD:
+            n += 1
+        self.records.setdefault(n, {})[ref] = None
+        self.record_of[ref] = n
+        self.entities_changed.add(n)
+
+    def _repack(self) -> None:
+        """Every entity placed again, in full records from 0: all of them rewritten once."""
+        before = set(self.records) | self.entity_records
+        self.records, self.record_of = {}, {}
+        for k, ref in enumerate(self.entities):
+            self.records.setdefault(k // ENTITIES_PER_RECORD, {})[ref] = None
+            self.record_of[ref] = k // ENTITIES_PER_RECORD
+        self.entities_changed |= before | set(self.records)
 
 
 def _weighed(d: Detection, s: Summary, severity: Severity) -> tuple[Severity, str | None]:

@@ -202,7 +202,8 @@ class Bucket:
     version: Version
     doc: dict[str, Any] | None  # the head: everything but the panes and the entities
     chunks: dict[int, bytes] = field(default_factory=dict)  # the panes, in chunks, as stored
-    entities: bytes | None = None  # the entities its panes refer to, each once, as stored
+    # the entities its panes refer to, each once, in records by number, as stored
+    entities: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,8 @@ class BucketWrite:
     watermark: int = 0  # the newest event time merged, µs since the epoch: for expiry
     chunks: Mapping[int, bytes] = field(default_factory=dict)  # pane chunks that changed
     drop_chunks: Sequence[int] = ()  # pane chunks that are now empty
-    entities: bytes | None = None  # the bucket's entities, when they changed (None: as stored)
+    entities: Mapping[int, bytes] = field(default_factory=dict)  # records of the bucket's entities that changed
+    drop_entities: Sequence[int] = ()  # records of its entities that are now empty
     upsert: Sequence[Incident] = ()  # the bucket's incidents that are new or changed
     delete: Sequence[str] = ()  # ids of the bucket's incidents that no longer exist
     evidence: Sequence[Event] = ()  # events of the batch that its changed incidents hold: kept with them

@@ -63,9 +63,11 @@ CREATE TABLE IF NOT EXISTS bucket_chunks (
     doc BLOB NOT NULL,
     PRIMARY KEY (key, chunk)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS bucket_entities (
-    key TEXT PRIMARY KEY,
-    doc BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS bucket_entity_records (
+    key TEXT NOT NULL,
+    record INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (key, record)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
@@ -166,6 +168,14 @@ class SqliteStore:
             # bucket versions come from one counter, so that a bucket created again never repeats one
             self._db.execute("INSERT OR IGNORE INTO counters SELECT 'bucket_version', COALESCE(MAX(version), 0) "
                              "FROM buckets")  # fmt: skip
+            if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'bucket_entities'").fetchone():
+                # a bucket's entities were one record: kept as record -1, which the correlator reads and
+                # writes again in records of their own at the bucket's next change
+                with self._write() as cur:  # under the write lock, once: another instance may have done it
+                    if cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'bucket_entities'").fetchone():
+                        cur.execute("INSERT OR IGNORE INTO bucket_entity_records "
+                                    "SELECT key, -1, doc FROM bucket_entities")  # fmt: skip
+                        cur.execute("DROP TABLE bucket_entities")
             raw_columns = {row[1] for row in self._db.execute("PRAGMA table_info(raw_messages)")}
             if "received" not in raw_columns:  # a database from before retention: its bodies age from now
                 self._db.execute("ALTER TABLE raw_messages ADD COLUMN received TEXT")
@@ -258,8 +268,11 @@ class SqliteStore:
         chunks: dict[str, dict[int, bytes]] = {}
         for key, chunk, doc in self._select_in("SELECT key, chunk, doc FROM bucket_chunks WHERE key IN ({})", stale):
             chunks.setdefault(key, {})[chunk] = doc
-        entities = dict(self._select_in("SELECT key, doc FROM bucket_entities WHERE key IN ({})", stale))
-        out.update((key, Bucket(key, version, orjson.loads(doc), chunks.get(key, {}), entities.get(key)))
+        entities: dict[str, dict[int, bytes]] = {}
+        for key, n, doc in self._select_in("SELECT key, record, doc FROM bucket_entity_records WHERE key IN ({})",
+                                           stale):  # fmt: skip
+            entities.setdefault(key, {})[n] = doc
+        out.update((key, Bucket(key, version, orjson.loads(doc), chunks.get(key, {}), entities.get(key, {})))
                    for key, version, doc in rows)  # fmt: skip
         return out
 
@@ -288,8 +301,10 @@ class SqliteStore:
                 "DELETE FROM bucket_chunks WHERE key = ? AND chunk = ?",
                 [(w.key, n) for w in ok for n in w.drop_chunks],
             )
-            cur.executemany("INSERT OR REPLACE INTO bucket_entities VALUES (?, ?)",
-                            [(w.key, w.entities) for w in ok if w.entities is not None])  # fmt: skip
+            cur.executemany("INSERT OR REPLACE INTO bucket_entity_records VALUES (?, ?, ?)",
+                            [(w.key, n, doc) for w in ok for n, doc in w.entities.items()])  # fmt: skip
+            cur.executemany("DELETE FROM bucket_entity_records WHERE key = ? AND record = ?",
+                            [(w.key, n) for w in ok for n in w.drop_entities])  # fmt: skip
             cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
             docs = [(i, i.to_json()) for w in ok for i in w.upsert]
             cur.executemany(
@@ -324,7 +339,7 @@ class SqliteStore:
 
     def expire_buckets(self, before: int) -> int:
         with self._write() as cur:
-            for part in ("bucket_chunks", "bucket_entities"):
+            for part in ("bucket_chunks", "bucket_entity_records"):
                 cur.execute(f"DELETE FROM {part} WHERE key IN (SELECT key FROM buckets WHERE watermark < ?)",  # noqa: S608
                             (before,))  # fmt: skip
             gone = cur.execute("DELETE FROM buckets WHERE watermark < ?", (before,)).rowcount

@@ -9,8 +9,8 @@ event. Raw message bodies (up to the 1 MB Event Hubs limit, more than a table en
 blobs named by their SHA-256.
 
 Correlation state: one partition per bucket in `{prefix}state`, holding the bucket entity
-(`RowKey` "bucket"), its entities ("bucket-entities": each once, rewritten only when they change),
-its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that the bucket's optimistic
+(`RowKey` "bucket"), its entities ("bucket-entities-<n>": each once, in records rewritten only when
+they change), its pane chunks ("chunk-<n>") and its incidents ("incident-<id>"), so that the bucket's optimistic
 write (ETag, If-Match), its incidents' changes, the events they hold as evidence ("event-<digest>":
 a write's evidence in one row, as a list) and their outbox rows ("outbox-<id>-<fingerprint>": what
 the response has still to plan) are one entity-group transaction: all or nothing.
@@ -237,7 +237,7 @@ class TableStore:
         if found is None:
             return None
         chunks = {int(r["RowKey"].removeprefix("chunk-")): _unpack(r) for r in rows if r["RowKey"].startswith("chunk-")}
-        entities = next((_unpack(r) for r in rows if r["RowKey"] == ENTITIES_ROW), None)
+        entities = {_entity_record(r["RowKey"]): _unpack(r) for r in rows if r["RowKey"].startswith(ENTITIES_ROW)}
         return Bucket(key, str(found.metadata["etag"]), orjson.loads(_unpack(found)), chunks, entities)
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
@@ -262,9 +262,10 @@ class TableStore:
                 row = {"PartitionKey": w.key, "RowKey": _chunk_row(n), **_pack(doc)}
                 ops.append(("upsert", row, {"mode": UpdateMode.REPLACE}))
             ops += [("delete", {"PartitionKey": w.key, "RowKey": _chunk_row(n)}) for n in w.drop_chunks]
-            if w.entities is not None:
-                ops.append(("upsert", {"PartitionKey": w.key, "RowKey": ENTITIES_ROW, **_pack(w.entities)},
+            for n, doc in w.entities.items():
+                ops.append(("upsert", {"PartitionKey": w.key, "RowKey": _entities_row(n), **_pack(doc)},
                             {"mode": UpdateMode.REPLACE}))  # fmt: skip
+            ops += [("delete", {"PartitionKey": w.key, "RowKey": _entities_row(n)}) for n in w.drop_entities]
             ops += [("delete", {"PartitionKey": w.key, "RowKey": f"{INCIDENT}-{i}"}) for i in w.delete]
             for i in w.upsert:
                 body = i.to_json()
@@ -682,7 +683,9 @@ class TableStore:
 
 
 BUCKET_ROW = "bucket"
-ENTITIES_ROW = "bucket-entities"  # sorts between the head and the chunks: read with them
+# a bucket's entities, in records ("bucket-entities-<n>"; "bucket-entities" alone, written before there
+# were several, is record -1): they sort between the head and the chunks, and are read with them
+ENTITIES_ROW = "bucket-entities"
 # the kinds of row in a bucket's partition besides its head and chunks: "<kind>-<id>"
 INCIDENT, EVIDENCE, OUTBOX = "incident", "event", "outbox"  # its incidents, the events they hold, their changes
 ALIASES_PARTITION = "protected-aliases"  # in the response table: identifiers paired with protected users
@@ -721,6 +724,14 @@ def _rows_of(kind: str) -> tuple[str, dict[str, str]]:
 
 def _chunk_row(n: int) -> str:
     return f"chunk-{n:012d}"  # sorts by number, and before the incident rows
+
+
+def _entities_row(n: int) -> str:
+    return ENTITIES_ROW if n == -1 else f"{ENTITIES_ROW}-{n}"
+
+
+def _entity_record(row: str) -> int:
+    return int(row.removeprefix(ENTITIES_ROW + "-")) if row != ENTITIES_ROW else -1
 
 
 def _pack(doc: bytes) -> dict[str, Any]:
