@@ -439,7 +439,7 @@ class State:
             for n in self.dirty
         }
         chunks = {n: orjson.dumps([p.dump() for p in panes]) for n, panes in by_chunk.items() if panes}
-        dropped = [n for n, panes in by_chunk.items() if not panes and n in self.stored]
+        dropped, self.stored = _written(self.stored, chunks, self.dirty)
         # a pane keeps its JSON while its chunk is being rewritten (the newest, in order), and lets it go
         # once a write leaves the chunk as it was: most panes never change again, and their JSON would
         # otherwise double the memory a state takes
@@ -448,14 +448,12 @@ class State:
                 if (p := self.panes.get(i)) is not None:
                     p.cool()
         self.warm = set(chunks)
-        self.stored = (self.stored | chunks.keys()) - set(dropped)
         self.dirty = set()
         changed, held, fragment = self.entities_changed, self.entities, orjson.Fragment
         # each entity's JSON is written as it is: serialized once, when it came
         entities = {n: orjson.dumps({r: fragment(e) if type(e := held[r]) is bytes else e for r in refs})
                     for n in changed if (refs := self.records.get(n))}  # fmt: skip
-        gone = [n for n in changed if n not in entities and n in self.entity_records]
-        self.entity_records = (self.entity_records | entities.keys()) - set(gone)
+        gone, self.entity_records = _written(self.entity_records, entities, changed)
         self.entities_changed = set()
         return head, chunks, dropped, entities, gone
 
@@ -852,6 +850,13 @@ class State:
             self.records.setdefault(k // ENTITIES_PER_RECORD, {})[ref] = None
             self.record_of[ref] = k // ENTITIES_PER_RECORD
         self.entities_changed |= before | set(self.records)
+
+
+def _written(stored: set[int], written: Mapping[int, bytes], changed: set[int]) -> tuple[list[int], set[int]]:
+    """Of the records (pane chunks, entity records) that `changed`, those now empty that the store
+    has, to drop; and the records the store has once `written` is written and those dropped."""
+    gone = [n for n in changed if n not in written and n in stored]
+    return gone, (stored | written.keys()) - set(gone)
 
 
 def _weighed(d: Detection, s: Summary, severity: Severity) -> tuple[Severity, str | None]:
