@@ -245,6 +245,43 @@ def test_entities_stored_as_one_record_are_read_and_written_again_in_records(tmp
     assert any(-1 not in b.entities and b.entities for b in rewritten.values())
 
 
+def test_chunks_and_entity_records_of_a_without_rowid_database_move_into_rowid_tables(tmp_path):
+    """A database whose pane chunks and entity records are WITHOUT ROWID tables (as written before)
+    opens with them moved into rowid tables, every row kept; the incidents go on as those of a
+    database that never had the old layout."""
+    import sqlite3
+
+    from aegis.store import SqliteStore
+    from aegis.store.sqlite import PARTS
+
+    bodies = stream(120, seed=5)
+    for name in ("old", "new"):
+        store = SqliteStore(tmp_path / f"{name}.db")
+        run(store, bodies[:60], 10)
+        store.close()
+    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    before = {}
+    for table, ddl in PARTS.items():
+        before[table] = sorted(db.execute(f"SELECT * FROM {table}").fetchall())
+        db.execute(f"ALTER TABLE {table} RENAME TO moved")
+        db.execute(ddl.removesuffix(";") + " WITHOUT ROWID")
+        db.execute(f"INSERT INTO {table} SELECT * FROM moved")
+        db.execute("DROP TABLE moved")
+    layout = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert all("WITHOUT ROWID" in layout[t] and before[t] for t in PARTS)
+    db.close()
+    old, new = SqliteStore(tmp_path / "old.db"), SqliteStore(tmp_path / "new.db")
+    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    layout = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert not any("WITHOUT ROWID" in layout[t] for t in PARTS)
+    assert not any(t.endswith("without_rowid") for t in layout)
+    assert {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in PARTS} == before
+    db.close()
+    run(old, bodies[60:], 10)
+    run(new, bodies[60:], 10)
+    assert snapshot(old) == snapshot(new)
+
+
 def test_a_legacy_or_overfull_entity_record_is_packed_again(store: Store):
     """Entities stored otherwise than in records of the newest layout (one record -1, as Table
     Storage's `bucket-entities` row held them; a record with more than `ENTITIES_PER_RECORD`; one
