@@ -234,3 +234,69 @@ def test_an_incidents_evidence_is_read_back_by_its_event_ids(store: Store):
     store.commit_buckets([BucketWrite("d.k2", None, b"{}", upsert=[incident], evidence=events[:2])])
     assert store.evidence(incident) == events[:2]  # the third is not kept: not there, not guessed
     assert store.evidence(copy_with(incident, event_ids=())) == []
+
+
+def test_the_outbox_holds_each_change_until_cleared_and_its_incidents_latest_state(store: Store):
+    """Two changes of one incident are two entries; each gives the incident at least as it stood
+    then (SQLite: as it stands now), and clearing one leaves the other. On SQLite an incident
+    deleted (found again under another id) takes its entries with it."""
+    from dataclasses import replace as copy_with
+
+    from aegis.records import Incident, Pending
+    from aegis.store.base import BucketWrite
+
+    first = Incident(id="inc-3", detection="d", bucket="d.k3", group="g", title="t", severity=Severity.HIGH,
+                     first_seen=T0, last_seen=T0, entities=(), atlas=(), owasp_llm=(), event_ids=("e1",),
+                     event_count=1, timeline=())  # fmt: skip
+    grown = copy_with(first, last_seen=T0 + timedelta(minutes=1), event_ids=("e1", "e2"), event_count=2)
+    v1 = store.commit_buckets([BucketWrite("d.k3", None, b"{}", watermark=1, upsert=[first])]).versions["d.k3"]
+    v2 = store.commit_buckets([BucketWrite("d.k3", v1, b"{}", watermark=2, upsert=[grown])]).versions["d.k3"]
+    entries = store.outbox()
+    assert [p.fingerprint for p in entries] == [Pending.of(first).fingerprint, Pending.of(grown).fingerprint]
+    assert all(p.incident.event_count >= 1 for p in entries)
+    assert entries[-1].incident == grown
+    store.clear_outbox(entries[:1])
+    assert [p.fingerprint for p in store.outbox()] == [Pending.of(grown).fingerprint]
+    store.clear_outbox(store.outbox())
+    assert store.outbox() == []
+    if getattr(store, "_state", None) is None:  # SQLite
+        store.commit_buckets([BucketWrite("d.k3", v2, b"{}", watermark=3, upsert=[copy_with(grown, event_count=3)])])
+        assert len(store.outbox()) == 1
+        store.commit_buckets([BucketWrite("d.k3", v2 + 1, b"{}", watermark=4, delete=["inc-3"])])
+        assert store.outbox() == []
+        assert store.incidents() == []
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(store.path)) as db:  # and none of its entries is left behind
+            assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+
+
+def test_a_sqlite_outbox_that_held_incidents_names_them_after_opening(tmp_path):
+    """A database from before (its outbox rows held the incident's JSON) opens with each entry kept,
+    in order, the incident read from where the same commit wrote it."""
+    import sqlite3
+
+    from aegis.records import Incident
+    from aegis.store import SqliteStore
+    from aegis.store.base import BucketWrite
+
+    incidents = [Incident(id=f"inc-{n}", detection="d", bucket=f"d.k{n}", group="g", title="t",
+                          severity=Severity.HIGH, first_seen=T0, last_seen=T0, entities=(), atlas=(), owasp_llm=(),
+                          event_ids=(f"e{n}",), event_count=1, timeline=()) for n in range(3)]  # fmt: skip
+    store = SqliteStore(tmp_path / "old.db")
+    for inc in reversed(incidents):
+        store.commit_buckets([BucketWrite(inc.bucket, None, b"{}", watermark=1, upsert=[inc])])
+    store.close()
+    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    rows = db.execute("SELECT seq, incident, fingerprint FROM outbox").fetchall()
+    db.execute("DROP TABLE outbox")
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, incident TEXT NOT NULL, "
+               "fingerprint TEXT NOT NULL, doc BLOB NOT NULL, UNIQUE (incident, fingerprint))")  # fmt: skip
+    db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)",
+                   [(*r, next(i.to_json() for i in incidents if i.id == r[1])) for r in rows])  # fmt: skip
+    db.close()
+    store = SqliteStore(tmp_path / "old.db")
+    assert [(p.incident, p.fingerprint) for p in store.outbox()] == [(i, i.fingerprint()) for i in reversed(incidents)]
+    store.commit_buckets([BucketWrite("d.k9", None, b"{}", watermark=1, upsert=[incidents[0]])])
+    assert len(store.outbox()) == 3  # its uniqueness kept: the same change again is no new entry

@@ -73,7 +73,10 @@ class Store(Protocol):
         ...
 
     def outbox(self) -> list[Pending]:
-        """The incident changes the response has not planned yet, oldest first."""
+        """The incident changes the response has not planned yet, oldest first: each with the incident
+        as that change left it, or as it stands since (SQLite reads it from the incidents, written in
+        the same transaction, and drops the entries of one deleted since: a later batch found it under
+        another id); the response plans an incident's latest state either way."""
         ...
 
     def clear_outbox(self, done: Sequence[Pending]) -> None:

@@ -48,6 +48,14 @@ PARTS = {
     PRIMARY KEY (key, record)
 );""",
 }
+# an outbox entry names the incident change (its fingerprint); the incident is read from `incidents`,
+# written in the same transaction, rather than written twice (a long incident's JSON is 30-40 KB)
+OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    UNIQUE (incident, fingerprint)
+);"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -83,13 +91,6 @@ CREATE INDEX IF NOT EXISTS buckets_by_watermark ON buckets (watermark);
     doc BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_by_bucket ON incidents (bucket, last_seen);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    incident TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    doc BLOB NOT NULL,
-    UNIQUE (incident, fingerprint)
-);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -149,7 +150,7 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only_u BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_d BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-""".replace("{parts}", "\n".join(PARTS.values()) + "\n")
+""".replace("{parts}", "\n".join([*PARTS.values(), OUTBOX]) + "\n")
 
 
 class SqliteStore:
@@ -183,6 +184,13 @@ class SqliteStore:
                             cur.execute(ddl)
                             cur.execute(f"INSERT INTO {table} SELECT * FROM {table}_without_rowid")  # noqa: S608
                             cur.execute(f"DROP TABLE {table}_without_rowid")
+            if "doc" in _columns(self._db, "outbox"):  # entries that held the incident: they name it now
+                with self._write() as cur:
+                    if "doc" in _columns(cur, "outbox"):
+                        cur.execute("ALTER TABLE outbox RENAME TO outbox_with_doc")
+                        cur.execute(OUTBOX)
+                        cur.execute("INSERT INTO outbox SELECT seq, incident, fingerprint FROM outbox_with_doc")
+                        cur.execute("DROP TABLE outbox_with_doc")
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'bucket_entities'").fetchone():
                 # a bucket's entities were one record: kept as record -1, which the correlator reads and
                 # writes again in records of their own at the bucket's next change
@@ -191,8 +199,7 @@ class SqliteStore:
                         cur.execute("INSERT OR IGNORE INTO bucket_entity_records "
                                     "SELECT key, -1, doc FROM bucket_entities")  # fmt: skip
                         cur.execute("DROP TABLE bucket_entities")
-            raw_columns = {row[1] for row in self._db.execute("PRAGMA table_info(raw_messages)")}
-            if "received" not in raw_columns:  # a database from before retention: its bodies age from now
+            if "received" not in _columns(self._db, "raw_messages"):  # from before retention: its bodies age from now
                 self._db.execute("ALTER TABLE raw_messages ADD COLUMN received TEXT")
                 self._db.execute("UPDATE raw_messages SET received = ?", (datetime.now(UTC).isoformat(),))
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -321,15 +328,17 @@ class SqliteStore:
                             [(w.key, n, doc) for w in ok for n, doc in w.entities.items()])  # fmt: skip
             cur.executemany("DELETE FROM bucket_entity_records WHERE key = ? AND record = ?",
                             [(w.key, n) for w in ok for n in w.drop_entities])  # fmt: skip
-            cur.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for w in ok for i in w.delete])
+            gone = [(i,) for w in ok for i in w.delete]
+            cur.executemany("DELETE FROM incidents WHERE id = ?", gone)
+            cur.executemany("DELETE FROM outbox WHERE incident = ?", gone)  # no longer an incident to respond to
             docs = [(i, i.to_json()) for w in ok for i in w.upsert]
             cur.executemany(
                 "INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?)",
                 [(i.id, i.bucket, i.last_seen.isoformat(), doc) for i, doc in docs],
             )
             cur.executemany(
-                "INSERT OR IGNORE INTO outbox (incident, fingerprint, doc) VALUES (?, ?, ?)",
-                [(i.id, fingerprint(doc), doc) for i, doc in docs],
+                "INSERT OR IGNORE INTO outbox (incident, fingerprint) VALUES (?, ?)",
+                [(i.id, fingerprint(doc)) for i, doc in docs],
             )
             evidence = {e.id: e for w in ok for e in w.evidence}  # an event held by incidents of several buckets: once
             # a copy stored before stays unless this one says more (one alert in two shapes: the richest)
@@ -343,7 +352,8 @@ class SqliteStore:
 
     def outbox(self) -> list[Pending]:
         with self._lock, _translate(self.path):
-            rows = self._db.execute("SELECT fingerprint, doc FROM outbox ORDER BY seq").fetchall()
+            rows = self._db.execute("SELECT o.fingerprint, i.doc FROM outbox o JOIN incidents i ON i.id = o.incident "
+                                    "ORDER BY o.seq").fetchall()  # fmt: skip
         return [Pending(Incident.from_json(doc), fp) for fp, doc in rows]
 
     def clear_outbox(self, done: Sequence[Pending]) -> None:
@@ -559,6 +569,10 @@ class SqliteStore:
 def _step_row(s: StepRecord) -> tuple[Any, ...]:
     started = sortable(s.started) if s.started else None
     return (s.key, s.incident, s.action, s.status, s.revision, started, orjson.dumps(s))
+
+
+def _columns(db: sqlite3.Connection | sqlite3.Cursor, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _without_rowid(db: sqlite3.Connection | sqlite3.Cursor, table: str) -> bool:
