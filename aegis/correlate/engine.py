@@ -492,7 +492,7 @@ class State:
         lo, hi = self.touched[0], self.touched[1] + self.width - 1
         if self.final_before is not None:
             lo = max(lo, self.final_before)
-        panes = [self.panes[i] for i in sorted(i for i in self.panes if lo - self.width < i <= hi)]
+        panes = [self.panes[i] for i in self._between(lo - self.width + 1, hi)]
         fresh = KINDS[d.kind].evaluate(panes, d, self.width, lo, self.threshold(d))
         self.triggers = {p: s for p, s in self.triggers.items() if not lo <= p <= hi}
         self.triggers.update((t.pane, t.start) for t in fresh)
@@ -603,7 +603,7 @@ class State:
             lo, hi = min(self.panes, default=0), seg.triggers[-1].pane if tail else self.carry.last_trigger
         else:
             lo, hi = seg.triggers[0].start, seg.triggers[-1].pane
-        indices = sorted(i for i in self.panes if lo <= i <= hi)
+        indices = self._between(lo, hi)
         key = (carried, tail, lo)
         kept = self.folded.get(key)
         if kept is not None and kept[0] <= hi:
@@ -799,10 +799,9 @@ class State:
             break
         else:
             start = min(self.panes)
-        lowest_chunk = min(self.panes) // PANES_PER_CHUNK
-        for i in sorted(self.panes):
-            if i >= horizon:
-                break
+        lowest = min(self.panes)
+        lowest_chunk = lowest // PANES_PER_CHUNK
+        for i in self._between(lowest, horizon - 1):
             if self.carry is not None and i >= start:
                 (self.carry.summary if i <= self.carry.last_trigger else self.carry.tail).add(self.panes[i])
             del self.panes[i]
@@ -829,6 +828,14 @@ class State:
                 self.entities_changed.add(n)
             if len(self.records) > 2 * (len(self.entities) // ENTITIES_PER_RECORD + 1):  # mostly holes: pack them
                 self._repack()
+
+    def _between(self, lo: int, hi: int) -> list[int]:
+        """The indices of its panes from `lo` to `hi`, in order: by probing each index when there
+        are fewer of those than panes (a batch touches the newest few of up to `MAX_PANES`)."""
+        panes = self.panes
+        if hi - lo < len(panes):
+            return [i for i in range(lo, hi + 1) if i in panes]
+        return sorted(i for i in panes if lo <= i <= hi)
 
     # --- where its entities are stored ---
 
