@@ -212,20 +212,28 @@ def test_a_bucket_of_many_entities_rewrites_only_the_records_a_batch_changed(tmp
     assert sum(len(w.entities) for w in written) < len(ever) / ENTITIES_PER_RECORD + 3 * len(written)
 
 
-def test_entities_stored_as_one_record_are_read_and_written_again_in_records(tmp_path):
-    """A database from before records (a bucket's entities in one row of `bucket_entities`) opens:
-    each bucket's entities are read, its next write puts them in records and drops the old one, and
-    the incidents are those of a database that never had the old layout."""
+def twin_databases(tmp_path, bodies: list[bytes]):
+    """`old.db` and `new.db`, each with `bodies` run through it; a connection to `old.db`, to lay it out as before."""
     import sqlite3
 
     from aegis.store import SqliteStore
 
-    bodies = stream(120, seed=3)
     for name in ("old", "new"):
         store = SqliteStore(tmp_path / f"{name}.db")
-        run(store, bodies[:60], 10)
+        run(store, bodies, 10)
         store.close()
-    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    return sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+
+
+def test_entities_stored_as_one_record_are_read_and_written_again_in_records(tmp_path):
+    """A database from before records (a bucket's entities in one row of `bucket_entities`) opens:
+    each bucket's entities are read, its next write puts them in records and drops the old one, and
+    the incidents are those of a database that never had the old layout."""
+
+    from aegis.store import SqliteStore
+
+    bodies = stream(120, seed=3)
+    db = twin_databases(tmp_path, bodies[:60])
     rows = db.execute("SELECT key, record, doc FROM bucket_entity_records").fetchall()
     merged: dict[str, dict] = {}
     for key, _, doc in rows:
@@ -255,11 +263,7 @@ def test_chunks_and_entity_records_of_a_without_rowid_database_move_into_rowid_t
     from aegis.store.sqlite import PARTS
 
     bodies = stream(120, seed=5)
-    for name in ("old", "new"):
-        store = SqliteStore(tmp_path / f"{name}.db")
-        run(store, bodies[:60], 10)
-        store.close()
-    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    db = twin_databases(tmp_path, bodies[:60])
     before = {}
     for table, ddl in PARTS.items():
         before[table] = sorted(db.execute(f"SELECT * FROM {table}").fetchall())
@@ -274,7 +278,7 @@ def test_chunks_and_entity_records_of_a_without_rowid_database_move_into_rowid_t
     db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     layout = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert not any("WITHOUT ROWID" in layout[t] for t in PARTS)
-    assert not any(t.endswith("without_rowid") for t in layout)
+    assert not any(t.endswith("_before") for t in layout)
     assert {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in PARTS} == before
     db.close()
     run(old, bodies[60:], 10)

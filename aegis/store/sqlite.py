@@ -176,21 +176,15 @@ class SqliteStore:
             # bucket versions come from one counter, so that a bucket created again never repeats one
             self._db.execute("INSERT OR IGNORE INTO counters SELECT 'bucket_version', COALESCE(MAX(version), 0) "
                              "FROM buckets")  # fmt: skip
-            for table, ddl in PARTS.items():
-                if _without_rowid(self._db, table):  # as written before: moved into a rowid table, once
-                    with self._write() as cur:
-                        if _without_rowid(cur, table):
-                            cur.execute(f"ALTER TABLE {table} RENAME TO {table}_without_rowid")
+            for table, ddl in {**PARTS, "outbox": OUTBOX}.items():
+                if _before(self._db, table):  # a layout from before: the table made again, its rows kept
+                    with self._write() as cur:  # once, under the write lock: another instance may have done it
+                        if _before(cur, table):
+                            cur.execute(f"ALTER TABLE {table} RENAME TO {table}_before")
                             cur.execute(ddl)
-                            cur.execute(f"INSERT INTO {table} SELECT * FROM {table}_without_rowid")  # noqa: S608
-                            cur.execute(f"DROP TABLE {table}_without_rowid")
-            if "doc" in _columns(self._db, "outbox"):  # entries that held the incident: they name it now
-                with self._write() as cur:
-                    if "doc" in _columns(cur, "outbox"):
-                        cur.execute("ALTER TABLE outbox RENAME TO outbox_with_doc")
-                        cur.execute(OUTBOX)
-                        cur.execute("INSERT INTO outbox SELECT seq, incident, fingerprint FROM outbox_with_doc")
-                        cur.execute("DROP TABLE outbox_with_doc")
+                            columns = ", ".join(_columns(cur, table))
+                            cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_before")  # noqa: S608
+                            cur.execute(f"DROP TABLE {table}_before")
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'bucket_entities'").fetchone():
                 # a bucket's entities were one record: kept as record -1, which the correlator reads and
                 # writes again in records of their own at the bucket's next change
@@ -571,11 +565,15 @@ def _step_row(s: StepRecord) -> tuple[Any, ...]:
     return (s.key, s.incident, s.action, s.status, s.revision, started, orjson.dumps(s))
 
 
-def _columns(db: sqlite3.Connection | sqlite3.Cursor, table: str) -> set[str]:
-    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+def _columns(db: sqlite3.Connection | sqlite3.Cursor, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
 
 
-def _without_rowid(db: sqlite3.Connection | sqlite3.Cursor, table: str) -> bool:
+def _before(db: sqlite3.Connection | sqlite3.Cursor, table: str) -> bool:
+    """Whether `table` is laid out as before: chunks and records WITHOUT ROWID, an outbox that held
+    each incident's JSON."""
+    if table == "outbox":
+        return "doc" in _columns(db, table)
     row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
     return row is not None and "WITHOUT ROWID" in row[0].upper()
 
