@@ -187,18 +187,21 @@ class Correlator:
         pending = dict(additions)
         book = self.assets() if self.assets is not None else None
         for _ in range(MAX_CONFLICT_RETRIES):
-            known = {k: self._cache[k][0] for k in pending if k in self._cache}
-            loaded = self.store.load_buckets(list(pending), known)
+            # a state this instance wrote last is applied as it holds it, unread: if another instance
+            # wrote the bucket since, the commit finds its version moved on (a conflict), and the next
+            # turn reads it and applies the batch again. A batch reads only the buckets it holds no copy of.
+            loaded = self.store.load_buckets([k for k in pending if k not in self._cache])
             writes, states, failed = [], {}, set()
             for key, (d, group, matches) in pending.items():
                 if d.id in failed:
                     continue
-                bucket = loaded.get(key)
+                cached, bucket = self._cache.get(key), loaded.get(key)
+                version = cached[0] if cached is not None else bucket.version if bucket is not None else None
                 try:
-                    if bucket is None:
+                    if cached is not None:
+                        state = cached[1]
+                    elif bucket is None:
                         state = State.new(d, group, self.lateness_us)
-                    elif bucket.doc is None:
-                        state = self._cache[key][1]
                     else:
                         state = State.load(bucket.doc, bucket.chunks, bucket.entities)
                     write = state.apply(d, matches, facts, self.lateness_us, counts, book=book)
@@ -207,7 +210,7 @@ class Correlator:
                     failed.add(d.id)
                     continue
                 if write is not None:
-                    writes.append(BucketWrite(key, bucket.version if bucket else None, **write))
+                    writes.append(BucketWrite(key, version, **write))
                     states[key] = state
             if failed:  # none of a failed detection's buckets is written: its state stays as before the batch
                 for key, (d, _, _) in pending.items():

@@ -61,9 +61,9 @@ class Store(Protocol):
 
     # --- correlation state: one bucket per (detection, group), and the incidents ---
 
-    def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
-        """The buckets that exist; for a key whose version is still `known[key]`, without its
-        document (`doc` None: the caller's copy is current)."""
+    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
+        """The buckets that exist, each with its version (a caller holding a copy does not ask: its
+        write at that version is a conflict if the bucket moved on)."""
         ...
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
@@ -203,7 +203,7 @@ class Bucket:
 
     key: str
     version: Version
-    doc: dict[str, Any] | None  # the head: everything but the panes and the entities
+    doc: dict[str, Any]  # the head: everything but the panes and the entities
     chunks: dict[int, bytes] = field(default_factory=dict)  # the panes, in chunks, as stored
     # the entities its panes refer to, each once, in records by number, as stored
     entities: dict[int, bytes] = field(default_factory=dict)

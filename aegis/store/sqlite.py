@@ -273,24 +273,17 @@ class SqliteStore:
                                     (kind, at.replace("+00:00", "Z"))).rowcount  # fmt: skip
         return gone
 
-    def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
-        known = known or {}
-        asked = [k for k in keys if k in known]  # versions first only where the caller has a copy
-        current = {k for k, v in self._select_in("SELECT key, version FROM buckets WHERE key IN ({})", asked)
-                   if known[k] == v}  # fmt: skip
-        out = {k: Bucket(k, known[k], None) for k in current}
-        stale = [k for k in keys if k not in current]
-        rows = self._select_in("SELECT key, version, doc FROM buckets WHERE key IN ({})", stale)
+    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
+        rows = self._select_in("SELECT key, version, doc FROM buckets WHERE key IN ({})", keys)
         chunks: dict[str, dict[int, bytes]] = {}
-        for key, chunk, doc in self._select_in("SELECT key, chunk, doc FROM bucket_chunks WHERE key IN ({})", stale):
+        for key, chunk, doc in self._select_in("SELECT key, chunk, doc FROM bucket_chunks WHERE key IN ({})", keys):
             chunks.setdefault(key, {})[chunk] = doc
         entities: dict[str, dict[int, bytes]] = {}
         for key, n, doc in self._select_in("SELECT key, record, doc FROM bucket_entity_records WHERE key IN ({})",
-                                           stale):  # fmt: skip
+                                           keys):  # fmt: skip
             entities.setdefault(key, {})[n] = doc
-        out.update((key, Bucket(key, version, orjson.loads(doc), chunks.get(key, {}), entities.get(key, {})))
-                   for key, version, doc in rows)  # fmt: skip
-        return out
+        return {key: Bucket(key, version, orjson.loads(doc), chunks.get(key, {}), entities.get(key, {}))
+                for key, version, doc in rows}  # fmt: skip
 
     def commit_buckets(self, writes: Sequence[BucketWrite]) -> Committed:
         with self._write() as cur:  # holds the write lock: the versions read below stay true

@@ -214,20 +214,15 @@ class TableStore:
             except ResourceNotFoundError:
                 return None
 
-    def load_buckets(self, keys: Sequence[str], known: Mapping[str, Version] | None = None) -> dict[str, Bucket]:
-        """One partition a bucket: read in parallel (`PARALLEL` at a time), each in one or two
-        requests (its ETag first when the caller holds a copy, then its head and chunks)."""
-        known = known or {}
-        found = self._pool.map(lambda key: self._load(key, known.get(key)), keys)
+    def load_buckets(self, keys: Sequence[str]) -> dict[str, Bucket]:
+        """One partition a bucket: read in parallel (`PARALLEL` at a time), each in one request (its
+        head, chunks and records of entities)."""
+        found = self._pool.map(self._load, keys)
         return {b.key: b for b in found if b is not None}
 
-    def _load(self, key: str, known: Version | None) -> Bucket | None:
+    def _load(self, key: str) -> Bucket | None:
         with _translate():
             try:
-                if known is not None:  # the ETag alone first: the caller's copy may be current
-                    head = self._state.get_entity(key, BUCKET_ROW, select=["RowKey"])
-                    if str(head.metadata["etag"]) == known:
-                        return Bucket(key, known, None)
                 rows = list(self._state.query_entities(
                     "PartitionKey eq @pk and RowKey lt @end", parameters={"pk": key, "end": "chunk."}
                 ))  # fmt: skip
