@@ -70,6 +70,7 @@ class Pane:
     __slots__ = (
         "_json",
         "counts",
+        "end",
         "entities",
         "events",
         "first",
@@ -91,6 +92,7 @@ class Pane:
         self.counts = [0] * steps
         self.first = [NONE] * steps  # per step, µs since the epoch (NONE: no match)
         self.last = [NONE] * steps
+        self.end = NONE  # the latest of `last`: kept as it moves (an incident's segments read it per trigger)
         self.total = 0.0
         self.values: set[str] = _NO_VALUES  # replaced by a set of its own on the first value
         self.severity = NONE
@@ -101,10 +103,6 @@ class Pane:
         self.traits: list[int] = []  # per `when` weight of the detection (`weigh`), the events that hold it
         self.moments: list[list[float]] = []  # per `steady` weight: [values, sum, sum of squares]
         self._json: orjson.Fragment | None = None
-
-    @property
-    def end(self) -> int:
-        return max(self.last)
 
     def add(
         self, f: Fact, steps: list[int], value: Any, values_cap: int, *, traits: int = 0, sizes: tuple[Any, ...] = ()
@@ -124,6 +122,7 @@ class Pane:
             self.counts[s] += 1
             self.first[s] = t if self.first[s] == NONE else min(self.first[s], t)
             self.last[s] = max(self.last[s], t)
+            self.end = max(self.end, t)
             samples = self.samples
             if len(samples) < PANE_SAMPLES or t <= samples[-1][0]:
                 bisect.insort(samples, (t, f.id, s, *f.sample))
@@ -193,6 +192,7 @@ class Pane:
         p = cls.__new__(cls)
         (p.index, p.events, p.counts, p.first, p.last, p.total, values, p.severity, kinds, ids, samples,
          entities) = raw[:12]  # fmt: skip
+        p.end = max(p.last, default=NONE)
         p.traits = list(raw[12]) if len(raw) > 12 else []  # a pane stored before weights has none
         p.moments = [list(m) for m in raw[13]] if len(raw) > 13 else []
         p.values, p.kinds, p.entities = set(values), set(kinds), set(entities)
@@ -243,7 +243,7 @@ class Summary:
                 if start is None or first < start:
                     start = first
                 samples += p.samples
-            end = max(end, *p.last)
+            end = max(end, p.end)
             severity = max(severity, p.severity)
             if p.kinds:
                 kinds |= p.kinds
