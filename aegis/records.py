@@ -149,8 +149,8 @@ def fingerprint(doc: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class Pending:
     """An outbox entry: an incident change (its fingerprint) and the incident, written in the same
-    transaction as the correlation state, and kept until the response has recorded its steps (then cleared). A
-    crash between the two loses nothing: the response timer plans what is left."""
+    transaction as the correlation state, and kept until the response has recorded its steps (then
+    cleared). A crash between the two loses nothing: the response timer plans what is left."""
 
     incident: Incident
     fingerprint: str
