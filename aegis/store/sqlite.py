@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS buckets (
     doc BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS buckets_by_watermark ON buckets (watermark);
-{parts}CREATE TABLE IF NOT EXISTS incidents (
+CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     bucket TEXT NOT NULL,
     last_seen TEXT NOT NULL,
@@ -150,7 +150,7 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only_u BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_d BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-""".replace("{parts}", "\n".join([*PARTS.values(), OUTBOX]) + "\n")
+""" + "\n".join([*PARTS.values(), OUTBOX])
 
 
 class SqliteStore:
