@@ -173,8 +173,6 @@ class Pipeline:
                 counts.new_events = result.new_events
                 counts.duplicates = counts.events - result.new_events
         counts.dead_letters = len(dead_letters)
-        if events:
-            self.key_use.observe(events.values())
         if self.correlator is not None and events:
             with tracing.span("aegis.correlate") as correlating:
                 correlated = self.correlator.process(list(events.values()))
@@ -186,9 +184,11 @@ class Pipeline:
             counts.late = correlated.too_late
             counts.detection_errors = {d: n for d, (n, _) in correlated.errors.items()}
             counts.error_reasons = {d: reason for d, (_, reason) in correlated.errors.items()}
-            if self.respond is not None:
-                with tracing.span("aegis.respond", incidents=tracing.ids([i.id for i in correlated.changed])):
-                    self.respond(correlated.changed, list(events.values()))
+        if events:  # after the correlation's commit: the WAL copied while the next batch is computed holds both
+            self.key_use.observe(events.values())
+        if self.correlator is not None and events and self.respond is not None:  # it plans with the callers too
+            with tracing.span("aegis.respond", incidents=tracing.ids([i.id for i in correlated.changed])):
+                self.respond(correlated.changed, list(events.values()))
         return counts
 
     def _one(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from aegis.records import (
     fingerprint,
     sortable,
 )
+from aegis.store import checkpoints
 from aegis.store.base import Bucket, BucketWrite, Committed, SaveResult, Version
 
 SCHEMA_VERSION = 3  # 2: correlation state as panes (head + chunks); 3: response steps with revisions
@@ -157,13 +159,15 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._checkpoints: checkpoints.Checkpointer | None = None  # started by the first write
         try:
             self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            wal = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"  # not in memory
+            self._background = wal and checkpoints.wanted()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: bucket state is rewritten every batch
-            # checkpoint the WAL every ~40 MiB rather than every 4: a bucket head rewritten in every
-            # batch is then copied into the database once per checkpoint, not once per batch
+            # the WAL is copied into the database by a thread of its own (`checkpoints.py`); the commit
+            # that fills it past ~40 MiB copies it itself, if that thread falls behind (or on one processor)
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             old = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone()
@@ -210,11 +214,21 @@ class SqliteStore:
             try:
                 yield cur
                 cur.execute("COMMIT")
+                if self._background:
+                    self._copy()
             except BaseException:
                 if self._db.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
                     with suppress(sqlite3.Error):  # the cause, not a failed rollback, is what to report
                         cur.execute("ROLLBACK")
                 raise
+
+    def _copy(self) -> None:
+        """Wake the thread that copies the WAL into the database (started by the first commit; it
+        ends with the store, closed or collected)."""
+        if self._checkpoints is None:
+            self._checkpoints = checkpoints.Checkpointer(self.path)
+            self._stop_checkpoints = weakref.finalize(self, self._checkpoints.close)
+        self._checkpoints.committed()
 
     def save(
         self,
@@ -550,6 +564,8 @@ class SqliteStore:
         return [Enrichment.from_json(doc) for (doc,) in rows]
 
     def close(self) -> None:
+        if self._checkpoints is not None:
+            self._stop_checkpoints()
         self._db.close()
 
 
