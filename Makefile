@@ -10,7 +10,7 @@ DEV := $(VENV)/.dev-installed
 AZURITE := node_modules/.bin/azurite
 CHECKOV := .venv-checkov/.installed
 
-.PHONY: demo test lint unit bench bench-soak screenshots clean
+.PHONY: demo test lint unit bench bench-soak bench-tables screenshots clean
 
 demo: $(RUNTIME)  ## replay the bundled samples/ on the embedded default (SQLite) and summarize
 	$(BIN)/aegis demo
@@ -40,6 +40,9 @@ screenshots: $(DEV)  ## a PNG of every console page, from the bundled samples, i
 
 bench-soak: $(DEV)  ## a long live-like stream through one pipeline: events/s and resident memory as it goes
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+bench-tables: $(DEV) $(AZURITE)  ## the Table store on Azurite: CPU a batch and a bucket transaction, and two layouts with fewer
+	scripts/with-azurite.sh $(BIN)/python -m bench.tables $(TABLES_ARGS)
 
 $(RUNTIME): requirements.txt pyproject.toml
 	@echo "==> Installing Aegis and its runtime dependencies into $(VENV) (first run only: about two minutes)"

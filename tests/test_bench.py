@@ -102,3 +102,16 @@ def test_the_sql_peer_compiles_every_operator_as_the_engine_evaluates_it(tmp_pat
     assert held == expected
     assert 0 < len(expected) < len(events) or raw.get("not")  # each condition splits the stream
     peer.close()
+
+
+def test_the_table_layouts_write_what_they_say_and_the_pipeline_on_tables_counts_its_writes():
+    from bench import tables
+    from tests.conftest import azurite_connection
+
+    conn = azurite_connection()
+    got = tables.layouts(conn, buckets=7, batches=2)
+    shards = len({tables.shard(f"k0-{i}", 16) for i in range(7)})  # the partitions the first batch touches
+    assert [(m["transactions"], m["rows"]) for m in got.values()] == [(7, 42), (shards, 42), (shards, 14)]
+    run = tables.pipeline_on_tables(conn, messages=16, batch=8)
+    assert run["events"] > 0
+    assert run["writes_per_batch"] > 0

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from azure.core import MatchConditions
@@ -94,12 +94,12 @@ class TableStore:
                 self._raw.create_container()
 
     @classmethod
-    def from_connection_string(cls, conn: str, *, prefix: str = PREFIX) -> TableStore:
+    def from_connection_string(cls, conn: str, *, prefix: str = PREFIX) -> Self:
         tables = TableServiceClient.from_connection_string(conn)
         return cls(tables, BlobServiceClient.from_connection_string(conn), prefix=prefix)
 
     @classmethod
-    def from_endpoints(cls, table_endpoint: str, blob_endpoint: str, credential: TokenCredential) -> TableStore:
+    def from_endpoints(cls, table_endpoint: str, blob_endpoint: str, credential: TokenCredential) -> Self:
         return cls(
             TableServiceClient(table_endpoint, credential=credential), BlobServiceClient(blob_endpoint, credential)
         )
