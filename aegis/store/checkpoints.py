@@ -65,7 +65,8 @@ class Checkpointer:
         return (int.from_bytes(head[_MX_FRAME : _MX_FRAME + 4], sys.byteorder),
                 int.from_bytes(head[_N_BACKFILL:], sys.byteorder))  # fmt: skip
 
-    def _due(self) -> bool:
+    def due(self) -> bool:
+        """Whether the WAL holds enough frames not yet copied, or a copy before left some."""
         state = self.waiting()
         if state is None:
             return True
@@ -80,7 +81,7 @@ class Checkpointer:
                 self._wake.clear()
                 if self._stop:
                     return
-                if not self._due():
+                if not self.due():
                     continue
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
